@@ -1,0 +1,37 @@
+//! The errors of the shared parts. Each names what was wrong and where.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::policy::PolicyErrors;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("malformed {what}: {why}")]
+    Malformed { what: &'static str, why: String },
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("{}: {why}", path.display())]
+    File { path: PathBuf, why: String },
+    #[error("{}: {}{why}", file.display(), if key.is_empty() { String::new() } else { format!("{key}: ") })]
+    Config {
+        file: PathBuf,
+        /// Dotted path of the offending key; empty when the whole file is wrong.
+        key: String,
+        why: String,
+    },
+    #[error("{what}: {why}")]
+    Pki { what: &'static str, why: String },
+    #[error("TLS {what}: {why}")]
+    Tls { what: &'static str, why: String },
+    #[error("cannot listen for {what} on {addr}: {why}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        why: String,
+    },
+    #[error("telemetry: {0}")]
+    Telemetry(String),
+    #[error(transparent)]
+    Policy(#[from] PolicyErrors),
+}

@@ -1,0 +1,205 @@
+//! Compiling a validated tree into one bundle per hostcrate.
+//!
+//! Each configcrate becomes one module (an encoded `vigo.v1.Module`), content-addressed
+//! by its SHA-256, so a module shared by many hostcrates is built once and an envoy that
+//! already holds it receives only its name and hash.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use prost::Message;
+use vigo_proto::v1 as pb;
+
+use super::{PolicyTree, Resource, ResourceSpec};
+use crate::traits::sha256;
+
+/// One module: a compiled configcrate.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CompiledModule {
+    pub name: String,
+    pub sha256: [u8; 32],
+    /// Encoded `vigo.v1.Module`.
+    pub body: Bytes,
+}
+
+/// What one hostcrate's envoys receive (before signing).
+#[derive(Debug, PartialEq)]
+pub struct CompiledHostcrate {
+    /// "" for the fallback of hosts no hostcrate matches (an empty bundle).
+    pub name: String,
+    pub variables: BTreeMap<String, String>,
+    /// In application order; shared with other hostcrates that include the same crate.
+    pub modules: Vec<Arc<CompiledModule>>,
+}
+
+/// A compiled policy: bundles per hostcrate and the hostname matcher.
+#[derive(Debug)]
+pub struct CompiledPolicy {
+    pub version: [u8; 32],
+    /// Hostcrates in match order, followed by the fallback (always last).
+    pub hostcrates: Vec<CompiledHostcrate>,
+    matchers: Vec<GlobSet>,
+}
+
+pub(super) fn hostname_glob(pattern: &str) -> Result<Glob, globset::Error> {
+    GlobBuilder::new(pattern)
+        .case_insensitive(true)
+        .literal_separator(false)
+        .build()
+}
+
+impl CompiledPolicy {
+    /// The index of the hostcrate a hostname belongs to: the first whose patterns match,
+    /// else the fallback (the last index).
+    pub fn match_hostname(&self, hostname: &str) -> usize {
+        self.matchers
+            .iter()
+            .position(|m| m.is_match(hostname))
+            .unwrap_or(self.matchers.len())
+    }
+
+    pub fn fallback_index(&self) -> usize {
+        self.matchers.len()
+    }
+}
+
+/// Compiles a validated tree. Infallible: validation already proved every reference.
+pub fn compile(tree: &PolicyTree) -> CompiledPolicy {
+    let mut modules: HashMap<&str, Arc<CompiledModule>> = HashMap::new();
+    let mut hostcrates = Vec::with_capacity(tree.hostcrates.len() + 1);
+    let mut matchers = Vec::with_capacity(tree.hostcrates.len());
+    for h in &tree.hostcrates {
+        let mut crate_order: Vec<&str> = Vec::new();
+        let mut variables = BTreeMap::new();
+        let mut role_vars = BTreeMap::new();
+        for role_name in &h.roles {
+            let role = &tree.roles[role_name];
+            for c in &role.configcrates {
+                if !crate_order.contains(&c.as_str()) {
+                    crate_order.push(c);
+                }
+            }
+            role_vars.extend(role.vars.clone());
+        }
+        // Precedence, lowest first: configcrate defaults, role variables, hostcrate's.
+        for c in &crate_order {
+            variables.extend(tree.configcrates[*c].vars.clone());
+        }
+        variables.extend(role_vars);
+        variables.extend(h.vars.clone());
+        let mods = crate_order
+            .iter()
+            .map(|c| {
+                modules
+                    .entry(c)
+                    .or_insert_with(|| {
+                        Arc::new(compile_module(c, &tree.configcrates[*c].resources))
+                    })
+                    .clone()
+            })
+            .collect();
+        hostcrates.push(CompiledHostcrate {
+            name: h.name.clone(),
+            variables,
+            modules: mods,
+        });
+        let mut set = GlobSetBuilder::new();
+        for p in &h.patterns {
+            set.add(hostname_glob(p).expect("patterns were validated"));
+        }
+        matchers.push(set.build().expect("patterns were validated"));
+    }
+    hostcrates.push(CompiledHostcrate {
+        name: String::new(),
+        variables: BTreeMap::new(),
+        modules: Vec::new(),
+    });
+    CompiledPolicy {
+        version: tree.version,
+        hostcrates,
+        matchers,
+    }
+}
+
+fn compile_module(name: &str, resources: &[Resource]) -> CompiledModule {
+    let module = pb::Module {
+        name: name.to_string(),
+        resources: resources.iter().map(|r| to_proto(name, r)).collect(),
+    };
+    let body = Bytes::from(module.encode_to_vec());
+    CompiledModule {
+        name: name.to_string(),
+        sha256: sha256(&body),
+        body,
+    }
+}
+
+fn to_proto(crate_name: &str, r: &Resource) -> pb::Resource {
+    use pb::resource::Spec;
+    let spec = match &r.spec {
+        ResourceSpec::File {
+            path,
+            content,
+            mode,
+            owner,
+            group,
+            template,
+        } => Spec::File(pb::FileSpec {
+            path: path.clone(),
+            content: content.clone(),
+            mode: *mode,
+            owner: owner.clone(),
+            group: group.clone(),
+            template: *template,
+        }),
+        ResourceSpec::Directory {
+            path,
+            mode,
+            owner,
+            group,
+        } => Spec::Directory(pb::DirectorySpec {
+            path: path.clone(),
+            mode: *mode,
+            owner: owner.clone(),
+            group: group.clone(),
+        }),
+        ResourceSpec::Symlink { path, target } => Spec::Symlink(pb::SymlinkSpec {
+            path: path.clone(),
+            target: target.clone(),
+        }),
+        ResourceSpec::FileLine {
+            path,
+            line,
+            present,
+            pattern,
+        } => Spec::FileLine(pb::FileLineSpec {
+            path: path.clone(),
+            line: line.clone(),
+            present: *present,
+            r#match: pattern.clone(),
+        }),
+        ResourceSpec::Exec {
+            command,
+            creates,
+            unless,
+            onlyif,
+            timeout_ms,
+            environment,
+        } => Spec::Exec(pb::ExecSpec {
+            command: command.clone(),
+            creates: creates.clone(),
+            unless: unless.clone(),
+            onlyif: onlyif.clone(),
+            timeout_ms: *timeout_ms,
+            environment: environment.clone(),
+        }),
+    };
+    pb::Resource {
+        id: format!("{crate_name}/{}", r.id),
+        depends_on: r.depends_on.clone(),
+        r#type: r.spec.type_name().to_string(),
+        spec: Some(spec),
+    }
+}

@@ -1,0 +1,780 @@
+//! Reading a policy directory and validating it, collecting every problem.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use ring::digest::{Context, SHA256};
+use serde::Deserialize;
+use serde_yaml_ng::{Mapping, Value};
+
+use super::{
+    Configcrate, Hostcrate, PolicyErrors, PolicyIssue, PolicyTree, Resource, ResourceSpec, Role,
+};
+
+const HOSTCRATES_FILE: &str = "hostcrates.yaml";
+const ROLES_DIR: &str = "roles";
+const CONFIGCRATES_DIR: &str = "configcrates";
+/// A policy tree larger than this is refused before parsing.
+const MAX_TREE_BYTES: usize = 16 << 20;
+
+/// Reads every YAML file under `dir` and validates the tree.
+pub fn load_dir(dir: &Path) -> Result<PolicyTree, PolicyErrors> {
+    let mut files = BTreeMap::new();
+    let mut issues = Vec::new();
+    let mut total = 0usize;
+    collect_files(dir, dir, &mut files, &mut issues, &mut total);
+    if !issues.is_empty() {
+        return Err(PolicyErrors(issues));
+    }
+    parse_tree(&files)
+}
+
+fn collect_files(
+    root: &Path,
+    dir: &Path,
+    files: &mut BTreeMap<PathBuf, String>,
+    issues: &mut Vec<PolicyIssue>,
+    total: &mut usize,
+) {
+    let rel = |p: &Path| p.strip_prefix(root).unwrap_or(p).to_path_buf();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            return issues.push(issue(rel(dir), "", format!("cannot read directory: {e}")));
+        }
+    };
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for path in paths {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with('.') {
+            continue;
+        }
+        if path.is_dir() {
+            collect_files(root, &path, files, issues, total);
+        } else if is_yaml(&path) {
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    *total += text.len();
+                    if *total > MAX_TREE_BYTES {
+                        issues.push(issue(
+                            rel(&path),
+                            "",
+                            format!("policy tree exceeds {MAX_TREE_BYTES} bytes"),
+                        ));
+                        return;
+                    }
+                    files.insert(rel(&path), text);
+                }
+                Err(e) => issues.push(issue(rel(&path), "", format!("cannot read: {e}"))),
+            }
+        }
+    }
+}
+
+fn is_yaml(p: &Path) -> bool {
+    matches!(
+        p.extension().and_then(|e| e.to_str()),
+        Some("yaml") | Some("yml")
+    )
+}
+
+fn issue(file: impl Into<PathBuf>, item: impl Into<String>, why: impl Into<String>) -> PolicyIssue {
+    PolicyIssue {
+        file: file.into(),
+        item: item.into(),
+        why: why.into(),
+    }
+}
+
+/// Validates a tree given as (relative path → YAML text).
+pub fn parse_tree(files: &BTreeMap<PathBuf, String>) -> Result<PolicyTree, PolicyErrors> {
+    let mut p = Parser::default();
+    for (path, text) in files {
+        p.parse_file(path, text);
+    }
+    if !files.contains_key(Path::new(HOSTCRATES_FILE)) {
+        p.issues.push(issue(
+            HOSTCRATES_FILE,
+            "",
+            "missing: a policy needs a hostcrates.yaml",
+        ));
+    }
+    p.check_references();
+    if !p.issues.is_empty() {
+        return Err(PolicyErrors(p.issues));
+    }
+    Ok(PolicyTree {
+        version: tree_version(files),
+        hostcrates: p.hostcrates,
+        roles: p.roles.into_iter().map(|(k, (_, v))| (k, v)).collect(),
+        configcrates: p
+            .configcrates
+            .into_iter()
+            .map(|(k, (_, v))| (k, v))
+            .collect(),
+    })
+}
+
+fn tree_version(files: &BTreeMap<PathBuf, String>) -> [u8; 32] {
+    let mut ctx = Context::new(&SHA256);
+    for (path, text) in files {
+        let path = path.to_string_lossy();
+        ctx.update(&(path.len() as u64).to_le_bytes());
+        ctx.update(path.as_bytes());
+        ctx.update(&(text.len() as u64).to_le_bytes());
+        ctx.update(text.as_bytes());
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHostcrates {
+    hostcrates: Vec<RawHostcrate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHostcrate {
+    name: String,
+    #[serde(rename = "match")]
+    patterns: OneOrMany,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    vars: BTreeMap<String, Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRole {
+    #[serde(default)]
+    configcrates: Vec<String>,
+    #[serde(default)]
+    vars: BTreeMap<String, Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfigcrate {
+    #[serde(default)]
+    vars: BTreeMap<String, Value>,
+    #[serde(default)]
+    resources: Vec<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    path: String,
+    #[serde(default)]
+    content: String,
+    #[serde(default)]
+    mode: Option<Value>,
+    #[serde(default)]
+    owner: String,
+    #[serde(default)]
+    group: String,
+    #[serde(default = "yes")]
+    template: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDirectory {
+    path: String,
+    #[serde(default)]
+    mode: Option<Value>,
+    #[serde(default)]
+    owner: String,
+    #[serde(default)]
+    group: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSymlink {
+    path: String,
+    target: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFileLine {
+    path: String,
+    line: String,
+    #[serde(default = "present")]
+    ensure: String,
+    #[serde(default, rename = "match")]
+    pattern: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExec {
+    command: String,
+    #[serde(default)]
+    creates: String,
+    #[serde(default)]
+    unless: String,
+    #[serde(default)]
+    onlyif: String,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<std::time::Duration>,
+    #[serde(default)]
+    environment: BTreeMap<String, Value>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn present() -> String {
+    "present".into()
+}
+
+const RESOURCE_TYPES: &str = "file, directory, symlink, file_line, exec";
+
+#[derive(Default)]
+struct Parser {
+    issues: Vec<PolicyIssue>,
+    hostcrates: Vec<Hostcrate>,
+    hostcrates_file: PathBuf,
+    roles: BTreeMap<String, (PathBuf, Role)>,
+    configcrates: BTreeMap<String, (PathBuf, Configcrate)>,
+}
+
+impl Parser {
+    fn push(&mut self, file: &Path, item: impl Into<String>, why: impl Into<String>) {
+        self.issues.push(issue(file, item, why));
+    }
+
+    fn parse_file(&mut self, path: &Path, text: &str) {
+        let parent = path.parent().and_then(|p| p.to_str()).unwrap_or("");
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("")
+            .to_string();
+        match (parent, path.to_str()) {
+            ("", Some(HOSTCRATES_FILE)) => self.parse_hostcrates(path, text),
+            (ROLES_DIR, _) => self.parse_role(path, &stem, text),
+            (CONFIGCRATES_DIR, _) => self.parse_configcrate(path, &stem, text),
+            _ => self.push(
+                path,
+                "",
+                "unexpected file: a policy holds hostcrates.yaml, roles/*.yaml and configcrates/*.yaml",
+            ),
+        }
+    }
+
+    fn yaml<T: serde::de::DeserializeOwned>(&mut self, path: &Path, text: &str) -> Option<T> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        match serde_path_to_error::deserialize(de) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let key = e.path().to_string();
+                let key = if key == "." { String::new() } else { key };
+                self.push(path, key, e.into_inner().to_string());
+                None
+            }
+        }
+    }
+
+    fn vars(
+        &mut self,
+        path: &Path,
+        item: &str,
+        raw: BTreeMap<String, Value>,
+    ) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for (k, v) in raw {
+            if !valid_name(&k) {
+                self.push(
+                    path,
+                    item,
+                    format!("variable name {k:?} must be letters, digits, '.', '_' or '-'"),
+                );
+            }
+            match scalar(&v) {
+                Some(s) => {
+                    out.insert(k, s);
+                }
+                None => self.push(
+                    path,
+                    item,
+                    format!("variable {k:?} must be a string, number or boolean"),
+                ),
+            }
+        }
+        out
+    }
+
+    fn parse_hostcrates(&mut self, path: &Path, text: &str) {
+        self.hostcrates_file = path.to_path_buf();
+        let Some(raw) = self.yaml::<RawHostcrates>(path, text) else {
+            return;
+        };
+        let mut seen = BTreeSet::new();
+        for h in raw.hostcrates {
+            let item = format!("hostcrate {}", h.name);
+            if !valid_name(&h.name) {
+                self.push(path, &item, "name must be letters, digits, '.', '_' or '-'");
+            }
+            if !seen.insert(h.name.clone()) {
+                self.push(path, &item, "defined twice");
+            }
+            let patterns = match h.patterns {
+                OneOrMany::One(p) => vec![p],
+                OneOrMany::Many(ps) => ps,
+            };
+            if patterns.is_empty() {
+                self.push(path, &item, "`match` needs at least one hostname pattern");
+            }
+            for p in &patterns {
+                if let Err(e) = super::compile::hostname_glob(p) {
+                    self.push(path, &item, format!("bad pattern {p:?}: {e}"));
+                }
+            }
+            let vars = self.vars(path, &item, h.vars);
+            self.hostcrates.push(Hostcrate {
+                name: h.name,
+                patterns,
+                roles: h.roles,
+                vars,
+            });
+        }
+    }
+
+    fn parse_role(&mut self, path: &Path, name: &str, text: &str) {
+        let item = format!("role {name}");
+        if !valid_name(name) {
+            self.push(
+                path,
+                &item,
+                "file name must be letters, digits, '.', '_' or '-'",
+            );
+        }
+        let Some(raw) = self.yaml::<RawRole>(path, text) else {
+            return;
+        };
+        let vars = self.vars(path, &item, raw.vars);
+        let role = Role {
+            configcrates: raw.configcrates,
+            vars,
+        };
+        if self
+            .roles
+            .insert(name.to_string(), (path.to_path_buf(), role))
+            .is_some()
+        {
+            self.push(path, &item, "defined twice (.yaml and .yml?)");
+        }
+    }
+
+    fn parse_configcrate(&mut self, path: &Path, name: &str, text: &str) {
+        let item = format!("configcrate {name}");
+        if !valid_name(name) {
+            self.push(
+                path,
+                &item,
+                "file name must be letters, digits, '.', '_' or '-'",
+            );
+        }
+        let Some(raw) = self.yaml::<RawConfigcrate>(path, text) else {
+            return;
+        };
+        let vars = self.vars(path, &item, raw.vars);
+        let mut resources = Vec::new();
+        let mut ids = BTreeSet::new();
+        for (i, value) in raw.resources.into_iter().enumerate() {
+            if let Some(r) = self.parse_resource(path, name, i, value) {
+                if !ids.insert(r.id.clone()) {
+                    self.push(path, format!("resource {name}/{}", r.id), "id used twice");
+                }
+                resources.push(r);
+            }
+        }
+        if self
+            .configcrates
+            .insert(
+                name.to_string(),
+                (path.to_path_buf(), Configcrate { vars, resources }),
+            )
+            .is_some()
+        {
+            self.push(path, &item, "defined twice (.yaml and .yml?)");
+        }
+    }
+
+    fn parse_resource(
+        &mut self,
+        path: &Path,
+        crate_name: &str,
+        index: usize,
+        value: Value,
+    ) -> Option<Resource> {
+        let Value::Mapping(mut map) = value else {
+            self.push(
+                path,
+                format!("resources[{index}]"),
+                "a resource must be a mapping",
+            );
+            return None;
+        };
+        let id = take_string(&mut map, "id");
+        let item = match &id {
+            Some(id) => format!("resource {crate_name}/{id}"),
+            None => format!("resources[{index}]"),
+        };
+        let Some(id) = id else {
+            self.push(path, item, "missing `id`");
+            return None;
+        };
+        if !valid_name(&id) {
+            self.push(path, &item, "id must be letters, digits, '.', '_' or '-'");
+        }
+        let Some(kind) = take_string(&mut map, "type") else {
+            self.push(
+                path,
+                item,
+                format!("missing `type` (one of {RESOURCE_TYPES})"),
+            );
+            return None;
+        };
+        let depends_on = match map.remove("depends_on") {
+            None => Vec::new(),
+            Some(v) => match serde_yaml_ng::from_value::<Vec<String>>(v) {
+                Ok(deps) => deps.into_iter().map(|d| qualify(crate_name, &d)).collect(),
+                Err(e) => {
+                    self.push(path, &item, format!("depends_on: {e}"));
+                    Vec::new()
+                }
+            },
+        };
+        let rest = Value::Mapping(map);
+        let spec = match kind.as_str() {
+            "file" => self.spec::<RawFile>(path, &item, rest).and_then(|f| {
+                let mode = self.mode(path, &item, f.mode)?;
+                self.absolute(path, &item, &f.path)?;
+                Some(ResourceSpec::File {
+                    path: f.path,
+                    content: f.content,
+                    mode,
+                    owner: f.owner,
+                    group: f.group,
+                    template: f.template,
+                })
+            }),
+            "directory" => self.spec::<RawDirectory>(path, &item, rest).and_then(|d| {
+                let mode = self.mode(path, &item, d.mode)?;
+                self.absolute(path, &item, &d.path)?;
+                Some(ResourceSpec::Directory {
+                    path: d.path,
+                    mode,
+                    owner: d.owner,
+                    group: d.group,
+                })
+            }),
+            "symlink" => self.spec::<RawSymlink>(path, &item, rest).and_then(|s| {
+                self.absolute(path, &item, &s.path)?;
+                Some(ResourceSpec::Symlink {
+                    path: s.path,
+                    target: s.target,
+                })
+            }),
+            "file_line" => self.spec::<RawFileLine>(path, &item, rest).and_then(|l| {
+                self.absolute(path, &item, &l.path)?;
+                let present = match l.ensure.as_str() {
+                    "present" => true,
+                    "absent" => false,
+                    other => {
+                        self.push(
+                            path,
+                            &item,
+                            format!("ensure: {other:?} must be present or absent"),
+                        );
+                        return None;
+                    }
+                };
+                if !l.pattern.is_empty()
+                    && let Err(e) = regex::Regex::new(&l.pattern)
+                {
+                    self.push(path, &item, format!("match: bad regular expression: {e}"));
+                    return None;
+                }
+                Some(ResourceSpec::FileLine {
+                    path: l.path,
+                    line: l.line,
+                    present,
+                    pattern: l.pattern,
+                })
+            }),
+            "exec" => self.spec::<RawExec>(path, &item, rest).and_then(|e| {
+                if e.command.trim().is_empty() {
+                    self.push(path, &item, "command is empty");
+                    return None;
+                }
+                let environment = self.vars(path, &item, e.environment);
+                let timeout_ms = e
+                    .timeout
+                    .map(|t| t.as_millis().min(u32::MAX as u128) as u32)
+                    .unwrap_or(0);
+                Some(ResourceSpec::Exec {
+                    command: e.command,
+                    creates: e.creates,
+                    unless: e.unless,
+                    onlyif: e.onlyif,
+                    timeout_ms,
+                    environment,
+                })
+            }),
+            other => {
+                self.push(
+                    path,
+                    &item,
+                    format!("unknown type {other:?} (one of {RESOURCE_TYPES})"),
+                );
+                None
+            }
+        }?;
+        Some(Resource {
+            id,
+            depends_on,
+            spec,
+        })
+    }
+
+    fn spec<T: serde::de::DeserializeOwned>(
+        &mut self,
+        path: &Path,
+        item: &str,
+        value: Value,
+    ) -> Option<T> {
+        match serde_yaml_ng::from_value(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.push(path, item, e.to_string());
+                None
+            }
+        }
+    }
+
+    fn mode(&mut self, path: &Path, item: &str, raw: Option<Value>) -> Option<u32> {
+        let Some(raw) = raw else { return Some(0) };
+        let parsed = match &raw {
+            Value::String(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8).ok(),
+            _ => None,
+        };
+        match parsed {
+            Some(m) if m <= 0o7777 => Some(m),
+            _ => {
+                self.push(
+                    path,
+                    item,
+                    "mode must be a quoted octal string such as \"0644\"",
+                );
+                None
+            }
+        }
+    }
+
+    fn absolute(&mut self, path: &Path, item: &str, p: &str) -> Option<()> {
+        if p.starts_with('/') {
+            Some(())
+        } else {
+            self.push(path, item, format!("path {p:?} must be absolute"));
+            None
+        }
+    }
+
+    /// Cross-file checks: every name used exists, dependencies resolve inside every
+    /// bundle that includes them, and no dependency cycle exists.
+    fn check_references(&mut self) {
+        let mut found = Vec::new();
+        for h in &self.hostcrates {
+            for r in &h.roles {
+                if !self.roles.contains_key(r) {
+                    found.push(issue(
+                        &self.hostcrates_file,
+                        format!("hostcrate {}", h.name),
+                        format!("unknown role {r:?}"),
+                    ));
+                }
+            }
+        }
+        for (name, (path, role)) in &self.roles {
+            for c in &role.configcrates {
+                if !self.configcrates.contains_key(c) {
+                    found.push(issue(
+                        path,
+                        format!("role {name}"),
+                        format!("unknown configcrate {c:?}"),
+                    ));
+                }
+            }
+        }
+        let mut all_ids = HashMap::new();
+        for (crate_name, (path, c)) in &self.configcrates {
+            for r in &c.resources {
+                all_ids.insert(format!("{crate_name}/{}", r.id), path.clone());
+            }
+        }
+        for (crate_name, (path, c)) in &self.configcrates {
+            for r in &c.resources {
+                for d in &r.depends_on {
+                    if !all_ids.contains_key(d) {
+                        found.push(issue(
+                            path,
+                            format!("resource {crate_name}/{}", r.id),
+                            format!("depends on unknown resource {d:?}"),
+                        ));
+                    }
+                }
+            }
+        }
+        found.extend(self.bundle_dependency_issues());
+        if let Some(cycle) = self.find_cycle() {
+            let file = self
+                .configcrates
+                .get(cycle[0].split('/').next().unwrap_or(""))
+                .map(|(p, _)| p.clone())
+                .unwrap_or_default();
+            found.push(issue(
+                file,
+                format!("resource {}", cycle[0]),
+                format!("dependency cycle: {}", cycle.join(" -> ")),
+            ));
+        }
+        self.issues.extend(found);
+    }
+
+    /// A resource may depend on another configcrate's resource only if every hostcrate
+    /// that includes the first also includes the second.
+    fn bundle_dependency_issues(&self) -> Vec<PolicyIssue> {
+        let mut out = Vec::new();
+        for h in &self.hostcrates {
+            let crates: BTreeSet<&str> = h
+                .roles
+                .iter()
+                .filter_map(|r| self.roles.get(r))
+                .flat_map(|(_, role)| role.configcrates.iter().map(String::as_str))
+                .collect();
+            for c in &crates {
+                let Some((_, cc)) = self.configcrates.get(*c) else {
+                    continue;
+                };
+                for r in &cc.resources {
+                    for d in &r.depends_on {
+                        let dep_crate = d.split('/').next().unwrap_or("");
+                        if self.configcrates.contains_key(dep_crate) && !crates.contains(dep_crate)
+                        {
+                            out.push(issue(
+                                &self.hostcrates_file,
+                                format!("hostcrate {}", h.name),
+                                format!(
+                                    "resource {c}/{} depends on {d}, but configcrate {dep_crate} is not in this hostcrate's roles",
+                                    r.id
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The first dependency cycle found, as a closed path of resource ids.
+    fn find_cycle(&self) -> Option<Vec<String>> {
+        let mut edges: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (crate_name, (_, c)) in &self.configcrates {
+            for r in &c.resources {
+                edges.insert(format!("{crate_name}/{}", r.id), r.depends_on.clone());
+            }
+        }
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            Unseen,
+            OnPath,
+            Done,
+        }
+        let mut marks: HashMap<&str, Mark> =
+            edges.keys().map(|k| (k.as_str(), Mark::Unseen)).collect();
+        for start in edges.keys() {
+            if marks[start.as_str()] != Mark::Unseen {
+                continue;
+            }
+            // Iterative DFS; `path` is the current chain, each with its next edge index.
+            let mut path: Vec<(&str, usize)> = vec![(start.as_str(), 0)];
+            marks.insert(start, Mark::OnPath);
+            while let Some((node, next)) = path.last_mut() {
+                let deps = &edges[*node];
+                if *next == deps.len() {
+                    marks.insert(node, Mark::Done);
+                    path.pop();
+                    continue;
+                }
+                let dep = deps[*next].as_str();
+                *next += 1;
+                match marks.get(dep).copied() {
+                    Some(Mark::Unseen) => {
+                        marks.insert(dep, Mark::OnPath);
+                        path.push((dep, 0));
+                    }
+                    Some(Mark::OnPath) => {
+                        let from = path.iter().position(|(n, _)| *n == dep).unwrap_or(0);
+                        let mut cycle: Vec<String> =
+                            path[from..].iter().map(|(n, _)| n.to_string()).collect();
+                        cycle.push(dep.to_string());
+                        return Some(cycle);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        None
+    }
+}
+
+fn take_string(map: &mut Mapping, key: &str) -> Option<String> {
+    match map.remove(key) {
+        Some(Value::String(s)) => Some(s),
+        Some(other) => scalar(&other),
+        None => None,
+    }
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn qualify(crate_name: &str, dep: &str) -> String {
+    if dep.contains('/') {
+        dep.to_string()
+    } else {
+        format!("{crate_name}/{dep}")
+    }
+}
+
+pub(super) fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+}

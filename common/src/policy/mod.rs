@@ -1,0 +1,146 @@
+//! The policy model (DESIGN §6): hostcrates → roles → configcrates → resources.
+//!
+//! A policy tree is a directory:
+//!
+//! ```text
+//! hostcrates.yaml          hostcrates, in match order (first match wins)
+//! roles/<role>.yaml        configcrates a role pulls in, and role variables
+//! configcrates/<name>.yaml resources and default variables
+//! ```
+//!
+//! [`load_dir`] reads and validates a tree, reporting every problem with its file and
+//! item; [`compile`] turns it into one bundle per hostcrate; [`bundle`] signs bundles and
+//! verifies them on the envoy side.
+
+pub mod bundle;
+mod compile;
+mod load;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+pub use compile::{CompiledHostcrate, CompiledPolicy, compile};
+pub use load::{load_dir, parse_tree};
+
+/// One problem found in a policy tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyIssue {
+    /// The file, relative to the policy directory.
+    pub file: PathBuf,
+    /// What inside the file: "hostcrate web", "resource nginx/conf", ...
+    pub item: String,
+    pub why: String,
+}
+
+impl fmt::Display for PolicyIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.item.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.why)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.item, self.why)
+        }
+    }
+}
+
+/// Every problem found, so an operator fixes them in one pass.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct PolicyErrors(pub Vec<PolicyIssue>);
+
+impl fmt::Display for PolicyErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "policy has {} problem(s):", self.0.len())?;
+        for issue in &self.0 {
+            write!(f, "\n  - {issue}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A validated policy tree.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicyTree {
+    /// SHA-256 over every file (path and content): the policy version.
+    pub version: [u8; 32],
+    pub hostcrates: Vec<Hostcrate>,
+    pub roles: BTreeMap<String, Role>,
+    pub configcrates: BTreeMap<String, Configcrate>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hostcrate {
+    pub name: String,
+    /// Hostname globs (`web-*`, `db-??.example.com`), case-insensitive.
+    pub patterns: Vec<String>,
+    pub roles: Vec<String>,
+    pub vars: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Role {
+    pub configcrates: Vec<String>,
+    pub vars: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Configcrate {
+    pub vars: BTreeMap<String, String>,
+    pub resources: Vec<Resource>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resource {
+    /// Local id, unique within its configcrate.
+    pub id: String,
+    /// Fully qualified ids ("crate/id") of resources applied first.
+    pub depends_on: Vec<String>,
+    pub spec: ResourceSpec,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ResourceSpec {
+    File {
+        path: String,
+        content: String,
+        mode: u32,
+        owner: String,
+        group: String,
+        template: bool,
+    },
+    Directory {
+        path: String,
+        mode: u32,
+        owner: String,
+        group: String,
+    },
+    Symlink {
+        path: String,
+        target: String,
+    },
+    FileLine {
+        path: String,
+        line: String,
+        present: bool,
+        pattern: String,
+    },
+    Exec {
+        command: String,
+        creates: String,
+        unless: String,
+        onlyif: String,
+        timeout_ms: u32,
+        environment: BTreeMap<String, String>,
+    },
+}
+
+impl ResourceSpec {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ResourceSpec::File { .. } => "file",
+            ResourceSpec::Directory { .. } => "directory",
+            ResourceSpec::Symlink { .. } => "symlink",
+            ResourceSpec::FileLine { .. } => "file_line",
+            ResourceSpec::Exec { .. } => "exec",
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Logs (tracing) and metrics (Prometheus text on a port of its own).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::Error;
+
+/// Logs to stderr; `RUST_LOG` overrides `default_filter` (e.g. "info,vigo_spoke=debug").
+pub fn init_tracing(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Latency buckets in seconds, from 50 µs to 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 10.0,
+];
+
+/// Installs the process-wide Prometheus recorder. Every metric whose name ends in
+/// `_seconds` gets real histogram buckets (the exporter would render summaries otherwise).
+pub fn install_metrics() -> Result<PrometheusHandle, Error> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .map_err(|e| Error::Telemetry(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| Error::Telemetry(e.to_string()))?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
+/// Serves `GET /metrics`. `refresh` runs before each render so gauges derived from
+/// in-memory state (envoy counts, ...) are current without a timer.
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    handle: PrometheusHandle,
+    refresh: Arc<dyn Fn() + Send + Sync>,
+) -> Result<SocketAddr, Error> {
+    let listener = TcpListener::bind(addr).await.map_err(|e| Error::Bind {
+        what: "metrics",
+        addr,
+        why: e.to_string(),
+    })?;
+    let local = listener.local_addr().map_err(|e| Error::Bind {
+        what: "metrics",
+        addr,
+        why: e.to_string(),
+    })?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (handle, refresh) = (handle.clone(), refresh.clone());
+            async move {
+                refresh();
+                (
+                    [("content-type", "text/plain; version=0.0.4")],
+                    handle.render(),
+                )
+            }
+        }),
+    );
+    info!(%local, "metrics at http://{local}/metrics");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok(local)
+}

@@ -1,0 +1,317 @@
+//! TLS for every Vigo connection: rustls with the ring provider only, TLS 1.3, ALPN h2.
+//!
+//! Servers do the handshake themselves (not inside tonic) so that the peer's identity is
+//! read from its certificate once per connection and handed to every request on it as a
+//! small [`PeerInfo`], instead of re-parsing certificates per request.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::{TlsAcceptor, TlsConnector, server::TlsStream};
+use tonic::transport::server::Connected;
+use tracing::debug;
+
+use crate::Error;
+use crate::pki::Peer;
+
+/// The one crypto provider of every Vigo binary.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Installs ring as the process-wide rustls provider. Binaries call this first thing in
+/// `main`; a second call is harmless.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub fn parse_pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| Error::Malformed {
+            what: "PEM certificates",
+            why: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(Error::Malformed {
+            what: "PEM certificates",
+            why: "no certificate found".into(),
+        });
+    }
+    Ok(certs)
+}
+
+pub fn parse_pem_key(pem: &str) -> Result<PrivateKeyDer<'static>, Error> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| Error::Malformed {
+        what: "PEM private key",
+        why: e.to_string(),
+    })
+}
+
+fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, Error> {
+    let mut roots = RootCertStore::empty();
+    for cert in parse_pem_certs(ca_pem)? {
+        roots.add(cert).map_err(|e| Error::Malformed {
+            what: "CA certificate",
+            why: e.to_string(),
+        })?;
+    }
+    Ok(Arc::new(roots))
+}
+
+fn tls_err(what: &'static str) -> impl Fn(rustls::Error) -> Error {
+    move |e| Error::Tls {
+        what,
+        why: e.to_string(),
+    }
+}
+
+/// Whether a server demands client certificates at the TLS layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Certificates are verified when presented; services decide who may do what.
+    /// Enrollment needs this: a new envoy has no certificate yet.
+    Optional,
+    Required,
+}
+
+/// A TLS 1.3 server config with ALPN h2 and our CA as the client trust root.
+pub fn server_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+    client_auth: ClientAuth,
+) -> Result<ServerConfig, Error> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider.clone());
+    let verifier = match client_auth {
+        ClientAuth::Optional => verifier.allow_unauthenticated(),
+        ClientAuth::Required => verifier,
+    }
+    .build()
+    .map_err(|e| Error::Tls {
+        what: "client verifier",
+        why: e.to_string(),
+    })?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_err("server protocol versions"))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(parse_pem_certs(cert_pem)?, parse_pem_key(key_pem)?)
+        .map_err(tls_err("server certificate"))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    // Stateless resumption: a reconnecting envoy skips the certificate exchange and the
+    // signature checks, and the server keeps no per-session memory.
+    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(tls_err("ticketer"))?;
+    config.send_tls13_tickets = 1;
+    Ok(config)
+}
+
+/// A TLS 1.3 client config trusting our CA, with an optional client identity.
+pub fn client_config(ca_pem: &str, identity: Option<(&str, &str)>) -> Result<ClientConfig, Error> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_err("client protocol versions"))?
+        .with_root_certificates(roots(ca_pem)?);
+    let mut config = match identity {
+        Some((cert_pem, key_pem)) => builder
+            .with_client_auth_cert(parse_pem_certs(cert_pem)?, parse_pem_key(key_pem)?)
+            .map_err(tls_err("client certificate"))?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// Who is calling, attached to every request of a connection.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    pub peer: Peer,
+    pub remote: SocketAddr,
+}
+
+/// A server-side TLS connection whose peer is known.
+pub struct PeerConn {
+    stream: TlsStream<TcpStream>,
+    info: PeerInfo,
+}
+
+impl Connected for PeerConn {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for PeerConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PeerConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// Limits on the accept path.
+#[derive(Clone, Copy, Debug)]
+pub struct AcceptLimits {
+    /// A handshake that takes longer is dropped.
+    pub handshake_timeout: Duration,
+    /// Handshakes in progress at once; further connections wait in the backlog.
+    pub concurrent_handshakes: usize,
+}
+
+impl Default for AcceptLimits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            concurrent_handshakes: 256,
+        }
+    }
+}
+
+/// Accepts TCP connections, completes TLS handshakes concurrently off the accept loop,
+/// and yields connections with their peer identity, ready for `serve_with_incoming`.
+pub fn tls_incoming(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    limits: AcceptLimits,
+) -> tokio_stream::wrappers::ReceiverStream<io::Result<PeerConn>> {
+    let (tx, rx) = mpsc::channel(limits.concurrent_handshakes.max(1));
+    let acceptor = TlsAcceptor::from(config);
+    let permits = Arc::new(Semaphore::new(limits.concurrent_handshakes.max(1)));
+    tokio::spawn(async move {
+        loop {
+            let permit = tokio::select! {
+                _ = tx.closed() => return,
+                p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+            };
+            let (tcp, remote) = tokio::select! {
+                _ = tx.closed() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        debug!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let handshake =
+                    tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
+                let stream = match handshake.await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return debug!(%remote, error = %e, "TLS handshake failed"),
+                    Err(_) => return debug!(%remote, "TLS handshake timed out"),
+                };
+                let peer = match stream.get_ref().1.peer_certificates() {
+                    None | Some([]) => Peer::Anonymous,
+                    Some([leaf, ..]) => match Peer::from_certificate(leaf) {
+                        Ok(p) => p,
+                        Err(e) => return debug!(%remote, error = %e, "unusable client certificate"),
+                    },
+                };
+                let conn = PeerConn {
+                    stream,
+                    info: PeerInfo { peer, remote },
+                };
+                let _ = tx.send(Ok(conn)).await;
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Splits `host:port` and checks the host can be a TLS server name.
+pub fn split_address(address: &str) -> Result<(ServerName<'static>, &str), Error> {
+    let bad = |why: &str| Error::Malformed {
+        what: "server address",
+        why: format!("{address:?}: {why}"),
+    };
+    let (host, _port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| bad("expected host:port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name = ServerName::try_from(host.to_string()).map_err(|_| bad("bad host name"))?;
+    Ok((name, address))
+}
+
+/// A lazily connecting gRPC channel to `address` (host:port) over our TLS. The host is
+/// the name checked against the server certificate.
+pub fn channel(
+    address: &str,
+    config: Arc<ClientConfig>,
+    connect_timeout: Duration,
+) -> Result<tonic::transport::Channel, Error> {
+    let (server_name, address) = split_address(address)?;
+    let target = address.to_string();
+    let connector = TlsConnector::from(config);
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| Error::Malformed {
+            what: "server address",
+            why: e.to_string(),
+        })?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true);
+    let connect = tower::service_fn(move |_: tonic::codegen::http::Uri| {
+        let (connector, server_name, target) =
+            (connector.clone(), server_name.clone(), target.clone());
+        async move {
+            let tcp = TcpStream::connect(&target).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(server_name, tcp).await?;
+            Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    Ok(endpoint.connect_with_connector_lazy(connect))
+}

@@ -1,0 +1,46 @@
+//! Envoy traits (facts about a machine) and their content hash.
+//!
+//! The envoy sends the hash on every check-in and the traits only when the hash changed;
+//! the spoke stores each distinct trait set once, keyed by this hash.
+
+use std::collections::BTreeMap;
+
+use ring::digest::{Context, SHA256};
+
+pub type TraitMap = BTreeMap<String, String>;
+
+/// SHA-256 over the sorted pairs, each field length-prefixed so that no two different
+/// maps share an encoding.
+pub fn traits_hash(traits: &TraitMap) -> [u8; 32] {
+    let mut ctx = Context::new(&SHA256);
+    ctx.update(b"vigo.v1.Traits\0");
+    for (k, v) in traits {
+        ctx.update(&(k.len() as u64).to_le_bytes());
+        ctx.update(k.as_bytes());
+        ctx.update(&(v.len() as u64).to_le_bytes());
+        ctx.update(v.as_bytes());
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// SHA-256 of arbitrary bytes.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&SHA256, bytes).as_ref());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_depends_on_boundaries_not_just_bytes() {
+        let a = TraitMap::from([("ab".into(), "c".into())]);
+        let b = TraitMap::from([("a".into(), "bc".into())]);
+        assert_ne!(traits_hash(&a), traits_hash(&b));
+        assert_eq!(traits_hash(&a), traits_hash(&a.clone()));
+    }
+}

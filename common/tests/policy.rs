@@ -1,0 +1,252 @@
+//! The policy pipeline: load and validate a tree, compile it, sign bundles and verify
+//! them as an envoy does.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use vigo_common::policy::bundle::{BundleError, SignedBundle, verify_delivery};
+use vigo_common::policy::{PolicyErrors, compile, load_dir, parse_tree};
+use vigo_common::signing::generate_key;
+
+fn tree(files: &[(&str, &str)]) -> Result<vigo_common::policy::PolicyTree, PolicyErrors> {
+    let map: BTreeMap<PathBuf, String> = files
+        .iter()
+        .map(|(p, t)| (PathBuf::from(p), t.to_string()))
+        .collect();
+    parse_tree(&map)
+}
+
+fn messages(err: PolicyErrors) -> String {
+    err.to_string()
+}
+
+const HOSTS: &str = "hostcrates:\n  - name: all\n    match: '*'\n    roles: [r]\n";
+const ROLE: &str = "configcrates: [c]\n";
+
+#[test]
+fn example_policy_loads_and_compiles() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/policy");
+    let tree = load_dir(&dir).expect("example policy is valid");
+    let compiled = compile(&tree);
+    let web = compiled.match_hostname("web-01");
+    assert_eq!(compiled.hostcrates[web].name, "web");
+    assert_eq!(
+        compiled.hostcrates[compiled.match_hostname("db-1")].name,
+        "everything-else"
+    );
+    // Precedence: configcrate default 8000 < role 80 < hostcrate 8080.
+    assert_eq!(compiled.hostcrates[web].variables["http_port"], "8080");
+    assert_eq!(
+        compiled.hostcrates[web].variables["greeting"],
+        "Managed by Vigo"
+    );
+    let names: Vec<_> = compiled.hostcrates[web]
+        .modules
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    assert_eq!(names, ["motd", "vigo-layout", "webapp"]);
+}
+
+#[test]
+fn hostname_patterns_are_case_insensitive_and_first_match_wins() {
+    let t = tree(&[
+        (
+            "hostcrates.yaml",
+            "hostcrates:\n  - name: a\n    match: 'WEB-*'\n    roles: [r]\n  - name: b\n    match: 'web-1'\n    roles: [r]\n",
+        ),
+        ("roles/r.yaml", ROLE),
+        ("configcrates/c.yaml", "resources: []\n"),
+    ])
+    .unwrap();
+    let c = compile(&t);
+    assert_eq!(c.hostcrates[c.match_hostname("web-1")].name, "a");
+    assert_eq!(c.match_hostname("db-1"), c.fallback_index());
+}
+
+#[test]
+fn unknown_keys_name_file_and_item() {
+    let err = tree(&[
+        ("hostcrates.yaml", HOSTS),
+        ("roles/r.yaml", ROLE),
+        (
+            "configcrates/c.yaml",
+            "resources:\n  - id: f\n    type: file\n    path: /x\n    contnet: hi\n",
+        ),
+    ])
+    .unwrap_err();
+    let msg = messages(err);
+    assert!(msg.contains("configcrates/c.yaml: resource c/f"), "{msg}");
+    assert!(msg.contains("contnet"), "{msg}");
+}
+
+#[test]
+fn missing_role_and_configcrate_are_named() {
+    let err = tree(&[
+        (
+            "hostcrates.yaml",
+            "hostcrates:\n  - name: all\n    match: '*'\n    roles: [r, ghost]\n",
+        ),
+        ("roles/r.yaml", "configcrates: [c, phantom]\n"),
+        ("configcrates/c.yaml", "resources: []\n"),
+    ])
+    .unwrap_err();
+    let msg = messages(err);
+    assert!(
+        msg.contains("hostcrates.yaml: hostcrate all: unknown role \"ghost\""),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("roles/r.yaml: role r: unknown configcrate \"phantom\""),
+        "{msg}"
+    );
+}
+
+#[test]
+fn dependency_cycles_are_named() {
+    let err = tree(&[
+        ("hostcrates.yaml", HOSTS),
+        ("roles/r.yaml", ROLE),
+        (
+            "configcrates/c.yaml",
+            "resources:\n  - {id: a, type: directory, path: /a, depends_on: [b]}\n  - {id: b, type: directory, path: /b, depends_on: [c]}\n  - {id: c, type: directory, path: /c, depends_on: [a]}\n",
+        ),
+    ])
+    .unwrap_err();
+    let msg = messages(err);
+    assert!(
+        msg.contains("dependency cycle: c/a -> c/b -> c/c -> c/a"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn bad_values_are_refused_with_reasons() {
+    let err = tree(&[
+        ("hostcrates.yaml", HOSTS),
+        ("roles/r.yaml", ROLE),
+        (
+            "configcrates/c.yaml",
+            concat!(
+                "resources:\n",
+                "  - {id: m, type: file, path: /m, mode: 644}\n",
+                "  - {id: rel, type: directory, path: relative}\n",
+                "  - {id: t, type: package, name: nginx}\n",
+                "  - {id: re, type: file_line, path: /f, line: x, match: '('}\n",
+                "  - {id: dep, type: directory, path: /d, depends_on: [nowhere]}\n",
+            ),
+        ),
+        ("stray.yaml", "x: 1\n"),
+    ])
+    .unwrap_err();
+    let msg = messages(err);
+    for needle in [
+        "resource c/m: mode must be a quoted octal string",
+        "resource c/rel: path \"relative\" must be absolute",
+        "resource c/t: unknown type \"package\"",
+        "resource c/re: match: bad regular expression",
+        "resource c/dep: depends on unknown resource \"c/nowhere\"",
+        "stray.yaml: unexpected file",
+    ] {
+        assert!(msg.contains(needle), "missing {needle:?} in:\n{msg}");
+    }
+}
+
+#[test]
+fn cross_crate_dependency_must_be_in_the_same_bundle() {
+    let err = tree(&[
+        (
+            "hostcrates.yaml",
+            "hostcrates:\n  - name: small\n    match: '*'\n    roles: [r]\n",
+        ),
+        ("roles/r.yaml", "configcrates: [app]\n"),
+        ("roles/other.yaml", "configcrates: [lib]\n"),
+        (
+            "configcrates/app.yaml",
+            "resources:\n  - {id: a, type: directory, path: /a, depends_on: [lib/base]}\n",
+        ),
+        (
+            "configcrates/lib.yaml",
+            "resources:\n  - {id: base, type: directory, path: /b}\n",
+        ),
+    ])
+    .unwrap_err();
+    assert!(
+        messages(err).contains("configcrate lib is not in this hostcrate's roles"),
+        "cross-bundle dependency accepted"
+    );
+}
+
+#[test]
+fn same_tree_compiles_to_same_fingerprint_and_changes_move_it() {
+    let files = [
+        ("hostcrates.yaml", HOSTS),
+        ("roles/r.yaml", ROLE),
+        (
+            "configcrates/c.yaml",
+            "resources:\n  - {id: a, type: file, path: /a, content: one}\n",
+        ),
+    ];
+    let key = generate_key();
+    let sign = |files: &[(&str, &str)]| {
+        let t = tree(files).unwrap();
+        let c = compile(&t);
+        SignedBundle::sign(&c.hostcrates[0], &c.version, &key)
+    };
+    let a = sign(&files);
+    let b = sign(&files);
+    assert_eq!(a.fingerprint, b.fingerprint);
+    let mut changed = files;
+    changed[2].1 = "resources:\n  - {id: a, type: file, path: /a, content: two}\n";
+    assert_ne!(sign(&changed).fingerprint, a.fingerprint);
+}
+
+#[test]
+fn bundles_verify_with_stubs_and_refuse_tampering() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/policy");
+    let compiled = compile(&load_dir(&dir).unwrap());
+    let key = generate_key();
+    let trusted = [key.verifying_key()];
+    let web = &compiled.hostcrates[compiled.match_hostname("web-1")];
+    let bundle = SignedBundle::sign(web, &compiled.version, &key);
+
+    let full = bundle.delivery(|_| false);
+    assert_eq!(full.modules.len(), 3);
+    let verified = verify_delivery(&full, &trusted, |_| None).unwrap();
+    assert_eq!(verified.fingerprint, bundle.fingerprint);
+    assert_eq!(verified.decode_modules().unwrap().len(), 3);
+
+    // The envoy holds every module: the delivery carries stubs only, and verifies from
+    // the envoy's own cache.
+    let held: BTreeMap<[u8; 32], bytes::Bytes> = verified.modules.iter().cloned().collect();
+    let stubs = bundle.delivery(|h| held.contains_key(h));
+    assert!(stubs.modules.is_empty());
+    verify_delivery(&stubs, &trusted, |h| held.get(h).cloned()).unwrap();
+    assert_eq!(
+        verify_delivery(&stubs, &trusted, |_| None).unwrap_err(),
+        BundleError::MissingModule("motd".into())
+    );
+
+    let mut tampered = full.clone();
+    tampered.modules[0].body = bytes::Bytes::from_static(b"evil");
+    assert_eq!(
+        verify_delivery(&tampered, &trusted, |_| None).unwrap_err(),
+        BundleError::ModuleHash("motd".into())
+    );
+    let mut resigned = full.clone();
+    let mut sig = resigned.signature.to_vec();
+    sig[0] ^= 1;
+    resigned.signature = sig.into();
+    assert_eq!(
+        verify_delivery(&resigned, &trusted, |_| None).unwrap_err(),
+        BundleError::BadSignature
+    );
+    let stranger = [generate_key().verifying_key()];
+    assert_eq!(
+        verify_delivery(&full, &stranger, |_| None).unwrap_err(),
+        BundleError::UntrustedKey
+    );
+    let mut truncated = full;
+    truncated.manifest = truncated.manifest.slice(..truncated.manifest.len() / 2);
+    assert!(verify_delivery(&truncated, &trusted, |_| None).is_err());
+}

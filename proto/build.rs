@@ -1,0 +1,21 @@
+//! Compiles `proto/vigo/v1/*.proto` with the vendored protoc: no system protoc needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::var_os("PROTOC").is_none() {
+        // SAFETY: build scripts are single-threaded.
+        unsafe { std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?) };
+    }
+    let protos = [
+        "proto/vigo/v1/envoy.proto",
+        "proto/vigo/v1/policy.proto",
+        "proto/vigo/v1/spoke_admin.proto",
+    ];
+    tonic_prost_build::configure()
+        // Bytes fields decode as slices of the received buffer: no copy on the hot path.
+        .bytes(".")
+        // Ordered maps encode deterministically, which keeps bundle fingerprints stable.
+        .btree_map(".")
+        .compile_protos(&protos, &["proto"])?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}

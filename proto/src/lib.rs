@@ -1,0 +1,12 @@
+//! The wire protocol of Vigo Spanner, package `vigo.v1`: messages and gRPC service stubs
+//! generated from `proto/vigo/v1/*.proto`.
+//!
+//! This crate owns the shape of every byte that crosses a process boundary. It knows
+//! nothing about how requests are signed, verified or served.
+
+#[allow(clippy::all, clippy::pedantic)]
+pub mod v1 {
+    tonic::include_proto!("vigo.v1");
+}
+
+pub use v1::*;
