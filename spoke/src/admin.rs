@@ -1,0 +1,187 @@
+//! Administration of this spoke, for admin and hub certificates only.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use tracing::warn;
+use vigo_common::EnvoyId;
+use vigo_common::pki::{Peer, Role};
+use vigo_common::time::now_ms;
+use vigo_proto::v1 as pb;
+
+use crate::compliance::Compliance;
+use crate::error::SpokeError;
+use crate::fleet::FleetIndex;
+use crate::grpc::{detach, peer};
+use crate::metrics::count_call;
+use crate::policy_cache::PolicyCache;
+use crate::store::{Store, StoredEnvoy, WriteOp};
+use crate::traits_store::TraitsStore;
+
+pub struct Admin {
+    pub fleet: Arc<FleetIndex>,
+    pub traits: Arc<TraitsStore>,
+    pub store: Store,
+    pub policy: Arc<PolicyCache>,
+}
+
+fn authorize(peer: &Peer, call: &'static str) -> Result<(), SpokeError> {
+    match peer.role() {
+        Some(Role::Admin | Role::Hub) => Ok(()),
+        Some(role) => Err(SpokeError::WrongRole {
+            role: role.as_str(),
+            call,
+        }),
+        None => Err(SpokeError::NoClientCertificate),
+    }
+}
+
+fn envoy_id(raw: u64) -> Result<EnvoyId, SpokeError> {
+    EnvoyId::new(raw).ok_or_else(|| SpokeError::malformed("envoy_id", "is zero"))
+}
+
+impl Admin {
+    pub fn get_envoy(&self, id: EnvoyId) -> Result<pb::EnvoyInfo, SpokeError> {
+        let record = self.fleet.get(id).ok_or(SpokeError::UnknownEnvoy(id))?;
+        let st = record.state();
+        let policy = self.policy.current();
+        let hostcrate = if st.policy_generation == policy.generation {
+            st.hostcrate
+        } else {
+            policy.hostcrate_of(&record.hostname)
+        };
+        let traits = self
+            .traits
+            .get(&st.traits_hash)
+            .map(|t| (*t).clone())
+            .unwrap_or_default();
+        Ok(pb::EnvoyInfo {
+            envoy_id: id.get(),
+            hostname: record.hostname.to_string(),
+            public_key: record.key.as_bytes().to_vec().into(),
+            enrolled_at_ms: record.enrolled_at_ms,
+            last_seen_ms: st.last_seen_ms,
+            sequence: st.sequence,
+            revoked: st.revoked,
+            status: st
+                .effective_status()
+                .map(|s| s.to_proto() as i32)
+                .unwrap_or(0),
+            hostcrate: policy.bundle(hostcrate).hostcrate.clone(),
+            bundle_fingerprint: st.bundle_fingerprint.to_vec().into(),
+            traits_hash: st.traits_hash.to_vec().into(),
+            traits,
+            stored_runs: self.store.runs(id.get())?.len() as u32,
+        })
+    }
+
+    /// Revokes an envoy: durable first, then refused on its next request.
+    pub async fn revoke(self: &Arc<Self>, id: EnvoyId, reason: String) -> Result<bool, SpokeError> {
+        let record = self.fleet.get(id).ok_or(SpokeError::UnknownEnvoy(id))?;
+        if record.read(|st| st.revoked) {
+            return Ok(false);
+        }
+        let mut row = self.store.envoy(id.get())?.unwrap_or_else(|| StoredEnvoy {
+            id: id.get(),
+            hostname: record.hostname.to_string(),
+            public_key: record.key.as_bytes().to_vec(),
+            enrolled_at_ms: record.enrolled_at_ms,
+            ..Default::default()
+        });
+        row.revoked = true;
+        row.revoked_at_ms = now_ms();
+        row.revoked_reason = reason.clone();
+        let this = self.clone();
+        detach(async move {
+            this.store
+                .write(WriteOp::PutEnvoys {
+                    envoys: vec![row],
+                    token: None,
+                })
+                .await?;
+            this.fleet.update(&record, |st| st.revoked = true);
+            warn!(envoy = %id, hostname = %record.hostname, %reason, "envoy revoked");
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Marks envoys to receive their bundle on the next check-in. All or nothing: an
+    /// unknown id marks none.
+    pub fn force_push(&self, ids: &[u64]) -> Result<u32, SpokeError> {
+        let records = ids
+            .iter()
+            .map(|raw| {
+                let id = envoy_id(*raw)?;
+                self.fleet.get(id).ok_or(SpokeError::UnknownEnvoy(id))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for r in &records {
+            self.fleet.update(r, |st| st.force_push = true);
+        }
+        Ok(records.len() as u32)
+    }
+
+    pub fn stats(&self) -> pb::SpokeStats {
+        let counts = self.fleet.counts();
+        let policy = self.policy.current();
+        pb::SpokeStats {
+            envoys: counts.total,
+            revoked: counts.revoked,
+            by_status: Compliance::ALL
+                .iter()
+                .map(|s| (s.as_str().to_string(), counts.status(*s)))
+                .collect(),
+            dirty: self.fleet.dirty_count() as u64,
+            policy_version: policy.version_hex(),
+            hostcrates: policy.bundles.len() as u32 - 1,
+        }
+    }
+}
+
+pub struct AdminService(pub Arc<Admin>);
+
+#[tonic::async_trait]
+impl pb::spoke_admin_server::SpokeAdmin for AdminService {
+    async fn get_envoy(
+        &self,
+        request: Request<pb::GetEnvoyRequest>,
+    ) -> Result<Response<pb::EnvoyInfo>, Status> {
+        let (_, ext, msg) = request.into_parts();
+        authorize(peer(&ext), "GetEnvoy")?;
+        Ok(Response::new(self.0.get_envoy(envoy_id(msg.envoy_id)?)?))
+    }
+
+    async fn revoke_envoy(
+        &self,
+        request: Request<pb::RevokeEnvoyRequest>,
+    ) -> Result<Response<pb::RevokeEnvoyResponse>, Status> {
+        let (_, ext, msg) = request.into_parts();
+        authorize(peer(&ext), "RevokeEnvoy")?;
+        let result = async { self.0.revoke(envoy_id(msg.envoy_id)?, msg.reason).await }.await;
+        count_call("vigo_revocations_total", result.as_ref().map(|_| ()));
+        Ok(Response::new(pb::RevokeEnvoyResponse {
+            revoked_now: result?,
+        }))
+    }
+
+    async fn force_push(
+        &self,
+        request: Request<pb::ForcePushRequest>,
+    ) -> Result<Response<pb::ForcePushResponse>, Status> {
+        let (_, ext, msg) = request.into_parts();
+        authorize(peer(&ext), "ForcePush")?;
+        Ok(Response::new(pb::ForcePushResponse {
+            marked: self.0.force_push(&msg.envoy_ids)?,
+        }))
+    }
+
+    async fn stats(
+        &self,
+        request: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::SpokeStats>, Status> {
+        let (_, ext, _) = request.into_parts();
+        authorize(peer(&ext), "Stats")?;
+        Ok(Response::new(self.0.stats()))
+    }
+}

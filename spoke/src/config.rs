@@ -1,0 +1,393 @@
+//! The spoke's YAML configuration. Every key is optional except where noted; defaults
+//! are the ones documented in `deploy/spoke.example.yaml`. Unknown keys are refused
+//! with their name, and relative paths are taken from the config file's directory.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+use vigo_common::config::{ByteSize, Percent, load_yaml, resolve};
+
+use crate::error::SpokeError;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpokeConfig {
+    /// This spoke's name in logs, metrics and certificates.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Where envoys connect (check-in, report, enrollment) and admins call.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The address handed to envoys at enrollment; defaults to `listen`.
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Prometheus metrics; `null` turns them off.
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Holds `spoke.redb`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default = "default_policy_dir")]
+    pub policy_dir: PathBuf,
+    pub tls: TlsConfig,
+    /// Ed25519 key (PKCS#8 PEM) that signs policy bundles.
+    pub bundle_signing_key: PathBuf,
+    #[serde(default)]
+    pub checkin: CheckinConfig,
+    #[serde(default)]
+    pub flush: FlushConfig,
+    #[serde(default)]
+    pub reports: ReportsConfig,
+    #[serde(default)]
+    pub verify: VerifyConfig,
+    #[serde(default)]
+    pub connections: ConnectionsConfig,
+    #[serde(default)]
+    pub enrollment: EnrollmentConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub ca_cert: PathBuf,
+    /// The CA key signs envoy certificates at enrollment.
+    pub ca_key: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Accept relay certificates (one connection carrying many envoys' signed
+    /// check-ins, as the simulator's `--connections` does). Off in production.
+    #[serde(default)]
+    pub allow_relay_certificates: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckinConfig {
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "default_jitter")]
+    pub jitter: Percent,
+    /// Requests whose timestamp is further than this from the spoke's clock are refused.
+    #[serde(default = "default_timestamp_window", with = "humantime_serde")]
+    pub timestamp_window: Duration,
+    /// Largest signed check-in body (traits included).
+    #[serde(default = "default_max_checkin_body")]
+    pub max_body: ByteSize,
+    #[serde(default = "default_max_traits")]
+    pub max_traits: usize,
+    /// An envoy silent for longer is `offline`; default 3 intervals.
+    #[serde(default, with = "humantime_serde")]
+    pub offline_after: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlushConfig {
+    /// How often dirty envoy state (last seen, sequence, traits) goes to disk: a crash
+    /// loses at most this much of it.
+    #[serde(default = "default_flush_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Flushers, each owning a slice of the fleet, started staggered over the interval.
+    #[serde(default = "default_flushers")]
+    pub flushers: usize,
+    /// Rows per redb transaction.
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportsConfig {
+    /// Runs kept per envoy.
+    #[serde(default = "default_keep_runs")]
+    pub keep_runs: usize,
+    #[serde(default = "default_max_report_body")]
+    pub max_body: ByteSize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyConfig {
+    /// Threads verifying signatures; concurrent check-ins are verified in batches.
+    #[serde(default = "default_verify_threads")]
+    pub threads: usize,
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionsConfig {
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    #[serde(default = "default_concurrent_handshakes")]
+    pub concurrent_handshakes: usize,
+    /// Deadline for any one request.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Streams one connection may have open at once.
+    #[serde(default = "default_max_streams")]
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 flow-control window per stream and per connection. Check-ins are small;
+    /// small windows keep per-connection memory low.
+    #[serde(default = "default_window")]
+    pub window: ByteSize,
+    /// Close connections idle for this long (the envoy reconnects with TLS resumption).
+    #[serde(default, with = "humantime_serde")]
+    pub max_connection_age: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollmentConfig {
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    /// Hex SHA-256 of the token secret (`vigo-spoke token new` prints both).
+    pub sha256: String,
+    /// Enrollments the token allows; 1 when absent (one-shot).
+    #[serde(default = "one")]
+    pub uses: u64,
+    /// RFC 3339 time after which the token is refused.
+    #[serde(default, with = "humantime_serde")]
+    pub expires: Option<SystemTime>,
+    /// Allow re-enrolling an already enrolled hostname with a new key (machine rebuilt).
+    #[serde(default)]
+    pub allow_rekey: bool,
+}
+
+fn default_name() -> String {
+    "spoke".into()
+}
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:7443".parse().expect("valid literal")
+}
+fn default_metrics_listen() -> Option<SocketAddr> {
+    Some("127.0.0.1:9464".parse().expect("valid literal"))
+}
+fn default_data_dir() -> PathBuf {
+    "data".into()
+}
+fn default_policy_dir() -> PathBuf {
+    "policy".into()
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_jitter() -> Percent {
+    Percent(10.0)
+}
+fn default_timestamp_window() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_checkin_body() -> ByteSize {
+    ByteSize(64 << 10)
+}
+fn default_max_traits() -> usize {
+    256
+}
+fn default_flush_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_flushers() -> usize {
+    3
+}
+fn default_batch_rows() -> usize {
+    500
+}
+fn default_keep_runs() -> usize {
+    10
+}
+fn default_max_report_body() -> ByteSize {
+    ByteSize(1 << 20)
+}
+fn default_verify_threads() -> usize {
+    1
+}
+fn default_max_batch() -> usize {
+    128
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_concurrent_handshakes() -> usize {
+    256
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_streams() -> u32 {
+    32
+}
+fn default_window() -> ByteSize {
+    ByteSize(64 << 10)
+}
+fn one() -> u64 {
+    1
+}
+
+impl Default for CheckinConfig {
+    fn default() -> Self {
+        Self {
+            interval: default_interval(),
+            jitter: default_jitter(),
+            timestamp_window: default_timestamp_window(),
+            max_body: default_max_checkin_body(),
+            max_traits: default_max_traits(),
+            offline_after: None,
+        }
+    }
+}
+
+impl Default for FlushConfig {
+    fn default() -> Self {
+        Self {
+            interval: default_flush_interval(),
+            flushers: default_flushers(),
+            batch_rows: default_batch_rows(),
+        }
+    }
+}
+
+impl Default for ReportsConfig {
+    fn default() -> Self {
+        Self {
+            keep_runs: default_keep_runs(),
+            max_body: default_max_report_body(),
+        }
+    }
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        Self {
+            threads: default_verify_threads(),
+            max_batch: default_max_batch(),
+        }
+    }
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: default_handshake_timeout(),
+            concurrent_handshakes: default_concurrent_handshakes(),
+            request_timeout: default_request_timeout(),
+            max_concurrent_streams: default_max_streams(),
+            window: default_window(),
+            max_connection_age: None,
+        }
+    }
+}
+
+impl SpokeConfig {
+    /// Loads, resolves relative paths and checks values that types alone cannot.
+    pub fn load(path: &Path) -> Result<Self, SpokeError> {
+        let mut config: SpokeConfig = load_yaml(path)?;
+        config.resolve_paths(path);
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, file: &Path) {
+        for p in [
+            &mut self.data_dir,
+            &mut self.policy_dir,
+            &mut self.bundle_signing_key,
+            &mut self.tls.ca_cert,
+            &mut self.tls.ca_key,
+            &mut self.tls.cert,
+            &mut self.tls.key,
+        ] {
+            *p = resolve(file, p);
+        }
+    }
+
+    fn validate(&self, file: &Path) -> Result<(), SpokeError> {
+        let bad = |key: &str, why: String| {
+            SpokeError::Common(vigo_common::Error::Config {
+                file: file.to_path_buf(),
+                key: key.to_string(),
+                why,
+            })
+        };
+        if self.checkin.interval < Duration::from_secs(1) {
+            return Err(bad("checkin.interval", "must be at least 1s".into()));
+        }
+        if self.checkin.timestamp_window < Duration::from_secs(1) {
+            return Err(bad(
+                "checkin.timestamp_window",
+                "must be at least 1s".into(),
+            ));
+        }
+        if self.flush.interval < Duration::from_millis(100) {
+            return Err(bad("flush.interval", "must be at least 100ms".into()));
+        }
+        if self.flush.flushers == 0 || self.flush.flushers > 64 {
+            return Err(bad("flush.flushers", "must be between 1 and 64".into()));
+        }
+        if self.flush.batch_rows == 0 {
+            return Err(bad("flush.batch_rows", "must be at least 1".into()));
+        }
+        if self.reports.keep_runs == 0 {
+            return Err(bad("reports.keep_runs", "must be at least 1".into()));
+        }
+        if self.verify.threads == 0 || self.verify.max_batch == 0 {
+            return Err(bad(
+                "verify",
+                "threads and max_batch must be at least 1".into(),
+            ));
+        }
+        if self.connections.window.0 < 16 << 10 || self.connections.window.0 > 1 << 30 {
+            return Err(bad(
+                "connections.window",
+                "must be between 16KiB and 1GiB".into(),
+            ));
+        }
+        let mut names = BTreeSet::new();
+        for (i, t) in self.enrollment.tokens.iter().enumerate() {
+            let key = format!("enrollment.tokens[{i}]");
+            if !names.insert(&t.name) {
+                return Err(bad(&key, format!("token name {:?} used twice", t.name)));
+            }
+            if t.sha256.len() != 64 || hex::decode(&t.sha256).is_err() {
+                return Err(bad(
+                    &format!("{key}.sha256"),
+                    "must be 64 hex digits (the SHA-256 of the token secret)".into(),
+                ));
+            }
+            if t.uses == 0 {
+                return Err(bad(&format!("{key}.uses"), "must be at least 1".into()));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn advertise_address(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
+    }
+
+    pub fn offline_after(&self) -> Duration {
+        self.checkin
+            .offline_after
+            .unwrap_or(self.checkin.interval * 3)
+    }
+
+    pub fn jitter(&self) -> Duration {
+        self.checkin.jitter.of(self.checkin.interval)
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("spoke.redb")
+    }
+}

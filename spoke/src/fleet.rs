@@ -1,0 +1,426 @@
+//! The FleetIndex: every envoy of this spoke, in memory, behind O(1) lookups.
+//!
+//! Records live in 64 shards, each a read-mostly `RwLock<HashMap>`: a check-in takes a
+//! shard read lock for a moment to clone the record's `Arc`, then works on that record's
+//! own small mutex. Writers (enrollment, revocation) are rare, so readers on different
+//! cores never wait on each other.
+//!
+//! Every mutation goes through [`FleetIndex::update`], which keeps the per-status counters
+//! and the per-shard dirty lists right: queries read counters instead of scanning the
+//! fleet, and flushers visit only what changed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use ed25519_dalek::VerifyingKey;
+use foldhash::fast::RandomState;
+use vigo_common::EnvoyId;
+
+use crate::compliance::Compliance;
+
+const SHARDS: usize = 64;
+
+/// An envoy's identity: fixed at enrollment (a re-key replaces the whole record).
+pub struct EnvoyRecord {
+    pub id: EnvoyId,
+    /// Parsed once, at enrollment or start-up: verification never decompresses a point.
+    pub key: VerifyingKey,
+    pub hostname: Box<str>,
+    pub enrolled_at_ms: u64,
+    state: Mutex<EnvoyState>,
+}
+
+/// What changes as an envoy lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvoyState {
+    pub sequence: u64,
+    pub last_seen_ms: u64,
+    pub traits_hash: [u8; 32],
+    /// The bundle the envoy last said it holds.
+    pub bundle_fingerprint: [u8; 32],
+    /// Status from the last run report (`NoData` before the first).
+    pub run_status: Compliance,
+    /// First 8 bytes of the fingerprint of the bundle the last run applied.
+    pub last_run_bundle: Option<u64>,
+    pub last_run_id: u64,
+    pub offline: bool,
+    pub revoked: bool,
+    /// Send the bundle on the next check-in whatever fingerprint the envoy holds.
+    pub force_push: bool,
+    /// Which policy generation `hostcrate` was computed against.
+    pub policy_generation: u32,
+    pub hostcrate: u32,
+    dirty: bool,
+}
+
+impl EnvoyState {
+    pub fn new(last_seen_ms: u64) -> Self {
+        Self {
+            sequence: 0,
+            last_seen_ms,
+            traits_hash: [0; 32],
+            bundle_fingerprint: [0; 32],
+            run_status: Compliance::NoData,
+            last_run_bundle: None,
+            last_run_id: 0,
+            offline: false,
+            revoked: false,
+            force_push: false,
+            policy_generation: u32::MAX,
+            hostcrate: 0,
+            dirty: false,
+        }
+    }
+
+    /// The status counted for this envoy; revoked envoys count nowhere.
+    pub fn effective_status(&self) -> Option<Compliance> {
+        if self.revoked {
+            None
+        } else if self.offline {
+            Some(Compliance::Offline)
+        } else {
+            Some(self.run_status)
+        }
+    }
+
+    /// Marks the state for the next flush.
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+}
+
+impl EnvoyRecord {
+    pub fn new(id: EnvoyId, key: VerifyingKey, hostname: &str, enrolled_at_ms: u64) -> Self {
+        Self {
+            id,
+            key,
+            hostname: hostname.into(),
+            enrolled_at_ms,
+            state: Mutex::new(EnvoyState::new(enrolled_at_ms)),
+        }
+    }
+
+    /// Reads the state under its lock.
+    #[inline]
+    pub fn read<R>(&self, f: impl FnOnce(&EnvoyState) -> R) -> R {
+        f(&self.lock())
+    }
+
+    /// A copy of the state, for reads that need several fields consistently.
+    pub fn state(&self) -> EnvoyState {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, EnvoyState> {
+        // A panic while holding the lock cannot leave the plain-data state half-valid
+        // in a way later readers could not handle, so poisoning is ignored.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct Shard {
+    records: RwLock<HashMap<u64, Arc<EnvoyRecord>, RandomState>>,
+    dirty: Mutex<Vec<EnvoyId>>,
+}
+
+/// Envoys per effective status, kept incrementally.
+#[derive(Default)]
+struct Counters {
+    by_status: [AtomicI64; 7],
+    revoked: AtomicI64,
+}
+
+/// A point-in-time copy of the counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FleetCounts {
+    pub total: u64,
+    pub revoked: u64,
+    pub by_status: [u64; 7],
+}
+
+impl FleetCounts {
+    pub fn status(&self, s: Compliance) -> u64 {
+        self.by_status[s.index()]
+    }
+}
+
+pub struct FleetIndex {
+    shards: Box<[Shard]>,
+    /// Hostname → envoy, keyed by a 64-bit hash of the hostname so the index costs
+    /// 16 bytes an envoy; the rare colliding hostname goes to `hostname_overflow`.
+    hostnames: RwLock<HostnameIndex>,
+    counters: Counters,
+    total: AtomicU64,
+    hasher: RandomState,
+}
+
+#[derive(Default)]
+struct HostnameIndex {
+    primary: HashMap<u64, EnvoyId, RandomState>,
+    overflow: HashMap<Box<str>, EnvoyId, RandomState>,
+}
+
+impl Default for FleetIndex {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FleetIndex {
+    pub fn new() -> Self {
+        let shards = (0..SHARDS)
+            .map(|_| Shard {
+                records: RwLock::new(HashMap::default()),
+                dirty: Mutex::new(Vec::new()),
+            })
+            .collect();
+        Self {
+            shards,
+            hostnames: RwLock::new(HostnameIndex::default()),
+            counters: Counters::default(),
+            total: AtomicU64::new(0),
+            hasher: RandomState::default(),
+        }
+    }
+
+    pub const fn shard_count() -> usize {
+        SHARDS
+    }
+
+    fn shard(&self, id: EnvoyId) -> &Shard {
+        &self.shards[(id.get() % SHARDS as u64) as usize]
+    }
+
+    /// The hot-path lookup: a shard read lock held for one hash probe and an `Arc` clone.
+    #[inline]
+    pub fn get(&self, id: EnvoyId) -> Option<Arc<EnvoyRecord>> {
+        self.shard(id)
+            .records
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id.get())
+            .cloned()
+    }
+
+    pub fn len(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Applies `f` to an envoy's state under its lock, then brings the status counters
+    /// and the dirty list up to date with what `f` changed.
+    #[inline]
+    pub fn update<R>(&self, record: &EnvoyRecord, f: impl FnOnce(&mut EnvoyState) -> R) -> R {
+        let mut st = record.lock();
+        let before = st.effective_status();
+        let was_dirty = st.dirty;
+        let out = f(&mut st);
+        let after = st.effective_status();
+        if before != after {
+            self.count(before, -1);
+            self.count(after, 1);
+        }
+        if st.dirty && !was_dirty {
+            self.shard(record.id)
+                .dirty
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(record.id);
+        }
+        out
+    }
+
+    fn count(&self, status: Option<Compliance>, delta: i64) {
+        let slot = match status {
+            Some(s) => &self.counters.by_status[s.index()],
+            None => &self.counters.revoked,
+        };
+        slot.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Adds an envoy (enrollment or start-up), or replaces one with the same id (re-key).
+    pub fn insert(&self, record: EnvoyRecord, state: EnvoyState) {
+        let id = record.id;
+        let status = state.effective_status();
+        *record.lock() = state;
+        let record = Arc::new(record);
+        let hostname_hash = self.hostname_hash(&record.hostname);
+        let previous = self
+            .shard(id)
+            .records
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.get(), record.clone());
+        match &previous {
+            Some(old) => self.count(old.lock().effective_status(), -1),
+            None => {
+                self.total.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count(status, 1);
+        let mut names = self.hostnames.write().unwrap_or_else(|p| p.into_inner());
+        match names.primary.get(&hostname_hash) {
+            Some(other) if *other != id => {
+                let other_is_same_name = self
+                    .get(*other)
+                    .is_some_and(|o| o.hostname == record.hostname);
+                if other_is_same_name {
+                    names.primary.insert(hostname_hash, id);
+                } else {
+                    names.overflow.insert(record.hostname.clone(), id);
+                }
+            }
+            _ => {
+                names.primary.insert(hostname_hash, id);
+            }
+        }
+    }
+
+    fn hostname_hash(&self, hostname: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(hostname)
+    }
+
+    /// The envoy enrolled under `hostname`, if any.
+    pub fn by_hostname(&self, hostname: &str) -> Option<Arc<EnvoyRecord>> {
+        let names = self.hostnames.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = names.primary.get(&self.hostname_hash(hostname))
+            && let Some(r) = self.get(*id)
+            && &*r.hostname == hostname
+        {
+            return Some(r);
+        }
+        names.overflow.get(hostname).and_then(|id| self.get(*id))
+    }
+
+    /// Takes the ids marked dirty in one shard since the last call.
+    pub fn take_dirty(&self, shard: usize) -> Vec<EnvoyId> {
+        std::mem::take(
+            &mut *self.shards[shard]
+                .dirty
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
+    }
+
+    /// Envoys waiting for a flush (for stats; not exact under concurrent check-ins).
+    pub fn dirty_count(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.dirty.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+
+    /// The state to write for a dirty envoy, clearing its dirty bit under the same lock
+    /// so a concurrent check-in re-marks it for the next flush.
+    pub fn take_for_flush(&self, id: EnvoyId) -> Option<EnvoyState> {
+        let record = self.get(id)?;
+        let mut st = record.lock();
+        if !st.dirty {
+            return None;
+        }
+        st.dirty = false;
+        Some(st.clone())
+    }
+
+    pub fn counts(&self) -> FleetCounts {
+        let mut c = FleetCounts {
+            total: self.len(),
+            revoked: self.counters.revoked.load(Ordering::Relaxed).max(0) as u64,
+            ..Default::default()
+        };
+        for (slot, v) in c.by_status.iter_mut().zip(&self.counters.by_status) {
+            *slot = v.load(Ordering::Relaxed).max(0) as u64;
+        }
+        c
+    }
+
+    /// Visits every record, one shard at a time (background sweeps only).
+    pub fn for_each(&self, mut f: impl FnMut(&Arc<EnvoyRecord>)) {
+        for shard in self.shards.iter() {
+            let records: Vec<Arc<EnvoyRecord>> = shard
+                .records
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            records.iter().for_each(&mut f);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(n: u64, host: &str) -> EnvoyRecord {
+        let key = vigo_common::signing::generate_key().verifying_key();
+        EnvoyRecord::new(EnvoyId::new(n).unwrap(), key, host, 1000)
+    }
+
+    #[test]
+    fn counters_follow_status_changes_without_scans() {
+        let fleet = FleetIndex::new();
+        for n in 1..=10 {
+            fleet.insert(record(n, &format!("h{n}")), EnvoyState::new(0));
+        }
+        assert_eq!(fleet.counts().status(Compliance::NoData), 10);
+        let r = fleet.get(EnvoyId::new(3).unwrap()).unwrap();
+        fleet.update(&r, |s| s.run_status = Compliance::Converged);
+        fleet.update(&r, |s| s.offline = true);
+        let r4 = fleet.get(EnvoyId::new(4).unwrap()).unwrap();
+        fleet.update(&r4, |s| s.revoked = true);
+        let c = fleet.counts();
+        assert_eq!(c.status(Compliance::NoData), 8);
+        assert_eq!(c.status(Compliance::Offline), 1);
+        assert_eq!(c.status(Compliance::Converged), 0);
+        assert_eq!(c.revoked, 1);
+        assert_eq!(c.total, 10);
+        fleet.update(&r, |s| s.offline = false);
+        assert_eq!(fleet.counts().status(Compliance::Converged), 1);
+    }
+
+    #[test]
+    fn dirty_envoys_are_listed_once_until_flushed() {
+        let fleet = FleetIndex::new();
+        fleet.insert(record(5, "a"), EnvoyState::new(0));
+        let r = fleet.get(EnvoyId::new(5).unwrap()).unwrap();
+        fleet.update(&r, |s| s.mark_dirty());
+        fleet.update(&r, |s| s.mark_dirty());
+        let shard = 5 % FleetIndex::shard_count();
+        assert_eq!(fleet.take_dirty(shard), vec![r.id]);
+        assert!(fleet.take_for_flush(r.id).is_some());
+        assert!(
+            fleet.take_for_flush(r.id).is_none(),
+            "flushed state is clean"
+        );
+        fleet.update(&r, |s| s.mark_dirty());
+        assert_eq!(
+            fleet.take_dirty(shard),
+            vec![r.id],
+            "a new change re-lists it"
+        );
+    }
+
+    #[test]
+    fn hostnames_resolve_and_rekey_replaces() {
+        let fleet = FleetIndex::new();
+        fleet.insert(record(7, "web-1"), EnvoyState::new(0));
+        assert_eq!(fleet.by_hostname("web-1").unwrap().id.get(), 7);
+        assert!(fleet.by_hostname("web-2").is_none());
+        let old_key = fleet.get(EnvoyId::new(7).unwrap()).unwrap().key;
+        fleet.insert(record(7, "web-1"), EnvoyState::new(0));
+        assert_eq!(fleet.len(), 1);
+        assert_ne!(fleet.get(EnvoyId::new(7).unwrap()).unwrap().key, old_key);
+        assert_eq!(fleet.counts().status(Compliance::NoData), 1);
+    }
+}

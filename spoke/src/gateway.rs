@@ -1,0 +1,421 @@
+//! Check-ins and run reports: the envoy-facing hot path.
+//!
+//! A check-in touches only memory. In order, cheapest refusal first: the body's size,
+//! its decoding, the client certificate against the envoy id, the FleetIndex lookup,
+//! the certificate's key against the enrolled key, the timestamp window — then the
+//! (batched) signature check — and finally, under the envoy's own lock, the replay check
+//! and the state update. Nothing changes unless every check passed.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use prost::Message;
+use tonic::{Request, Response, Status};
+use vigo_common::EnvoyId;
+use vigo_common::pki::{Peer, Role};
+use vigo_common::signing::{self, Domain};
+use vigo_common::time::now_ms;
+use vigo_common::traits::traits_hash;
+use vigo_proto::v1 as pb;
+
+use crate::compliance::{self, bundle_prefix};
+use crate::error::SpokeError;
+use crate::fleet::{EnvoyRecord, FleetIndex};
+use crate::grpc::{detach, peer};
+use crate::metrics::{CheckinMetrics, CheckinResult, count_call};
+use crate::policy_cache::PolicyCache;
+use crate::store::{Store, StoredLastRun, StoredRun, WriteOp, WriteOutcome};
+use crate::traits_store::TraitsStore;
+use crate::verifier::BatchVerifier;
+
+const MAX_TRAIT_KEY: usize = 128;
+const MAX_TRAIT_VALUE: usize = 4096;
+
+#[derive(Clone, Debug)]
+pub struct GatewaySettings {
+    pub interval_ms: u32,
+    pub jitter_ms: u32,
+    pub timestamp_window_ms: u64,
+    pub max_checkin_body: usize,
+    pub max_report_body: usize,
+    pub max_traits: usize,
+    pub allow_relay: bool,
+    pub keep_runs: usize,
+}
+
+pub struct Gateway {
+    pub fleet: Arc<FleetIndex>,
+    pub traits: Arc<TraitsStore>,
+    pub policy: Arc<PolicyCache>,
+    pub verifier: Arc<BatchVerifier>,
+    pub store: Store,
+    pub settings: GatewaySettings,
+    checkins: CheckinMetrics,
+}
+
+/// The signed header every envoy request body carries.
+trait SignedBody: Message + Default {
+    const DOMAIN: Domain;
+    const CALL: &'static str;
+    fn header(&self) -> (u64, u64, u64);
+}
+
+impl SignedBody for pb::CheckInBody {
+    const DOMAIN: Domain = Domain::CheckIn;
+    const CALL: &'static str = "CheckIn";
+    fn header(&self) -> (u64, u64, u64) {
+        (self.envoy_id, self.sequence, self.timestamp_ms)
+    }
+}
+
+impl SignedBody for pb::RunReportBody {
+    const DOMAIN: Domain = Domain::ReportRun;
+    const CALL: &'static str = "ReportRun";
+    fn header(&self) -> (u64, u64, u64) {
+        (self.envoy_id, self.sequence, self.timestamp_ms)
+    }
+}
+
+/// A request whose signature verified, not yet checked for replay.
+struct Authenticated<B> {
+    record: Arc<EnvoyRecord>,
+    body: B,
+    raw: Bytes,
+    now_ms: u64,
+}
+
+impl Gateway {
+    pub fn new(
+        fleet: Arc<FleetIndex>,
+        traits: Arc<TraitsStore>,
+        policy: Arc<PolicyCache>,
+        verifier: Arc<BatchVerifier>,
+        store: Store,
+        settings: GatewaySettings,
+    ) -> Self {
+        Self {
+            fleet,
+            traits,
+            policy,
+            verifier,
+            store,
+            settings,
+            checkins: CheckinMetrics::default(),
+        }
+    }
+
+    async fn authenticate<B: SignedBody>(
+        &self,
+        peer: &Peer,
+        request: pb::SignedRequest,
+        max_body: usize,
+    ) -> Result<Authenticated<B>, SpokeError> {
+        let pb::SignedRequest {
+            body: raw,
+            signature,
+        } = request;
+        if raw.len() > max_body {
+            return Err(SpokeError::TooLarge {
+                what: "request body",
+                size: raw.len(),
+                limit: max_body,
+            });
+        }
+        let signature = signing::parse_signature(&signature)?;
+        let body = B::decode(raw.clone()).map_err(|e| SpokeError::malformed("request body", e))?;
+        let (envoy_id, _, timestamp_ms) = body.header();
+        let id = EnvoyId::new(envoy_id)
+            .ok_or_else(|| SpokeError::malformed("request body", "envoy_id is zero"))?;
+        self.authorize_peer(peer, id, B::CALL)?;
+        let record = self.fleet.get(id).ok_or(SpokeError::UnknownEnvoy(id))?;
+        if let Peer::Envoy { key, .. } = peer
+            && key != record.key.as_bytes()
+        {
+            return Err(SpokeError::StaleCertificate(id));
+        }
+        if record.read(|st| st.revoked) {
+            return Err(SpokeError::Revoked(id));
+        }
+        let now_ms = now_ms();
+        let skew_ms = timestamp_ms as i64 - now_ms as i64;
+        if skew_ms.unsigned_abs() > self.settings.timestamp_window_ms {
+            return Err(SpokeError::StaleTimestamp {
+                skew_ms,
+                window_ms: self.settings.timestamp_window_ms,
+            });
+        }
+        if !self
+            .verifier
+            .verify(record.key, B::DOMAIN, raw.clone(), signature)
+            .await
+        {
+            return Err(SpokeError::BadSignature);
+        }
+        Ok(Authenticated {
+            record,
+            body,
+            raw,
+            now_ms,
+        })
+    }
+
+    /// Envoy certificates speak for their own envoy only; relay certificates for any,
+    /// when the spoke allows them.
+    fn authorize_peer(
+        &self,
+        peer: &Peer,
+        id: EnvoyId,
+        call: &'static str,
+    ) -> Result<(), SpokeError> {
+        match peer {
+            Peer::Envoy { id: cert, .. } if *cert == id => Ok(()),
+            Peer::Envoy { id: cert, .. } => Err(SpokeError::CertificateMismatch {
+                cert: *cert,
+                body: id,
+            }),
+            Peer::Node {
+                role: Role::Relay, ..
+            } if self.settings.allow_relay => Ok(()),
+            Peer::Node { role, .. } => Err(SpokeError::WrongRole {
+                role: role.as_str(),
+                call,
+            }),
+            Peer::Anonymous => Err(SpokeError::NoClientCertificate),
+        }
+    }
+
+    pub async fn check_in(
+        &self,
+        peer: &Peer,
+        request: pb::SignedRequest,
+    ) -> Result<pb::CheckInResponse, SpokeError> {
+        let Authenticated {
+            record,
+            body,
+            now_ms,
+            ..
+        } = self
+            .authenticate::<pb::CheckInBody>(peer, request, self.settings.max_checkin_body)
+            .await?;
+        let reported_traits = fixed_hash(&body.traits_hash, "traits_hash")?;
+        let fingerprint = optional_hash(&body.bundle_fingerprint, "bundle_fingerprint")?;
+        if let Some(traits) = body.traits {
+            self.stage_traits(reported_traits, traits.values)?;
+        }
+        let policy = self.policy.current();
+        let (hostcrate, force, send_traits) = self.fleet.update(&record, |st| {
+            if st.revoked {
+                return Err(SpokeError::Revoked(record.id));
+            }
+            if body.sequence <= st.sequence {
+                return Err(SpokeError::Replay {
+                    got: body.sequence,
+                    last: st.sequence,
+                });
+            }
+            st.sequence = body.sequence;
+            st.last_seen_ms = now_ms;
+            st.offline = false;
+            st.bundle_fingerprint = fingerprint;
+            let mut send_traits = false;
+            if reported_traits != st.traits_hash {
+                if self.traits.adopt(&st.traits_hash, &reported_traits) {
+                    st.traits_hash = reported_traits;
+                } else {
+                    send_traits = true;
+                }
+            }
+            if st.policy_generation != policy.generation {
+                st.hostcrate = policy.hostcrate_of(&record.hostname);
+                st.policy_generation = policy.generation;
+            }
+            let force = std::mem::take(&mut st.force_push);
+            st.mark_dirty();
+            Ok((st.hostcrate, force, send_traits))
+        })?;
+
+        let bundle = policy.bundle(hostcrate);
+        let answer = if !force && fingerprint == bundle.fingerprint {
+            pb::check_in_response::Answer::NoChange(pb::NoChange {})
+        } else {
+            let held = policy.modules_of(&fingerprint).unwrap_or(&[]);
+            pb::check_in_response::Answer::Bundle(bundle.delivery(|h| held.contains(h)))
+        };
+        Ok(pb::CheckInResponse {
+            answer: Some(answer),
+            interval_ms: self.settings.interval_ms,
+            jitter_ms: self.settings.jitter_ms,
+            open_stream: false,
+            send_traits,
+            server_time_ms: now_ms,
+        })
+    }
+
+    /// Checks a trait set against the hash the envoy signed, and makes it known.
+    fn stage_traits(
+        &self,
+        claimed: [u8; 32],
+        traits: vigo_common::traits::TraitMap,
+    ) -> Result<(), SpokeError> {
+        if traits.len() > self.settings.max_traits {
+            return Err(SpokeError::TooLarge {
+                what: "trait set",
+                size: traits.len(),
+                limit: self.settings.max_traits,
+            });
+        }
+        if let Some((k, _)) = traits
+            .iter()
+            .find(|(k, v)| k.is_empty() || k.len() > MAX_TRAIT_KEY || v.len() > MAX_TRAIT_VALUE)
+        {
+            return Err(SpokeError::malformed(
+                "traits",
+                format!(
+                    "trait {k:?}: keys are 1..{MAX_TRAIT_KEY} bytes, values at most {MAX_TRAIT_VALUE}"
+                ),
+            ));
+        }
+        if traits_hash(&traits) != claimed {
+            return Err(SpokeError::malformed(
+                "traits",
+                "they do not match traits_hash",
+            ));
+        }
+        self.traits.stage(claimed, traits);
+        Ok(())
+    }
+
+    pub async fn report_run(
+        self: &Arc<Self>,
+        peer: &Peer,
+        request: pb::SignedRequest,
+    ) -> Result<pb::ReportRunResponse, SpokeError> {
+        let Authenticated {
+            record,
+            body,
+            raw,
+            now_ms,
+        } = self
+            .authenticate::<pb::RunReportBody>(peer, request, self.settings.max_report_body)
+            .await?;
+        if body.run_id == 0 {
+            return Err(SpokeError::malformed("report", "run_id is zero"));
+        }
+        optional_hash(&body.bundle_fingerprint, "bundle_fingerprint")?;
+        let (previous_bundle, last_run_id, current) = self.fleet.update(&record, |st| {
+            if st.revoked {
+                return Err(SpokeError::Revoked(record.id));
+            }
+            if body.sequence <= st.sequence {
+                return Err(SpokeError::Replay {
+                    got: body.sequence,
+                    last: st.sequence,
+                });
+            }
+            st.sequence = body.sequence;
+            st.last_seen_ms = now_ms;
+            st.offline = false;
+            st.mark_dirty();
+            Ok((st.last_run_bundle, st.last_run_id, st.run_status))
+        })?;
+        if body.run_id == last_run_id {
+            return Ok(pb::ReportRunResponse {
+                status: current.to_proto() as i32,
+                duplicate: true,
+            });
+        }
+        let status = compliance::from_report(&body, previous_bundle);
+        let prefix = bundle_prefix(&body.bundle_fingerprint);
+        let write = WriteOp::PutRun {
+            envoy: record.id.get(),
+            run_id: body.run_id,
+            run: StoredRun {
+                received_at_ms: now_ms,
+                status: status.index() as u32,
+                report: raw.to_vec(),
+            },
+            last: StoredLastRun {
+                run_id: body.run_id,
+                status: status.index() as u32,
+                bundle_prefix: Some(prefix),
+                sequence: body.sequence,
+            },
+            keep: self.settings.keep_runs,
+        };
+        // The durable write and the in-memory update finish even if the caller leaves.
+        let this = self.clone();
+        let run_id = body.run_id;
+        detach(async move {
+            match this.store.write(write).await? {
+                WriteOutcome::DuplicateRun => Ok(pb::ReportRunResponse {
+                    status: record.read(|st| st.run_status).to_proto() as i32,
+                    duplicate: true,
+                }),
+                WriteOutcome::Done => {
+                    this.fleet.update(&record, |st| {
+                        if run_id > st.last_run_id {
+                            st.run_status = status;
+                            st.last_run_bundle = Some(prefix);
+                            st.last_run_id = run_id;
+                        }
+                    });
+                    Ok(pb::ReportRunResponse {
+                        status: status.to_proto() as i32,
+                        duplicate: false,
+                    })
+                }
+            }
+        })
+        .await
+    }
+}
+
+fn fixed_hash(bytes: &[u8], what: &'static str) -> Result<[u8; 32], SpokeError> {
+    bytes
+        .try_into()
+        .map_err(|_| SpokeError::malformed(what, format!("must be 32 bytes, got {}", bytes.len())))
+}
+
+/// A hash that may be absent (empty): all zeroes then.
+fn optional_hash(bytes: &[u8], what: &'static str) -> Result<[u8; 32], SpokeError> {
+    if bytes.is_empty() {
+        Ok([0; 32])
+    } else {
+        fixed_hash(bytes, what)
+    }
+}
+
+/// The gRPC face of the gateway.
+pub struct GatewayService(pub Arc<Gateway>);
+
+#[tonic::async_trait]
+impl pb::envoy_gateway_server::EnvoyGateway for GatewayService {
+    async fn check_in(
+        &self,
+        request: Request<pb::SignedRequest>,
+    ) -> Result<Response<pb::CheckInResponse>, Status> {
+        let started = Instant::now();
+        let (_, extensions, message) = request.into_parts();
+        let result = self.0.check_in(peer(&extensions), message).await;
+        let outcome = match &result {
+            Ok(r) if matches!(r.answer, Some(pb::check_in_response::Answer::NoChange(_))) => {
+                CheckinResult::NoChange
+            }
+            Ok(_) => CheckinResult::Bundle,
+            Err(e) => CheckinResult::Rejected(e),
+        };
+        self.0.checkins.record(outcome, started.elapsed());
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn report_run(
+        &self,
+        request: Request<pb::SignedRequest>,
+    ) -> Result<Response<pb::ReportRunResponse>, Status> {
+        let (_, extensions, message) = request.into_parts();
+        let result = self.0.report_run(peer(&extensions), message).await;
+        count_call("vigo_reports_total", result.as_ref().map(|_| ()));
+        result.map(Response::new).map_err(Status::from)
+    }
+}

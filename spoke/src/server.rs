@@ -1,0 +1,408 @@
+//! Putting a spoke together: rehydrate, serve, sweep, flush, and shut down cleanly.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ed25519_dalek::VerifyingKey;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Server;
+use tracing::{info, warn};
+use vigo_common::pki::CertAuthority;
+use vigo_common::policy::PolicyErrors;
+use vigo_common::tls::{self, AcceptLimits, ClientAuth};
+use vigo_common::{EnvoyId, fsutil, signing};
+use vigo_proto::v1 as pb;
+
+use crate::admin::{Admin, AdminService};
+use crate::compliance::Compliance;
+use crate::config::SpokeConfig;
+use crate::enroll::{Enroller, EnrollmentService};
+use crate::error::SpokeError;
+use crate::fleet::{EnvoyRecord, EnvoyState, FleetIndex};
+use crate::flusher::{Flusher, Flushers};
+use crate::gateway::{Gateway, GatewayService, GatewaySettings};
+use crate::policy_cache::PolicyCache;
+use crate::store::{Loaded, Store};
+use crate::tokens::TokenBook;
+use crate::traits_store::{self, TraitsStore};
+use crate::verifier::BatchVerifier;
+
+/// A running spoke.
+pub struct Spoke {
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub fleet: Arc<FleetIndex>,
+    pub policy: Arc<PolicyCache>,
+    shutdown: Option<oneshot::Sender<()>>,
+    serving: JoinHandle<Result<(), tonic::transport::Error>>,
+    sweeper: JoinHandle<()>,
+    flusher: Arc<Flusher>,
+    flushers: Option<Flushers>,
+    store: Option<Store>,
+    writer: Option<thread::JoinHandle<()>>,
+}
+
+/// What rebuilding the FleetIndex found.
+#[derive(Debug, Clone, Copy)]
+pub struct RehydrateStats {
+    pub envoys: usize,
+    pub trait_sets: usize,
+    pub elapsed: Duration,
+}
+
+impl Spoke {
+    /// Opens the store, rebuilds the FleetIndex, loads the policy and starts serving.
+    /// `metrics` is the process's Prometheus handle, when it exports metrics.
+    pub async fn start(
+        config: SpokeConfig,
+        metrics: Option<PrometheusHandle>,
+    ) -> Result<Spoke, SpokeError> {
+        let (store, writer) = Store::open(&config.db_path())?;
+        let fleet = Arc::new(FleetIndex::new());
+        let traits = Arc::new(TraitsStore::default());
+        let loaded = store.load()?;
+        let token_uses = loaded.token_uses.clone();
+        let stats = rehydrate(loaded, &fleet, &traits, &store, config.offline_after())?;
+        info!(
+            envoys = stats.envoys,
+            trait_sets = stats.trait_sets,
+            elapsed = ?stats.elapsed,
+            "FleetIndex rehydrated"
+        );
+
+        let bundle_key = signing::read_key_file(&config.bundle_signing_key)?;
+        let bundle_public = Bytes::copy_from_slice(bundle_key.verifying_key().as_bytes());
+        let policy = Arc::new(
+            PolicyCache::load(&config.policy_dir, bundle_key).map_err(policy_startup_error)?,
+        );
+        info!(
+            version = %policy.current().version_hex(),
+            hostcrates = policy.current().bundles.len() - 1,
+            "policy loaded"
+        );
+        let ca = CertAuthority::load(&config.tls.ca_cert, &config.tls.ca_key)?;
+        let server_tls = tls::server_config(
+            &fsutil::read_to_string(&config.tls.ca_cert)?,
+            &fsutil::read_to_string(&config.tls.cert)?,
+            &fsutil::read_to_string(&config.tls.key)?,
+            ClientAuth::Optional,
+        )?;
+
+        let interval_ms = config.checkin.interval.as_millis() as u32;
+        let jitter_ms = config.jitter().as_millis() as u32;
+        let verifier = Arc::new(BatchVerifier::start(
+            config.verify.threads,
+            config.verify.max_batch,
+        ));
+        let gateway = Arc::new(Gateway::new(
+            fleet.clone(),
+            traits.clone(),
+            policy.clone(),
+            verifier,
+            store.clone(),
+            GatewaySettings {
+                interval_ms,
+                jitter_ms,
+                timestamp_window_ms: config.checkin.timestamp_window.as_millis() as u64,
+                max_checkin_body: config.checkin.max_body.0,
+                max_report_body: config.reports.max_body.0,
+                max_traits: config.checkin.max_traits,
+                allow_relay: config.tls.allow_relay_certificates,
+                keep_runs: config.reports.keep_runs,
+            },
+        ));
+        let enroller = Arc::new(Enroller::new(
+            fleet.clone(),
+            store.clone(),
+            TokenBook::new(&config.enrollment.tokens, token_uses),
+            ca,
+            config.advertise_address(),
+            interval_ms,
+            jitter_ms,
+            vec![bundle_public],
+        ));
+        let admin = Arc::new(Admin {
+            fleet: fleet.clone(),
+            traits: traits.clone(),
+            store: store.clone(),
+            policy: policy.clone(),
+        });
+        let flusher = Arc::new(Flusher {
+            fleet: fleet.clone(),
+            traits: traits.clone(),
+            store: store.clone(),
+            batch_rows: config.flush.batch_rows,
+        });
+        let flushers = Flushers::start(
+            flusher.clone(),
+            config.flush.flushers,
+            config.flush.interval,
+        );
+        let sweeper = tokio::spawn(sweep_offline(fleet.clone(), config.offline_after()));
+
+        let metrics_addr = match (metrics, config.metrics_listen) {
+            (Some(handle), Some(addr)) => {
+                let (fleet, traits) = (fleet.clone(), traits.clone());
+                let refresh = Arc::new(move || {
+                    crate::metrics::publish_fleet(
+                        &fleet.counts(),
+                        fleet.dirty_count(),
+                        traits.len(),
+                    )
+                });
+                Some(vigo_common::telemetry::serve_metrics(addr, handle, refresh).await?)
+            }
+            _ => None,
+        };
+
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+            SpokeError::Common(vigo_common::Error::Bind {
+                what: "envoys",
+                addr: config.listen,
+                why: e.to_string(),
+            })
+        })?;
+        let addr = listener.local_addr().map_err(|e| {
+            SpokeError::Common(vigo_common::Error::Bind {
+                what: "envoys",
+                addr: config.listen,
+                why: e.to_string(),
+            })
+        })?;
+        let incoming = tls::tls_incoming(
+            listener,
+            Arc::new(server_tls),
+            AcceptLimits {
+                handshake_timeout: config.connections.handshake_timeout,
+                concurrent_handshakes: config.connections.concurrent_handshakes,
+            },
+        );
+        let conns = &config.connections;
+        let window = conns.window.0 as u32;
+        let gateway_limit = config.checkin.max_body.0.max(config.reports.max_body.0) + 4096;
+        let mut builder = Server::builder()
+            .timeout(conns.request_timeout)
+            .initial_stream_window_size(window)
+            .initial_connection_window_size(window)
+            .max_concurrent_streams(conns.max_concurrent_streams)
+            .http2_keepalive_interval(None);
+        if let Some(age) = conns.max_connection_age {
+            builder = builder.max_connection_age(age);
+        }
+        let router = builder
+            .add_service(
+                pb::enrollment_server::EnrollmentServer::new(EnrollmentService(enroller))
+                    .max_decoding_message_size(64 << 10),
+            )
+            .add_service(
+                pb::envoy_gateway_server::EnvoyGatewayServer::new(GatewayService(gateway))
+                    .max_decoding_message_size(gateway_limit),
+            )
+            .add_service(
+                pb::spoke_admin_server::SpokeAdminServer::new(AdminService(admin))
+                    .max_decoding_message_size(1 << 20),
+            );
+        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+        let serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+            let _ = shutdown_rx.await;
+        }));
+        info!(%addr, name = %config.name, advertise = %config.advertise_address(), "spoke serving");
+        Ok(Spoke {
+            addr,
+            metrics_addr,
+            fleet,
+            policy,
+            shutdown: Some(shutdown),
+            serving,
+            sweeper,
+            flusher,
+            flushers: Some(flushers),
+            store: Some(store),
+            writer: Some(writer),
+        })
+    }
+
+    /// Recompiles the policy; the serving one stays if the new one is invalid.
+    pub fn reload_policy(&self) -> Result<(), PolicyErrors> {
+        self.policy.reload().map(|_| ())
+    }
+
+    /// Stops accepting, lets in-flight requests finish, flushes every dirty envoy and
+    /// closes the database.
+    pub async fn shutdown(mut self) -> Result<(), SpokeError> {
+        info!("spoke shutting down");
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+        if let Err(e) = (&mut self.serving).await.unwrap_or(Ok(())) {
+            warn!(error = %e, "server stopped with an error");
+        }
+        self.sweeper.abort();
+        let flushers = self.flushers.take();
+        let flusher = self.flusher.clone();
+        let store = self.store.take();
+        let writer = self.writer.take();
+        let stats = tokio::task::spawn_blocking(move || {
+            if let Some(f) = flushers {
+                f.stop();
+            }
+            let stats = flusher.flush_all();
+            drop(flusher);
+            drop(store);
+            stats
+        })
+        .await
+        .map_err(|_| SpokeError::ShuttingDown)?;
+        info!(rows = stats.rows, "final flush done");
+        // The writer thread ends once the last store handle is gone.
+        drop(self);
+        if let Some(w) = writer {
+            let _ = tokio::task::spawn_blocking(move || w.join()).await;
+        }
+        info!("spoke stopped");
+        Ok(())
+    }
+
+    /// Waits until the server stops on its own (a fatal serving error).
+    pub async fn serving(&mut self) -> Result<(), SpokeError> {
+        match (&mut self.serving).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(SpokeError::Common(vigo_common::Error::Tls {
+                what: "server",
+                why: e.to_string(),
+            })),
+            Err(_) => Err(SpokeError::ShuttingDown),
+        }
+    }
+}
+
+fn policy_startup_error(e: PolicyErrors) -> SpokeError {
+    SpokeError::Common(vigo_common::Error::Policy(e))
+}
+
+/// Rebuilds the FleetIndex from the store: identities, flushed state, last runs and the
+/// trait sets they use. Keys are decompressed on all cores (the one costly step).
+pub fn rehydrate(
+    loaded: Loaded,
+    fleet: &FleetIndex,
+    traits: &TraitsStore,
+    store: &Store,
+    offline_after: Duration,
+) -> Result<RehydrateStats, SpokeError> {
+    let started = Instant::now();
+    let Loaded {
+        envoys,
+        states,
+        last_runs,
+        traits: sets,
+        ..
+    } = loaded;
+    let keys = parse_keys_parallel(&envoys);
+    let now = vigo_common::time::now_ms();
+    let mut referenced = std::collections::HashSet::new();
+    let mut count = 0;
+    for (row, key) in envoys.iter().zip(keys) {
+        let (Some(id), Some(key)) = (EnvoyId::new(row.id), key) else {
+            warn!(id = row.id, "skipping stored envoy with a bad id or key");
+            continue;
+        };
+        let mut st = EnvoyState::new(row.enrolled_at_ms);
+        st.revoked = row.revoked;
+        if let Some(s) = states.get(&row.id) {
+            st.sequence = s.sequence;
+            st.last_seen_ms = s.last_seen_ms;
+            if let Ok(h) = <[u8; 32]>::try_from(s.traits_hash.as_slice())
+                && sets.contains_key(&h)
+            {
+                st.traits_hash = h;
+            }
+            if let Ok(fp) = <[u8; 32]>::try_from(s.bundle_fingerprint.as_slice()) {
+                st.bundle_fingerprint = fp;
+            }
+        }
+        if let Some(run) = last_runs.get(&row.id) {
+            st.run_status = Compliance::from_index(run.status as u8).unwrap_or(Compliance::NoData);
+            st.last_run_bundle = run.bundle_prefix;
+            st.last_run_id = run.run_id;
+            st.sequence = st.sequence.max(run.sequence);
+        }
+        st.offline = now.saturating_sub(st.last_seen_ms) > offline_after.as_millis() as u64;
+        if st.traits_hash != [0; 32] {
+            referenced.insert(st.traits_hash);
+        }
+        fleet.insert(
+            EnvoyRecord::new(id, key, &row.hostname, row.enrolled_at_ms),
+            st,
+        );
+        count += 1;
+    }
+    let mut unreferenced = Vec::new();
+    for (hash, bytes) in sets {
+        match (referenced.contains(&hash), traits_store::decode(&bytes)) {
+            (true, Some(map)) => traits.restore(hash, map),
+            _ => unreferenced.push(hash),
+        }
+    }
+    fleet.for_each(|r| {
+        let h = r.read(|st| st.traits_hash);
+        if h != [0; 32] && !traits.adopt(&[0; 32], &h) {
+            // The set did not decode: the envoy will be asked for its traits again.
+            fleet.update(r, |st| st.traits_hash = [0; 32]);
+        }
+    });
+    store.delete_traits(&unreferenced)?;
+    Ok(RehydrateStats {
+        envoys: count,
+        trait_sets: traits.len(),
+        elapsed: started.elapsed(),
+    })
+}
+
+fn parse_keys_parallel(envoys: &[crate::store::StoredEnvoy]) -> Vec<Option<VerifyingKey>> {
+    let threads = thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = envoys.len().div_ceil(threads).max(1);
+    thread::scope(|scope| {
+        let parts: Vec<_> = envoys
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|e| signing::parse_public_key(&e.public_key).ok())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| p.join().unwrap_or_default())
+            .collect()
+    })
+}
+
+/// Marks envoys silent for longer than `offline_after` as offline. A background pass
+/// over the fleet every few seconds; check-ins clear the mark as they arrive.
+async fn sweep_offline(fleet: Arc<FleetIndex>, offline_after: Duration) {
+    let period = (offline_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(10));
+    let mut tick = tokio::time::interval(period);
+    let limit = offline_after.as_millis() as u64;
+    loop {
+        tick.tick().await;
+        let now = vigo_common::time::now_ms();
+        fleet.for_each(|r| {
+            let stale = r.read(|st| !st.offline && now.saturating_sub(st.last_seen_ms) > limit);
+            if stale {
+                fleet.update(r, |st| {
+                    if now.saturating_sub(st.last_seen_ms) > limit {
+                        st.offline = true;
+                    }
+                });
+            }
+        });
+    }
+}

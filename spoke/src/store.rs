@@ -1,0 +1,518 @@
+//! The spoke's durable state: one redb file.
+//!
+//! All writes go through one writer thread, which gathers whatever jobs are queued into a
+//! single transaction and commits (fsyncs) once for all of them — group commit. Callers
+//! get their answer only after the commit, so an acknowledged enrollment or report is on
+//! disk; and no async worker ever blocks on an fsync.
+//!
+//! Tables, each written by one kind of job so that no two writers race on a row:
+//! `envoys` (identity, write-through), `envoy_states` (last seen, sequence, traits hash:
+//! the flushers), `last_runs` and `runs` (reports, write-through), `traits`
+//! (content-addressed, with the flushers), `token_uses` (with enrollments).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc;
+use std::thread;
+
+use prost::Message;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
+use tracing::{error, info};
+
+const ENVOYS: TableDefinition<u64, &[u8]> = TableDefinition::new("envoys");
+const STATES: TableDefinition<u64, &[u8]> = TableDefinition::new("envoy_states");
+const LAST_RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("last_runs");
+const RUNS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("runs");
+const TRAITS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("traits");
+const TOKEN_USES: TableDefinition<&[u8], u64> = TableDefinition::new("token_uses");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const SCHEMA_VERSION: u64 = 1;
+/// Jobs folded into one transaction at most.
+const MAX_GROUP: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redb: {0}")]
+    Redb(#[from] redb::Error),
+    #[error("{table} row {key} does not decode: {why}")]
+    Corrupt {
+        table: &'static str,
+        key: String,
+        why: String,
+    },
+    #[error("database schema {found} is newer than this spoke understands ({SCHEMA_VERSION})")]
+    SchemaTooNew { found: u64 },
+    #[error("commit failed: {0}")]
+    Commit(String),
+    #[error("the store is closed")]
+    Closed,
+}
+
+fn db_err(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Redb(e.into())
+}
+
+/// An envoy's identity row.
+#[derive(Clone, PartialEq, Message)]
+pub struct StoredEnvoy {
+    #[prost(fixed64, tag = "1")]
+    pub id: u64,
+    #[prost(string, tag = "2")]
+    pub hostname: String,
+    #[prost(bytes = "vec", tag = "3")]
+    pub public_key: Vec<u8>,
+    #[prost(fixed64, tag = "4")]
+    pub enrolled_at_ms: u64,
+    #[prost(bool, tag = "5")]
+    pub revoked: bool,
+    #[prost(fixed64, tag = "6")]
+    pub revoked_at_ms: u64,
+    #[prost(string, tag = "7")]
+    pub revoked_reason: String,
+    /// The token it enrolled with (by name), for audit.
+    #[prost(string, tag = "8")]
+    pub token_name: String,
+}
+
+/// The flushed part of an envoy's state.
+#[derive(Clone, PartialEq, Message)]
+pub struct StoredState {
+    #[prost(fixed64, tag = "1")]
+    pub sequence: u64,
+    #[prost(fixed64, tag = "2")]
+    pub last_seen_ms: u64,
+    #[prost(bytes = "vec", tag = "3")]
+    pub traits_hash: Vec<u8>,
+    #[prost(bytes = "vec", tag = "4")]
+    pub bundle_fingerprint: Vec<u8>,
+}
+
+/// What the latest run established, written with the run.
+#[derive(Clone, PartialEq, Message)]
+pub struct StoredLastRun {
+    #[prost(fixed64, tag = "1")]
+    pub run_id: u64,
+    /// `Compliance` index.
+    #[prost(uint32, tag = "2")]
+    pub status: u32,
+    #[prost(fixed64, optional, tag = "3")]
+    pub bundle_prefix: Option<u64>,
+    /// The sequence of the report: a restart never accepts it again.
+    #[prost(fixed64, tag = "4")]
+    pub sequence: u64,
+}
+
+/// One stored run: the report body exactly as the envoy signed it.
+#[derive(Clone, PartialEq, Message)]
+pub struct StoredRun {
+    #[prost(fixed64, tag = "1")]
+    pub received_at_ms: u64,
+    #[prost(uint32, tag = "2")]
+    pub status: u32,
+    #[prost(bytes = "vec", tag = "3")]
+    pub report: Vec<u8>,
+}
+
+pub enum WriteOp {
+    /// Enrollment, re-key or revocation, in one transaction; `token` counts one use.
+    PutEnvoys {
+        envoys: Vec<StoredEnvoy>,
+        token: Option<[u8; 32]>,
+    },
+    /// A run report; keeps the newest `keep` runs of the envoy.
+    PutRun {
+        envoy: u64,
+        run_id: u64,
+        run: StoredRun,
+        last: StoredLastRun,
+        keep: usize,
+    },
+    /// Dirty states from a flusher, with trait sets not yet on disk.
+    Flush {
+        states: Vec<(u64, StoredState)>,
+        traits: Vec<([u8; 32], Vec<u8>)>,
+    },
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Done,
+    /// The run was already stored (a retried report); nothing changed.
+    DuplicateRun,
+}
+
+struct Job {
+    op: WriteOp,
+    reply: oneshot::Sender<Result<WriteOutcome, String>>,
+}
+
+/// Handle to the store: reads go straight to redb, writes to the writer thread.
+#[derive(Clone)]
+pub struct Store {
+    db: std::sync::Arc<Database>,
+    jobs: mpsc::Sender<Job>,
+}
+
+/// Everything needed to rebuild the FleetIndex at start-up.
+#[derive(Default)]
+pub struct Loaded {
+    pub envoys: Vec<StoredEnvoy>,
+    pub states: HashMap<u64, StoredState>,
+    pub last_runs: HashMap<u64, StoredLastRun>,
+    pub traits: HashMap<[u8; 32], Vec<u8>>,
+    pub token_uses: HashMap<[u8; 32], u64>,
+}
+
+impl Store {
+    /// Opens (or creates) the database and starts the writer thread.
+    pub fn open(path: &Path) -> Result<(Store, thread::JoinHandle<()>), StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| db_err(redb::StorageError::Io(e)))?;
+        }
+        let db = std::sync::Arc::new(Database::create(path).map_err(db_err)?);
+        Self::init_schema(&db)?;
+        let (tx, rx) = mpsc::channel();
+        let writer_db = db.clone();
+        let handle = thread::Builder::new()
+            .name("redb-writer".into())
+            .spawn(move || writer_loop(&writer_db, rx))
+            .expect("spawn redb writer thread");
+        Ok((Store { db, jobs: tx }, handle))
+    }
+
+    fn init_schema(db: &Database) -> Result<(), StoreError> {
+        let txn = db.begin_write().map_err(db_err)?;
+        {
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            let found = meta.get("schema").map_err(db_err)?.map(|v| v.value());
+            match found {
+                Some(v) if v > SCHEMA_VERSION => return Err(StoreError::SchemaTooNew { found: v }),
+                Some(_) => {}
+                None => {
+                    meta.insert("schema", SCHEMA_VERSION).map_err(db_err)?;
+                }
+            }
+            // Create every table so readers never meet a missing one.
+            txn.open_table(ENVOYS).map_err(db_err)?;
+            txn.open_table(STATES).map_err(db_err)?;
+            txn.open_table(LAST_RUNS).map_err(db_err)?;
+            txn.open_table(RUNS).map_err(db_err)?;
+            txn.open_table(TRAITS).map_err(db_err)?;
+            txn.open_table(TOKEN_USES).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Queues a write and waits for its commit.
+    pub async fn write(&self, op: WriteOp) -> Result<WriteOutcome, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job { op, reply })
+            .map_err(|_| StoreError::Closed)?;
+        rx.await
+            .map_err(|_| StoreError::Closed)?
+            .map_err(StoreError::Commit)
+    }
+
+    /// As [`Store::write`], from a plain thread (flushers).
+    pub fn write_blocking(&self, op: WriteOp) -> Result<WriteOutcome, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job { op, reply })
+            .map_err(|_| StoreError::Closed)?;
+        rx.blocking_recv()
+            .map_err(|_| StoreError::Closed)?
+            .map_err(StoreError::Commit)
+    }
+
+    /// Reads everything the FleetIndex is rebuilt from.
+    pub fn load(&self) -> Result<Loaded, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let mut out = Loaded::default();
+        for row in txn
+            .open_table(ENVOYS)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
+            let (k, v) = row.map_err(db_err)?;
+            out.envoys.push(decode("envoys", k.value(), v.value())?);
+        }
+        for row in txn
+            .open_table(STATES)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
+            let (k, v) = row.map_err(db_err)?;
+            out.states
+                .insert(k.value(), decode("envoy_states", k.value(), v.value())?);
+        }
+        for row in txn
+            .open_table(LAST_RUNS)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
+            let (k, v) = row.map_err(db_err)?;
+            out.last_runs
+                .insert(k.value(), decode("last_runs", k.value(), v.value())?);
+        }
+        for row in txn
+            .open_table(TRAITS)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
+            let (k, v) = row.map_err(db_err)?;
+            if let Ok(hash) = <[u8; 32]>::try_from(k.value()) {
+                out.traits.insert(hash, v.value().to_vec());
+            }
+        }
+        for row in txn
+            .open_table(TOKEN_USES)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
+            let (k, v) = row.map_err(db_err)?;
+            if let Ok(hash) = <[u8; 32]>::try_from(k.value()) {
+                out.token_uses.insert(hash, v.value());
+            }
+        }
+        Ok(out)
+    }
+
+    /// One envoy's identity row.
+    pub fn envoy(&self, id: u64) -> Result<Option<StoredEnvoy>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(ENVOYS).map_err(db_err)?;
+        match table.get(id).map_err(db_err)? {
+            Some(row) => Ok(Some(decode("envoys", id, row.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stored runs of one envoy, oldest first.
+    pub fn runs(&self, envoy: u64) -> Result<Vec<(u64, StoredRun)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(RUNS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table
+            .range((envoy, 0)..=(envoy, u64::MAX))
+            .map_err(db_err)?
+        {
+            let (k, v) = row.map_err(db_err)?;
+            let (_, run_id) = k.value();
+            out.push((run_id, decode("runs", run_id, v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Deletes trait sets no envoy refers to (start-up housekeeping).
+    pub fn delete_traits(&self, hashes: &[[u8; 32]]) -> Result<(), StoreError> {
+        if hashes.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = txn.open_table(TRAITS).map_err(db_err)?;
+            for h in hashes {
+                t.remove(h.as_slice()).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)
+    }
+}
+
+fn decode<M: Message + Default>(
+    table: &'static str,
+    key: impl std::fmt::Debug,
+    bytes: &[u8],
+) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|e| StoreError::Corrupt {
+        table,
+        key: format!("{key:?}"),
+        why: e.to_string(),
+    })
+}
+
+fn writer_loop(db: &Database, jobs: mpsc::Receiver<Job>) {
+    let mut group: Vec<Job> = Vec::with_capacity(MAX_GROUP);
+    while let Ok(first) = jobs.recv() {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(j) => group.push(j),
+                Err(_) => break,
+            }
+        }
+        match commit_group(db, &group) {
+            Ok(outcomes) => {
+                for (job, outcome) in group.drain(..).zip(outcomes) {
+                    let _ = job.reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                error!(error = %e, jobs = group.len(), "redb commit failed");
+                for job in group.drain(..) {
+                    let _ = job.reply.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+    info!("redb writer stopped");
+}
+
+fn commit_group(db: &Database, group: &[Job]) -> Result<Vec<WriteOutcome>, StoreError> {
+    let mut txn = db.begin_write().map_err(db_err)?;
+    txn.set_durability(Durability::Immediate).map_err(db_err)?;
+    let mut outcomes = Vec::with_capacity(group.len());
+    {
+        let mut envoys = txn.open_table(ENVOYS).map_err(db_err)?;
+        let mut states = txn.open_table(STATES).map_err(db_err)?;
+        let mut last_runs = txn.open_table(LAST_RUNS).map_err(db_err)?;
+        let mut runs = txn.open_table(RUNS).map_err(db_err)?;
+        let mut traits = txn.open_table(TRAITS).map_err(db_err)?;
+        let mut token_uses = txn.open_table(TOKEN_USES).map_err(db_err)?;
+        for job in group {
+            let outcome = match &job.op {
+                WriteOp::PutEnvoys {
+                    envoys: rows,
+                    token,
+                } => {
+                    for envoy in rows {
+                        envoys
+                            .insert(envoy.id, envoy.encode_to_vec().as_slice())
+                            .map_err(db_err)?;
+                    }
+                    if let Some(hash) = token {
+                        let used = token_uses
+                            .get(hash.as_slice())
+                            .map_err(db_err)?
+                            .map(|v| v.value())
+                            .unwrap_or(0);
+                        token_uses
+                            .insert(hash.as_slice(), used + 1)
+                            .map_err(db_err)?;
+                    }
+                    WriteOutcome::Done
+                }
+                WriteOp::PutRun {
+                    envoy,
+                    run_id,
+                    run,
+                    last,
+                    keep,
+                } => {
+                    if runs.get((*envoy, *run_id)).map_err(db_err)?.is_some() {
+                        WriteOutcome::DuplicateRun
+                    } else {
+                        runs.insert((*envoy, *run_id), run.encode_to_vec().as_slice())
+                            .map_err(db_err)?;
+                        let newer = match last_runs.get(*envoy).map_err(db_err)? {
+                            Some(row) => {
+                                decode::<StoredLastRun>("last_runs", envoy, row.value())?.run_id
+                                    < *run_id
+                            }
+                            None => true,
+                        };
+                        if newer {
+                            last_runs
+                                .insert(*envoy, last.encode_to_vec().as_slice())
+                                .map_err(db_err)?;
+                        }
+                        let stored: Vec<u64> = runs
+                            .range((*envoy, 0)..=(*envoy, u64::MAX))
+                            .map_err(db_err)?
+                            .map(|r| r.map(|(k, _)| k.value().1))
+                            .collect::<Result<_, _>>()
+                            .map_err(db_err)?;
+                        for old in stored.iter().take(stored.len().saturating_sub(*keep)) {
+                            runs.remove((*envoy, *old)).map_err(db_err)?;
+                        }
+                        WriteOutcome::Done
+                    }
+                }
+                WriteOp::Flush {
+                    states: rows,
+                    traits: sets,
+                } => {
+                    for (hash, encoded) in sets {
+                        traits
+                            .insert(hash.as_slice(), encoded.as_slice())
+                            .map_err(db_err)?;
+                    }
+                    for (id, state) in rows {
+                        states
+                            .insert(*id, state.encode_to_vec().as_slice())
+                            .map_err(db_err)?;
+                    }
+                    WriteOutcome::Done
+                }
+            };
+            outcomes.push(outcome);
+        }
+    }
+    txn.commit().map_err(db_err)?;
+    Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn group_committed_writes_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spoke.redb");
+        {
+            let (store, writer) = Store::open(&path).unwrap();
+            let envoy = StoredEnvoy {
+                id: 9,
+                hostname: "h".into(),
+                public_key: vec![1; 32],
+                ..Default::default()
+            };
+            let token = [3u8; 32];
+            let put = || WriteOp::PutEnvoys {
+                envoys: vec![envoy.clone()],
+                token: Some(token),
+            };
+            // Three concurrent writers: folded into one or more group commits.
+            let (a, b, c) =
+                tokio::join!(store.write(put()), store.write(put()), store.write(put()));
+            for r in [a, b, c] {
+                assert_eq!(r.unwrap(), WriteOutcome::Done);
+            }
+            let run = |id| WriteOp::PutRun {
+                envoy: 9,
+                run_id: id,
+                run: StoredRun::default(),
+                last: StoredLastRun {
+                    run_id: id,
+                    ..Default::default()
+                },
+                keep: 2,
+            };
+            for id in 1..=3 {
+                assert_eq!(store.write(run(id)).await.unwrap(), WriteOutcome::Done);
+            }
+            assert_eq!(
+                store.write(run(3)).await.unwrap(),
+                WriteOutcome::DuplicateRun
+            );
+            let kept: Vec<u64> = store.runs(9).unwrap().into_iter().map(|r| r.0).collect();
+            assert_eq!(kept, [2, 3], "only the newest runs are kept");
+            drop(store);
+            writer.join().unwrap();
+        }
+        let (store, _writer) = Store::open(&path).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.envoys.len(), 1);
+        assert_eq!(loaded.token_uses[&[3u8; 32]], 3);
+        assert_eq!(loaded.last_runs[&9].run_id, 3);
+    }
+}

@@ -1,0 +1,185 @@
+//! Enrollment tokens: defined in the config by the SHA-256 of their secret, with a use
+//! count (durable in redb) and an optional expiry.
+//!
+//! A use is reserved before an enrollment's durable write and committed or released
+//! after it, so concurrent enrollments can never overspend a token.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use crate::config::TokenConfig;
+use crate::error::SpokeError;
+
+pub fn hash_secret(secret: &str) -> [u8; 32] {
+    vigo_common::traits::sha256(secret.as_bytes())
+}
+
+/// A fresh token secret: "vgt_" and 40 hex digits (160 random bits).
+pub fn new_secret() -> String {
+    format!("vgt_{}", hex::encode(rand::random::<[u8; 20]>()))
+}
+
+struct Token {
+    name: String,
+    uses: u64,
+    expires: Option<SystemTime>,
+    allow_rekey: bool,
+}
+
+#[derive(Default)]
+struct Book {
+    tokens: HashMap<[u8; 32], Token>,
+    used: HashMap<[u8; 32], u64>,
+    reserved: HashMap<[u8; 32], u64>,
+}
+
+pub struct TokenBook {
+    book: Mutex<Book>,
+}
+
+/// A token use held for one enrollment in progress.
+#[derive(Debug, Clone)]
+pub struct Reservation {
+    pub hash: [u8; 32],
+    pub name: String,
+    pub allow_rekey: bool,
+}
+
+impl TokenBook {
+    /// `used` are the use counts recovered from the store.
+    pub fn new(configs: &[TokenConfig], used: HashMap<[u8; 32], u64>) -> Self {
+        let tokens = configs
+            .iter()
+            .filter_map(|t| {
+                let mut hash = [0u8; 32];
+                hex::decode_to_slice(&t.sha256, &mut hash).ok()?;
+                Some((
+                    hash,
+                    Token {
+                        name: t.name.clone(),
+                        uses: t.uses,
+                        expires: t.expires,
+                        allow_rekey: t.allow_rekey,
+                    },
+                ))
+            })
+            .collect();
+        Self {
+            book: Mutex::new(Book {
+                tokens,
+                used,
+                reserved: HashMap::new(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Checks the token is known and unexpired, without spending a use (a retried
+    /// enrollment of an already enrolled envoy).
+    pub fn check(&self, secret: &str, now: SystemTime) -> Result<Reservation, SpokeError> {
+        let hash = hash_secret(secret);
+        let book = self.lock();
+        let token = book.tokens.get(&hash).ok_or(SpokeError::UnknownToken)?;
+        if token.expires.is_some_and(|e| now >= e) {
+            return Err(SpokeError::TokenExpired(token.name.clone()));
+        }
+        Ok(Reservation {
+            hash,
+            name: token.name.clone(),
+            allow_rekey: token.allow_rekey,
+        })
+    }
+
+    /// Reserves one use of the token.
+    pub fn reserve(&self, secret: &str, now: SystemTime) -> Result<Reservation, SpokeError> {
+        let r = self.check(secret, now)?;
+        let mut book = self.lock();
+        let limit = book.tokens[&r.hash].uses;
+        let taken = book.used.get(&r.hash).copied().unwrap_or(0)
+            + book.reserved.get(&r.hash).copied().unwrap_or(0);
+        if taken >= limit {
+            return Err(SpokeError::TokenSpent(r.name));
+        }
+        *book.reserved.entry(r.hash).or_default() += 1;
+        Ok(r)
+    }
+
+    /// The enrollment is durable: the use is spent.
+    pub fn commit(&self, r: &Reservation) {
+        let mut book = self.lock();
+        Self::unreserve(&mut book, r);
+        *book.used.entry(r.hash).or_default() += 1;
+    }
+
+    /// The enrollment failed: the use is returned.
+    pub fn release(&self, r: &Reservation) {
+        Self::unreserve(&mut self.lock(), r);
+    }
+
+    fn unreserve(book: &mut Book, r: &Reservation) {
+        if let Some(n) = book.reserved.get_mut(&r.hash) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn config(secret: &str, uses: u64, expires: Option<SystemTime>) -> TokenConfig {
+        TokenConfig {
+            name: "t".into(),
+            sha256: hex::encode(hash_secret(secret)),
+            uses,
+            expires,
+            allow_rekey: false,
+        }
+    }
+
+    #[test]
+    fn uses_are_counted_across_reservations() {
+        let book = TokenBook::new(&[config("s", 2, None)], HashMap::new());
+        let now = SystemTime::now();
+        let a = book.reserve("s", now).unwrap();
+        let b = book.reserve("s", now).unwrap();
+        assert!(matches!(
+            book.reserve("s", now),
+            Err(SpokeError::TokenSpent(_))
+        ));
+        book.release(&b);
+        book.commit(&a);
+        let c = book.reserve("s", now).unwrap();
+        book.commit(&c);
+        assert!(matches!(
+            book.reserve("s", now),
+            Err(SpokeError::TokenSpent(_))
+        ));
+        assert!(matches!(
+            book.reserve("x", now),
+            Err(SpokeError::UnknownToken)
+        ));
+    }
+
+    #[test]
+    fn expired_and_stored_uses_are_honoured() {
+        let past = SystemTime::now() - Duration::from_secs(1);
+        let book = TokenBook::new(&[config("old", 5, Some(past))], HashMap::new());
+        assert!(matches!(
+            book.reserve("old", SystemTime::now()),
+            Err(SpokeError::TokenExpired(_))
+        ));
+        let used = HashMap::from([(hash_secret("s"), 1)]);
+        let book = TokenBook::new(&[config("s", 1, None)], used);
+        assert!(matches!(
+            book.reserve("s", SystemTime::now()),
+            Err(SpokeError::TokenSpent(_))
+        ));
+        assert!(book.check("s", SystemTime::now()).is_ok());
+    }
+}
