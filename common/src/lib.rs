@@ -10,6 +10,7 @@ mod error;
 pub mod fsutil;
 pub mod ids;
 pub mod pki;
+pub mod procfs;
 pub mod policy;
 pub mod signing;
 pub mod telemetry;

@@ -16,6 +16,7 @@ pub fn init_tracing(default_filter: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -26,11 +27,16 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     1.0, 2.5, 10.0,
 ];
 
-/// Installs the process-wide Prometheus recorder. Every metric whose name ends in
-/// `_seconds` gets real histogram buckets (the exporter would render summaries otherwise).
+/// Buckets for counts of things (batch sizes), powers of two.
+pub const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+/// Installs the process-wide Prometheus recorder. Metrics named `*_seconds` and
+/// `*_size` get real histogram buckets (the exporter would render summaries otherwise).
 pub fn install_metrics() -> Result<PrometheusHandle, Error> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .map_err(|e| Error::Telemetry(e.to_string()))?
+        .set_buckets_for_metric(Matcher::Suffix("_size".into()), SIZE_BUCKETS)
         .map_err(|e| Error::Telemetry(e.to_string()))?
         .install_recorder()
         .map_err(|e| Error::Telemetry(e.to_string()))?;

@@ -1,0 +1,226 @@
+//! The envoy side of the protocol: enrolling, and signing check-ins and run reports.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use prost::Message;
+use rustls::ClientConfig;
+use tonic::transport::Channel;
+use vigo_common::signing::{self, Domain};
+use vigo_common::time::now_ms;
+use vigo_common::traits::{TraitMap, traits_hash};
+use vigo_common::{EnvoyId, pki, tls};
+use vigo_proto::v1 as pb;
+
+/// Deadline of one request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Common(#[from] vigo_common::Error),
+    #[error("{call} refused: {}: {}", .status.code(), .status.message())]
+    Rpc {
+        call: &'static str,
+        status: tonic::Status,
+    },
+    #[error("the server's answer is unusable: {0}")]
+    BadAnswer(String),
+}
+
+/// What an envoy knows about itself after enrolling.
+#[derive(Clone)]
+pub struct Identity {
+    pub envoy_id: EnvoyId,
+    pub hostname: String,
+    pub key: SigningKey,
+    pub cert_pem: String,
+    pub ca_pem: String,
+    pub spoke_address: String,
+    pub bundle_keys: Vec<VerifyingKey>,
+}
+
+impl Identity {
+    /// TLS client config presenting this envoy's certificate.
+    pub fn tls_config(&self) -> Result<Arc<ClientConfig>, ClientError> {
+        let key_pem = signing::key_to_pkcs8_pem(&self.key);
+        Ok(Arc::new(tls::client_config(
+            &self.ca_pem,
+            Some((&self.cert_pem, &key_pem)),
+        )?))
+    }
+}
+
+/// Enrolls `hostname` with `key` at `server` (TLS, server authentication only).
+pub async fn enroll(
+    server: &str,
+    ca_pem: &str,
+    token: &str,
+    hostname: &str,
+    key: SigningKey,
+) -> Result<(Identity, pb::EnrollResponse), ClientError> {
+    let config = Arc::new(tls::client_config(ca_pem, None)?);
+    let channel = tls::channel(server, config, CONNECT_TIMEOUT)?;
+    enroll_over(channel, ca_pem, token, hostname, key).await
+}
+
+/// As [`enroll`], over an existing channel (the simulator shares a few).
+pub async fn enroll_over(
+    channel: Channel,
+    ca_pem: &str,
+    token: &str,
+    hostname: &str,
+    key: SigningKey,
+) -> Result<(Identity, pb::EnrollResponse), ClientError> {
+    let mut client = pb::enrollment_client::EnrollmentClient::new(channel);
+    let mut request = tonic::Request::new(pb::EnrollRequest {
+        token: token.to_string(),
+        hostname: hostname.to_string(),
+        public_key: Bytes::copy_from_slice(key.verifying_key().as_bytes()),
+        csr_der: pki::envoy_csr(&key)?.into(),
+    });
+    request.set_timeout(REQUEST_TIMEOUT);
+    let response = client
+        .enroll(request)
+        .await
+        .map_err(|status| ClientError::Rpc {
+            call: "Enroll",
+            status,
+        })?
+        .into_inner();
+    let envoy_id = EnvoyId::new(response.envoy_id)
+        .ok_or_else(|| ClientError::BadAnswer("envoy id is zero".into()))?;
+    let bundle_keys = response
+        .bundle_signing_keys
+        .iter()
+        .map(|k| signing::parse_public_key(k))
+        .collect::<Result<Vec<_>, _>>()?;
+    let identity = Identity {
+        envoy_id,
+        hostname: hostname.to_string(),
+        key,
+        cert_pem: pki::cert_der_to_pem(&response.client_certificate_der),
+        ca_pem: ca_pem.to_string(),
+        spoke_address: response.spoke_address.clone(),
+        bundle_keys,
+    };
+    Ok((identity, response))
+}
+
+/// Strictly increasing sequence numbers that survive restarts without being stored:
+/// each is at least the wall clock in microseconds.
+#[derive(Debug, Default, Clone)]
+pub struct Sequencer {
+    last: u64,
+}
+
+impl Sequencer {
+    pub fn starting_after(last: u64) -> Self {
+        Self { last }
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.last = (self.last + 1).max(now_ms().saturating_mul(1000));
+        self.last
+    }
+
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+}
+
+/// Signs `body` for `domain` into a request envelope.
+pub fn seal(key: &SigningKey, domain: Domain, body: &impl Message) -> pb::SignedRequest {
+    let body = Bytes::from(body.encode_to_vec());
+    let signature = signing::sign(key, domain, &body);
+    pb::SignedRequest {
+        body,
+        signature: Bytes::copy_from_slice(&signature.to_bytes()),
+    }
+}
+
+/// A signed check-in. `traits` go along only when `send_traits` is set.
+pub fn check_in_request(
+    id: EnvoyId,
+    key: &SigningKey,
+    sequence: u64,
+    bundle_fingerprint: Option<&[u8; 32]>,
+    traits: &TraitMap,
+    send_traits: bool,
+) -> pb::SignedRequest {
+    let body = pb::CheckInBody {
+        envoy_id: id.get(),
+        sequence,
+        timestamp_ms: now_ms(),
+        bundle_fingerprint: bundle_fingerprint
+            .map(|f| Bytes::copy_from_slice(f))
+            .unwrap_or_default(),
+        traits_hash: Bytes::copy_from_slice(&traits_hash(traits)),
+        traits: send_traits.then(|| pb::Traits {
+            values: traits.clone(),
+        }),
+    };
+    seal(key, Domain::CheckIn, &body)
+}
+
+/// A signed run report; the header fields of `report` are filled in here.
+pub fn report_request(
+    id: EnvoyId,
+    key: &SigningKey,
+    sequence: u64,
+    mut report: pb::RunReportBody,
+) -> pb::SignedRequest {
+    report.envoy_id = id.get();
+    report.sequence = sequence;
+    report.timestamp_ms = now_ms();
+    seal(key, Domain::ReportRun, &report)
+}
+
+/// A gateway client over our TLS to `address`.
+pub fn gateway(
+    address: &str,
+    tls: Arc<ClientConfig>,
+) -> Result<pb::envoy_gateway_client::EnvoyGatewayClient<Channel>, ClientError> {
+    Ok(pb::envoy_gateway_client::EnvoyGatewayClient::new(
+        tls::channel(address, tls, CONNECT_TIMEOUT)?,
+    ))
+}
+
+/// Sends a check-in with the standard deadline.
+pub async fn send_check_in(
+    client: &mut pb::envoy_gateway_client::EnvoyGatewayClient<Channel>,
+    request: pb::SignedRequest,
+) -> Result<pb::CheckInResponse, tonic::Status> {
+    let mut request = tonic::Request::new(request);
+    request.set_timeout(REQUEST_TIMEOUT);
+    client.check_in(request).await.map(|r| r.into_inner())
+}
+
+/// Sends a run report with the standard deadline.
+pub async fn send_report(
+    client: &mut pb::envoy_gateway_client::EnvoyGatewayClient<Channel>,
+    request: pb::SignedRequest,
+) -> Result<pb::ReportRunResponse, tonic::Status> {
+    let mut request = tonic::Request::new(request);
+    request.set_timeout(REQUEST_TIMEOUT);
+    client.report_run(request).await.map(|r| r.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequences_increase_and_follow_the_clock() {
+        let mut s = Sequencer::starting_after(u64::MAX / 2);
+        let a = s.next();
+        assert_eq!(a, u64::MAX / 2 + 1);
+        let mut fresh = Sequencer::default();
+        let b = fresh.next();
+        assert!(b >= now_ms() * 1000 - 1_000_000);
+        assert!(fresh.next() > b);
+    }
+}

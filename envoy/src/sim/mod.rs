@@ -1,0 +1,473 @@
+//! The fleet simulator: thousands of envoys speaking the real protocol from one process.
+//!
+//! Every envoy has its own key and certificate, signs every request, checks in on its
+//! interval with jitter, verifies the bundles it receives and reports a run after each.
+//! By default each envoy has its own TLS connection, as real agents do.
+
+mod identities;
+mod stats;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use tokio::task::JoinSet;
+use tonic::transport::Channel;
+use vigo_common::config::Percent;
+use vigo_common::policy::bundle::verify_delivery;
+use vigo_common::procfs;
+use vigo_common::time::now_ms;
+use vigo_common::traits::TraitMap;
+use vigo_common::{fsutil, tls};
+use vigo_proto::v1 as pb;
+
+use crate::client::{self, ClientError, Identity, Sequencer};
+pub use identities::IdentityFile;
+pub use stats::{Stats, Summary};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "vigo-sim",
+    version,
+    about = "Drive N simulated envoys against a spoke through the real protocol",
+    long_about = "Drive N simulated envoys against a spoke through the real protocol: \
+enrollment, Ed25519-signed check-ins over mutual TLS, bundle verification and run reports.\n\n\
+Identities are kept in --identities so later runs skip enrollment. The run ramps envoys up \
+over --ramp, then measures the steady state until --duration: check-ins/s, latency \
+percentiles and, with --spoke-pid, the spoke's CPU per check-in and memory."
+)]
+pub struct SimArgs {
+    /// The spoke, host:port.
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    pub target: String,
+    /// CA certificate of the cluster (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub ca: PathBuf,
+    /// Enrollment token for envoys not yet enrolled.
+    #[arg(long, env = "VIGO_TOKEN", default_value = "")]
+    pub token: String,
+    #[arg(long, default_value_t = 100)]
+    pub envoys: usize,
+    /// Check-in interval of every envoy.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    pub interval: Duration,
+    /// Random spread around the interval.
+    #[arg(long, value_parser = parse_percent, default_value = "10%")]
+    pub jitter: Percent,
+    /// Total run time, ramp included.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    pub duration: Duration,
+    /// Envoys start spread over this time; measurement starts after it.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub ramp: Duration,
+    /// HTTP/2 connections the envoys share (default: one per envoy). Fewer connections
+    /// than envoys needs --relay-cert/--relay-key and a spoke that allows relays.
+    #[arg(long)]
+    pub connections: Option<usize>,
+    #[arg(long, value_name = "FILE", requires = "relay_key")]
+    pub relay_cert: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", requires = "relay_cert")]
+    pub relay_key: Option<PathBuf>,
+    /// Sample this process's CPU and memory (the spoke) from /proc.
+    #[arg(long)]
+    pub spoke_pid: Option<u32>,
+    #[arg(long, value_name = "FILE", default_value = "vigo-sim-identities.json")]
+    pub identities: PathBuf,
+    /// Ignore stored identities and enroll every envoy anew.
+    #[arg(long)]
+    pub fresh: bool,
+    #[arg(long, default_value = "sim-")]
+    pub hostname_prefix: String,
+    /// Enrollments in flight at once.
+    #[arg(long, default_value_t = 32)]
+    pub enroll_concurrency: usize,
+    /// Seconds between progress lines (0: none).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub progress: Duration,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_percent(s: &str) -> Result<Percent, String> {
+    let v: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{s:?} is not a percentage"))?;
+    if (0.0..=100.0).contains(&v) {
+        Ok(Percent(v))
+    } else {
+        Err(format!("{v}% is outside 0..100%"))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Common(#[from] vigo_common::Error),
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Modules the simulated envoys hold, shared (real envoys each keep their own).
+type ModuleCache = Arc<Mutex<HashMap<[u8; 32], Bytes>>>;
+
+/// Runs the simulation and returns its summary.
+pub async fn run(args: SimArgs) -> Result<Summary, SimError> {
+    procfs::raise_fd_limit();
+    let ca_pem = fsutil::read_to_string(&args.ca)?;
+    let connections = args.connections.unwrap_or(args.envoys).clamp(1, args.envoys.max(1));
+    let shared = connections < args.envoys;
+    if shared && args.relay_cert.is_none() {
+        return Err(SimError::Usage(
+            "--connections below --envoys needs --relay-cert and --relay-key".into(),
+        ));
+    }
+
+    let enroll_started = Instant::now();
+    let (identities, enrolled_now) = ensure_enrolled(&args, &ca_pem).await?;
+    let enroll_seconds = enroll_started.elapsed().as_secs_f64();
+    if enrolled_now > 0 {
+        eprintln!("enrolled {enrolled_now} envoys in {enroll_seconds:.1}s");
+    }
+
+    let clients = build_clients(&args, &ca_pem, &identities, connections)?;
+    let stats = Arc::new(Stats::default());
+    let modules: ModuleCache = Arc::default();
+    let started = Instant::now();
+    let stop_at = started + args.duration;
+    let measure_from = started + args.ramp.min(args.duration);
+    let mut tasks = JoinSet::new();
+    for (i, identity) in identities.into_iter().enumerate() {
+        let client = clients[i % clients.len()].clone();
+        let offset = args.ramp.mul_f64(i as f64 / args.envoys.max(1) as f64);
+        let plan = Plan {
+            start: started + offset,
+            stop_at,
+            interval: args.interval,
+            jitter: args.jitter.of(args.interval),
+        };
+        tasks.spawn(envoy(identity, client, plan, stats.clone(), modules.clone()));
+    }
+
+    let progress = spawn_progress(stats.clone(), args.progress, started, args.spoke_pid);
+    tokio::time::sleep_until(measure_from.into()).await;
+    let window_start = Instant::now();
+    let spoke_cpu_start = args.spoke_pid.and_then(procfs::cpu_micros);
+    let sim_cpu_start = procfs::cpu_micros(std::process::id());
+    stats.measuring.store(true, Ordering::Relaxed);
+    tokio::time::sleep_until(stop_at.into()).await;
+    stats.measuring.store(false, Ordering::Relaxed);
+    let window = window_start.elapsed().as_secs_f64();
+    let spoke_cpu_end = args.spoke_pid.and_then(procfs::cpu_micros);
+    let sim_cpu_end = procfs::cpu_micros(std::process::id());
+    let spoke_rss = args.spoke_pid.and_then(procfs::rss_kib);
+    if let Some(p) = progress {
+        p.abort();
+    }
+    tasks.shutdown().await;
+
+    let window_checkins = stats.window_ok.load(Ordering::Relaxed);
+    let per_checkin = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) if window_checkins > 0 => {
+            Some(b.saturating_sub(a) as f64 / window_checkins as f64)
+        }
+        _ => None,
+    };
+    let (p50, p99, p999) = stats.percentiles();
+    Ok(Summary {
+        envoys: args.envoys,
+        connections,
+        interval_s: args.interval.as_secs_f64(),
+        enrolled_now,
+        enroll_seconds,
+        checkins_sent: stats.sent.load(Ordering::Relaxed),
+        checkins_ok: stats.ok(),
+        no_change: stats.no_change.load(Ordering::Relaxed),
+        bundles: stats.bundles.load(Ordering::Relaxed),
+        reports: stats.reports.load(Ordering::Relaxed),
+        failed_reports: stats.failed_reports.load(Ordering::Relaxed),
+        failed: stats.failures(),
+        window_seconds: window,
+        window_checkins,
+        checkins_per_second: window_checkins as f64 / window.max(1e-9),
+        latency_p50_us: p50,
+        latency_p99_us: p99,
+        latency_p999_us: p999,
+        spoke_cpu_us_per_checkin: per_checkin(spoke_cpu_start, spoke_cpu_end),
+        spoke_cpu_percent: match (spoke_cpu_start, spoke_cpu_end) {
+            (Some(a), Some(b)) => Some((b - a) as f64 / (window * 1e6) * 100.0),
+            _ => None,
+        },
+        spoke_rss_kib: spoke_rss,
+        spoke_rss_per_envoy_bytes: spoke_rss.map(|kib| kib as f64 * 1024.0 / args.envoys.max(1) as f64),
+        sim_cpu_us_per_checkin: per_checkin(sim_cpu_start, sim_cpu_end),
+    })
+}
+
+/// Loads stored identities and enrolls whatever is missing up to `--envoys`.
+async fn ensure_enrolled(args: &SimArgs, ca_pem: &str) -> Result<(Vec<Identity>, usize), SimError> {
+    let mut file = if args.fresh {
+        IdentityFile::default()
+    } else {
+        IdentityFile::load(&args.identities, ca_pem)
+    };
+    file.ca_sha256 = identities::ca_fingerprint(ca_pem);
+    let mut have = file.identities(ca_pem);
+    have.truncate(args.envoys);
+    if !file.envoys.is_empty() && have.len() == args.envoys {
+        return Ok((have, 0));
+    }
+    if args.token.is_empty() {
+        return Err(SimError::Usage(format!(
+            "{} envoys need enrolling: pass --token",
+            args.envoys - have.len()
+        )));
+    }
+    // A few shared connections carry the enrollments (they need no client certificate).
+    let tls_config = Arc::new(tls::client_config(ca_pem, None)?);
+    let channels: Vec<Channel> = (0..4)
+        .map(|_| tls::channel(&args.target, tls_config.clone(), client::CONNECT_TIMEOUT))
+        .collect::<Result<_, _>>()?;
+    let suffix_base = file.envoys.len();
+    let missing = args.envoys - have.len();
+    let mut tasks = JoinSet::new();
+    let mut next = 0;
+    let mut enrolled = Vec::with_capacity(missing);
+    let stamp = format!("{:x}", now_ms() % 0xfffff);
+    while enrolled.len() < missing {
+        while next < missing && tasks.len() < args.enroll_concurrency.max(1) {
+            let channel = channels[next % channels.len()].clone();
+            let hostname = format!("{}{stamp}-{:06}", args.hostname_prefix, suffix_base + next);
+            let (ca, token) = (ca_pem.to_string(), args.token.clone());
+            tasks.spawn(async move {
+                let key = vigo_common::signing::generate_key();
+                client::enroll_over(channel, &ca, &token, &hostname, key).await
+            });
+            next += 1;
+        }
+        match tasks.join_next().await {
+            Some(Ok(Ok((identity, _)))) => enrolled.push(identity),
+            Some(Ok(Err(e))) => {
+                // Keep what did enroll for the next run.
+                for id in &enrolled {
+                    file.push(id);
+                }
+                let _ = file.save(&args.identities);
+                return Err(e.into());
+            }
+            Some(Err(join)) => return Err(SimError::Usage(format!("enrollment task: {join}"))),
+            None => break,
+        }
+    }
+    for id in &enrolled {
+        file.push(id);
+    }
+    file.save(&args.identities)?;
+    let count = enrolled.len();
+    have.extend(enrolled);
+    Ok((have, count))
+}
+
+type Gateway = pb::envoy_gateway_client::EnvoyGatewayClient<Channel>;
+
+/// One client per connection: each envoy's own, or `connections` relay connections.
+fn build_clients(
+    args: &SimArgs,
+    ca_pem: &str,
+    identities: &[Identity],
+    connections: usize,
+) -> Result<Vec<Gateway>, SimError> {
+    if connections < identities.len() {
+        let cert = fsutil::read_to_string(args.relay_cert.as_deref().unwrap_or_else(|| "".as_ref()))?;
+        let key = fsutil::read_to_string(args.relay_key.as_deref().unwrap_or_else(|| "".as_ref()))?;
+        let config = Arc::new(tls::client_config(ca_pem, Some((&cert, &key)))?);
+        return (0..connections)
+            .map(|_| Ok(client::gateway(&args.target, config.clone())?))
+            .collect();
+    }
+    identities
+        .iter()
+        .map(|id| Ok(client::gateway(&args.target, id.tls_config()?)?))
+        .collect()
+}
+
+#[derive(Clone, Copy)]
+struct Plan {
+    start: Instant,
+    stop_at: Instant,
+    interval: Duration,
+    jitter: Duration,
+}
+
+impl Plan {
+    fn next_after(&self, at: Instant) -> Instant {
+        let spread = self.jitter.as_secs_f64();
+        let offset = if spread > 0.0 {
+            (rand::random::<f64>() * 2.0 - 1.0) * spread
+        } else {
+            0.0
+        };
+        at + Duration::from_secs_f64((self.interval.as_secs_f64() + offset).max(0.001))
+    }
+}
+
+fn sim_traits(identity: &Identity) -> TraitMap {
+    let n = identity.envoy_id.get();
+    TraitMap::from([
+        ("hostname".into(), identity.hostname.clone()),
+        ("os".into(), "debian".into()),
+        ("os_version".into(), "12".into()),
+        ("kernel".into(), "6.1.0-sim".into()),
+        ("arch".into(), "x86_64".into()),
+        ("cpus".into(), (2 + n % 7).to_string()),
+        ("memory_mb".into(), (2048 * (1 + n % 8)).to_string()),
+        (
+            "ipv4".into(),
+            format!("10.{}.{}.{}", (n >> 16) as u8, (n >> 8) as u8, n as u8),
+        ),
+    ])
+}
+
+/// One simulated envoy: check in on the plan, apply (verify) bundles, report runs.
+async fn envoy(identity: Identity, mut gateway: Gateway, plan: Plan, stats: Arc<Stats>, modules: ModuleCache) {
+    let traits = sim_traits(&identity);
+    let mut seq = Sequencer::default();
+    let mut fingerprint: Option<[u8; 32]> = None;
+    let mut traits_known = false;
+    let mut connected = false;
+    let mut next = plan.start;
+    loop {
+        if next >= plan.stop_at {
+            return;
+        }
+        tokio::time::sleep_until(next.into()).await;
+        let request = client::check_in_request(
+            identity.envoy_id,
+            &identity.key,
+            seq.next(),
+            fingerprint.as_ref(),
+            &traits,
+            !traits_known,
+        );
+        stats.sent.fetch_add(1, Ordering::Relaxed);
+        let sent_at = Instant::now();
+        match client::send_check_in(&mut gateway, request).await {
+            Ok(response) => {
+                if !connected {
+                    connected = true;
+                    stats.connected.fetch_add(1, Ordering::Relaxed);
+                }
+                traits_known = !response.send_traits;
+                let bundle = matches!(response.answer, Some(pb::check_in_response::Answer::Bundle(_)));
+                stats.answered(sent_at.elapsed(), bundle);
+                if let Some(pb::check_in_response::Answer::Bundle(delivery)) = response.answer {
+                    match apply(&identity, &delivery, &modules) {
+                        Ok((fp, report)) => {
+                            fingerprint = Some(fp);
+                            let request =
+                                client::report_request(identity.envoy_id, &identity.key, seq.next(), report);
+                            match client::send_report(&mut gateway, request).await {
+                                Ok(_) => stats.reports.fetch_add(1, Ordering::Relaxed),
+                                Err(_) => stats.failed_reports.fetch_add(1, Ordering::Relaxed),
+                            };
+                        }
+                        Err(e) => stats.failed(&format!("bundle refused: {e}")),
+                    }
+                }
+            }
+            Err(status) => stats.failed(&format!("{:?}", status.code())),
+        }
+        next = plan.next_after(next).max(Instant::now());
+    }
+}
+
+/// Verifies a bundle as an envoy would and builds the report of its (simulated) run.
+fn apply(
+    identity: &Identity,
+    delivery: &pb::BundleDelivery,
+    modules: &ModuleCache,
+) -> Result<([u8; 32], pb::RunReportBody), vigo_common::policy::bundle::BundleError> {
+    let verified = {
+        let cache = modules.lock().unwrap_or_else(|p| p.into_inner());
+        verify_delivery(delivery, &identity.bundle_keys, |h| cache.get(h).cloned())?
+    };
+    {
+        let mut cache = modules.lock().unwrap_or_else(|p| p.into_inner());
+        for (hash, body) in &verified.modules {
+            cache.entry(*hash).or_insert_with(|| body.clone());
+        }
+    }
+    let started_at_ms = now_ms();
+    let outcomes = verified
+        .decode_modules()?
+        .into_iter()
+        .flat_map(|m| m.resources)
+        .map(|r| pb::ResourceOutcome {
+            resource_id: r.id,
+            outcome: pb::Outcome::Changed as i32,
+            message: "simulated".into(),
+            duration_ms: 1,
+        })
+        .collect();
+    Ok((
+        verified.fingerprint,
+        pb::RunReportBody {
+            run_id: started_at_ms.max(1),
+            bundle_fingerprint: Bytes::copy_from_slice(&verified.fingerprint),
+            dry_run: false,
+            started_at_ms,
+            duration_ms: 1,
+            outcomes,
+            ..Default::default()
+        },
+    ))
+}
+
+fn spawn_progress(
+    stats: Arc<Stats>,
+    every: Duration,
+    started: Instant,
+    spoke_pid: Option<u32>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if every.is_zero() {
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at((started + every).into(), every);
+        let mut last_ok = 0;
+        let mut last_cpu = spoke_pid.and_then(procfs::cpu_micros);
+        loop {
+            tick.tick().await;
+            let ok = stats.ok();
+            let cpu = spoke_pid.and_then(procfs::cpu_micros);
+            let spoke = match (last_cpu, cpu) {
+                (Some(a), Some(b)) => format!(
+                    " spoke cpu {:.0}%",
+                    (b - a) as f64 / every.as_secs_f64() / 1e4
+                ),
+                _ => String::new(),
+            };
+            let (p50, p99, _) = stats.percentiles();
+            eprintln!(
+                "[{:>5.0}s] connected {} check-ins {} ({:.0}/s) failed {} p50 {} µs p99 {} µs{}",
+                started.elapsed().as_secs_f64(),
+                stats.connected.load(Ordering::Relaxed),
+                ok,
+                (ok - last_ok) as f64 / every.as_secs_f64(),
+                stats.failed_total(),
+                p50,
+                p99,
+                spoke
+            );
+            last_ok = ok;
+            last_cpu = cpu;
+        }
+    }))
+}

@@ -1,0 +1,173 @@
+//! What the simulator counts, and the summary it prints.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+pub struct Stats {
+    pub sent: AtomicU64,
+    pub no_change: AtomicU64,
+    pub bundles: AtomicU64,
+    pub reports: AtomicU64,
+    pub failed_reports: AtomicU64,
+    pub connected: AtomicU64,
+    failed: Mutex<BTreeMap<String, u64>>,
+    /// Latency of check-ins answered inside the measurement window, in microseconds.
+    latency: Mutex<Histogram<u64>>,
+    /// Check-ins answered inside the measurement window.
+    pub window_ok: AtomicU64,
+    pub measuring: AtomicBool,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            sent: AtomicU64::new(0),
+            no_change: AtomicU64::new(0),
+            bundles: AtomicU64::new(0),
+            reports: AtomicU64::new(0),
+            failed_reports: AtomicU64::new(0),
+            connected: AtomicU64::new(0),
+            failed: Mutex::new(BTreeMap::new()),
+            latency: Mutex::new(
+                Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds"),
+            ),
+            window_ok: AtomicU64::new(0),
+            measuring: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Stats {
+    pub fn answered(&self, latency: Duration, bundle: bool) {
+        if bundle {
+            self.bundles.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.no_change.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.measuring.load(Ordering::Relaxed) {
+            self.window_ok.fetch_add(1, Ordering::Relaxed);
+            let us = (latency.as_micros() as u64).clamp(1, 120_000_000);
+            let _ = self
+                .latency
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(us);
+        }
+    }
+
+    pub fn failed(&self, what: &str) {
+        *self
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(what.to_string())
+            .or_default() += 1;
+    }
+
+    pub fn failed_total(&self) -> u64 {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .sum()
+    }
+
+    pub fn failures(&self) -> BTreeMap<String, u64> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// (p50, p99, p99.9) in microseconds of the measurement window so far.
+    pub fn percentiles(&self) -> (u64, u64, u64) {
+        let h = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        (
+            h.value_at_quantile(0.50),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+        )
+    }
+
+    pub fn ok(&self) -> u64 {
+        self.no_change.load(Ordering::Relaxed) + self.bundles.load(Ordering::Relaxed)
+    }
+}
+
+/// The end-of-run summary (`--json` prints it as one JSON object).
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub envoys: usize,
+    pub connections: usize,
+    pub interval_s: f64,
+    pub enrolled_now: usize,
+    pub enroll_seconds: f64,
+    pub checkins_sent: u64,
+    pub checkins_ok: u64,
+    pub no_change: u64,
+    pub bundles: u64,
+    pub reports: u64,
+    pub failed_reports: u64,
+    pub failed: BTreeMap<String, u64>,
+    /// The steady-state window (after the ramp) the figures below cover.
+    pub window_seconds: f64,
+    pub window_checkins: u64,
+    pub checkins_per_second: f64,
+    pub latency_p50_us: u64,
+    pub latency_p99_us: u64,
+    pub latency_p999_us: u64,
+    /// Spoke CPU (user + system) per check-in answered in the window.
+    pub spoke_cpu_us_per_checkin: Option<f64>,
+    pub spoke_cpu_percent: Option<f64>,
+    pub spoke_rss_kib: Option<u64>,
+    pub spoke_rss_per_envoy_bytes: Option<f64>,
+    pub sim_cpu_us_per_checkin: Option<f64>,
+}
+
+impl Summary {
+    pub fn print(&self) {
+        println!("vigo-sim summary");
+        println!(
+            "  envoys {} on {} connection(s), interval {:.1}s; enrolled now {} in {:.1}s",
+            self.envoys, self.connections, self.interval_s, self.enrolled_now, self.enroll_seconds
+        );
+        println!(
+            "  check-ins sent {}  ok {} (no-change {}, bundle {})  reports {} (failed {})",
+            self.checkins_sent,
+            self.checkins_ok,
+            self.no_change,
+            self.bundles,
+            self.reports,
+            self.failed_reports
+        );
+        if self.failed.is_empty() {
+            println!("  failed: none");
+        } else {
+            let list: Vec<String> = self.failed.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            println!("  failed: {}", list.join(", "));
+        }
+        println!(
+            "  steady state {:.1}s: {} check-ins, {:.1}/s, latency p50 {} µs, p99 {} µs, p99.9 {} µs",
+            self.window_seconds,
+            self.window_checkins,
+            self.checkins_per_second,
+            self.latency_p50_us,
+            self.latency_p99_us,
+            self.latency_p999_us
+        );
+        if let Some(cpu) = self.spoke_cpu_us_per_checkin {
+            println!(
+                "  spoke CPU {:.1} µs per check-in ({:.1}% of one core); RSS {} KiB ({:.0} B per envoy)",
+                cpu,
+                self.spoke_cpu_percent.unwrap_or(0.0),
+                self.spoke_rss_kib.unwrap_or(0),
+                self.spoke_rss_per_envoy_bytes.unwrap_or(0.0)
+            );
+        }
+        if let Some(cpu) = self.sim_cpu_us_per_checkin {
+            println!("  simulator CPU {cpu:.1} µs per check-in");
+        }
+    }
+}
