@@ -122,7 +122,7 @@ impl Sequencer {
         Self { last }
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn advance(&mut self) -> u64 {
         self.last = (self.last + 1).max(now_ms().saturating_mul(1000));
         self.last
     }
@@ -216,11 +216,11 @@ mod tests {
     #[test]
     fn sequences_increase_and_follow_the_clock() {
         let mut s = Sequencer::starting_after(u64::MAX / 2);
-        let a = s.next();
+        let a = s.advance();
         assert_eq!(a, u64::MAX / 2 + 1);
         let mut fresh = Sequencer::default();
-        let b = fresh.next();
+        let b = fresh.advance();
         assert!(b >= now_ms() * 1000 - 1_000_000);
-        assert!(fresh.next() > b);
+        assert!(fresh.advance() > b);
     }
 }

@@ -6,7 +6,10 @@ fn main() -> std::process::ExitCode {
     vigo_common::telemetry::init_tracing("warn");
     let args = SimArgs::parse();
     let json = args.json;
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("vigo-sim: tokio runtime: {e}");

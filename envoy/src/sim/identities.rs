@@ -52,7 +52,11 @@ impl IdentityFile {
 
     pub fn push(&mut self, id: &Identity) {
         self.spoke_address = id.spoke_address.clone();
-        self.bundle_keys = id.bundle_keys.iter().map(|k| hex::encode(k.as_bytes())).collect();
+        self.bundle_keys = id
+            .bundle_keys
+            .iter()
+            .map(|k| hex::encode(k.as_bytes()))
+            .collect();
         self.envoys.push(StoredIdentity {
             envoy_id: id.envoy_id.to_string(),
             hostname: id.hostname.clone(),

@@ -122,7 +122,10 @@ type ModuleCache = Arc<Mutex<HashMap<[u8; 32], Bytes>>>;
 pub async fn run(args: SimArgs) -> Result<Summary, SimError> {
     procfs::raise_fd_limit();
     let ca_pem = fsutil::read_to_string(&args.ca)?;
-    let connections = args.connections.unwrap_or(args.envoys).clamp(1, args.envoys.max(1));
+    let connections = args
+        .connections
+        .unwrap_or(args.envoys)
+        .clamp(1, args.envoys.max(1));
     let shared = connections < args.envoys;
     if shared && args.relay_cert.is_none() {
         return Err(SimError::Usage(
@@ -153,7 +156,13 @@ pub async fn run(args: SimArgs) -> Result<Summary, SimError> {
             interval: args.interval,
             jitter: args.jitter.of(args.interval),
         };
-        tasks.spawn(envoy(identity, client, plan, stats.clone(), modules.clone()));
+        tasks.spawn(envoy(
+            identity,
+            client,
+            plan,
+            stats.clone(),
+            modules.clone(),
+        ));
     }
 
     let progress = spawn_progress(stats.clone(), args.progress, started, args.spoke_pid);
@@ -206,7 +215,8 @@ pub async fn run(args: SimArgs) -> Result<Summary, SimError> {
             _ => None,
         },
         spoke_rss_kib: spoke_rss,
-        spoke_rss_per_envoy_bytes: spoke_rss.map(|kib| kib as f64 * 1024.0 / args.envoys.max(1) as f64),
+        spoke_rss_per_envoy_bytes: spoke_rss
+            .map(|kib| kib as f64 * 1024.0 / args.envoys.max(1) as f64),
         sim_cpu_us_per_checkin: per_checkin(sim_cpu_start, sim_cpu_end),
     })
 }
@@ -285,7 +295,8 @@ fn build_clients(
     connections: usize,
 ) -> Result<Vec<Gateway>, SimError> {
     if connections < identities.len() {
-        let cert = fsutil::read_to_string(args.relay_cert.as_deref().unwrap_or_else(|| "".as_ref()))?;
+        let cert =
+            fsutil::read_to_string(args.relay_cert.as_deref().unwrap_or_else(|| "".as_ref()))?;
         let key = fsutil::read_to_string(args.relay_key.as_deref().unwrap_or_else(|| "".as_ref()))?;
         let config = Arc::new(tls::client_config(ca_pem, Some((&cert, &key)))?);
         return (0..connections)
@@ -336,7 +347,13 @@ fn sim_traits(identity: &Identity) -> TraitMap {
 }
 
 /// One simulated envoy: check in on the plan, apply (verify) bundles, report runs.
-async fn envoy(identity: Identity, mut gateway: Gateway, plan: Plan, stats: Arc<Stats>, modules: ModuleCache) {
+async fn envoy(
+    identity: Identity,
+    mut gateway: Gateway,
+    plan: Plan,
+    stats: Arc<Stats>,
+    modules: ModuleCache,
+) {
     let traits = sim_traits(&identity);
     let mut seq = Sequencer::default();
     let mut fingerprint: Option<[u8; 32]> = None;
@@ -351,7 +368,7 @@ async fn envoy(identity: Identity, mut gateway: Gateway, plan: Plan, stats: Arc<
         let request = client::check_in_request(
             identity.envoy_id,
             &identity.key,
-            seq.next(),
+            seq.advance(),
             fingerprint.as_ref(),
             &traits,
             !traits_known,
@@ -365,14 +382,21 @@ async fn envoy(identity: Identity, mut gateway: Gateway, plan: Plan, stats: Arc<
                     stats.connected.fetch_add(1, Ordering::Relaxed);
                 }
                 traits_known = !response.send_traits;
-                let bundle = matches!(response.answer, Some(pb::check_in_response::Answer::Bundle(_)));
+                let bundle = matches!(
+                    response.answer,
+                    Some(pb::check_in_response::Answer::Bundle(_))
+                );
                 stats.answered(sent_at.elapsed(), bundle);
                 if let Some(pb::check_in_response::Answer::Bundle(delivery)) = response.answer {
                     match apply(&identity, &delivery, &modules) {
                         Ok((fp, report)) => {
                             fingerprint = Some(fp);
-                            let request =
-                                client::report_request(identity.envoy_id, &identity.key, seq.next(), report);
+                            let request = client::report_request(
+                                identity.envoy_id,
+                                &identity.key,
+                                seq.advance(),
+                                report,
+                            );
                             match client::send_report(&mut gateway, request).await {
                                 Ok(_) => stats.reports.fetch_add(1, Ordering::Relaxed),
                                 Err(_) => stats.failed_reports.fetch_add(1, Ordering::Relaxed),

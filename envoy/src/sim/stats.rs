@@ -78,7 +78,10 @@ impl Stats {
     }
 
     pub fn failures(&self) -> BTreeMap<String, u64> {
-        self.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// (p50, p99, p99.9) in microseconds of the measurement window so far.
@@ -145,7 +148,11 @@ impl Summary {
         if self.failed.is_empty() {
             println!("  failed: none");
         } else {
-            let list: Vec<String> = self.failed.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let list: Vec<String> = self
+                .failed
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
             println!("  failed: {}", list.join(", "));
         }
         println!(
