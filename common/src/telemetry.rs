@@ -51,6 +51,27 @@ pub fn install_metrics() -> Result<PrometheusHandle, Error> {
     Ok(handle)
 }
 
+/// Heap figures from the process's allocator, when the binary's allocator reports them.
+#[derive(Clone, Copy, Debug)]
+pub struct HeapStats {
+    /// Bytes handed out to the program.
+    pub allocated: u64,
+    /// Bytes of memory the allocator holds resident.
+    pub resident: u64,
+}
+
+static HEAP_PROBE: std::sync::OnceLock<fn() -> Option<HeapStats>> = std::sync::OnceLock::new();
+
+/// Registers the binary's allocator statistics; they are exported with every scrape.
+pub fn set_heap_probe(probe: fn() -> Option<HeapStats>) {
+    let _ = HEAP_PROBE.set(probe);
+}
+
+/// The allocator's current figures, if a probe is registered.
+pub fn heap_stats() -> Option<HeapStats> {
+    HEAP_PROBE.get().and_then(|probe| probe())
+}
+
 /// Serves `GET /metrics`. `refresh` runs before each render so gauges derived from
 /// in-memory state (envoy counts, ...) are current without a timer.
 pub async fn serve_metrics(
@@ -74,6 +95,10 @@ pub async fn serve_metrics(
             let (handle, refresh) = (handle.clone(), refresh.clone());
             async move {
                 refresh();
+                if let Some(heap) = heap_stats() {
+                    metrics::gauge!("vigo_heap_allocated_bytes").set(heap.allocated as f64);
+                    metrics::gauge!("vigo_heap_resident_bytes").set(heap.resident as f64);
+                }
                 (
                     [("content-type", "text/plain; version=0.0.4")],
                     handle.render(),

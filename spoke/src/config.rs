@@ -111,9 +111,7 @@ pub struct ReportsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyConfig {
-    /// Threads verifying signatures; concurrent check-ins are verified in batches.
-    #[serde(default = "default_verify_threads")]
-    pub threads: usize,
+    /// Concurrent check-ins are verified together, up to this many signatures at once.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
 }
@@ -209,11 +207,8 @@ fn default_keep_runs() -> usize {
 fn default_max_report_body() -> ByteSize {
     ByteSize(1 << 20)
 }
-fn default_verify_threads() -> usize {
-    1
-}
 fn default_max_batch() -> usize {
-    128
+    64
 }
 fn default_handshake_timeout() -> Duration {
     Duration::from_secs(10)
@@ -269,7 +264,6 @@ impl Default for ReportsConfig {
 impl Default for VerifyConfig {
     fn default() -> Self {
         Self {
-            threads: default_verify_threads(),
             max_batch: default_max_batch(),
         }
     }
@@ -340,11 +334,8 @@ impl SpokeConfig {
         if self.reports.keep_runs == 0 {
             return Err(bad("reports.keep_runs", "must be at least 1".into()));
         }
-        if self.verify.threads == 0 || self.verify.max_batch == 0 {
-            return Err(bad(
-                "verify",
-                "threads and max_batch must be at least 1".into(),
-            ));
+        if self.verify.max_batch == 0 || self.verify.max_batch > 1024 {
+            return Err(bad("verify.max_batch", "must be between 1 and 1024".into()));
         }
         if self.connections.window.0 < 16 << 10 || self.connections.window.0 > 1 << 30 {
             return Err(bad(

@@ -45,14 +45,15 @@ pub struct Enroller {
 }
 
 /// Releases a pending hostname however the enrollment ends.
-struct PendingGuard<'a> {
-    pending: &'a Mutex<HashSet<String>>,
+struct PendingGuard {
+    enroller: Arc<Enroller>,
     hostname: String,
 }
 
-impl Drop for PendingGuard<'_> {
+impl Drop for PendingGuard {
     fn drop(&mut self) {
-        self.pending
+        self.enroller
+            .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.hostname);
@@ -147,10 +148,13 @@ impl Enroller {
             }
         }
 
-        let _pending = self.hold_hostname(&hostname)?;
+        let pending = self.hold_hostname(&hostname)?;
         let token = self.tokens.reserve(&req.token, now)?;
         let this = self.clone();
+        // The enrollment runs to its end even if the caller leaves; the hostname stays
+        // held until then.
         let result = detach(async move {
+            let _pending = pending;
             let outcome = this
                 .enroll_reserved(&hostname, key, &req.csr_der, &token)
                 .await;
@@ -164,13 +168,13 @@ impl Enroller {
         result.map(|(id, cert)| self.response(id, cert, false))
     }
 
-    fn hold_hostname(&self, hostname: &str) -> Result<PendingGuard<'_>, SpokeError> {
+    fn hold_hostname(self: &Arc<Self>, hostname: &str) -> Result<PendingGuard, SpokeError> {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         if !pending.insert(hostname.to_string()) {
             return Err(SpokeError::EnrollmentInProgress(hostname.to_string()));
         }
         Ok(PendingGuard {
-            pending: &self.pending,
+            enroller: self.clone(),
             hostname: hostname.to_string(),
         })
     }

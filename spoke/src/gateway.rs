@@ -198,13 +198,24 @@ impl Gateway {
         } = self
             .authenticate::<pb::CheckInBody>(peer, request, self.settings.max_checkin_body)
             .await?;
+        self.answer_check_in(&record, body, now_ms)
+    }
+
+    /// Everything after the signature check: replay check, state update, and the answer.
+    /// Memory only; on the no-change path it allocates nothing but the response.
+    pub fn answer_check_in(
+        &self,
+        record: &EnvoyRecord,
+        body: pb::CheckInBody,
+        now_ms: u64,
+    ) -> Result<pb::CheckInResponse, SpokeError> {
         let reported_traits = fixed_hash(&body.traits_hash, "traits_hash")?;
         let fingerprint = optional_hash(&body.bundle_fingerprint, "bundle_fingerprint")?;
         if let Some(traits) = body.traits {
             self.stage_traits(reported_traits, traits.values)?;
         }
         let policy = self.policy.current();
-        let (hostcrate, force, send_traits) = self.fleet.update(&record, |st| {
+        let (hostcrate, force, send_traits) = self.fleet.update(record, |st| {
             if st.revoked {
                 return Err(SpokeError::Revoked(record.id));
             }

@@ -96,10 +96,7 @@ impl Spoke {
 
         let interval_ms = config.checkin.interval.as_millis() as u32;
         let jitter_ms = config.jitter().as_millis() as u32;
-        let verifier = Arc::new(BatchVerifier::start(
-            config.verify.threads,
-            config.verify.max_batch,
-        ));
+        let verifier = BatchVerifier::new(config.verify.max_batch);
         let gateway = Arc::new(Gateway::new(
             fleet.clone(),
             traits.clone(),

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Spoke CPU per signed no-change check-in, measured with vigo-sim, and — in the same
+# sitting — the floor of a bare signed mTLS RPC (../shared/anchors/grpc-floor), so the
+# spoke can be quoted as a ratio. Spoke and floor server pinned to core 0, load to core 1.
+#
+#   deploy/bench/checkin.sh                 10,000 envoys, saturation (closed loop), 3 rounds
+#   ENVOYS=500 ROUNDS=5 SECS=20 deploy/bench/checkin.sh
+#   FLOOR=0 deploy/bench/checkin.sh         spoke only
+#
+# Env: ENVOYS (10000), ROUNDS (3), SECS (measured seconds, 20), RAMP (seconds, 10),
+#      INTERVAL (check-in interval; default 1ms = every envoy back to back),
+#      FLOOR_DIR (../shared/anchors/grpc-floor), FLOOR_CONNS (512, the floor's reference
+#      shape; set it to ENVOYS to compare at equal connection counts), OUT (/tmp/vigo-bench/<UTC>).
+# Prints one RESULT line per run and the medians.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ENVOYS=${ENVOYS:-10000}
+ROUNDS=${ROUNDS:-3}
+SECS=${SECS:-20}
+RAMP=${RAMP:-10}
+INTERVAL=${INTERVAL:-1ms}
+FLOOR=${FLOOR:-1}
+FLOOR_DIR=${FLOOR_DIR:-../shared/anchors/grpc-floor}
+FLOOR_CONNS=${FLOOR_CONNS:-512}
+OUT=${OUT:-/tmp/vigo-bench/$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$OUT"
+
+cargo build --release --bin vigo-spoke --bin vigo-sim 2>&1 | tail -1
+BIN=$(pwd)/${CARGO_TARGET_DIR:-target}/release
+if [ "$FLOOR" = 1 ]; then
+    FLOOR_TARGET=${FLOOR_TARGET:-/tmp/grpc-floor-target}
+    CARGO_TARGET_DIR=$FLOOR_TARGET cargo build --release --manifest-path "$FLOOR_DIR/Cargo.toml" 2>&1 | tail -1
+    FB=$FLOOR_TARGET/release/grpc-floor
+    "$FB" pki --dir "$OUT/floor-pki" >/dev/null
+fi
+
+# A spoke home with a relay-free config and a many-use token.
+HOME_DIR=$OUT/spoke
+mkdir -p "$HOME_DIR"
+"$BIN/vigo-spoke" pki init "$HOME_DIR/pki" >/dev/null
+"$BIN/vigo-spoke" token new --name bench --uses 1000000 > "$HOME_DIR/token.txt"
+SECRET=$(sed -n 's/^secret: //p' "$HOME_DIR/token.txt")
+cat > "$HOME_DIR/spoke.yaml" <<YAML
+listen: 127.0.0.1:7443
+metrics_listen: 127.0.0.1:9464
+data_dir: data
+policy_dir: $(pwd)/deploy/policy
+tls: {ca_cert: pki/ca.pem, ca_key: pki/ca.key, cert: pki/spoke.pem, key: pki/spoke.key}
+bundle_signing_key: pki/bundle-signing.key
+checkin:
+  interval: 60s
+  timestamp_window: 10m
+enrollment:
+  tokens:
+$(sed -n '/^- name/,$p' "$HOME_DIR/token.txt" | sed 's/^/    /')
+YAML
+
+SPOKE=
+trap '[ -n "$SPOKE" ] && kill $SPOKE 2>/dev/null; true' EXIT
+start_spoke() {
+    (cd "$HOME_DIR" && exec taskset -c 0 "$BIN/vigo-spoke" --config spoke.yaml 2>>spoke.log) &
+    SPOKE=$!
+    for _ in $(seq 100); do grep -q "spoke serving" "$HOME_DIR/spoke.log" 2>/dev/null && return; sleep 0.1; done
+    cat "$HOME_DIR/spoke.log"; exit 1
+}
+stop_spoke() { kill -TERM "$SPOKE"; wait "$SPOKE" 2>/dev/null || true; SPOKE=; }
+
+# Enroll once (not measured).
+start_spoke
+taskset -c 1 "$BIN/vigo-sim" --ca "$HOME_DIR/pki/ca.pem" --token "$SECRET" --envoys "$ENVOYS" \
+    --identities "$HOME_DIR/ids.json" --interval 60s --duration 1s --ramp 0s --progress 0s >/dev/null
+stop_spoke
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+for round in $(seq "$ROUNDS"); do
+    start_spoke
+    taskset -c 1 "$BIN/vigo-sim" --ca "$HOME_DIR/pki/ca.pem" --envoys "$ENVOYS" \
+        --identities "$HOME_DIR/ids.json" --interval "$INTERVAL" --jitter 0% \
+        --duration "$((SECS + RAMP))s" --ramp "${RAMP}s" --progress 0s \
+        --spoke-pid "$SPOKE" --json > "$OUT/spoke-$round.json"
+    batch=$(curl -s 127.0.0.1:9464/metrics | awk '/^vigo_verify_batch_size_sum/{s=$2} /^vigo_verify_batch_size_count/{c=$2} END{if(c) printf "%.1f", s/c}')
+    stop_spoke
+    python3 - "$OUT/spoke-$round.json" "$batch" <<'PY' | tee -a "$OUT/results.txt"
+import json, sys
+s = json.load(open(sys.argv[1]))
+print(f"RESULT kind=spoke cpu_us={s['spoke_cpu_us_per_checkin']:.1f} rps={s['checkins_per_second']:.0f} "
+      f"p50_us={s['latency_p50_us']} p99_us={s['latency_p99_us']} rss_kib={s['spoke_rss_kib']} "
+      f"rss_per_envoy_b={s['spoke_rss_per_envoy_bytes']:.0f} cpu_pct={s['spoke_cpu_percent']:.0f} "
+      f"sim_cpu_us={s['sim_cpu_us_per_checkin']:.1f} batch={sys.argv[2]} failed={sum(s['failed'].values())}")
+PY
+    if [ "$FLOOR" = 1 ]; then
+        taskset -c 0 "$FB" server --pki "$OUT/floor-pki" --mode verify > "$OUT/floor-server.log" 2>&1 &
+        FS=$!
+        for _ in $(seq 100); do grep -q READY "$OUT/floor-server.log" && break; sleep 0.1; done
+        line=$(taskset -c 1 "$FB" load --pki "$OUT/floor-pki" --server-pid "$FS" --conns "$FLOOR_CONNS" --inflight 1 \
+            --secs "$SECS" --warmup 2 2>/dev/null | grep RESULT)
+        kill "$FS"; wait "$FS" 2>/dev/null || true
+        cpu=$(sed -E 's/.*srv_cpu_us_per_req=([0-9.]+).*/\1/' <<<"$line")
+        echo "RESULT kind=floor cpu_us=$cpu conns=$FLOOR_CONNS $(grep -oE '(rps|srv_rss_kb_[a-z]+)=[0-9.]+' <<<"$line" | tr '\n' ' ')" | tee -a "$OUT/results.txt"
+    fi
+done
+
+s=$(grep 'kind=spoke' "$OUT/results.txt" | sed -E 's/.*kind=spoke cpu_us=([0-9.]+).*/\1/' | median)
+echo "median spoke CPU per check-in: $s µs ($ENVOYS envoys, $ROUNDS rounds)"
+if [ "$FLOOR" = 1 ]; then
+    f=$(grep 'kind=floor' "$OUT/results.txt" | sed -E 's/.*kind=floor cpu_us=([0-9.]+).*/\1/' | median)
+    echo "median floor CPU per request:   $f µs"
+    python3 -c "print(f'ratio spoke/floor: {$s/$f:.2f}')"
+fi
+echo "results in $OUT"
