@@ -48,6 +48,24 @@ pub fn raise_fd_limit() -> u64 {
     }
 }
 
+/// The glibc allocator's figures (`mallinfo2`): bytes in use, and bytes it holds from
+/// the OS (heap arenas plus mmapped blocks). Free memory inside the arenas may or may
+/// not be resident; the difference bounds what fragmentation costs.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn glibc_heap() -> Option<crate::telemetry::HeapStats> {
+    // SAFETY: mallinfo2 only reads allocator statistics.
+    let info = unsafe { libc::mallinfo2() };
+    Some(crate::telemetry::HeapStats {
+        allocated: (info.uordblks + info.hblkhd) as u64,
+        held: (info.arena + info.hblkhd) as u64,
+    })
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn glibc_heap() -> Option<crate::telemetry::HeapStats> {
+    None
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -56,8 +56,8 @@ pub fn install_metrics() -> Result<PrometheusHandle, Error> {
 pub struct HeapStats {
     /// Bytes handed out to the program.
     pub allocated: u64,
-    /// Bytes of memory the allocator holds resident.
-    pub resident: u64,
+    /// Bytes the allocator holds from the operating system.
+    pub held: u64,
 }
 
 static HEAP_PROBE: std::sync::OnceLock<fn() -> Option<HeapStats>> = std::sync::OnceLock::new();
@@ -97,7 +97,7 @@ pub async fn serve_metrics(
                 refresh();
                 if let Some(heap) = heap_stats() {
                     metrics::gauge!("vigo_heap_allocated_bytes").set(heap.allocated as f64);
-                    metrics::gauge!("vigo_heap_resident_bytes").set(heap.resident as f64);
+                    metrics::gauge!("vigo_heap_held_bytes").set(heap.held as f64);
                 }
                 (
                     [("content-type", "text/plain; version=0.0.4")],

@@ -12,13 +12,24 @@ pub type TraitMap = BTreeMap<String, String>;
 /// SHA-256 over the sorted pairs, each field length-prefixed so that no two different
 /// maps share an encoding.
 pub fn traits_hash(traits: &TraitMap) -> [u8; 32] {
+    sha256_fields(
+        b"vigo.v1.Traits\0",
+        traits.iter().flat_map(|(k, v)| [k.as_str(), v.as_str()]),
+    )
+}
+
+/// SHA-256 of a domain tag and a sequence of fields, each prefixed by its length: an
+/// unambiguous digest of structured data.
+pub fn sha256_fields<S: AsRef<[u8]>>(
+    domain: &[u8],
+    fields: impl IntoIterator<Item = S>,
+) -> [u8; 32] {
     let mut ctx = Context::new(&SHA256);
-    ctx.update(b"vigo.v1.Traits\0");
-    for (k, v) in traits {
-        ctx.update(&(k.len() as u64).to_le_bytes());
-        ctx.update(k.as_bytes());
-        ctx.update(&(v.len() as u64).to_le_bytes());
-        ctx.update(v.as_bytes());
+    ctx.update(domain);
+    for field in fields {
+        let field = field.as_ref();
+        ctx.update(&(field.len() as u64).to_le_bytes());
+        ctx.update(field);
     }
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.finish().as_ref());

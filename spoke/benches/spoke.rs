@@ -57,6 +57,11 @@ fn thread_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// CPU time of the whole process (the redb writer works on its own thread).
+fn process_cpu() -> Duration {
+    Duration::from_micros(vigo_common::procfs::cpu_micros(std::process::id()).unwrap_or(0))
+}
+
 /// Median over 5 samples of CPU time per operation; `f` runs `n` operations.
 fn cpu_per_op(n: u64, mut f: impl FnMut(u64)) -> Duration {
     let mut samples: Vec<Duration> = (0..5)
@@ -248,9 +253,9 @@ fn enroll_rows(store: &Store, n: u64) {
     }
 }
 
-fn flush(dir: &std::path::Path) {
+fn flush(dir: &std::path::Path, batch_rows: usize) {
     const N: u64 = 10_000;
-    let (store, _writer) = Store::open(&dir.join("flush.redb")).unwrap();
+    let (store, _writer) = Store::open(&dir.join(format!("flush-{batch_rows}.redb"))).unwrap();
     let fleet = Arc::new(FleetIndex::new());
     for i in 0..N {
         fleet.insert(record(i), EnvoyState::new(1));
@@ -259,9 +264,10 @@ fn flush(dir: &std::path::Path) {
         fleet: fleet.clone(),
         traits: Arc::new(TraitsStore::default()),
         store: store.clone(),
-        batch_rows: 500,
+        batch_rows,
     };
     let mut walls = Vec::new();
+    let cpu_start = process_cpu();
     for round in 0..5u64 {
         fleet.for_each(|r| {
             fleet.update(r, |st| {
@@ -273,10 +279,12 @@ fn flush(dir: &std::path::Path) {
         assert_eq!(stats.rows, N as usize);
         walls.push((stats.elapsed, stats.transactions));
     }
+    let cpu = (process_cpu() - cpu_start) / 5;
     walls.sort();
     println!(
-        "flush_10k_dirty_envoys: {:.1} ms median wall ({} transactions of 500 rows, fsync each)",
+        "flush_10k_dirty_envoys: {:.1} ms median wall, {:.1} ms CPU incl. the redb writer ({} transactions of {batch_rows} rows, fsync each)",
         walls[2].0.as_secs_f64() * 1e3,
+        cpu.as_secs_f64() * 1e3,
         walls[2].1
     );
 }
@@ -324,11 +332,29 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    // Optional filter: `cargo bench -p vigo-spoke --bench spoke -- flush` runs one part.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let run = |name: &str| only.is_empty() || only.iter().any(|o| name.contains(o.as_str()));
     let dir = tempfile::tempdir().unwrap();
     let (store, _writer) = Store::open(&dir.path().join("hot.redb")).unwrap();
-    fleet_memory(100_000);
-    hot_path(&store, dir.path());
-    signatures();
-    flush(dir.path());
-    rehydrate_100k(dir.path());
+    if run("memory") {
+        fleet_memory(100_000);
+    }
+    if run("hot_path") {
+        hot_path(&store, dir.path());
+    }
+    if run("signatures") {
+        signatures();
+    }
+    if run("flush") {
+        for rows in [500, 2_000, 10_000] {
+            flush(dir.path(), rows);
+        }
+    }
+    if run("rehydrate") {
+        rehydrate_100k(dir.path());
+    }
 }

@@ -55,6 +55,9 @@ impl Flusher {
                 }
             }
         }
+        // Envoy ids are random: written in key order, each B-tree page is copied once per
+        // transaction rather than once per row that lands on it.
+        rows.sort_unstable_by_key(|(id, _)| *id);
         let mut traits = self.traits.take_unpersisted();
         let mut stats = FlushStats {
             rows: rows.len(),

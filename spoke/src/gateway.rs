@@ -21,7 +21,7 @@ use vigo_proto::v1 as pb;
 
 use crate::compliance::{self, bundle_prefix};
 use crate::error::SpokeError;
-use crate::fleet::{EnvoyRecord, FleetIndex};
+use crate::fleet::{EnvoyRecord, EnvoyState, FleetIndex};
 use crate::grpc::{detach, peer};
 use crate::metrics::{CheckinMetrics, CheckinResult, count_call};
 use crate::policy_cache::PolicyCache;
@@ -216,18 +216,7 @@ impl Gateway {
         }
         let policy = self.policy.current();
         let (hostcrate, force, send_traits) = self.fleet.update(record, |st| {
-            if st.revoked {
-                return Err(SpokeError::Revoked(record.id));
-            }
-            if body.sequence <= st.sequence {
-                return Err(SpokeError::Replay {
-                    got: body.sequence,
-                    last: st.sequence,
-                });
-            }
-            st.sequence = body.sequence;
-            st.last_seen_ms = now_ms;
-            st.offline = false;
+            accept_fresh(st, record.id, body.sequence, now_ms)?;
             st.bundle_fingerprint = fingerprint;
             let mut send_traits = false;
             if reported_traits != st.traits_hash {
@@ -243,7 +232,7 @@ impl Gateway {
             }
             let force = std::mem::take(&mut st.force_push);
             st.mark_dirty();
-            Ok((st.hostcrate, force, send_traits))
+            Ok::<_, SpokeError>((st.hostcrate, force, send_traits))
         })?;
 
         let bundle = policy.bundle(hostcrate);
@@ -315,20 +304,9 @@ impl Gateway {
         }
         optional_hash(&body.bundle_fingerprint, "bundle_fingerprint")?;
         let (previous_bundle, last_run_id, current) = self.fleet.update(&record, |st| {
-            if st.revoked {
-                return Err(SpokeError::Revoked(record.id));
-            }
-            if body.sequence <= st.sequence {
-                return Err(SpokeError::Replay {
-                    got: body.sequence,
-                    last: st.sequence,
-                });
-            }
-            st.sequence = body.sequence;
-            st.last_seen_ms = now_ms;
-            st.offline = false;
+            accept_fresh(st, record.id, body.sequence, now_ms)?;
             st.mark_dirty();
-            Ok((st.last_run_bundle, st.last_run_id, st.run_status))
+            Ok::<_, SpokeError>((st.last_run_bundle, st.last_run_id, st.run_status))
         })?;
         if body.run_id == last_run_id {
             return Ok(pb::ReportRunResponse {
@@ -380,6 +358,31 @@ impl Gateway {
         })
         .await
     }
+}
+
+/// The replay check and what every accepted request proves: the envoy is alive now.
+/// Runs under the envoy's lock, after the signature check, so it is the single place
+/// where a sequence number is consumed.
+#[inline]
+fn accept_fresh(
+    st: &mut EnvoyState,
+    id: EnvoyId,
+    sequence: u64,
+    now_ms: u64,
+) -> Result<(), SpokeError> {
+    if st.revoked {
+        return Err(SpokeError::Revoked(id));
+    }
+    if sequence <= st.sequence {
+        return Err(SpokeError::Replay {
+            got: sequence,
+            last: st.sequence,
+        });
+    }
+    st.sequence = sequence;
+    st.last_seen_ms = now_ms;
+    st.offline = false;
+    Ok(())
 }
 
 fn fixed_hash(bytes: &[u8], what: &'static str) -> Result<[u8; 32], SpokeError> {

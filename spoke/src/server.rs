@@ -33,6 +33,9 @@ use crate::tokens::TokenBook;
 use crate::traits_store::{self, TraitsStore};
 use crate::verifier::BatchVerifier;
 
+/// How long shutdown waits for in-flight requests before closing connections.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A running spoke.
 pub struct Spoke {
     pub addr: SocketAddr,
@@ -237,8 +240,15 @@ impl Spoke {
         if let Some(s) = self.shutdown.take() {
             let _ = s.send(());
         }
-        if let Err(e) = (&mut self.serving).await.unwrap_or(Ok(())) {
-            warn!(error = %e, "server stopped with an error");
+        // In-flight requests get a bounded time to finish; the final flush must not wait
+        // on a client that never closes its connection.
+        match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.serving).await {
+            Ok(Ok(Err(e))) => warn!(error = %e, "server stopped with an error"),
+            Ok(_) => {}
+            Err(_) => {
+                warn!(timeout = ?DRAIN_TIMEOUT, "connections still open after the drain timeout; closing them");
+                self.serving.abort();
+            }
         }
         self.sweeper.abort();
         let flushers = self.flushers.take();
@@ -259,8 +269,13 @@ impl Spoke {
         info!(rows = stats.rows, "final flush done");
         // The writer thread ends once the last store handle is gone.
         drop(self);
+        // The writer has committed the final flush already; it exits when the last store
+        // handle is dropped, which a connection task still being torn down may delay.
         if let Some(w) = writer {
-            let _ = tokio::task::spawn_blocking(move || w.join()).await;
+            let joined = tokio::task::spawn_blocking(move || w.join());
+            if tokio::time::timeout(DRAIN_TIMEOUT, joined).await.is_err() {
+                warn!("redb writer still busy at exit");
+            }
         }
         info!("spoke stopped");
         Ok(())

@@ -157,6 +157,18 @@ impl SpokeHome {
         std::fs::read_to_string(self.path("pki/ca.pem")).expect("ca.pem")
     }
 
+    /// A spoke started in this process with one envoy enrolled as `hostname` that has
+    /// checked in once (and so holds its bundle).
+    pub async fn with_envoy(hostname: &str) -> (SpokeHome, Spoke, String, TestEnvoy) {
+        init();
+        let home = SpokeHome::new();
+        let spoke = home.start().await;
+        let addr = spoke.addr.to_string();
+        let mut envoy = home.enroll(&addr, hostname).await;
+        envoy.check_in().await.expect("first check-in");
+        (home, spoke, addr, envoy)
+    }
+
     /// Starts the spoke inside this test process.
     pub async fn start(&self) -> Spoke {
         Spoke::start(self.config(), None)
@@ -376,6 +388,29 @@ impl TestEnvoy {
 
     pub fn fingerprint(&self) -> Option<[u8; 32]> {
         self.bundle.as_ref().map(|b| b.fingerprint)
+    }
+
+    /// A check-in body with a fresh header (id, next sequence, now) and our traits hash;
+    /// tests change fields to misbehave.
+    pub fn body(&mut self) -> pb::CheckInBody {
+        pb::CheckInBody {
+            envoy_id: self.identity.envoy_id.get(),
+            sequence: self.sequence.advance(),
+            timestamp_ms: vigo_common::time::now_ms(),
+            traits_hash: vigo_common::traits::traits_hash(&self.traits)
+                .to_vec()
+                .into(),
+            ..Default::default()
+        }
+    }
+
+    /// Signs `body` with this envoy's key for `domain`.
+    pub fn seal(
+        &self,
+        domain: vigo_common::signing::Domain,
+        body: &pb::CheckInBody,
+    ) -> pb::SignedRequest {
+        client::seal(&self.identity.key, domain, body)
     }
 
     /// A correctly signed check-in request (not sent).

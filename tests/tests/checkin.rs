@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use prost::Message;
 use tonic::Code;
+use vigo_common::signing::Domain;
 use vigo_common::signing::generate_key;
 use vigo_envoy::client;
 use vigo_proto::v1 as pb;
@@ -81,12 +82,7 @@ async fn enroll_check_in_bundle_report_then_no_change() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_change_sends_new_bundle_with_unchanged_modules_as_stubs() {
-    init();
-    let home = SpokeHome::new();
-    let spoke = home.start().await;
-    let addr = spoke.addr.to_string();
-    let mut envoy = home.enroll(&addr, "web-02").await;
-    assert!(is_bundle(&envoy.check_in().await.unwrap()));
+    let (home, spoke, _, mut envoy) = SpokeHome::with_envoy("web-02").await;
     let old = envoy.fingerprint().unwrap();
     assert!(is_no_change(&envoy.check_in().await.unwrap()));
 
@@ -116,12 +112,7 @@ async fn policy_change_sends_new_bundle_with_unchanged_modules_as_stubs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_policy_reload_leaves_previous_bundles_serving() {
-    init();
-    let home = SpokeHome::new();
-    let spoke = home.start().await;
-    let addr = spoke.addr.to_string();
-    let mut envoy = home.enroll(&addr, "web-03").await;
-    envoy.check_in().await.unwrap();
+    let (home, spoke, addr, mut envoy) = SpokeHome::with_envoy("web-03").await;
     let before = envoy.fingerprint().unwrap();
 
     home.write_policy(
@@ -201,17 +192,10 @@ async fn every_rejection_has_its_status_and_writes_nothing() {
 
     // Stale timestamp, correctly signed.
     let body = pb::CheckInBody {
-        envoy_id: a.id().get(),
-        sequence: a.sequence.advance(),
         timestamp_ms: vigo_common::time::now_ms() - 3_600_000,
-        traits_hash: vigo_common::traits::traits_hash(&a.traits).to_vec().into(),
-        ..Default::default()
+        ..a.body()
     };
-    let req = client::seal(
-        &a.identity.key,
-        vigo_common::signing::Domain::CheckIn,
-        &body,
-    );
+    let req = a.seal(Domain::CheckIn, &body);
     refused(
         &mut a,
         req,
@@ -222,66 +206,38 @@ async fn every_rejection_has_its_status_and_writes_nothing() {
 
     // Oversized body (over checkin.max_body, under the transport limit).
     let body = pb::CheckInBody {
-        envoy_id: a.id().get(),
-        sequence: a.sequence.advance(),
-        timestamp_ms: vigo_common::time::now_ms(),
         bundle_fingerprint: vec![0u8; 70 << 10].into(),
-        ..Default::default()
+        ..a.body()
     };
-    let req = client::seal(
-        &a.identity.key,
-        vigo_common::signing::Domain::CheckIn,
-        &body,
-    );
+    let req = a.seal(Domain::CheckIn, &body);
     refused(&mut a, req, Code::ResourceExhausted, "limit").await;
 
     // Malformed body, correctly signed.
+    let junk = [0xff, 0xff, 0xff, 0xff, 0x0f];
     let garbage = pb::SignedRequest {
-        body: bytes::Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 0x0f]),
-        signature: vigo_common::signing::sign(
-            &a.identity.key,
-            vigo_common::signing::Domain::CheckIn,
-            &[0xff, 0xff, 0xff, 0xff, 0x0f],
-        )
-        .to_bytes()
-        .to_vec()
-        .into(),
+        body: bytes::Bytes::copy_from_slice(&junk),
+        signature: vigo_common::signing::sign(&a.identity.key, Domain::CheckIn, &junk)
+            .to_bytes()
+            .to_vec()
+            .into(),
     };
     refused(&mut a, garbage, Code::InvalidArgument, "request body").await;
 
     // A signature made for a run report is not a check-in signature.
-    let body = pb::CheckInBody {
-        envoy_id: a.id().get(),
-        sequence: a.sequence.advance(),
-        timestamp_ms: vigo_common::time::now_ms(),
-        traits_hash: vigo_common::traits::traits_hash(&a.traits).to_vec().into(),
-        ..Default::default()
-    };
-    let req = client::seal(
-        &a.identity.key,
-        vigo_common::signing::Domain::ReportRun,
-        &body,
-    );
+    let body = a.body();
+    let req = a.seal(Domain::ReportRun, &body);
     refused(&mut a, req, Code::Unauthenticated, "signature").await;
 
     // Traits that do not match the signed hash.
-    let mut req_envoy_traits = a.traits.clone();
-    req_envoy_traits.insert("os".into(), "plan9".into());
+    let mut other_traits = a.traits.clone();
+    other_traits.insert("os".into(), "plan9".into());
     let body = pb::CheckInBody {
-        envoy_id: a.id().get(),
-        sequence: a.sequence.advance(),
-        timestamp_ms: vigo_common::time::now_ms(),
-        traits_hash: vigo_common::traits::traits_hash(&a.traits).to_vec().into(),
         traits: Some(pb::Traits {
-            values: req_envoy_traits,
+            values: other_traits,
         }),
-        ..Default::default()
+        ..a.body()
     };
-    let req = client::seal(
-        &a.identity.key,
-        vigo_common::signing::Domain::CheckIn,
-        &body,
-    );
+    let req = a.seal(Domain::CheckIn, &body);
     refused(&mut a, req, Code::InvalidArgument, "traits_hash").await;
 
     // None of that changed the envoy.
@@ -469,12 +425,7 @@ async fn enrollment_rejections_have_their_status_and_spend_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn force_push_resends_the_bundle_once() {
-    init();
-    let home = SpokeHome::new();
-    let spoke = home.start().await;
-    let addr = spoke.addr.to_string();
-    let mut envoy = home.enroll(&addr, "web-20").await;
-    envoy.check_in().await.unwrap();
+    let (home, spoke, addr, mut envoy) = SpokeHome::with_envoy("web-20").await;
     assert!(is_no_change(&envoy.check_in().await.unwrap()));
     let marked = home
         .admin(&addr)

@@ -3,7 +3,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use ring::digest::{Context, SHA256};
 use serde::Deserialize;
 use serde_yaml_ng::{Mapping, Value};
 
@@ -117,17 +116,12 @@ pub fn parse_tree(files: &BTreeMap<PathBuf, String>) -> Result<PolicyTree, Polic
 }
 
 fn tree_version(files: &BTreeMap<PathBuf, String>) -> [u8; 32] {
-    let mut ctx = Context::new(&SHA256);
-    for (path, text) in files {
-        let path = path.to_string_lossy();
-        ctx.update(&(path.len() as u64).to_le_bytes());
-        ctx.update(path.as_bytes());
-        ctx.update(&(text.len() as u64).to_le_bytes());
-        ctx.update(text.as_bytes());
-    }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
-    out
+    crate::traits::sha256_fields(
+        b"vigo.v1.PolicyTree\0",
+        files
+            .iter()
+            .flat_map(|(path, text)| [path.to_string_lossy().into_owned(), text.clone()]),
+    )
 }
 
 #[derive(Deserialize)]
@@ -356,8 +350,15 @@ impl Parser {
         }
     }
 
-    fn parse_role(&mut self, path: &Path, name: &str, text: &str) {
-        let item = format!("role {name}");
+    /// The item name of a role or configcrate file, and its parsed content.
+    fn named_file<T: serde::de::DeserializeOwned>(
+        &mut self,
+        kind: &str,
+        path: &Path,
+        name: &str,
+        text: &str,
+    ) -> (String, Option<T>) {
+        let item = format!("{kind} {name}");
         if !valid_name(name) {
             self.push(
                 path,
@@ -365,7 +366,13 @@ impl Parser {
                 "file name must be letters, digits, '.', '_' or '-'",
             );
         }
-        let Some(raw) = self.yaml::<RawRole>(path, text) else {
+        let parsed = self.yaml::<T>(path, text);
+        (item, parsed)
+    }
+
+    fn parse_role(&mut self, path: &Path, name: &str, text: &str) {
+        let (item, raw) = self.named_file::<RawRole>("role", path, name, text);
+        let Some(raw) = raw else {
             return;
         };
         let vars = self.vars(path, &item, raw.vars);
@@ -383,15 +390,8 @@ impl Parser {
     }
 
     fn parse_configcrate(&mut self, path: &Path, name: &str, text: &str) {
-        let item = format!("configcrate {name}");
-        if !valid_name(name) {
-            self.push(
-                path,
-                &item,
-                "file name must be letters, digits, '.', '_' or '-'",
-            );
-        }
-        let Some(raw) = self.yaml::<RawConfigcrate>(path, text) else {
+        let (item, raw) = self.named_file::<RawConfigcrate>("configcrate", path, name, text);
+        let Some(raw) = raw else {
             return;
         };
         let vars = self.vars(path, &item, raw.vars);
