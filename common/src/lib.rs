@@ -14,6 +14,7 @@ pub mod policy;
 pub mod procfs;
 pub mod signing;
 pub mod telemetry;
+pub mod templates;
 pub mod time;
 pub mod tls;
 pub mod traits;

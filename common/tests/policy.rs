@@ -134,6 +134,7 @@ fn bad_values_are_refused_with_reasons() {
                 "  - {id: t, type: package, name: nginx}\n",
                 "  - {id: re, type: file_line, path: /f, line: x, match: '('}\n",
                 "  - {id: dep, type: directory, path: /d, depends_on: [nowhere]}\n",
+                "  - {id: tpl, type: file, path: /t, content: '{{ unclosed'}\n",
             ),
         ),
         ("stray.yaml", "x: 1\n"),
@@ -146,6 +147,7 @@ fn bad_values_are_refused_with_reasons() {
         "resource c/t: unknown type \"package\"",
         "resource c/re: match: bad regular expression",
         "resource c/dep: depends on unknown resource \"c/nowhere\"",
+        "resource c/tpl: content: bad template",
         "stray.yaml: unexpected file",
     ] {
         assert!(msg.contains(needle), "missing {needle:?} in:\n{msg}");

@@ -37,3 +37,28 @@ fn shared_connections_without_a_relay_certificate_are_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--relay-cert"), "{err}");
 }
+
+#[test]
+fn envoy_help_explains_commands_and_exit_codes() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vigo-envoy"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in ["enroll", "run", "once", "status", "--state-dir", "exits 0"] {
+        assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
+    }
+}
+
+#[test]
+fn envoy_without_identity_says_how_to_enroll() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vigo-envoy"))
+        .arg("--state-dir")
+        .arg(dir.path().join("none"))
+        .arg("once")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("vigo-envoy enroll"));
+}

@@ -195,6 +195,15 @@ impl SpokeHome {
         process
     }
 
+    /// Replaces the whole policy tree with `files` (relative path → YAML).
+    pub fn replace_policy(&self, files: &[(&str, String)]) {
+        let dir = self.path("policy");
+        std::fs::remove_dir_all(&dir).expect("remove policy");
+        for (rel, text) in files {
+            self.write_policy(rel, text);
+        }
+    }
+
     /// Replaces one file of the policy tree.
     pub fn write_policy(&self, rel: &str, text: &str) {
         let path = self.path("policy").join(rel);

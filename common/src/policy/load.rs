@@ -467,6 +467,9 @@ impl Parser {
             "file" => self.spec::<RawFile>(path, &item, rest).and_then(|f| {
                 let mode = self.mode(path, &item, f.mode)?;
                 self.absolute(path, &item, &f.path)?;
+                if f.template {
+                    self.template(path, &item, "content", &f.content)?;
+                }
                 Some(ResourceSpec::File {
                     path: f.path,
                     content: f.content,
@@ -495,6 +498,7 @@ impl Parser {
             }),
             "file_line" => self.spec::<RawFileLine>(path, &item, rest).and_then(|l| {
                 self.absolute(path, &item, &l.path)?;
+                self.template(path, &item, "line", &l.line)?;
                 let present = match l.ensure.as_str() {
                     "present" => true,
                     "absent" => false,
@@ -524,6 +528,14 @@ impl Parser {
                 if e.command.trim().is_empty() {
                     self.push(path, &item, "command is empty");
                     return None;
+                }
+                for (field, value) in [
+                    ("command", &e.command),
+                    ("creates", &e.creates),
+                    ("unless", &e.unless),
+                    ("onlyif", &e.onlyif),
+                ] {
+                    self.template(path, &item, field, value)?;
                 }
                 let environment = self.vars(path, &item, e.environment);
                 let timeout_ms = e
@@ -584,6 +596,16 @@ impl Parser {
                     item,
                     "mode must be a quoted octal string such as \"0644\"",
                 );
+                None
+            }
+        }
+    }
+
+    fn template(&mut self, path: &Path, item: &str, field: &str, source: &str) -> Option<()> {
+        match crate::templates::check_syntax(source) {
+            Ok(()) => Some(()),
+            Err(e) => {
+                self.push(path, item, format!("{field}: bad template: {e}"));
                 None
             }
         }

@@ -1,0 +1,447 @@
+//! The agent on a managed machine: check in, take a new bundle when there is one (only
+//! if its signature verifies), converge the machine to the bundle in force, and report.
+//!
+//! Without its spoke the agent keeps converging from the last good bundle and queues its
+//! reports (durably); once the spoke answers again they go out, oldest first, with
+//! exponential backoff and jitter between failed attempts.
+
+pub mod executors;
+pub mod plan;
+pub mod state;
+pub mod traits;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tonic::Code;
+use tracing::{debug, error, info, warn};
+use vigo_common::policy::bundle::{VerifiedBundle, verify_delivery};
+use vigo_common::time::now_ms;
+use vigo_proto::v1 as pb;
+
+use crate::client::{self, Identity, Sequencer};
+use plan::{Facts, Tally, tally};
+use state::{LastRun, LocalState, StateDir, StateError};
+
+type Gateway = pb::envoy_gateway_client::EnvoyGatewayClient<tonic::transport::Channel>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Client(#[from] client::ClientError),
+}
+
+/// What one run did.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    /// The spoke answered the check-in.
+    pub checked_in: bool,
+    /// A new bundle was verified and is now in force.
+    pub new_bundle: bool,
+    /// A bundle arrived and was refused (signature, hashes, decoding).
+    pub refused_bundle: Option<String>,
+    /// No bundle has ever been received: nothing to converge to.
+    pub no_bundle: bool,
+    pub tally: Tally,
+    /// The run failed as a whole.
+    pub error: Option<String>,
+    pub reports_sent: usize,
+    pub reports_pending: u64,
+}
+
+impl RunSummary {
+    /// Exit status of `vigo-envoy once`: 0 in policy, 2 changed (or would change),
+    /// 4 failures, 6 both.
+    pub fn exit_code(&self) -> u8 {
+        let changed = self.tally.changed + self.tally.would_change > 0;
+        let failed = self.tally.failed + self.tally.skipped > 0 || self.error.is_some();
+        match (changed, failed) {
+            (false, false) => 0,
+            (true, false) => 2,
+            (false, true) => 4,
+            (true, true) => 6,
+        }
+    }
+}
+
+/// Doubling waits with jitter between report flush attempts.
+struct Backoff {
+    next: Duration,
+    due: Option<Instant>,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(300);
+
+    fn new() -> Self {
+        Self {
+            next: Self::FIRST,
+            due: None,
+        }
+    }
+
+    fn failed(&mut self) {
+        let jitter = 0.8 + rand::random::<f64>() * 0.4;
+        self.due = Some(Instant::now() + self.next.mul_f64(jitter));
+        self.next = (self.next * 2).min(Self::MAX);
+    }
+
+    fn succeeded(&mut self) {
+        self.next = Self::FIRST;
+        self.due = None;
+    }
+}
+
+pub struct Agent {
+    dir: StateDir,
+    identity: Identity,
+    local: Arc<LocalState>,
+    gateway: Gateway,
+    sequence: Sequencer,
+    interval: Duration,
+    jitter: Duration,
+    traits_known: bool,
+    backoff: Backoff,
+}
+
+/// Runs blocking work (redb commits, resource executors) off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("blocking task panicked")
+}
+
+impl Agent {
+    /// Loads the identity and local state from `dir`.
+    pub fn load(dir: StateDir) -> Result<Self, AgentError> {
+        let identity = dir.load_identity()?;
+        let local = Arc::new(LocalState::open(&dir.db_path())?);
+        let gateway = client::gateway(&identity.spoke_address, identity.tls_config()?)?;
+        let sequence = Sequencer::starting_after(local.sequence()?);
+        Ok(Self {
+            dir,
+            identity,
+            local,
+            gateway,
+            sequence,
+            interval: Duration::from_secs(60),
+            jitter: Duration::from_secs(6),
+            traits_known: false,
+            backoff: Backoff::new(),
+        })
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The check-in interval the spoke asked for, with jitter applied.
+    pub fn next_interval(&self) -> Duration {
+        let spread = self.jitter.as_secs_f64();
+        let offset = (rand::random::<f64>() * 2.0 - 1.0) * spread;
+        Duration::from_secs_f64((self.interval.as_secs_f64() + offset).max(1.0))
+    }
+
+    /// One check-in, one convergence run, and a report.
+    pub async fn run_once(&mut self, dry_run: bool) -> Result<RunSummary, AgentError> {
+        let started_at_ms = now_ms();
+        let started = Instant::now();
+        let hostname = self.identity.hostname.clone();
+        let traits = blocking(move || traits::collect(&hostname)).await;
+        let mut summary = RunSummary::default();
+        self.check_in(&traits, &mut summary).await;
+
+        let local = self.local.clone();
+        let keys = self.identity.bundle_keys.clone();
+        let Some(bundle) = blocking(move || load_bundle(&local, &keys)).await? else {
+            summary.no_bundle = true;
+            summary.reports_pending = self.local.pending_count()?;
+            info!("no bundle received yet: nothing to converge");
+            return Ok(summary);
+        };
+        let hostname = self.identity.hostname.clone();
+        let applied = blocking(move || {
+            let modules = bundle.decode_modules().map_err(|e| e.to_string())?;
+            let facts = Facts {
+                hostname: &hostname,
+                traits: &traits,
+            };
+            let results = plan::apply(&modules, &bundle.manifest.variables, &facts, dry_run);
+            Ok::<_, String>((bundle.fingerprint, results))
+        })
+        .await;
+        let (fingerprint, results, error) = match applied {
+            Ok((fp, results)) => (Some(fp), results, String::new()),
+            Err(e) => (None, Vec::new(), e),
+        };
+        summary.tally = tally(&results);
+        if !error.is_empty() {
+            summary.error = Some(error.clone());
+        }
+        log_results(&results, &summary.tally, dry_run);
+
+        let report = pb::RunReportBody {
+            run_id: started_at_ms.max(1),
+            bundle_fingerprint: fingerprint
+                .map(|f| Bytes::copy_from_slice(&f))
+                .unwrap_or_default(),
+            dry_run,
+            started_at_ms,
+            duration_ms: started.elapsed().as_millis().min(u32::MAX as u128) as u32,
+            outcomes: results.iter().map(|r| r.to_proto()).collect(),
+            error,
+            ..Default::default()
+        };
+        let local = self.local.clone();
+        let seq = self.sequence.last();
+        let last = LastRun {
+            finished_at_ms: now_ms(),
+            ok: summary.tally.ok as u32,
+            changed: summary.tally.changed as u32,
+            failed: summary.tally.failed as u32,
+            skipped: summary.tally.skipped as u32,
+            would_change: summary.tally.would_change as u32,
+            dry_run,
+            error: summary.error.clone().unwrap_or_default(),
+            last_check_in_ms: if summary.checked_in {
+                started_at_ms
+            } else {
+                self.local.last_run()?.map_or(0, |r| r.last_check_in_ms)
+            },
+            bundle_fingerprint: fingerprint.map(|f| f.to_vec()).unwrap_or_default(),
+        };
+        blocking(move || {
+            local.queue_report(&report, seq)?;
+            local.save_last_run(&last)
+        })
+        .await?;
+        summary.reports_sent = self.flush_reports().await?;
+        summary.reports_pending = self.local.pending_count()?;
+        Ok(summary)
+    }
+
+    /// Checks in, following a redirect once, and takes a new bundle if it verifies.
+    async fn check_in(&mut self, traits: &vigo_common::traits::TraitMap, summary: &mut RunSummary) {
+        for _ in 0..2 {
+            let held = self.held_fingerprint();
+            let request = client::check_in_request(
+                self.identity.envoy_id,
+                &self.identity.key,
+                self.sequence.advance(),
+                held.as_ref(),
+                traits,
+                !self.traits_known,
+            );
+            let response = match client::send_check_in(&mut self.gateway, request).await {
+                Ok(r) => r,
+                Err(status) => {
+                    warn!(
+                        spoke = %self.identity.spoke_address,
+                        code = ?status.code(),
+                        "check-in failed ({}); converging from the cached bundle",
+                        status.message()
+                    );
+                    return;
+                }
+            };
+            summary.checked_in = true;
+            self.traits_known = !response.send_traits;
+            if response.interval_ms > 0 {
+                self.interval = Duration::from_millis(response.interval_ms.into());
+                self.jitter = Duration::from_millis(response.jitter_ms.into());
+            }
+            match response.answer {
+                Some(pb::check_in_response::Answer::Bundle(delivery)) => {
+                    match self.accept_bundle(&delivery).await {
+                        Ok(fp) => {
+                            info!(fingerprint = %hex::encode(&fp[..8]), "new bundle in force");
+                            summary.new_bundle = true;
+                        }
+                        Err(e) => {
+                            error!(error = %e, "bundle refused; the previous bundle stays in force");
+                            summary.refused_bundle = Some(e);
+                        }
+                    }
+                }
+                Some(pb::check_in_response::Answer::Redirect(r)) => {
+                    if let Err(e) = self.follow_redirect(&r.spoke_address) {
+                        error!(error = %e, to = %r.spoke_address, "cannot follow redirect");
+                        return;
+                    }
+                    continue;
+                }
+                Some(pb::check_in_response::Answer::NoChange(_)) | None => {
+                    debug!("no change");
+                }
+            }
+            return;
+        }
+    }
+
+    /// Fingerprint of the bundle in force, if any.
+    pub fn held_fingerprint(&self) -> Option<[u8; 32]> {
+        let delivery = self.local.bundle().ok()??;
+        Some(vigo_common::traits::sha256(&delivery.manifest))
+    }
+
+    /// Verifies a delivery against the trusted keys, using the modules of the bundle in
+    /// force for stubs, and keeps it.
+    pub async fn accept_bundle(&self, delivery: &pb::BundleDelivery) -> Result<[u8; 32], String> {
+        let held = self.local.bundle().map_err(|e| e.to_string())?;
+        let cache: std::collections::HashMap<[u8; 32], Bytes> = held
+            .iter()
+            .flat_map(|d| &d.modules)
+            .map(|m| (vigo_common::traits::sha256(&m.body), m.body.clone()))
+            .collect();
+        let verified = verify_delivery(delivery, &self.identity.bundle_keys, |h| {
+            cache.get(h).cloned()
+        })
+        .map_err(|e| e.to_string())?;
+        verified.decode_modules().map_err(|e| e.to_string())?;
+        let fp = verified.fingerprint;
+        let local = self.local.clone();
+        blocking(move || local.save_bundle(&verified))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(fp)
+    }
+
+    fn follow_redirect(&mut self, address: &str) -> Result<(), AgentError> {
+        info!(from = %self.identity.spoke_address, to = %address, "reassigned to another spoke");
+        let mut moved = self.identity.clone();
+        moved.spoke_address = address.to_string();
+        let gateway = client::gateway(address, moved.tls_config()?)?;
+        self.dir.save_spoke_address(&moved)?;
+        self.identity = moved;
+        self.gateway = gateway;
+        self.traits_known = false;
+        Ok(())
+    }
+
+    /// Sends queued reports oldest first; stops at the first one the spoke cannot take
+    /// now. A report the spoke refuses for good (malformed, revoked) is dropped, logged.
+    pub async fn flush_reports(&mut self) -> Result<usize, AgentError> {
+        let local = self.local.clone();
+        let pending = blocking(move || local.pending_reports()).await?;
+        let mut sent = 0;
+        for report in pending {
+            let run_id = report.run_id;
+            let request = client::report_request(
+                self.identity.envoy_id,
+                &self.identity.key,
+                self.sequence.advance(),
+                report,
+            );
+            let outcome = client::send_report(&mut self.gateway, request).await;
+            let keep = match &outcome {
+                Ok(_) => false,
+                Err(s) if !permanent(s.code()) => true,
+                Err(s) => {
+                    error!(run_id, code = ?s.code(), "report refused for good: {}", s.message());
+                    false
+                }
+            };
+            if keep {
+                debug!(run_id, "spoke unreachable; report stays queued");
+                self.backoff.failed();
+                return Ok(sent);
+            }
+            let local = self.local.clone();
+            let seq = self.sequence.last();
+            blocking(move || local.remove_report(run_id, seq)).await?;
+            if outcome.is_ok() {
+                sent += 1;
+            }
+        }
+        self.backoff.succeeded();
+        Ok(sent)
+    }
+
+    /// Runs until `shutdown` resolves: a run every interval (with jitter), and queued
+    /// reports retried with backoff in between.
+    pub async fn run(&mut self, dry_run: bool, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            match self.run_once(dry_run).await {
+                Ok(s) => info!(
+                    ok = s.tally.ok,
+                    changed = s.tally.changed,
+                    failed = s.tally.failed,
+                    skipped = s.tally.skipped,
+                    checked_in = s.checked_in,
+                    reports_pending = s.reports_pending,
+                    "run finished"
+                ),
+                Err(e) => error!(error = %e, "run failed"),
+            }
+            let next_run = Instant::now() + self.next_interval();
+            loop {
+                let wake = match self.backoff.due {
+                    Some(due) if due < next_run => due,
+                    _ => next_run,
+                };
+                tokio::select! {
+                    _ = &mut shutdown => {
+                        info!("stopping");
+                        return;
+                    }
+                    _ = tokio::time::sleep_until(wake.into()) => {}
+                }
+                if Instant::now() >= next_run {
+                    break;
+                }
+                if let Err(e) = self.flush_reports().await {
+                    error!(error = %e, "report flush failed");
+                }
+            }
+        }
+    }
+}
+
+/// Refusals after which sending the same report again cannot succeed: it is malformed,
+/// too large, or this envoy is revoked. Everything else (unreachable spoke, a restart,
+/// a reassignment not yet followed) is worth another try.
+fn permanent(code: Code) -> bool {
+    matches!(
+        code,
+        Code::InvalidArgument
+            | Code::PermissionDenied
+            | Code::OutOfRange
+            | Code::Unimplemented
+            | Code::ResourceExhausted
+    )
+}
+
+/// The bundle in force, re-verified: a local file edited by hand is not trusted.
+fn load_bundle(
+    local: &LocalState,
+    keys: &[ed25519_dalek::VerifyingKey],
+) -> Result<Option<VerifiedBundle>, StateError> {
+    let Some(delivery) = local.bundle()? else {
+        return Ok(None);
+    };
+    match verify_delivery(&delivery, keys, |_| None) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) => {
+            error!(error = %e, "the stored bundle does not verify; ignoring it");
+            Ok(None)
+        }
+    }
+}
+
+fn log_results(results: &[plan::ResourceResult], tally: &Tally, dry_run: bool) {
+    for r in results {
+        match r.outcome {
+            pb::Outcome::Changed => info!(resource = %r.id, "{}", r.message),
+            pb::Outcome::WouldChange => info!(resource = %r.id, "would change: {}", r.message),
+            pb::Outcome::Failed => error!(resource = %r.id, "failed: {}", r.message),
+            pb::Outcome::Skipped => warn!(resource = %r.id, "skipped: {}", r.message),
+            _ => debug!(resource = %r.id, "in policy"),
+        }
+    }
+    debug!(?tally, dry_run, "run tally");
+}

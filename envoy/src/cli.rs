@@ -1,0 +1,282 @@
+//! `vigo-envoy` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+use tracing::info;
+use vigo_common::{fsutil, signing};
+
+use crate::agent::state::{LocalState, StateDir};
+use crate::agent::{Agent, traits};
+use crate::client;
+
+const DEFAULT_STATE_DIR: &str = "/var/lib/vigo-envoy";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vigo-envoy",
+    version,
+    about = "Vigo Spanner agent: keeps this machine in its declared state",
+    long_about = "Vigo Spanner agent: keeps this machine in its declared state.\n\n\
+Enroll once with a token, then `run` as a service: every interval it checks in with its \
+spoke, takes a new policy bundle when one is published (only if its signature verifies), \
+applies it, and reports. Without its spoke it keeps converging from the last good bundle \
+and sends its queued reports when the spoke is back.\n\n\
+`once` exits 0 when everything was in policy, 2 when something changed (or, with \
+--dry-run, would change), 4 when something failed, 6 when both, 1 when it could not run."
+)]
+pub struct Cli {
+    /// Where identity, certificates and local state live (created 0700).
+    #[arg(long, global = true, env = "VIGO_ENVOY_STATE", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate this machine's Ed25519 key and enroll it with a token.
+    Enroll {
+        /// The hub or spoke to enroll with (host:port).
+        #[arg(long)]
+        server: String,
+        /// The enrollment token.
+        #[arg(long, env = "VIGO_TOKEN")]
+        token: String,
+        /// The cluster CA certificate (PEM) that the server's certificate chains to.
+        #[arg(long, value_name = "FILE")]
+        ca: PathBuf,
+        /// The name to enroll as (default: this machine's host name).
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Replace an existing identity (a new key, a new envoy id).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Check in and converge every interval until SIGTERM or SIGINT.
+    Run {
+        /// Report what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check in, converge once and report; the exit status tells the outcome.
+    Once {
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Identity, spoke, last check-in and last run.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn main() -> ExitCode {
+    vigo_common::tls::install_default_provider();
+    vigo_common::telemetry::init_tracing("info");
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("tokio runtime: {e}")),
+    };
+    let dir = StateDir::new(&cli.state_dir);
+    match cli.command {
+        Command::Enroll {
+            server,
+            token,
+            ca,
+            hostname,
+            force,
+        } => runtime
+            .block_on(enroll(dir, &server, &token, &ca, hostname, force))
+            .map_or_else(fail, |()| ExitCode::SUCCESS),
+        Command::Run { dry_run } => runtime.block_on(async {
+            let mut agent = match Agent::load(dir) {
+                Ok(a) => a,
+                Err(e) => return fail(e.to_string()),
+            };
+            info!(envoy = %agent.identity().envoy_id, spoke = %agent.identity().spoke_address, "agent running");
+            agent.run(dry_run, shutdown_signal()).await;
+            ExitCode::SUCCESS
+        }),
+        Command::Once { dry_run } => runtime.block_on(async {
+            let mut agent = match Agent::load(dir) {
+                Ok(a) => a,
+                Err(e) => return fail(e.to_string()),
+            };
+            match agent.run_once(dry_run).await {
+                Ok(summary) => {
+                    println!(
+                        "checked in: {}; ok {}, changed {}, would change {}, failed {}, skipped {}; reports queued {}",
+                        summary.checked_in,
+                        summary.tally.ok,
+                        summary.tally.changed,
+                        summary.tally.would_change,
+                        summary.tally.failed,
+                        summary.tally.skipped,
+                        summary.reports_pending
+                    );
+                    if let Some(e) = &summary.refused_bundle {
+                        println!("bundle refused: {e}");
+                    }
+                    ExitCode::from(summary.exit_code())
+                }
+                Err(e) => fail(e.to_string()),
+            }
+        }),
+        Command::Status { json } => status(dir, json).map_or_else(fail, |()| ExitCode::SUCCESS),
+    }
+}
+
+fn fail(message: String) -> ExitCode {
+    eprintln!("vigo-envoy: {message}");
+    ExitCode::from(1)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+async fn enroll(
+    dir: StateDir,
+    server: &str,
+    token: &str,
+    ca: &std::path::Path,
+    hostname: Option<String>,
+    force: bool,
+) -> Result<(), String> {
+    if dir.is_enrolled() && !force {
+        return Err(format!(
+            "an envoy identity already exists in {}; pass --force to replace it",
+            dir.root().display()
+        ));
+    }
+    let ca_pem = fsutil::read_to_string(ca).map_err(|e| e.to_string())?;
+    let hostname = hostname.unwrap_or_else(traits::machine_hostname);
+    let key = signing::generate_key();
+    let (identity, response) = client::enroll(server, &ca_pem, token, &hostname, key)
+        .await
+        .map_err(|e| e.to_string())?;
+    dir.save_identity(&identity, force)
+        .map_err(|e| e.to_string())?;
+    println!(
+        "enrolled {hostname} as envoy {}{}; checking in at {}",
+        identity.envoy_id,
+        if response.already_enrolled {
+            " (already enrolled with this key)"
+        } else {
+            ""
+        },
+        identity.spoke_address
+    );
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Status {
+    envoy_id: String,
+    hostname: String,
+    spoke: String,
+    state_dir: String,
+    bundle_fingerprint: Option<String>,
+    last_check_in: Option<String>,
+    last_run: Option<LastRunStatus>,
+    reports_queued: u64,
+}
+
+#[derive(Serialize)]
+struct LastRunStatus {
+    finished: String,
+    ok: u32,
+    changed: u32,
+    would_change: u32,
+    failed: u32,
+    skipped: u32,
+    dry_run: bool,
+    error: Option<String>,
+}
+
+fn status(dir: StateDir, json: bool) -> Result<(), String> {
+    let identity = dir.load_identity().map_err(|e| e.to_string())?;
+    let local = LocalState::open(&dir.db_path()).map_err(|e| e.to_string())?;
+    let last = local.last_run().map_err(|e| e.to_string())?;
+    let fmt = vigo_common::time::format_ms;
+    let status = Status {
+        envoy_id: identity.envoy_id.to_string(),
+        hostname: identity.hostname.clone(),
+        spoke: identity.spoke_address.clone(),
+        state_dir: dir.root().display().to_string(),
+        bundle_fingerprint: local
+            .bundle()
+            .map_err(|e| e.to_string())?
+            .map(|d| hex::encode(vigo_common::traits::sha256(&d.manifest))),
+        last_check_in: last
+            .as_ref()
+            .filter(|r| r.last_check_in_ms > 0)
+            .map(|r| fmt(r.last_check_in_ms)),
+        last_run: last.as_ref().map(|r| LastRunStatus {
+            finished: fmt(r.finished_at_ms),
+            ok: r.ok,
+            changed: r.changed,
+            would_change: r.would_change,
+            failed: r.failed,
+            skipped: r.skipped,
+            dry_run: r.dry_run,
+            error: (!r.error.is_empty()).then(|| r.error.clone()),
+        }),
+        reports_queued: local.pending_count().map_err(|e| e.to_string())?,
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    println!("envoy      {} ({})", status.envoy_id, status.hostname);
+    println!("spoke      {}", status.spoke);
+    println!("state      {}", status.state_dir);
+    println!(
+        "bundle     {}",
+        status.bundle_fingerprint.as_deref().unwrap_or("none yet")
+    );
+    println!(
+        "check-in   {}",
+        status.last_check_in.as_deref().unwrap_or("never")
+    );
+    match &status.last_run {
+        Some(r) => println!(
+            "last run   {}{}: ok {}, changed {}, would change {}, failed {}, skipped {}{}",
+            r.finished,
+            if r.dry_run { " (dry run)" } else { "" },
+            r.ok,
+            r.changed,
+            r.would_change,
+            r.failed,
+            r.skipped,
+            r.error
+                .as_ref()
+                .map(|e| format!("; error: {e}"))
+                .unwrap_or_default()
+        ),
+        None => println!("last run   never"),
+    }
+    println!("queued     {} report(s)", status.reports_queued);
+    Ok(())
+}
