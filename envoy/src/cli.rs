@@ -8,7 +8,7 @@ use serde::Serialize;
 use tracing::info;
 use vigo_common::{fsutil, signing};
 
-use crate::agent::state::{LocalState, StateDir};
+use crate::agent::state::{RunStatus, StateDir};
 use crate::agent::{Agent, traits};
 use crate::client;
 
@@ -194,53 +194,17 @@ struct Status {
     hostname: String,
     spoke: String,
     state_dir: String,
-    bundle_fingerprint: Option<String>,
-    last_check_in: Option<String>,
-    last_run: Option<LastRunStatus>,
-    reports_queued: u64,
-}
-
-#[derive(Serialize)]
-struct LastRunStatus {
-    finished: String,
-    ok: u32,
-    changed: u32,
-    would_change: u32,
-    failed: u32,
-    skipped: u32,
-    dry_run: bool,
-    error: Option<String>,
+    last_run: Option<RunStatus>,
 }
 
 fn status(dir: StateDir, json: bool) -> Result<(), String> {
     let identity = dir.load_identity().map_err(|e| e.to_string())?;
-    let local = LocalState::open(&dir.db_path()).map_err(|e| e.to_string())?;
-    let last = local.last_run().map_err(|e| e.to_string())?;
-    let fmt = vigo_common::time::format_ms;
     let status = Status {
         envoy_id: identity.envoy_id.to_string(),
         hostname: identity.hostname.clone(),
         spoke: identity.spoke_address.clone(),
         state_dir: dir.root().display().to_string(),
-        bundle_fingerprint: local
-            .bundle()
-            .map_err(|e| e.to_string())?
-            .map(|d| hex::encode(vigo_common::traits::sha256(&d.manifest))),
-        last_check_in: last
-            .as_ref()
-            .filter(|r| r.last_check_in_ms > 0)
-            .map(|r| fmt(r.last_check_in_ms)),
-        last_run: last.as_ref().map(|r| LastRunStatus {
-            finished: fmt(r.finished_at_ms),
-            ok: r.ok,
-            changed: r.changed,
-            would_change: r.would_change,
-            failed: r.failed,
-            skipped: r.skipped,
-            dry_run: r.dry_run,
-            error: (!r.error.is_empty()).then(|| r.error.clone()),
-        }),
-        reports_queued: local.pending_count().map_err(|e| e.to_string())?,
+        last_run: dir.load_status().map_err(|e| e.to_string())?,
     };
     if json {
         println!(
@@ -249,34 +213,40 @@ fn status(dir: StateDir, json: bool) -> Result<(), String> {
         );
         return Ok(());
     }
+    let fmt = vigo_common::time::format_ms;
     println!("envoy      {} ({})", status.envoy_id, status.hostname);
     println!("spoke      {}", status.spoke);
     println!("state      {}", status.state_dir);
+    let Some(r) = &status.last_run else {
+        println!("last run   never");
+        return Ok(());
+    };
     println!(
         "bundle     {}",
-        status.bundle_fingerprint.as_deref().unwrap_or("none yet")
+        r.bundle_fingerprint.as_deref().unwrap_or("none yet")
     );
     println!(
         "check-in   {}",
-        status.last_check_in.as_deref().unwrap_or("never")
+        if r.last_check_in_ms > 0 {
+            fmt(r.last_check_in_ms)
+        } else {
+            "never".into()
+        }
     );
-    match &status.last_run {
-        Some(r) => println!(
-            "last run   {}{}: ok {}, changed {}, would change {}, failed {}, skipped {}{}",
-            r.finished,
-            if r.dry_run { " (dry run)" } else { "" },
-            r.ok,
-            r.changed,
-            r.would_change,
-            r.failed,
-            r.skipped,
-            r.error
-                .as_ref()
-                .map(|e| format!("; error: {e}"))
-                .unwrap_or_default()
-        ),
-        None => println!("last run   never"),
-    }
-    println!("queued     {} report(s)", status.reports_queued);
+    println!(
+        "last run   {}{}: ok {}, changed {}, would change {}, failed {}, skipped {}{}",
+        fmt(r.finished_at_ms),
+        if r.dry_run { " (dry run)" } else { "" },
+        r.ok,
+        r.changed,
+        r.would_change,
+        r.failed,
+        r.skipped,
+        r.error
+            .as_ref()
+            .map(|e| format!("; error: {e}"))
+            .unwrap_or_default()
+    );
+    println!("queued     {} report(s)", r.reports_queued);
     Ok(())
 }

@@ -30,7 +30,9 @@ pub fn binary(name: &str) -> PathBuf {
         .and_then(|deps| deps.parent())
         .expect("target/<profile>/deps");
     let path = dir.join(name);
-    if !path.exists() {
+    let built = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    // Missing, or older than a source file: a narrower `cargo test` left it stale.
+    if built.is_none() || built < newest_source() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "--workspace", "--tests"])
@@ -40,6 +42,32 @@ pub fn binary(name: &str) -> PathBuf {
     }
     assert!(path.exists(), "{} was not built", path.display());
     path
+}
+
+/// The newest modification time among the workspace's Rust sources and manifests.
+fn newest_source() -> Option<std::time::SystemTime> {
+    fn walk(dir: &Path, newest: &mut Option<std::time::SystemTime>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, newest);
+            } else if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("rs" | "toml" | "proto")
+            ) && let Ok(t) = entry.metadata().and_then(|m| m.modified())
+            {
+                *newest = (*newest).max(Some(t));
+            }
+        }
+    }
+    let mut newest = None;
+    for krate in ["proto", "common", "spoke", "envoy"] {
+        walk(&repo_root().join(krate), &mut newest);
+    }
+    newest
 }
 
 /// A port free right now on loopback (for processes that must keep their port across

@@ -319,5 +319,37 @@ async fn the_command_line_enrolls_runs_once_and_reports_status() {
         "{text}"
     );
     assert!(text.contains("\"would_change\": 1"), "{text}");
+
+    // The daemon holds the local database; status still answers, and SIGTERM stops it.
+    let mut daemon = Command::new(binary("vigo-envoy"))
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("run")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = envoy(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if String::from_utf8_lossy(&out.stdout).contains("\"would_change\": 0") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the daemon never ran");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        std::fs::read_to_string(machine.path().join("srv/app.conf")).unwrap(),
+        expected_conf("cli-01"),
+        "the daemon repaired the drift"
+    );
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let code = daemon.wait().unwrap();
+    assert!(code.success(), "clean exit on SIGTERM: {code:?}");
     spoke.shutdown().await.unwrap();
 }

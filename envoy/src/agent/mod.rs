@@ -22,7 +22,7 @@ use vigo_proto::v1 as pb;
 
 use crate::client::{self, Identity, Sequencer};
 use plan::{Facts, Tally, tally};
-use state::{LastRun, LocalState, StateDir, StateError};
+use state::{LocalState, RunStatus, StateDir, StateError};
 
 type Gateway = pb::envoy_gateway_client::EnvoyGatewayClient<tonic::transport::Channel>;
 
@@ -198,29 +198,27 @@ impl Agent {
         };
         let local = self.local.clone();
         let seq = self.sequence.last();
-        let last = LastRun {
+        blocking(move || local.queue_report(&report, seq)).await?;
+        summary.reports_sent = self.flush_reports().await?;
+        summary.reports_pending = self.local.pending_count()?;
+        let previous = self.dir.load_status().ok().flatten().unwrap_or_default();
+        self.dir.save_status(&RunStatus {
             finished_at_ms: now_ms(),
-            ok: summary.tally.ok as u32,
-            changed: summary.tally.changed as u32,
-            failed: summary.tally.failed as u32,
-            skipped: summary.tally.skipped as u32,
-            would_change: summary.tally.would_change as u32,
-            dry_run,
-            error: summary.error.clone().unwrap_or_default(),
             last_check_in_ms: if summary.checked_in {
                 started_at_ms
             } else {
-                self.local.last_run()?.map_or(0, |r| r.last_check_in_ms)
+                previous.last_check_in_ms
             },
-            bundle_fingerprint: fingerprint.map(|f| f.to_vec()).unwrap_or_default(),
-        };
-        blocking(move || {
-            local.queue_report(&report, seq)?;
-            local.save_last_run(&last)
-        })
-        .await?;
-        summary.reports_sent = self.flush_reports().await?;
-        summary.reports_pending = self.local.pending_count()?;
+            ok: summary.tally.ok as u32,
+            changed: summary.tally.changed as u32,
+            would_change: summary.tally.would_change as u32,
+            failed: summary.tally.failed as u32,
+            skipped: summary.tally.skipped as u32,
+            dry_run,
+            error: summary.error.clone(),
+            bundle_fingerprint: fingerprint.map(hex::encode),
+            reports_queued: summary.reports_pending,
+        })?;
         Ok(summary)
     }
 
@@ -444,4 +442,68 @@ fn log_results(results: &[plan::ResourceResult], tally: &Tally, dry_run: bool) {
         }
     }
     debug!(?tally, dry_run, "run tally");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigo_common::EnvoyId;
+    use vigo_common::pki::{CertAuthority, cert_der_to_pem, envoy_csr};
+
+    fn enrolled(dir: &StateDir) {
+        let (ca, _) = CertAuthority::create("test CA").unwrap();
+        let key = vigo_common::signing::generate_key();
+        let id = EnvoyId::new(99).unwrap();
+        let cert = ca
+            .issue_envoy(
+                id,
+                key.verifying_key().as_bytes(),
+                &envoy_csr(&key).unwrap(),
+            )
+            .unwrap();
+        let identity = Identity {
+            envoy_id: id,
+            hostname: "h".into(),
+            key,
+            cert_pem: cert_der_to_pem(&cert),
+            ca_pem: ca.cert_pem().to_string(),
+            spoke_address: "127.0.0.1:1".into(),
+            bundle_keys: vec![],
+        };
+        dir.save_identity(&identity, false).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_followed_and_remembered() {
+        vigo_common::tls::install_default_provider();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path().join("state"));
+        enrolled(&dir);
+        let mut agent = Agent::load(dir.clone()).unwrap();
+        agent.follow_redirect("127.0.0.1:2").unwrap();
+        assert_eq!(agent.identity().spoke_address, "127.0.0.1:2");
+        drop(agent);
+        let reloaded = Agent::load(dir).unwrap();
+        assert_eq!(
+            reloaded.identity().spoke_address,
+            "127.0.0.1:2",
+            "survives a restart"
+        );
+    }
+
+    #[test]
+    fn exit_codes_tell_the_outcome() {
+        let with = |changed, failed| RunSummary {
+            tally: Tally {
+                changed,
+                failed,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(with(0, 0).exit_code(), 0);
+        assert_eq!(with(1, 0).exit_code(), 2);
+        assert_eq!(with(0, 1).exit_code(), 4);
+        assert_eq!(with(1, 1).exit_code(), 6);
+    }
 }

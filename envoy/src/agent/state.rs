@@ -164,29 +164,42 @@ struct StoredBundle {
     modules: Vec<pb::ModuleBody>,
 }
 
-/// A summary of the last run, for `vigo-envoy status`.
-#[derive(Clone, PartialEq, Message)]
-pub struct LastRun {
-    #[prost(fixed64, tag = "1")]
+/// What `vigo-envoy status` shows, written after every run to `status.json` (the
+/// running agent holds the redb file's lock, so `status` cannot open it).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunStatus {
     pub finished_at_ms: u64,
-    #[prost(uint32, tag = "2")]
-    pub ok: u32,
-    #[prost(uint32, tag = "3")]
-    pub changed: u32,
-    #[prost(uint32, tag = "4")]
-    pub failed: u32,
-    #[prost(uint32, tag = "5")]
-    pub skipped: u32,
-    #[prost(uint32, tag = "6")]
-    pub would_change: u32,
-    #[prost(bool, tag = "7")]
-    pub dry_run: bool,
-    #[prost(string, tag = "8")]
-    pub error: String,
-    #[prost(fixed64, tag = "9")]
     pub last_check_in_ms: u64,
-    #[prost(bytes = "vec", tag = "10")]
-    pub bundle_fingerprint: Vec<u8>,
+    pub ok: u32,
+    pub changed: u32,
+    pub would_change: u32,
+    pub failed: u32,
+    pub skipped: u32,
+    pub dry_run: bool,
+    pub error: Option<String>,
+    pub bundle_fingerprint: Option<String>,
+    pub reports_queued: u64,
+}
+
+impl StateDir {
+    pub fn save_status(&self, status: &RunStatus) -> Result<(), StateError> {
+        let json = serde_json::to_vec_pretty(status).expect("status serializes");
+        fsutil::write_atomic(&self.file("status.json"), &json, 0o600)?;
+        Ok(())
+    }
+
+    pub fn load_status(&self) -> Result<Option<RunStatus>, StateError> {
+        let path = self.file("status.json");
+        if !path.exists() {
+            return Ok(None);
+        }
+        serde_json::from_slice(&fsutil::read(&path)?)
+            .map(Some)
+            .map_err(|e| StateError::Corrupt {
+                path,
+                why: e.to_string(),
+            })
+    }
 }
 
 /// The envoy's redb file.
@@ -328,16 +341,6 @@ impl LocalState {
                 .map_err(db_err)?;
         }
         txn.commit().map_err(db_err)
-    }
-
-    pub fn last_run(&self) -> Result<Option<LastRun>, StateError> {
-        Ok(self
-            .meta("last_run")?
-            .and_then(|v| LastRun::decode(v.as_slice()).ok()))
-    }
-
-    pub fn save_last_run(&self, run: &LastRun) -> Result<(), StateError> {
-        self.put_meta(&[("last_run", &run.encode_to_vec())])
     }
 }
 
