@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/vigo/v1/envoy.proto",
         "proto/vigo/v1/policy.proto",
         "proto/vigo/v1/spoke_admin.proto",
+        "proto/vigo/v1/hub.proto",
     ];
     tonic_prost_build::configure()
         // Bytes fields decode as slices of the received buffer: no copy on the hot path.

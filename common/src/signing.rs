@@ -18,6 +18,7 @@ pub enum Domain {
     CheckIn,
     ReportRun,
     Bundle,
+    Locate,
 }
 
 impl Domain {
@@ -26,6 +27,7 @@ impl Domain {
             Domain::CheckIn => b"vigo.v1.CheckIn\0",
             Domain::ReportRun => b"vigo.v1.ReportRun\0",
             Domain::Bundle => b"vigo.v1.Bundle\0",
+            Domain::Locate => b"vigo.v1.Locate\0",
         }
     }
 
@@ -156,7 +158,12 @@ mod tests {
 
     #[test]
     fn prefixes_fit_the_declared_maximum() {
-        for d in [Domain::CheckIn, Domain::ReportRun, Domain::Bundle] {
+        for d in [
+            Domain::CheckIn,
+            Domain::ReportRun,
+            Domain::Bundle,
+            Domain::Locate,
+        ] {
             assert!(d.prefix().len() <= Domain::MAX_PREFIX_LEN);
         }
     }

@@ -3,13 +3,15 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
-use tracing::warn;
+use tracing::{info, warn};
 use vigo_common::EnvoyId;
 use vigo_common::pki::{Peer, Role};
+use vigo_common::signing::parse_public_key;
 use vigo_common::time::now_ms;
 use vigo_proto::v1 as pb;
 
 use crate::compliance::Compliance;
+use crate::enroll::{Registry, normalize_hostname};
 use crate::error::SpokeError;
 use crate::fleet::FleetIndex;
 use crate::grpc::{detach, peer};
@@ -23,6 +25,19 @@ pub struct Admin {
     pub traits: Arc<TraitsStore>,
     pub store: Store,
     pub policy: Arc<PolicyCache>,
+    pub registry: Arc<Registry>,
+}
+
+/// Calls only the hub makes.
+fn authorize_hub(peer: &Peer, call: &'static str) -> Result<(), SpokeError> {
+    match peer.role() {
+        Some(Role::Hub) => Ok(()),
+        Some(role) => Err(SpokeError::WrongRole {
+            role: role.as_str(),
+            call,
+        }),
+        None => Err(SpokeError::NoClientCertificate),
+    }
 }
 
 fn authorize(peer: &Peer, call: &'static str) -> Result<(), SpokeError> {
@@ -122,6 +137,95 @@ impl Admin {
         Ok(records.len() as u32)
     }
 
+    /// Records an envoy the hub enrolled and pinned here. The hub chose the id; a
+    /// retried registration (same hostname and key) answers with the envoy recorded the
+    /// first time, and a new key for a known hostname replaces (revokes) the old envoy,
+    /// which the hub allows only with an allow_rekey token.
+    pub async fn register_envoy(
+        self: &Arc<Self>,
+        req: pb::RegisterEnvoyRequest,
+    ) -> Result<pb::RegisterEnvoyResponse, SpokeError> {
+        let id = envoy_id(req.envoy_id)?;
+        let hostname = normalize_hostname(&req.hostname)?;
+        let key = parse_public_key(&req.public_key)?;
+        if let Some(same_id) = self.fleet.get(id) {
+            if same_id.hostname.as_ref() == hostname && same_id.key == key {
+                return Ok(pb::RegisterEnvoyResponse {
+                    envoy_id: id.get(),
+                    already_registered: true,
+                });
+            }
+            return Err(SpokeError::IdTaken {
+                id,
+                hostname: same_id.hostname.to_string(),
+            });
+        }
+        let mut replaces = None;
+        if let Some(existing) = self.fleet.by_hostname(&hostname) {
+            if existing.key == key && !existing.read(|st| st.revoked) {
+                return Ok(pb::RegisterEnvoyResponse {
+                    envoy_id: existing.id.get(),
+                    already_registered: true,
+                });
+            }
+            replaces = Some(existing);
+        }
+        let pending = self.registry.hold(&hostname)?;
+        let this = self.clone();
+        detach(async move {
+            let _pending = pending;
+            this.registry
+                .record(id, &hostname, key, &req.token_name, None, replaces)
+                .await?;
+            Ok(pb::RegisterEnvoyResponse {
+                envoy_id: id.get(),
+                already_registered: false,
+            })
+        })
+        .await
+    }
+
+    /// Serves a policy version the hub published: validated, durable, then in force.
+    pub async fn apply_config(
+        self: &Arc<Self>,
+        version: pb::ConfigVersion,
+    ) -> Result<pb::ApplyConfigResponse, SpokeError> {
+        let files: std::collections::BTreeMap<std::path::PathBuf, String> = version
+            .files
+            .iter()
+            .map(|(k, v)| (k.into(), v.clone()))
+            .collect();
+        let tree = vigo_common::policy::parse_tree(&files)
+            .map_err(|e| SpokeError::malformed("policy", e))?;
+        let computed = hex::encode(tree.version);
+        if computed != version.version {
+            return Err(SpokeError::malformed(
+                "policy",
+                format!(
+                    "version {} does not match its files ({computed})",
+                    version.version
+                ),
+            ));
+        }
+        if self.policy.current().version_hex() == computed {
+            return Ok(pb::ApplyConfigResponse { version: computed });
+        }
+        let this = self.clone();
+        detach(async move {
+            this.store
+                .write(WriteOp::PutConfig {
+                    version: prost::Message::encode_to_vec(&version),
+                })
+                .await?;
+            this.policy
+                .apply_published(&files)
+                .map_err(|e| SpokeError::malformed("policy", e))?;
+            info!(version = %computed, author = %version.author, "policy version from the hub in force");
+            Ok(pb::ApplyConfigResponse { version: computed })
+        })
+        .await
+    }
+
     pub fn stats(&self) -> pb::SpokeStats {
         let counts = self.fleet.counts();
         let policy = self.policy.current();
@@ -174,6 +278,26 @@ impl pb::spoke_admin_server::SpokeAdmin for AdminService {
         Ok(Response::new(pb::ForcePushResponse {
             marked: self.0.force_push(&msg.envoy_ids)?,
         }))
+    }
+
+    async fn register_envoy(
+        &self,
+        request: Request<pb::RegisterEnvoyRequest>,
+    ) -> Result<Response<pb::RegisterEnvoyResponse>, Status> {
+        let (_, ext, msg) = request.into_parts();
+        authorize_hub(peer(&ext), "RegisterEnvoy")?;
+        let result = self.0.register_envoy(msg).await;
+        count_call("vigo_enrollments_total", result.as_ref().map(|_| ()));
+        Ok(Response::new(result?))
+    }
+
+    async fn apply_config(
+        &self,
+        request: Request<pb::ConfigVersion>,
+    ) -> Result<Response<pb::ApplyConfigResponse>, Status> {
+        let (_, ext, msg) = request.into_parts();
+        authorize_hub(peer(&ext), "ApplyConfig")?;
+        Ok(Response::new(self.0.apply_config(msg).await?))
     }
 
     async fn stats(

@@ -47,14 +47,42 @@ pub struct SpokeConfig {
     pub connections: ConnectionsConfig,
     #[serde(default)]
     pub enrollment: EnrollmentConfig,
+    /// Join a hub: envoys then enroll through the hub, and policy comes from the hub's
+    /// published versions instead of `policy_dir`.
+    #[serde(default)]
+    pub hub: Option<HubLink>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubLink {
+    /// Hub nodes (host:port); any of them answers.
+    pub addresses: Vec<String>,
+    /// This spoke's id in the cluster: the name in its certificate (role spoke).
+    pub spoke_id: String,
+    /// Share of new envoys the ring gives this spoke, relative to the others.
+    #[serde(default = "one_u32")]
+    pub weight: u32,
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub heartbeat: Duration,
+}
+
+fn one_u32() -> u32 {
+    1
+}
+
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(5)
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     pub ca_cert: PathBuf,
-    /// The CA key signs envoy certificates at enrollment.
-    pub ca_key: PathBuf,
+    /// The CA key signs envoy certificates at enrollment (standalone spokes; with a hub,
+    /// the hub signs them).
+    #[serde(default)]
+    pub ca_key: Option<PathBuf>,
     pub cert: PathBuf,
     pub key: PathBuf,
     /// Accept relay certificates (one connection carrying many envoys' signed
@@ -298,11 +326,13 @@ impl SpokeConfig {
             &mut self.policy_dir,
             &mut self.bundle_signing_key,
             &mut self.tls.ca_cert,
-            &mut self.tls.ca_key,
             &mut self.tls.cert,
             &mut self.tls.key,
         ] {
             *p = resolve(file, p);
+        }
+        if let Some(k) = &mut self.tls.ca_key {
+            *k = resolve(file, k);
         }
     }
 
@@ -343,6 +373,31 @@ impl SpokeConfig {
                 "connections.window",
                 "must be between 16KiB and 1GiB".into(),
             ));
+        }
+        match &self.hub {
+            None if self.tls.ca_key.is_none() => {
+                return Err(bad(
+                    "tls.ca_key",
+                    "a standalone spoke signs envoy certificates: set tls.ca_key (or join a hub)"
+                        .into(),
+                ));
+            }
+            Some(hub) => {
+                if hub.addresses.is_empty() {
+                    return Err(bad("hub.addresses", "name at least one hub node".into()));
+                }
+                if hub.weight == 0 {
+                    return Err(bad("hub.weight", "must be at least 1".into()));
+                }
+                if !self.enrollment.tokens.is_empty() {
+                    return Err(bad(
+                        "enrollment.tokens",
+                        "a spoke joined to a hub takes enrollments from the hub only; define tokens on the hub"
+                            .into(),
+                    ));
+                }
+            }
+            None => {}
         }
         let mut names = BTreeSet::new();
         for (i, t) in self.enrollment.tokens.iter().enumerate() {

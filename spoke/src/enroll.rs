@@ -1,4 +1,5 @@
-//! Enrollment: a token traded for an identity, durable before the answer.
+//! Enrollment: a token traded for an identity, durable before the answer; and the
+//! registry both enrollment paths (standalone, or through the hub) record envoys with.
 //!
 //! The same hostname with the same key is a retried enrollment and gets the same envoy
 //! back (a fresh certificate, no token use spent). The same hostname with a new key is a
@@ -24,15 +25,126 @@ use crate::fleet::{EnvoyRecord, EnvoyState, FleetIndex};
 use crate::grpc::detach;
 use crate::metrics::count_call;
 use crate::store::{Store, StoredEnvoy, WriteOp};
-use crate::tokens::{Reservation, TokenBook};
+use crate::tokens::TokenBook;
 
 const MAX_TOKEN: usize = 256;
 const MAX_CSR: usize = 16 << 10;
 const MAX_HOSTNAME: usize = 253;
 
-pub struct Enroller {
+/// Records envoys: durable first, then published in the FleetIndex. Standalone
+/// enrollment and the hub's registrations both go through here.
+pub struct Registry {
     pub fleet: Arc<FleetIndex>,
     pub store: Store,
+    /// Hostnames with a registration in flight.
+    pending: Mutex<HashSet<String>>,
+}
+
+/// Releases a pending hostname however the registration ends.
+pub struct PendingGuard {
+    registry: Arc<Registry>,
+    hostname: String,
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.registry
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.hostname);
+    }
+}
+
+impl Registry {
+    pub fn new(fleet: Arc<FleetIndex>, store: Store) -> Arc<Self> {
+        Arc::new(Self {
+            fleet,
+            store,
+            pending: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// An id no envoy of this spoke has.
+    pub fn fresh_id(&self) -> EnvoyId {
+        loop {
+            let candidate = EnvoyId::random();
+            if self.fleet.get(candidate).is_none() {
+                return candidate;
+            }
+        }
+    }
+
+    /// Holds `hostname` for one registration; a second one at once is refused.
+    pub fn hold(self: &Arc<Self>, hostname: &str) -> Result<PendingGuard, SpokeError> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if !pending.insert(hostname.to_string()) {
+            return Err(SpokeError::EnrollmentInProgress(hostname.to_string()));
+        }
+        Ok(PendingGuard {
+            registry: self.clone(),
+            hostname: hostname.to_string(),
+        })
+    }
+
+    /// Writes the envoy — and the revocation of the envoy it `replaces`, in the same
+    /// transaction — then publishes it. `token` counts one use of that token.
+    pub async fn record(
+        &self,
+        id: EnvoyId,
+        hostname: &str,
+        key: ed25519_dalek::VerifyingKey,
+        token_name: &str,
+        token: Option<[u8; 32]>,
+        replaces: Option<Arc<EnvoyRecord>>,
+    ) -> Result<(), SpokeError> {
+        let enrolled_at_ms = now_ms();
+        let mut rows = vec![StoredEnvoy {
+            id: id.get(),
+            hostname: hostname.to_string(),
+            public_key: key.as_bytes().to_vec(),
+            enrolled_at_ms,
+            token_name: token_name.to_string(),
+            ..Default::default()
+        }];
+        if let Some(old) = &replaces {
+            let mut row = self
+                .store
+                .envoy(old.id.get())?
+                .unwrap_or_else(|| StoredEnvoy {
+                    id: old.id.get(),
+                    hostname: old.hostname.to_string(),
+                    public_key: old.key.as_bytes().to_vec(),
+                    enrolled_at_ms: old.enrolled_at_ms,
+                    ..Default::default()
+                });
+            row.revoked = true;
+            row.revoked_at_ms = enrolled_at_ms;
+            row.revoked_reason = format!("re-enrolled with a new key as {id}");
+            rows.push(row);
+        }
+        self.store
+            .write(WriteOp::PutEnvoys {
+                envoys: rows,
+                token,
+            })
+            .await?;
+        if let Some(old) = &replaces {
+            self.fleet.update(old, |st| st.revoked = true);
+            warn!(%hostname, old = %old.id, new = %id, token = %token_name, "hostname re-enrolled with a new key; old envoy revoked");
+        }
+        self.fleet.insert(
+            EnvoyRecord::new(id, key, hostname, enrolled_at_ms),
+            EnvoyState::new(enrolled_at_ms),
+        );
+        info!(envoy = %id, %hostname, token = %token_name, "envoy enrolled");
+        Ok(())
+    }
+}
+
+/// Enrollment on a standalone spoke: tokens checked here, certificates signed here.
+pub struct Enroller {
+    pub registry: Arc<Registry>,
     pub tokens: TokenBook,
     pub ca: CertAuthority,
     /// What envoys are told about where to check in and how often.
@@ -40,24 +152,6 @@ pub struct Enroller {
     pub interval_ms: u32,
     pub jitter_ms: u32,
     pub bundle_keys: Vec<Bytes>,
-    /// Hostnames with an enrollment in flight.
-    pending: Mutex<HashSet<String>>,
-}
-
-/// Releases a pending hostname however the enrollment ends.
-struct PendingGuard {
-    enroller: Arc<Enroller>,
-    hostname: String,
-}
-
-impl Drop for PendingGuard {
-    fn drop(&mut self) {
-        self.enroller
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.hostname);
-    }
 }
 
 /// Lowercases and checks a hostname: 1–253 characters of letters, digits, '-', '_' and
@@ -84,30 +178,6 @@ pub fn normalize_hostname(raw: &str) -> Result<String, SpokeError> {
 }
 
 impl Enroller {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        fleet: Arc<FleetIndex>,
-        store: Store,
-        tokens: TokenBook,
-        ca: CertAuthority,
-        advertise: String,
-        interval_ms: u32,
-        jitter_ms: u32,
-        bundle_keys: Vec<Bytes>,
-    ) -> Self {
-        Self {
-            fleet,
-            store,
-            tokens,
-            ca,
-            advertise,
-            interval_ms,
-            jitter_ms,
-            bundle_keys,
-            pending: Mutex::new(HashSet::new()),
-        }
-    }
-
     pub async fn enroll(
         self: &Arc<Self>,
         req: pb::EnrollRequest,
@@ -129,7 +199,9 @@ impl Enroller {
         let key = parse_public_key(&req.public_key)?;
         let now = SystemTime::now();
 
-        if let Some(existing) = self.fleet.by_hostname(&hostname) {
+        let fleet = &self.registry.fleet;
+        let mut replaces = None;
+        if let Some(existing) = fleet.by_hostname(&hostname) {
             let revoked = existing.read(|st| st.revoked);
             if existing.key == key && !revoked {
                 // A retry of an enrollment that succeeded: same envoy, fresh certificate.
@@ -146,18 +218,25 @@ impl Enroller {
                     id: existing.id,
                 });
             }
+            replaces = Some(existing);
         }
 
-        let pending = self.hold_hostname(&hostname)?;
+        let pending = self.registry.hold(&hostname)?;
         let token = self.tokens.reserve(&req.token, now)?;
         let this = self.clone();
         // The enrollment runs to its end even if the caller leaves; the hostname stays
         // held until then.
         let result = detach(async move {
             let _pending = pending;
-            let outcome = this
-                .enroll_reserved(&hostname, key, &req.csr_der, &token)
-                .await;
+            let id = this.registry.fresh_id();
+            let outcome = async {
+                let cert = this.ca.issue_envoy(id, key.as_bytes(), &req.csr_der)?;
+                this.registry
+                    .record(id, &hostname, key, &token.name, Some(token.hash), replaces)
+                    .await?;
+                Ok::<_, SpokeError>((id, cert))
+            }
+            .await;
             match &outcome {
                 Ok(_) => this.tokens.commit(&token),
                 Err(_) => this.tokens.release(&token),
@@ -166,77 +245,6 @@ impl Enroller {
         })
         .await;
         result.map(|(id, cert)| self.response(id, cert, false))
-    }
-
-    fn hold_hostname(self: &Arc<Self>, hostname: &str) -> Result<PendingGuard, SpokeError> {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if !pending.insert(hostname.to_string()) {
-            return Err(SpokeError::EnrollmentInProgress(hostname.to_string()));
-        }
-        Ok(PendingGuard {
-            enroller: self.clone(),
-            hostname: hostname.to_string(),
-        })
-    }
-
-    /// Issues the certificate, writes the envoy (and the revocation of the envoy it
-    /// replaces) in one durable transaction, then publishes it in the FleetIndex.
-    async fn enroll_reserved(
-        &self,
-        hostname: &str,
-        key: ed25519_dalek::VerifyingKey,
-        csr_der: &[u8],
-        token: &Reservation,
-    ) -> Result<(EnvoyId, Vec<u8>), SpokeError> {
-        let id = loop {
-            let candidate = EnvoyId::random();
-            if self.fleet.get(candidate).is_none() {
-                break candidate;
-            }
-        };
-        let cert = self.ca.issue_envoy(id, key.as_bytes(), csr_der)?;
-        let enrolled_at_ms = now_ms();
-        let replaced = self.fleet.by_hostname(hostname);
-        let mut rows = vec![StoredEnvoy {
-            id: id.get(),
-            hostname: hostname.to_string(),
-            public_key: key.as_bytes().to_vec(),
-            enrolled_at_ms,
-            token_name: token.name.clone(),
-            ..Default::default()
-        }];
-        if let Some(old) = &replaced {
-            let mut row = self
-                .store
-                .envoy(old.id.get())?
-                .unwrap_or_else(|| StoredEnvoy {
-                    id: old.id.get(),
-                    hostname: old.hostname.to_string(),
-                    public_key: old.key.as_bytes().to_vec(),
-                    enrolled_at_ms: old.enrolled_at_ms,
-                    ..Default::default()
-                });
-            row.revoked = true;
-            row.revoked_at_ms = enrolled_at_ms;
-            row.revoked_reason = format!("re-enrolled with a new key as {id}");
-            rows.push(row);
-        }
-        self.store
-            .write(WriteOp::PutEnvoys {
-                envoys: rows,
-                token: Some(token.hash),
-            })
-            .await?;
-        if let Some(old) = &replaced {
-            self.fleet.update(old, |st| st.revoked = true);
-            warn!(%hostname, old = %old.id, new = %id, token = %token.name, "hostname re-enrolled with a new key; old envoy revoked");
-        }
-        self.fleet.insert(
-            EnvoyRecord::new(id, key, hostname, enrolled_at_ms),
-            EnvoyState::new(enrolled_at_ms),
-        );
-        info!(envoy = %id, %hostname, token = %token.name, "envoy enrolled");
-        Ok((id, cert))
     }
 
     fn response(&self, id: EnvoyId, cert: Vec<u8>, already_enrolled: bool) -> pb::EnrollResponse {
@@ -253,7 +261,12 @@ impl Enroller {
     }
 }
 
-pub struct EnrollmentService(pub Arc<Enroller>);
+/// Enrollment as the spoke serves it: itself when standalone, or a pointer to the hub.
+pub enum EnrollmentService {
+    Standalone(Arc<Enroller>),
+    /// Enrollment goes through the hub at these addresses.
+    ThroughHub(Vec<String>),
+}
 
 #[tonic::async_trait]
 impl pb::enrollment_server::Enrollment for EnrollmentService {
@@ -261,7 +274,12 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
         &self,
         request: Request<pb::EnrollRequest>,
     ) -> Result<Response<pb::EnrollResponse>, Status> {
-        let result = self.0.enroll(request.into_inner()).await;
+        let result = match self {
+            EnrollmentService::Standalone(enroller) => enroller.enroll(request.into_inner()).await,
+            EnrollmentService::ThroughHub(hubs) => {
+                Err(SpokeError::EnrollThroughHub(hubs.join(", ")))
+            }
+        };
         count_call("vigo_enrollments_total", result.as_ref().map(|_| ()));
         if let Err(e) = &result {
             info!(error = %e, "enrollment refused");

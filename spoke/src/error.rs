@@ -48,6 +48,10 @@ pub enum SpokeError {
     HostnameTaken { hostname: String, id: EnvoyId },
     #[error("an enrollment for hostname {0:?} is in progress; retry")]
     EnrollmentInProgress(String),
+    #[error("this spoke enrolls envoys through its hub: enroll at {0}")]
+    EnrollThroughHub(String),
+    #[error("envoy {id} is already enrolled here as {hostname:?}")]
+    IdTaken { id: EnvoyId, hostname: String },
     #[error("storage: {0}")]
     Store(#[from] StoreError),
     #[error("the spoke is shutting down")]
@@ -70,9 +74,11 @@ impl SpokeError {
             | TokenSpent(_)
             | TokenExpired(_) => Code::PermissionDenied,
             UnknownEnvoy(_) => Code::NotFound,
-            StaleTimestamp { .. } | Replay { .. } | HostnameTaken { .. } => {
-                Code::FailedPrecondition
-            }
+            StaleTimestamp { .. }
+            | Replay { .. }
+            | HostnameTaken { .. }
+            | EnrollThroughHub(_)
+            | IdTaken { .. } => Code::FailedPrecondition,
             EnrollmentInProgress(_) => Code::Aborted,
             Store(_) => Code::Internal,
             ShuttingDown => Code::Unavailable,

@@ -17,6 +17,7 @@ pub mod fleet;
 pub mod flusher;
 pub mod gateway;
 mod grpc;
+pub mod hub_link;
 pub mod metrics;
 pub mod policy_cache;
 pub mod server;

@@ -5,7 +5,7 @@
 //! snapshot aside and swaps it in only if the policy is valid, so a bad policy never
 //! replaces a good one.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -13,7 +13,9 @@ use arc_swap::{ArcSwap, Guard};
 use ed25519_dalek::SigningKey;
 use tracing::{info, warn};
 use vigo_common::policy::bundle::SignedBundle;
-use vigo_common::policy::{CompiledPolicy, PolicyErrors, compile, load_dir};
+use vigo_common::policy::{
+    CompiledPolicy, PolicyErrors, PolicyTree, compile, load_dir, parse_tree,
+};
 
 /// Bundles of this many past policy generations stay known, so an envoy a few
 /// versions behind still receives the modules it holds as stubs.
@@ -49,8 +51,26 @@ impl PolicySnapshot {
     }
 }
 
+/// Where policy comes from.
+#[derive(Clone, Debug)]
+pub enum PolicySource {
+    /// A directory, re-read on reload (standalone spokes).
+    Directory(PathBuf),
+    /// Versions the hub publishes, pushed or pulled.
+    Hub,
+}
+
+/// The policy of a spoke that has not received one from its hub yet: no hostcrate, so
+/// every envoy gets the empty bundle.
+pub fn empty_policy() -> BTreeMap<PathBuf, String> {
+    BTreeMap::from([(
+        PathBuf::from("hostcrates.yaml"),
+        "hostcrates: []\n".to_string(),
+    )])
+}
+
 pub struct PolicyCache {
-    dir: PathBuf,
+    source: PolicySource,
     key: SigningKey,
     current: ArcSwap<PolicySnapshot>,
     /// Known bundles of recent generations; also serialises reloads.
@@ -58,17 +78,41 @@ pub struct PolicyCache {
 }
 
 impl PolicyCache {
-    /// Loads the policy at start-up; an invalid policy is an error.
+    /// Loads a policy directory at start-up; an invalid policy is an error.
     pub fn load(dir: &Path, key: SigningKey) -> Result<Self, PolicyErrors> {
-        let (snapshot, known) = build(dir, &key, 0, &VecDeque::new())?;
+        Self::start(
+            PolicySource::Directory(dir.to_path_buf()),
+            load_dir(dir)?,
+            key,
+        )
+    }
+
+    /// Starts from a published policy (the last version the hub sent, or the empty one).
+    pub fn published(
+        files: &BTreeMap<PathBuf, String>,
+        key: SigningKey,
+    ) -> Result<Self, PolicyErrors> {
+        Self::start(PolicySource::Hub, parse_tree(files)?, key)
+    }
+
+    fn start(
+        source: PolicySource,
+        tree: PolicyTree,
+        key: SigningKey,
+    ) -> Result<Self, PolicyErrors> {
+        let (snapshot, known) = build(tree, &key, 0, &VecDeque::new());
         let mut history = VecDeque::new();
         history.push_back(known);
         Ok(Self {
-            dir: dir.to_path_buf(),
+            source,
             key,
             current: ArcSwap::from_pointee(snapshot),
             history: Mutex::new(history),
         })
+    }
+
+    pub fn source(&self) -> &PolicySource {
+        &self.source
     }
 
     /// The snapshot check-ins read: a lock-free load.
@@ -77,18 +121,42 @@ impl PolicyCache {
         self.current.load()
     }
 
-    /// Recompiles from disk. On error the serving snapshot stays as it was.
+    /// Recompiles the policy directory. On error the serving snapshot stays as it was.
+    /// A spoke whose policy comes from its hub has nothing to reload.
     pub fn reload(&self) -> Result<Arc<PolicySnapshot>, PolicyErrors> {
+        match &self.source {
+            PolicySource::Directory(dir) => self.install(load_dir(dir), &dir.display().to_string()),
+            PolicySource::Hub => {
+                info!("policy comes from the hub; nothing to reload");
+                Ok(self.current.load_full())
+            }
+        }
+    }
+
+    /// Installs a published policy tree (from the hub). On error nothing changes.
+    pub fn apply_published(
+        &self,
+        files: &BTreeMap<PathBuf, String>,
+    ) -> Result<Arc<PolicySnapshot>, PolicyErrors> {
+        self.install(parse_tree(files), "hub")
+    }
+
+    fn install(
+        &self,
+        tree: Result<PolicyTree, PolicyErrors>,
+        origin: &str,
+    ) -> Result<Arc<PolicySnapshot>, PolicyErrors> {
         let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
         let generation = self.current.load().generation.wrapping_add(1);
-        let (snapshot, known) = match build(&self.dir, &self.key, generation, &history) {
-            Ok(built) => built,
+        let tree = match tree {
+            Ok(tree) => tree,
             Err(e) => {
                 metrics::counter!("vigo_policy_reloads_total", "result" => "rejected").increment(1);
-                warn!(dir = %self.dir.display(), errors = %e, "policy reload rejected; previous policy keeps serving");
+                warn!(%origin, errors = %e, "policy rejected; previous policy keeps serving");
                 return Err(e);
             }
         };
+        let (snapshot, known) = build(tree, &self.key, generation, &history);
         history.push_back(known);
         while history.len() > KNOWN_GENERATIONS {
             history.pop_front();
@@ -100,6 +168,7 @@ impl PolicyCache {
             version = %snapshot.version_hex(),
             generation,
             bundles = snapshot.bundles.len(),
+            %origin,
             "policy reloaded"
         );
         Ok(snapshot)
@@ -109,12 +178,11 @@ impl PolicyCache {
 type Known = Vec<([u8; 32], Arc<[[u8; 32]]>)>;
 
 fn build(
-    dir: &Path,
+    tree: PolicyTree,
     key: &SigningKey,
     generation: u32,
     history: &VecDeque<Known>,
-) -> Result<(PolicySnapshot, Known), PolicyErrors> {
-    let tree = load_dir(dir)?;
+) -> (PolicySnapshot, Known) {
     let compiled = compile(&tree);
     let bundles: Vec<SignedBundle> = compiled
         .hostcrates
@@ -135,7 +203,7 @@ fn build(
         .chain(this.iter())
         .cloned()
         .collect();
-    Ok((
+    (
         PolicySnapshot {
             generation,
             compiled,
@@ -143,5 +211,5 @@ fn build(
             known,
         },
         this,
-    ))
+    )
 }

@@ -22,12 +22,13 @@ use vigo_proto::v1 as pb;
 use crate::admin::{Admin, AdminService};
 use crate::compliance::Compliance;
 use crate::config::SpokeConfig;
-use crate::enroll::{Enroller, EnrollmentService};
+use crate::enroll::{Enroller, EnrollmentService, Registry};
 use crate::error::SpokeError;
 use crate::fleet::{EnvoyRecord, EnvoyState, FleetIndex};
 use crate::flusher::{Flusher, Flushers};
 use crate::gateway::{Gateway, GatewayService, GatewaySettings};
-use crate::policy_cache::PolicyCache;
+use crate::hub_link::Link;
+use crate::policy_cache::{PolicyCache, empty_policy};
 use crate::store::{Loaded, Store};
 use crate::tokens::TokenBook;
 use crate::traits_store::{self, TraitsStore};
@@ -45,6 +46,7 @@ pub struct Spoke {
     shutdown: Option<oneshot::Sender<()>>,
     serving: JoinHandle<Result<(), tonic::transport::Error>>,
     sweeper: JoinHandle<()>,
+    hub_link: Option<JoinHandle<()>>,
     flusher: Arc<Flusher>,
     flushers: Option<Flushers>,
     store: Option<Store>,
@@ -69,8 +71,9 @@ impl Spoke {
         let (store, writer) = Store::open(&config.db_path())?;
         let fleet = Arc::new(FleetIndex::new());
         let traits = Arc::new(TraitsStore::default());
-        let loaded = store.load()?;
+        let mut loaded = store.load()?;
         let token_uses = loaded.token_uses.clone();
+        let published = loaded.config.take();
         let stats = rehydrate(loaded, &fleet, &traits, &store, config.offline_after())?;
         info!(
             envoys = stats.envoys,
@@ -82,14 +85,22 @@ impl Spoke {
         let bundle_key = signing::read_key_file(&config.bundle_signing_key)?;
         let bundle_public = Bytes::copy_from_slice(bundle_key.verifying_key().as_bytes());
         let policy = Arc::new(
-            PolicyCache::load(&config.policy_dir, bundle_key).map_err(policy_startup_error)?,
+            match &config.hub {
+                None => PolicyCache::load(&config.policy_dir, bundle_key),
+                Some(_) => {
+                    let files = published
+                        .map(|v| v.files.into_iter().map(|(k, v)| (k.into(), v)).collect())
+                        .unwrap_or_else(empty_policy);
+                    PolicyCache::published(&files, bundle_key)
+                }
+            }
+            .map_err(policy_startup_error)?,
         );
         info!(
             version = %policy.current().version_hex(),
             hostcrates = policy.current().bundles.len() - 1,
             "policy loaded"
         );
-        let ca = CertAuthority::load(&config.tls.ca_cert, &config.tls.ca_key)?;
         let server_tls = tls::server_config(
             &fsutil::read_to_string(&config.tls.ca_cert)?,
             &fsutil::read_to_string(&config.tls.cert)?,
@@ -117,22 +128,46 @@ impl Spoke {
                 keep_runs: config.reports.keep_runs,
             },
         ));
-        let enroller = Arc::new(Enroller::new(
-            fleet.clone(),
-            store.clone(),
-            TokenBook::new(&config.enrollment.tokens, token_uses),
-            ca,
-            config.advertise_address(),
-            interval_ms,
-            jitter_ms,
-            vec![bundle_public],
-        ));
+        let registry = Registry::new(fleet.clone(), store.clone());
+        let enrollment = match (&config.hub, &config.tls.ca_key) {
+            (Some(hub), _) => EnrollmentService::ThroughHub(hub.addresses.clone()),
+            (None, Some(ca_key)) => EnrollmentService::Standalone(Arc::new(Enroller {
+                registry: registry.clone(),
+                tokens: TokenBook::new(&config.enrollment.tokens, token_uses),
+                ca: CertAuthority::load(&config.tls.ca_cert, ca_key)?,
+                advertise: config.advertise_address(),
+                interval_ms,
+                jitter_ms,
+                bundle_keys: vec![bundle_public],
+            })),
+            (None, None) => unreachable!("config validation requires tls.ca_key without a hub"),
+        };
         let admin = Arc::new(Admin {
             fleet: fleet.clone(),
             traits: traits.clone(),
             store: store.clone(),
             policy: policy.clone(),
+            registry,
         });
+        let hub_link = match &config.hub {
+            Some(hub) => {
+                let client_tls = tls::client_config(
+                    &fsutil::read_to_string(&config.tls.ca_cert)?,
+                    Some((
+                        &fsutil::read_to_string(&config.tls.cert)?,
+                        &fsutil::read_to_string(&config.tls.key)?,
+                    )),
+                )?;
+                let link = Link {
+                    hub: hub.clone(),
+                    advertise: config.advertise_address(),
+                    tls: Arc::new(client_tls),
+                    admin: admin.clone(),
+                };
+                Some(tokio::spawn(link.run()))
+            }
+            None => None,
+        };
         let flusher = Arc::new(Flusher {
             fleet: fleet.clone(),
             traits: traits.clone(),
@@ -197,7 +232,7 @@ impl Spoke {
         }
         let router = builder
             .add_service(
-                pb::enrollment_server::EnrollmentServer::new(EnrollmentService(enroller))
+                pb::enrollment_server::EnrollmentServer::new(enrollment)
                     .max_decoding_message_size(64 << 10),
             )
             .add_service(
@@ -221,6 +256,7 @@ impl Spoke {
             shutdown: Some(shutdown),
             serving,
             sweeper,
+            hub_link,
             flusher,
             flushers: Some(flushers),
             store: Some(store),
@@ -251,6 +287,9 @@ impl Spoke {
             }
         }
         self.sweeper.abort();
+        if let Some(link) = &self.hub_link {
+            link.abort();
+        }
         let flushers = self.flushers.take();
         let flusher = self.flusher.clone();
         let store = self.store.take();

@@ -27,6 +27,7 @@ const RUNS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("runs");
 const TRAITS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("traits");
 const TOKEN_USES: TableDefinition<&[u8], u64> = TableDefinition::new("token_uses");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const CONFIG: TableDefinition<&str, &[u8]> = TableDefinition::new("config");
 
 const SCHEMA_VERSION: u64 = 1;
 /// Jobs folded into one transaction at most.
@@ -129,6 +130,8 @@ pub enum WriteOp {
         last: StoredLastRun,
         keep: usize,
     },
+    /// The policy version the hub published (encoded `vigo.v1.ConfigVersion`).
+    PutConfig { version: Vec<u8> },
     /// Dirty states from a flusher, with trait sets not yet on disk.
     Flush {
         states: Vec<(u64, StoredState)>,
@@ -163,6 +166,8 @@ pub struct Loaded {
     pub last_runs: HashMap<u64, StoredLastRun>,
     pub traits: HashMap<[u8; 32], Vec<u8>>,
     pub token_uses: HashMap<[u8; 32], u64>,
+    /// The last policy version the hub published, if any.
+    pub config: Option<vigo_proto::v1::ConfigVersion>,
 }
 
 impl Store {
@@ -201,6 +206,7 @@ impl Store {
             txn.open_table(RUNS).map_err(db_err)?;
             txn.open_table(TRAITS).map_err(db_err)?;
             txn.open_table(TOKEN_USES).map_err(db_err)?;
+            txn.open_table(CONFIG).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)
     }
@@ -377,6 +383,7 @@ fn commit_group(db: &Database, group: &[Job]) -> Result<Vec<WriteOutcome>, Store
         let mut runs = txn.open_table(RUNS).map_err(db_err)?;
         let mut traits = txn.open_table(TRAITS).map_err(db_err)?;
         let mut token_uses = txn.open_table(TOKEN_USES).map_err(db_err)?;
+        let mut config = txn.open_table(CONFIG).map_err(db_err)?;
         for job in group {
             let outcome = match &job.op {
                 WriteOp::PutEnvoys {
@@ -435,6 +442,12 @@ fn commit_group(db: &Database, group: &[Job]) -> Result<Vec<WriteOutcome>, Store
                         }
                         WriteOutcome::Done
                     }
+                }
+                WriteOp::PutConfig { version } => {
+                    config
+                        .insert("current", version.as_slice())
+                        .map_err(db_err)?;
+                    WriteOutcome::Done
                 }
                 WriteOp::Flush {
                     states: rows,

@@ -131,7 +131,7 @@ async fn sighup_reloads_policy_and_refuses_a_broken_one() {
         "hostcrates:\n  - name: web\n    match: 'web-*'\n    roles: [nope]\n",
     );
     spoke.signal(libc::SIGHUP);
-    spoke.wait_for_log("policy reload rejected", Duration::from_secs(10));
+    spoke.wait_for_log("policy rejected", Duration::from_secs(10));
     let r = envoy.check_in().await.unwrap();
     assert!(matches!(
         r.answer,

@@ -1,0 +1,120 @@
+//! A spoke's tie to its hub: it registers (its certificate says which spoke it is),
+//! heartbeats, and serves the policy version the hub says every spoke should serve —
+//! pulling it when it missed a push (it was down, or the push failed).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ClientConfig;
+use tonic::transport::Channel;
+use tracing::{info, warn};
+use vigo_common::tls;
+use vigo_proto::v1 as pb;
+
+use crate::admin::Admin;
+use crate::config::HubLink;
+
+type HubClient = pb::hub_spokes_client::HubSpokesClient<Channel>;
+
+pub struct Link {
+    pub hub: HubLink,
+    /// The address envoys and the hub reach this spoke at.
+    pub advertise: String,
+    pub tls: Arc<ClientConfig>,
+    pub admin: Arc<Admin>,
+}
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Link {
+    /// Runs until the task is aborted.
+    pub async fn run(self) {
+        let clients: Vec<(String, HubClient)> = self
+            .hub
+            .addresses
+            .iter()
+            .filter_map(|a| {
+                tls::channel(a, self.tls.clone(), CALL_TIMEOUT)
+                    .map(|c| (a.clone(), pb::hub_spokes_client::HubSpokesClient::new(c)))
+                    .map_err(|e| warn!(hub = %a, error = %e, "bad hub address"))
+                    .ok()
+            })
+            .collect();
+        if clients.is_empty() {
+            return;
+        }
+        let mut registered = false;
+        let mut next = 0usize;
+        let mut tick = tokio::time::interval(self.hub.heartbeat);
+        loop {
+            tick.tick().await;
+            let (address, client) = &mut clients[next % clients.len()].clone();
+            let directive = if registered {
+                self.heartbeat(client).await
+            } else {
+                self.register(client).await
+            };
+            match directive {
+                Ok(d) => {
+                    if !registered {
+                        info!(hub = %address, spoke = %d.spoke_id, "registered with the hub");
+                        registered = true;
+                    }
+                    if let Err(e) = self.follow(client, &d).await {
+                        warn!(hub = %address, error = %e, "cannot take the hub's policy version");
+                    }
+                }
+                Err(status) => {
+                    warn!(hub = %address, code = ?status.code(), "hub call failed: {}", status.message());
+                    // Try the next hub node; a restarted hub needs a new registration.
+                    next += 1;
+                    if status.code() == tonic::Code::NotFound {
+                        registered = false;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn register(&self, client: &mut HubClient) -> Result<pb::SpokeDirective, tonic::Status> {
+        let mut req = tonic::Request::new(pb::RegisterSpokeRequest {
+            address: self.advertise.clone(),
+            weight: self.hub.weight,
+        });
+        req.set_timeout(CALL_TIMEOUT);
+        client.register_spoke(req).await.map(|r| r.into_inner())
+    }
+
+    async fn heartbeat(&self, client: &mut HubClient) -> Result<pb::SpokeDirective, tonic::Status> {
+        let mut req = tonic::Request::new(pb::HeartbeatRequest {
+            config_version: self.admin.policy.current().version_hex(),
+            envoys: self.admin.fleet.len(),
+        });
+        req.set_timeout(CALL_TIMEOUT);
+        client.heartbeat(req).await.map(|r| r.into_inner())
+    }
+
+    /// Pulls and applies the version the hub wants, if it is not the one in force.
+    async fn follow(&self, client: &mut HubClient, d: &pb::SpokeDirective) -> Result<(), String> {
+        if d.config_version.is_empty()
+            || d.config_version == self.admin.policy.current().version_hex()
+        {
+            return Ok(());
+        }
+        let mut req = tonic::Request::new(pb::GetConfigRequest {
+            version: d.config_version.clone(),
+        });
+        req.set_timeout(CALL_TIMEOUT);
+        let version = client
+            .get_config(req)
+            .await
+            .map_err(|s| s.message().to_string())?
+            .into_inner();
+        info!(version = %version.version, "pulling the hub's policy version");
+        self.admin
+            .apply_config(version)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
