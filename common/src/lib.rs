@@ -8,6 +8,7 @@
 pub mod config;
 mod error;
 pub mod fsutil;
+pub mod hostname;
 pub mod ids;
 pub mod pki;
 pub mod policy;

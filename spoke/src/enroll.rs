@@ -29,7 +29,6 @@ use crate::tokens::TokenBook;
 
 const MAX_TOKEN: usize = 256;
 const MAX_CSR: usize = 16 << 10;
-const MAX_HOSTNAME: usize = 253;
 
 /// Records envoys: durable first, then published in the FleetIndex. Standalone
 /// enrollment and the hub's registrations both go through here.
@@ -154,27 +153,9 @@ pub struct Enroller {
     pub bundle_keys: Vec<Bytes>,
 }
 
-/// Lowercases and checks a hostname: 1–253 characters of letters, digits, '-', '_' and
-/// dots separating non-empty labels.
+/// Lowercases and checks a hostname (see `vigo_common::hostname`).
 pub fn normalize_hostname(raw: &str) -> Result<String, SpokeError> {
-    let h = raw.trim().to_ascii_lowercase();
-    let ok = !h.is_empty()
-        && h.len() <= MAX_HOSTNAME
-        && h.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
-    if ok {
-        Ok(h)
-    } else {
-        Err(SpokeError::malformed(
-            "hostname",
-            format!("{raw:?} is not a valid host name"),
-        ))
-    }
+    Ok(vigo_common::hostname::normalize(raw)?)
 }
 
 impl Enroller {
@@ -285,21 +266,5 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
             info!(error = %e, "enrollment refused");
         }
         result.map(Response::new).map_err(Status::from)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::normalize_hostname;
-
-    #[test]
-    fn hostnames_are_normalized_and_checked() {
-        assert_eq!(
-            normalize_hostname(" Web-01.Example.COM ").unwrap(),
-            "web-01.example.com"
-        );
-        for bad in ["", "a..b", ".a", "a b", "a/b", &"x".repeat(64)] {
-            assert!(normalize_hostname(bad).is_err(), "{bad:?} accepted");
-        }
     }
 }

@@ -1,0 +1,12 @@
+//! The hub: three (or five) nodes replicating the cluster's small, precious state with
+//! openraft — spokes and the ring, pattern overrides, every envoy's pin, enrollment
+//! tokens, published config versions and the CA's public material. It routes
+//! enrollment, answers envoys asking where they are pinned, pushes config to spokes and
+//! serves administration.
+//!
+//! It must stay off the check-in path: spokes serve envoys on their own, and the hub
+//! drives a spoke only through the spoke's gRPC services.
+
+pub mod raft;
+pub mod ring;
+pub mod state;

@@ -1,0 +1,206 @@
+//! Raft between hub nodes: openraft's three RPCs over tonic with mutual TLS (hub
+//! certificates), requests and replies encoded with postcard.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use openraft::BasicNode;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use rustls::ClientConfig;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use vigo_common::pki::Role;
+use vigo_common::tls::{self, PeerInfo};
+use vigo_proto::v1 as pb;
+
+use super::{HubRaft, NodeId, TypeConfig};
+
+type Client = pb::hub_raft_client::HubRaftClient<Channel>;
+
+/// Cuts a node off from raft traffic in both directions: its RPCs to peers fail and
+/// peers' RPCs to it are refused. Used to test partitions on one machine.
+#[derive(Clone, Default)]
+pub struct Isolation(Arc<AtomicBool>);
+
+impl Isolation {
+    pub fn set(&self, isolated: bool) {
+        self.0.store(isolated, Ordering::SeqCst);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TransportError(String);
+
+/// Makes clients to peer hub nodes.
+pub struct Network {
+    pub tls: Arc<ClientConfig>,
+    pub isolation: Isolation,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
+        Peer {
+            target,
+            client: tls::channel(&node.addr, self.tls.clone(), Duration::from_secs(3))
+                .map(Client::new)
+                .map_err(|e| e.to_string()),
+            isolation: self.isolation.clone(),
+        }
+    }
+}
+
+pub struct Peer {
+    target: NodeId,
+    client: Result<Client, String>,
+    isolation: Isolation,
+}
+
+impl Peer {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        rpc: &Req,
+        ttl: Duration,
+        method: impl AsyncFnOnce(
+            &mut Client,
+            Request<pb::RaftPayload>,
+        ) -> Result<Response<pb::RaftPayload>, Status>,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let unreachable =
+            |why: String| RPCError::Unreachable(Unreachable::new(&TransportError(why)));
+        if self.isolation.is_set() {
+            return Err(unreachable("this node is isolated".into()));
+        }
+        let client = self.client.as_mut().map_err(|e| unreachable(e.clone()))?;
+        let data = postcard::to_allocvec(rpc)
+            .map_err(|e| RPCError::Network(NetworkError::new(&TransportError(e.to_string()))))?;
+        let mut request = Request::new(pb::RaftPayload { data: data.into() });
+        request.set_timeout(ttl);
+        let reply = method(client, request)
+            .await
+            .map_err(|s| unreachable(format!("{}: {}", s.code(), s.message())))?
+            .into_inner();
+        let result: Result<Resp, RaftError<NodeId, E>> = postcard::from_bytes(&reply.data)
+            .map_err(|e| RPCError::Network(NetworkError::new(&TransportError(e.to_string()))))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Peer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(&rpc, option.hard_ttl(), async |c, r| {
+            c.append_entries(r).await
+        })
+        .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(&rpc, option.hard_ttl(), async |c, r| {
+            c.install_snapshot(r).await
+        })
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(&rpc, option.hard_ttl(), async |c, r| c.vote(r).await)
+            .await
+    }
+}
+
+/// The receiving side: peers' RPCs handed to the local raft node.
+pub struct RaftService {
+    pub raft: HubRaft,
+    pub isolation: Isolation,
+}
+
+impl RaftService {
+    fn check(&self, request: &Request<pb::RaftPayload>) -> Result<(), Status> {
+        let role = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.peer.role());
+        if role != Some(Role::Hub) {
+            return Err(Status::permission_denied(
+                "raft traffic needs a hub certificate",
+            ));
+        }
+        if self.isolation.is_set() {
+            return Err(Status::unavailable("this node is isolated"));
+        }
+        Ok(())
+    }
+}
+
+fn decode<T: DeserializeOwned>(r: Request<pb::RaftPayload>) -> Result<T, Status> {
+    postcard::from_bytes(&r.into_inner().data)
+        .map_err(|e| Status::invalid_argument(format!("raft payload: {e}")))
+}
+
+fn reply<T: Serialize>(v: &T) -> Result<Response<pb::RaftPayload>, Status> {
+    postcard::to_allocvec(v)
+        .map(|d| Response::new(pb::RaftPayload { data: d.into() }))
+        .map_err(|e| Status::internal(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl pb::hub_raft_server::HubRaft for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
+        self.check(&request)?;
+        reply(&self.raft.append_entries(decode(request)?).await)
+    }
+
+    async fn vote(
+        &self,
+        request: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
+        self.check(&request)?;
+        reply(&self.raft.vote(decode(request)?).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
+        self.check(&request)?;
+        reply(&self.raft.install_snapshot(decode(request)?).await)
+    }
+}

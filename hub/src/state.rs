@@ -1,0 +1,383 @@
+//! The cluster's replicated state and the commands that change it.
+//!
+//! Applying a command is deterministic: everything that depends on time or chance (the
+//! envoy id, the chosen spoke, "now") is decided by the leader and carried in the
+//! command, so every hub node reaches the same state from the same log.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ring::Ring;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SpokeState {
+    Active,
+    Draining,
+    Removed,
+}
+
+impl SpokeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpokeState::Active => "active",
+            SpokeState::Draining => "draining",
+            SpokeState::Removed => "removed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spoke {
+    pub id: String,
+    pub address: String,
+    pub weight: u32,
+    pub state: SpokeState,
+    pub last_heartbeat_ms: u64,
+    /// The policy version the spoke said it serves at its last heartbeat.
+    pub config_version: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    pub spoke: String,
+    pub hostname: String,
+    pub key: [u8; 32],
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    pub name: String,
+    pub uses: u64,
+    pub used: u64,
+    /// Unix ms; 0 = never.
+    pub expires_ms: u64,
+    pub allow_rekey: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Override {
+    pub pattern: String,
+    pub spoke: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigEntry {
+    /// Hex SHA-256 of the policy tree.
+    pub version: String,
+    pub author: String,
+    pub published_ms: u64,
+    pub message: String,
+    pub files: BTreeMap<String, String>,
+}
+
+/// One enrollment to commit, decided by the leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollEntry {
+    pub envoy_id: u64,
+    pub hostname: String,
+    pub key: [u8; 32],
+    pub spoke: String,
+    pub token: [u8; 32],
+    pub at_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Set once, when the cluster is founded.
+    Found {
+        ca_cert_pem: String,
+        bundle_keys: Vec<[u8; 32]>,
+    },
+    RegisterSpoke {
+        id: String,
+        address: String,
+        weight: u32,
+        at_ms: u64,
+    },
+    Heartbeat {
+        id: String,
+        config_version: String,
+        at_ms: u64,
+    },
+    CreateToken {
+        hash: [u8; 32],
+        token: Token,
+    },
+    SetOverrides(Vec<Override>),
+    /// Enrollments proposed together (one raft entry for many envoys).
+    Enroll(Vec<EnrollEntry>),
+    PublishConfig(ConfigEntry),
+    Rollback {
+        version: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    Done,
+    Refused(String),
+    /// Per entry of an `Enroll`: the envoy id pinned (an earlier one for a retry), or why not.
+    Enrolled(Vec<Result<u64, String>>),
+}
+
+/// Everything the hub replicates.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub ca_cert_pem: String,
+    pub bundle_keys: Vec<[u8; 32]>,
+    pub spokes: BTreeMap<String, Spoke>,
+    pub overrides: Vec<Override>,
+    pub pins: HashMap<u64, Pin>,
+    pub hostnames: HashMap<String, u64>,
+    pub tokens: BTreeMap<[u8; 32], Token>,
+    /// Published versions, oldest first.
+    pub configs: Vec<ConfigEntry>,
+    pub current_config: String,
+}
+
+impl ClusterState {
+    pub fn apply(&mut self, command: Command) -> Applied {
+        match command {
+            Command::Found {
+                ca_cert_pem,
+                bundle_keys,
+            } => {
+                if self.ca_cert_pem.is_empty() {
+                    self.ca_cert_pem = ca_cert_pem;
+                    self.bundle_keys = bundle_keys;
+                }
+                Applied::Done
+            }
+            Command::RegisterSpoke {
+                id,
+                address,
+                weight,
+                at_ms,
+            } => {
+                let spoke = self.spokes.entry(id.clone()).or_insert(Spoke {
+                    id,
+                    address: String::new(),
+                    weight,
+                    state: SpokeState::Active,
+                    last_heartbeat_ms: at_ms,
+                    config_version: String::new(),
+                });
+                spoke.address = address;
+                spoke.weight = weight.max(1);
+                spoke.last_heartbeat_ms = at_ms;
+                if spoke.state == SpokeState::Removed {
+                    spoke.state = SpokeState::Active;
+                }
+                Applied::Done
+            }
+            Command::Heartbeat {
+                id,
+                config_version,
+                at_ms,
+            } => match self.spokes.get_mut(&id) {
+                Some(s) => {
+                    s.last_heartbeat_ms = s.last_heartbeat_ms.max(at_ms);
+                    s.config_version = config_version;
+                    Applied::Done
+                }
+                None => Applied::Refused(format!("unknown spoke {id}")),
+            },
+            Command::CreateToken { hash, token } => {
+                self.tokens.insert(hash, token);
+                Applied::Done
+            }
+            Command::SetOverrides(overrides) => {
+                if let Some(o) = overrides
+                    .iter()
+                    .find(|o| !self.spokes.contains_key(&o.spoke))
+                {
+                    return Applied::Refused(format!("unknown spoke {}", o.spoke));
+                }
+                self.overrides = overrides;
+                Applied::Done
+            }
+            Command::Enroll(entries) => {
+                Applied::Enrolled(entries.into_iter().map(|e| self.enroll(e)).collect())
+            }
+            Command::PublishConfig(entry) => {
+                self.current_config = entry.version.clone();
+                if !self.configs.iter().any(|c| c.version == entry.version) {
+                    self.configs.push(entry);
+                }
+                Applied::Done
+            }
+            Command::Rollback { version } => {
+                if self.configs.iter().any(|c| c.version == version) {
+                    self.current_config = version;
+                    Applied::Done
+                } else {
+                    Applied::Refused(format!("no config version {version}"))
+                }
+            }
+        }
+    }
+
+    fn enroll(&mut self, e: EnrollEntry) -> Result<u64, String> {
+        if let Some(&existing) = self.hostnames.get(&e.hostname) {
+            let pin = &self.pins[&existing];
+            if pin.key == e.key {
+                return Ok(existing);
+            }
+        }
+        let token = self.tokens.get(&e.token).ok_or("unknown token")?;
+        if token.expires_ms != 0 && e.at_ms >= token.expires_ms {
+            return Err(format!("token {:?} has expired", token.name));
+        }
+        if token.used >= token.uses {
+            return Err(format!("token {:?} is used up", token.name));
+        }
+        let replaced = self.hostnames.get(&e.hostname).copied();
+        if replaced.is_some() && !token.allow_rekey {
+            return Err(format!(
+                "hostname {} is enrolled with another key",
+                e.hostname
+            ));
+        }
+        if !self
+            .spokes
+            .get(&e.spoke)
+            .is_some_and(|s| s.state == SpokeState::Active)
+        {
+            return Err(format!("spoke {} is not active", e.spoke));
+        }
+        if self.pins.contains_key(&e.envoy_id) {
+            return Err(format!("envoy id {:016x} is taken", e.envoy_id));
+        }
+        if let Some(old) = replaced {
+            self.pins.remove(&old);
+        }
+        if let Some(t) = self.tokens.get_mut(&e.token) {
+            t.used += 1;
+        }
+        self.hostnames.insert(e.hostname.clone(), e.envoy_id);
+        self.pins.insert(
+            e.envoy_id,
+            Pin {
+                spoke: e.spoke,
+                hostname: e.hostname,
+                key: e.key,
+            },
+        );
+        Ok(e.envoy_id)
+    }
+
+    pub fn config(&self, version: &str) -> Option<&ConfigEntry> {
+        let version = if version.is_empty() {
+            self.current_config.as_str()
+        } else {
+            version
+        };
+        self.configs.iter().rev().find(|c| c.version == version)
+    }
+
+    /// The ring over active spokes.
+    pub fn ring(&self) -> Ring {
+        Ring::new(
+            self.spokes
+                .values()
+                .filter(|s| s.state == SpokeState::Active)
+                .map(|s| (s.id.as_str(), s.weight)),
+        )
+    }
+
+    /// Pins per spoke.
+    pub fn pin_counts(&self) -> BTreeMap<&str, u64> {
+        let mut counts: BTreeMap<&str, u64> = self.spokes.keys().map(|k| (k.as_str(), 0)).collect();
+        for p in self.pins.values() {
+            *counts.entry(p.spoke.as_str()).or_default() += 1;
+        }
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_with_spoke() -> ClusterState {
+        let mut s = ClusterState::default();
+        s.apply(Command::RegisterSpoke {
+            id: "a".into(),
+            address: "127.0.0.1:1".into(),
+            weight: 1,
+            at_ms: 1,
+        });
+        s.apply(Command::CreateToken {
+            hash: [1; 32],
+            token: Token {
+                name: "t".into(),
+                uses: 2,
+                used: 0,
+                expires_ms: 100,
+                allow_rekey: false,
+            },
+        });
+        s
+    }
+
+    fn entry(id: u64, host: &str, key: u8, at_ms: u64) -> EnrollEntry {
+        EnrollEntry {
+            envoy_id: id,
+            hostname: host.into(),
+            key: [key; 32],
+            spoke: "a".into(),
+            token: [1; 32],
+            at_ms,
+        }
+    }
+
+    #[test]
+    fn enrollment_counts_uses_and_is_idempotent() {
+        let mut s = state_with_spoke();
+        let r = s.apply(Command::Enroll(vec![
+            entry(10, "h1", 7, 5),
+            entry(11, "h1", 7, 5),
+            entry(12, "h2", 8, 5),
+            entry(13, "h3", 9, 5),
+            entry(14, "h1", 6, 5),
+        ]));
+        let Applied::Enrolled(results) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(results[0], Ok(10));
+        assert_eq!(results[1], Ok(10), "retry: same hostname and key, same pin");
+        assert_eq!(results[2], Ok(12));
+        assert!(results[3].as_ref().unwrap_err().contains("used up"));
+        assert!(results[4].as_ref().unwrap_err().contains("used up"));
+        assert_eq!(s.pins.len(), 2);
+        assert_eq!(s.tokens[&[1; 32]].used, 2);
+    }
+
+    #[test]
+    fn refused_enrollments_leave_no_trace() {
+        let mut s = state_with_spoke();
+        let before = s.clone();
+        let mut late = entry(20, "h9", 1, 100);
+        let Applied::Enrolled(r) = s.apply(Command::Enroll(vec![late.clone()])) else {
+            panic!()
+        };
+        assert!(r[0].as_ref().unwrap_err().contains("expired"));
+        late.at_ms = 1;
+        late.token = [2; 32];
+        late.envoy_id = 21;
+        s.apply(Command::Enroll(vec![late]));
+        let mut elsewhere = entry(22, "h9", 1, 1);
+        elsewhere.spoke = "nowhere".into();
+        s.apply(Command::Enroll(vec![elsewhere]));
+        assert_eq!(s, before);
+        assert!(matches!(
+            s.apply(Command::SetOverrides(vec![Override {
+                pattern: "db-*".into(),
+                spoke: "nowhere".into()
+            }])),
+            Applied::Refused(_)
+        ));
+        assert_eq!(s, before);
+    }
+}
