@@ -371,6 +371,44 @@ impl PkiLayout {
         Ok(())
     }
 
+    /// Creates the PKI of a whole cluster: the CA, a certificate per hub node
+    /// (`hub-<id>`, role hub) and per spoke (`<spoke id>`, role spoke), each valid for
+    /// `dns_names`, an admin certificate and the cluster's bundle-signing key.
+    pub fn init_cluster(
+        &self,
+        hubs: &[u64],
+        spokes: &[String],
+        dns_names: &[String],
+    ) -> Result<(), Error> {
+        if self.ca_cert().exists() {
+            return Err(Error::File {
+                path: self.ca_cert(),
+                why: "a CA already exists here; refusing to overwrite it".into(),
+            });
+        }
+        fsutil::create_private_dir(&self.dir)?;
+        let (ca, ca_key_pem) = CertAuthority::create("Vigo Spanner CA")?;
+        fsutil::write_atomic(&self.ca_key(), ca_key_pem.as_bytes(), 0o600)?;
+        fsutil::write_atomic(&self.ca_cert(), ca.cert_pem().as_bytes(), 0o644)?;
+        for id in hubs {
+            self.write_issued(
+                &format!("hub-{id}"),
+                &ca.issue_node(Role::Hub, &id.to_string(), dns_names)?,
+            )?;
+        }
+        for spoke in spokes {
+            self.write_issued(spoke, &ca.issue_node(Role::Spoke, spoke, dns_names)?)?;
+        }
+        self.write_issued("admin", &ca.issue_node(Role::Admin, "admin", &[])?)?;
+        let bundle_key = crate::signing::generate_key();
+        fsutil::write_atomic(
+            &self.bundle_signing_key(),
+            crate::signing::key_to_pkcs8_pem(&bundle_key).as_bytes(),
+            0o600,
+        )?;
+        Ok(())
+    }
+
     pub fn load_ca(&self) -> Result<CertAuthority, Error> {
         CertAuthority::load(&self.ca_cert(), &self.ca_key())
     }

@@ -10,3 +10,15 @@
 pub mod raft;
 pub mod ring;
 pub mod state;
+pub mod cli;
+pub mod config;
+pub mod enroll;
+pub mod error;
+pub mod node;
+pub mod publish;
+pub mod server;
+pub mod services;
+
+pub use config::HubConfig;
+pub use error::HubError;
+pub use server::HubNode;

@@ -24,6 +24,9 @@ pub struct StoredIdentity {
     /// Hex Ed25519 secret key.
     pub key: String,
     pub cert_pem: String,
+    /// The spoke this envoy checks in at (envoys enrolled through a hub differ).
+    #[serde(default)]
+    pub spoke_address: String,
 }
 
 pub fn ca_fingerprint(ca_pem: &str) -> String {
@@ -62,6 +65,7 @@ impl IdentityFile {
             hostname: id.hostname.clone(),
             key: hex::encode(id.key.to_bytes()),
             cert_pem: id.cert_pem.clone(),
+            spoke_address: id.spoke_address.clone(),
         });
     }
 
@@ -84,7 +88,11 @@ impl IdentityFile {
                     key: ed25519_dalek::SigningKey::from_bytes(&secret),
                     cert_pem: e.cert_pem.clone(),
                     ca_pem: ca_pem.to_string(),
-                    spoke_address: self.spoke_address.clone(),
+                    spoke_address: if e.spoke_address.is_empty() {
+                        self.spoke_address.clone()
+                    } else {
+                        e.spoke_address.clone()
+                    },
                     bundle_keys: bundle_keys.clone(),
                 })
             })

@@ -41,9 +41,13 @@ over --ramp, then measures the steady state until --duration: check-ins/s, laten
 percentiles and, with --spoke-pid, the spoke's CPU per check-in and memory."
 )]
 pub struct SimArgs {
-    /// The spoke, host:port.
+    /// The spoke, host:port (without --hub: every envoy checks in here).
     #[arg(long, default_value = "127.0.0.1:7443")]
     pub target: String,
+    /// Enroll through this hub node instead; each envoy then checks in at the spoke the
+    /// hub pinned it to.
+    #[arg(long)]
+    pub hub: Option<String>,
     /// CA certificate of the cluster (PEM).
     #[arg(long, value_name = "FILE")]
     pub ca: PathBuf,
@@ -242,8 +246,9 @@ async fn ensure_enrolled(args: &SimArgs, ca_pem: &str) -> Result<(Vec<Identity>,
     }
     // A few shared connections carry the enrollments (they need no client certificate).
     let tls_config = Arc::new(tls::client_config(ca_pem, None)?);
+    let enroll_at = args.hub.as_deref().unwrap_or(&args.target);
     let channels: Vec<Channel> = (0..4)
-        .map(|_| tls::channel(&args.target, tls_config.clone(), client::CONNECT_TIMEOUT))
+        .map(|_| tls::channel(enroll_at, tls_config.clone(), client::CONNECT_TIMEOUT))
         .collect::<Result<_, _>>()?;
     let suffix_base = file.envoys.len();
     let missing = args.envoys - have.len();
@@ -305,7 +310,14 @@ fn build_clients(
     }
     identities
         .iter()
-        .map(|id| Ok(client::gateway(&args.target, id.tls_config()?)?))
+        .map(|id| {
+            let spoke = if args.hub.is_some() {
+                &id.spoke_address
+            } else {
+                &args.target
+            };
+            Ok(client::gateway(spoke, id.tls_config()?)?)
+        })
         .collect()
 }
 

@@ -1,0 +1,159 @@
+//! The hub's YAML configuration (see `deploy/hub.example.yaml`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use vigo_common::config::{load_yaml, resolve};
+
+use crate::error::HubError;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    /// This node's raft id: unique in the cluster, never reused.
+    pub node_id: u64,
+    /// Hub nodes, spokes, envoys (enrollment, locate) and admins all connect here.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The address other hub nodes and spokes reach this node at (default: `listen`).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    #[serde(default = "default_metrics")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Holds raft-log.redb and raft-snapshot.redb.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    pub tls: TlsConfig,
+    /// The cluster's bundle-signing key: envoys are told to trust its public half.
+    pub bundle_signing_key: PathBuf,
+    #[serde(default)]
+    pub raft: RaftConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub ca_cert: PathBuf,
+    /// The hub signs envoy certificates at enrollment.
+    pub ca_key: PathBuf,
+    /// This node's certificate (role hub).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaftConfig {
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// A follower that hears no leader for a random time in this range stands for election.
+    #[serde(default = "default_election_min", with = "humantime_serde")]
+    pub election_timeout_min: Duration,
+    #[serde(default = "default_election_max", with = "humantime_serde")]
+    pub election_timeout_max: Duration,
+    /// Build a snapshot after this many log entries; older entries are then purged.
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every: u64,
+    /// Entries kept behind a snapshot, so a briefly lagging follower needs no snapshot.
+    #[serde(default = "default_keep_logs")]
+    pub keep_logs: u64,
+    /// Enrollments committed together in one raft entry at most.
+    #[serde(default = "default_enroll_batch")]
+    pub enroll_batch: usize,
+    /// A write not committed within this time fails with UNAVAILABLE (a leader cut off
+    /// from its quorum cannot commit; the caller retries and reaches the new leader).
+    #[serde(default = "default_commit_timeout", with = "humantime_serde")]
+    pub commit_timeout: Duration,
+}
+
+fn default_commit_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:7400".parse().expect("valid literal")
+}
+fn default_metrics() -> Option<SocketAddr> {
+    Some("127.0.0.1:9470".parse().expect("valid literal"))
+}
+fn default_data_dir() -> PathBuf {
+    "data".into()
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_millis(250)
+}
+fn default_election_min() -> Duration {
+    Duration::from_millis(1000)
+}
+fn default_election_max() -> Duration {
+    Duration::from_millis(2000)
+}
+fn default_snapshot_every() -> u64 {
+    10_000
+}
+fn default_keep_logs() -> u64 {
+    1_000
+}
+fn default_enroll_batch() -> usize {
+    256
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: default_heartbeat(),
+            election_timeout_min: default_election_min(),
+            election_timeout_max: default_election_max(),
+            snapshot_every: default_snapshot_every(),
+            keep_logs: default_keep_logs(),
+            enroll_batch: default_enroll_batch(),
+            commit_timeout: default_commit_timeout(),
+        }
+    }
+}
+
+impl HubConfig {
+    pub fn load(path: &Path) -> Result<Self, HubError> {
+        let mut c: HubConfig = load_yaml(path)?;
+        for p in [
+            &mut c.data_dir,
+            &mut c.bundle_signing_key,
+            &mut c.tls.ca_cert,
+            &mut c.tls.ca_key,
+            &mut c.tls.cert,
+            &mut c.tls.key,
+        ] {
+            *p = resolve(path, p);
+        }
+        let bad = |key: &str, why: &str| {
+            HubError::Common(vigo_common::Error::Config {
+                file: path.to_path_buf(),
+                key: key.into(),
+                why: why.into(),
+            })
+        };
+        if c.node_id == 0 {
+            return Err(bad("node_id", "must be at least 1"));
+        }
+        if c.raft.election_timeout_min <= c.raft.heartbeat * 2
+            || c.raft.election_timeout_max <= c.raft.election_timeout_min
+        {
+            return Err(bad(
+                "raft",
+                "need heartbeat < election_timeout_min / 2 and election_timeout_min < election_timeout_max",
+            ));
+        }
+        if c.raft.enroll_batch == 0 {
+            return Err(bad("raft.enroll_batch", "must be at least 1"));
+        }
+        Ok(c)
+    }
+
+    pub fn advertise_address(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
+    }
+}

@@ -1,0 +1,111 @@
+//! One hub node: its raft handle, the replicated view it reads, and the channels it
+//! uses to reach other hub nodes (forwarding writes to the leader) and spokes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use rustls::ClientConfig;
+use tonic::transport::Channel;
+use vigo_common::pki::CertAuthority;
+use vigo_common::tls;
+
+use crate::error::HubError;
+use crate::raft::network::Isolation;
+use crate::raft::state_machine::SharedView;
+use crate::raft::{HubRaft, NodeId};
+use crate::state::{Applied, ClusterState, Command};
+
+/// Where writes go.
+pub enum Leader {
+    /// This node leads: handle the write here.
+    Here,
+    /// Forward the call to this address.
+    There(String),
+}
+
+/// Cached gRPC channels to peers (hub nodes and spokes), over mTLS with this node's
+/// hub certificate.
+pub struct Peers {
+    tls: Arc<ClientConfig>,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl Peers {
+    pub fn new(tls: Arc<ClientConfig>) -> Self {
+        Self {
+            tls,
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn channel(&self, address: &str) -> Result<Channel, HubError> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = channels.get(address) {
+            return Ok(c.clone());
+        }
+        let c = tls::channel(address, self.tls.clone(), Duration::from_secs(3))?;
+        channels.insert(address.to_string(), c.clone());
+        Ok(c)
+    }
+
+    pub fn tls(&self) -> Arc<ClientConfig> {
+        self.tls.clone()
+    }
+}
+
+pub struct Node {
+    pub id: NodeId,
+    pub advertise: String,
+    pub raft: HubRaft,
+    pub view: SharedView,
+    pub peers: Peers,
+    pub ca: CertAuthority,
+    pub isolation: Isolation,
+    pub commit_timeout: Duration,
+}
+
+impl Node {
+    /// Reads the replicated state (this node's copy: possibly a little behind).
+    pub fn read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
+        f(&self.view.read().unwrap_or_else(|p| p.into_inner()).state)
+    }
+
+    /// Where a write must be handled now.
+    pub fn leader(&self) -> Result<Leader, HubError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        match metrics.current_leader {
+            Some(id) if id == self.id => Ok(Leader::Here),
+            Some(id) => metrics
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .map(|n| Leader::There(n.addr.clone()))
+                .ok_or(HubError::NoLeader),
+            None => Err(HubError::NoLeader),
+        }
+    }
+
+    /// Commits a command through raft (this node must lead) and returns how it applied.
+    pub async fn propose(&self, command: Command) -> Result<Applied, HubError> {
+        let write = tokio::time::timeout(self.commit_timeout, self.raft.client_write(command));
+        match write.await {
+            Ok(Ok(r)) => Ok(r.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(HubError::NoLeader),
+            Ok(Err(e)) => Err(HubError::Raft(e.to_string())),
+            Err(_) => Err(HubError::Raft(format!(
+                "not committed within {:?}: this node cannot reach a quorum",
+                self.commit_timeout
+            ))),
+        }
+    }
+
+    /// As [`Node::propose`], expecting plain success.
+    pub async fn propose_ok(&self, command: Command) -> Result<(), HubError> {
+        match self.propose(command).await? {
+            Applied::Refused(why) => Err(HubError::malformed("request", why)),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Config versions: validated with the same code spokes use, committed through raft,
+//! then pushed to every active spoke. A spoke that misses a push pulls the version at
+//! its next heartbeat, told by the directive which version to serve.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+use vigo_common::time::now_ms;
+use vigo_proto::v1 as pb;
+
+use crate::error::HubError;
+use crate::node::Node;
+use crate::state::{Command, ConfigEntry, SpokeState};
+
+const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest policy tree accepted.
+const MAX_TREE_BYTES: usize = 16 << 20;
+
+pub fn to_proto(c: &ConfigEntry, with_files: bool) -> pb::ConfigVersion {
+    pb::ConfigVersion {
+        version: c.version.clone(),
+        author: c.author.clone(),
+        published_ms: c.published_ms,
+        message: c.message.clone(),
+        files: if with_files {
+            c.files.clone().into_iter().collect()
+        } else {
+            Default::default()
+        },
+    }
+}
+
+/// Validates and commits a policy tree (on the leader), then pushes it.
+pub async fn publish(
+    node: &Arc<Node>,
+    author: String,
+    message: String,
+    files: BTreeMap<String, String>,
+) -> Result<pb::ConfigVersion, HubError> {
+    let size: usize = files.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > MAX_TREE_BYTES {
+        return Err(HubError::malformed("policy", format!("{size} bytes; the limit is {MAX_TREE_BYTES}")));
+    }
+    let tree_files: BTreeMap<PathBuf, String> =
+        files.iter().map(|(k, v)| (PathBuf::from(k), v.clone())).collect();
+    let tree = vigo_common::policy::parse_tree(&tree_files).map_err(vigo_common::Error::Policy)?;
+    let entry = ConfigEntry {
+        version: hex::encode(tree.version),
+        author,
+        published_ms: now_ms(),
+        message,
+        files,
+    };
+    node.propose_ok(Command::PublishConfig(entry.clone())).await?;
+    info!(version = %entry.version, author = %entry.author, "config version published");
+    push(node, &entry).await;
+    Ok(to_proto(&entry, false))
+}
+
+/// Makes an earlier version current again, then pushes it.
+pub async fn rollback(node: &Arc<Node>, version: String) -> Result<pb::ConfigVersion, HubError> {
+    let entry = node
+        .read(|s| s.config(&version).cloned())
+        .ok_or_else(|| HubError::NotFound(format!("no config version {version}")))?;
+    node.propose_ok(Command::Rollback {
+        version: entry.version.clone(),
+    })
+    .await?;
+    info!(version = %entry.version, "config rolled back");
+    push(node, &entry).await;
+    Ok(to_proto(&entry, false))
+}
+
+/// Sends a version to every active spoke at once; failures are logged, not fatal.
+async fn push(node: &Arc<Node>, entry: &ConfigEntry) {
+    let spokes: Vec<(String, String)> = node.read(|s| {
+        s.spokes
+            .values()
+            .filter(|sp| sp.state == SpokeState::Active)
+            .map(|sp| (sp.id.clone(), sp.address.clone()))
+            .collect()
+    });
+    let version = to_proto(entry, true);
+    let mut pushes = JoinSet::new();
+    for (id, address) in spokes {
+        let channel = match node.peers.channel(&address) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(spoke = %id, error = %e, "cannot push config");
+                continue;
+            }
+        };
+        let version = version.clone();
+        pushes.spawn(async move {
+            let mut client = pb::spoke_admin_client::SpokeAdminClient::new(channel);
+            let mut request = tonic::Request::new(version);
+            request.set_timeout(PUSH_TIMEOUT);
+            (id, client.apply_config(request).await)
+        });
+    }
+    while let Some(Ok((id, result))) = pushes.join_next().await {
+        match result {
+            Ok(_) => info!(spoke = %id, version = %entry.version, "config pushed"),
+            Err(s) => warn!(spoke = %id, "config push failed ({}); it will pull at its next heartbeat", s.message()),
+        }
+    }
+}
