@@ -108,7 +108,9 @@ fn serve(config_path: PathBuf, found: bool) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     runtime.block_on(async move {
         let metrics = vigo_common::telemetry::install_metrics().map_err(|e| e.to_string())?;
-        let mut node = HubNode::start(config, Some(metrics)).await.map_err(|e| e.to_string())?;
+        let node = HubNode::start(config, Some(metrics))
+            .await
+            .map_err(|e| e.to_string())?;
         if found {
             node.found().await.map_err(|e| e.to_string())?;
         }

@@ -60,7 +60,8 @@ impl Proposer {
                     }
                     Ok(other) => {
                         for reply in replies {
-                            let _ = reply.send(Err(HubError::Raft(format!("unexpected {other:?}"))));
+                            let _ =
+                                reply.send(Err(HubError::Raft(format!("unexpected {other:?}"))));
                         }
                     }
                     Err(e) => {
@@ -125,7 +126,11 @@ impl Drop for Held<'_> {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.hostname);
         if let Some(t) = self.token {
-            let mut reserved = self.enroller.reserved.lock().unwrap_or_else(|p| p.into_inner());
+            let mut reserved = self
+                .enroller
+                .reserved
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             if let Some(n) = reserved.get_mut(&t) {
                 *n = n.saturating_sub(1);
             }
@@ -148,10 +153,16 @@ impl Enroller {
     /// Runs an enrollment on the leader.
     pub async fn enroll(&self, req: pb::EnrollRequest) -> Result<pb::EnrollResponse, HubError> {
         if req.token.is_empty() || req.token.len() > MAX_TOKEN {
-            return Err(HubError::malformed("token", format!("must be 1..{MAX_TOKEN} bytes")));
+            return Err(HubError::malformed(
+                "token",
+                format!("must be 1..{MAX_TOKEN} bytes"),
+            ));
         }
         if req.csr_der.len() > MAX_CSR {
-            return Err(HubError::malformed("certificate signing request", "too large"));
+            return Err(HubError::malformed(
+                "certificate signing request",
+                "too large",
+            ));
         }
         let hostname = hostname::normalize(&req.hostname)?;
         let key = parse_public_key(&req.public_key)?;
@@ -159,7 +170,9 @@ impl Enroller {
         let now = now_ms();
 
         let mut held = self.hold(&hostname)?;
-        let plan = self.node.read(|s| plan(s, &hostname, key.as_bytes(), &token, now))?;
+        let plan = self
+            .node
+            .read(|s| plan(s, &hostname, key.as_bytes(), &token, now))?;
         let retry = matches!(plan, Plan::Retry { .. });
         let (envoy_id, spoke) = match plan {
             Plan::Retry { envoy_id, spoke } => (envoy_id, spoke),
@@ -175,12 +188,21 @@ impl Enroller {
             }
         };
         let (spoke_id, address) = spoke;
-        let token_name = self.node.read(|s| s.tokens.get(&token).map(|t| t.name.clone()))
+        let token_name = self
+            .node
+            .read(|s| s.tokens.get(&token).map(|t| t.name.clone()))
             .unwrap_or_default();
         // Registered on the spoke first: no pin may point at a spoke that does not know
         // the envoy. The spoke answers with the envoy it already has for a retry.
         let registered = self
-            .register_on_spoke(&spoke_id, &address, envoy_id, &hostname, key.as_bytes(), &token_name)
+            .register_on_spoke(
+                &spoke_id,
+                &address,
+                envoy_id,
+                &hostname,
+                key.as_bytes(),
+                &token_name,
+            )
             .await?;
         let pinned = self
             .proposer
@@ -270,7 +292,15 @@ impl Enroller {
         request.set_timeout(SPOKE_TIMEOUT);
         match client.register_envoy(request).await {
             Ok(r) => Ok(r.into_inner().envoy_id),
-            Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown) => {
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unavailable
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::Cancelled
+                        | tonic::Code::Unknown
+                ) =>
+            {
                 warn!(%spoke, %address, "spoke unreachable during enrollment: {}", s.message());
                 Err(unreachable(s.message().to_string()))
             }
@@ -303,7 +333,10 @@ fn plan(
 ) -> Result<Plan, HubError> {
     let t = s.tokens.get(token).ok_or(HubError::UnknownToken)?;
     if t.expires_ms != 0 && now >= t.expires_ms {
-        return Err(HubError::TokenRefused(format!("token {:?} has expired", t.name)));
+        return Err(HubError::TokenRefused(format!(
+            "token {:?} has expired",
+            t.name
+        )));
     }
     let spoke_of = |id: &str| {
         s.spokes
@@ -335,7 +368,11 @@ fn plan(
                 .is_ok_and(|g| g.compile_matcher().is_match(hostname))
         })
         .map(|o| o.spoke.clone())
-        .filter(|id| s.spokes.get(id).is_some_and(|sp| sp.state == SpokeState::Active))
+        .filter(|id| {
+            s.spokes
+                .get(id)
+                .is_some_and(|sp| sp.state == SpokeState::Active)
+        })
         .or_else(|| s.ring().place(hostname).map(str::to_string))
         .ok_or(HubError::NoActiveSpoke)?;
     Ok(Plan::New {

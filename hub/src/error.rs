@@ -50,7 +50,9 @@ impl HubError {
             Malformed { .. } => Code::InvalidArgument,
             UnknownToken | NoClientCertificate | BadSignature => Code::Unauthenticated,
             TokenRefused(_) | WrongRole { .. } => Code::PermissionDenied,
-            HostnameTaken(_) | StaleTimestamp { .. } | SpokeRefused { .. } => Code::FailedPrecondition,
+            HostnameTaken(_) | StaleTimestamp { .. } | SpokeRefused { .. } => {
+                Code::FailedPrecondition
+            }
             NoActiveSpoke | SpokeUnreachable { .. } | NoLeader | Raft(_) => Code::Unavailable,
             NotFound(_) => Code::NotFound,
             InProgress(_) => Code::Aborted,

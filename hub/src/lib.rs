@@ -7,17 +7,17 @@
 //! It must stay off the check-in path: spokes serve envoys on their own, and the hub
 //! drives a spoke only through the spoke's gRPC services.
 
-pub mod raft;
-pub mod ring;
-pub mod state;
 pub mod cli;
 pub mod config;
 pub mod enroll;
 pub mod error;
 pub mod node;
 pub mod publish;
+pub mod raft;
+pub mod ring;
 pub mod server;
 pub mod services;
+pub mod state;
 
 pub use config::HubConfig;
 pub use error::HubError;

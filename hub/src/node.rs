@@ -92,7 +92,9 @@ impl Node {
         let write = tokio::time::timeout(self.commit_timeout, self.raft.client_write(command));
         match write.await {
             Ok(Ok(r)) => Ok(r.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(HubError::NoLeader),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(HubError::NoLeader)
+            }
             Ok(Err(e)) => Err(HubError::Raft(e.to_string())),
             Err(_) => Err(HubError::Raft(format!(
                 "not committed within {:?}: this node cannot reach a quorum",

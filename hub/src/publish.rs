@@ -43,10 +43,15 @@ pub async fn publish(
 ) -> Result<pb::ConfigVersion, HubError> {
     let size: usize = files.iter().map(|(k, v)| k.len() + v.len()).sum();
     if size > MAX_TREE_BYTES {
-        return Err(HubError::malformed("policy", format!("{size} bytes; the limit is {MAX_TREE_BYTES}")));
+        return Err(HubError::malformed(
+            "policy",
+            format!("{size} bytes; the limit is {MAX_TREE_BYTES}"),
+        ));
     }
-    let tree_files: BTreeMap<PathBuf, String> =
-        files.iter().map(|(k, v)| (PathBuf::from(k), v.clone())).collect();
+    let tree_files: BTreeMap<PathBuf, String> = files
+        .iter()
+        .map(|(k, v)| (PathBuf::from(k), v.clone()))
+        .collect();
     let tree = vigo_common::policy::parse_tree(&tree_files).map_err(vigo_common::Error::Policy)?;
     let entry = ConfigEntry {
         version: hex::encode(tree.version),
@@ -55,7 +60,8 @@ pub async fn publish(
         message,
         files,
     };
-    node.propose_ok(Command::PublishConfig(entry.clone())).await?;
+    node.propose_ok(Command::PublishConfig(entry.clone()))
+        .await?;
     info!(version = %entry.version, author = %entry.author, "config version published");
     push(node, &entry).await;
     Ok(to_proto(&entry, false))
@@ -105,7 +111,9 @@ async fn push(node: &Arc<Node>, entry: &ConfigEntry) {
     while let Some(Ok((id, result))) = pushes.join_next().await {
         match result {
             Ok(_) => info!(spoke = %id, version = %entry.version, "config pushed"),
-            Err(s) => warn!(spoke = %id, "config push failed ({}); it will pull at its next heartbeat", s.message()),
+            Err(s) => {
+                warn!(spoke = %id, "config push failed ({}); it will pull at its next heartbeat", s.message())
+            }
         }
     }
 }

@@ -21,10 +21,10 @@ use crate::config::HubConfig;
 use crate::enroll::{Enroller, EnrollmentService};
 use crate::error::HubError;
 use crate::node::{Node, Peers};
+use crate::raft::HubRaft;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{Isolation, Network, RaftService};
 use crate::raft::state_machine::StateMachineStore;
-use crate::raft::HubRaft;
 use crate::services::{AdminService, LocateService, SpokesService};
 use crate::state::Command;
 
@@ -37,8 +37,8 @@ pub struct HubNode {
     pub addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     config: HubConfig,
-    shutdown: Option<oneshot::Sender<()>>,
-    serving: JoinHandle<Result<(), tonic::transport::Error>>,
+    shutdown: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+    serving: tokio::sync::Mutex<Option<JoinHandle<Result<(), tonic::transport::Error>>>>,
 }
 
 fn raft_config(c: &HubConfig) -> Result<Arc<Config>, HubError> {
@@ -52,21 +52,30 @@ fn raft_config(c: &HubConfig) -> Result<Arc<Config>, HubError> {
         snapshot_max_chunk_size: 4 << 20,
         ..Default::default()
     };
-    Ok(Arc::new(config.validate().map_err(|e| HubError::Raft(e.to_string()))?))
+    Ok(Arc::new(
+        config
+            .validate()
+            .map_err(|e| HubError::Raft(e.to_string()))?,
+    ))
 }
 
 impl HubNode {
     /// Opens this node's raft storage and serves. `metrics` is the process's Prometheus
     /// handle, when it exports metrics.
-    pub async fn start(config: HubConfig, metrics: Option<PrometheusHandle>) -> Result<Self, HubError> {
+    pub async fn start(
+        config: HubConfig,
+        metrics: Option<PrometheusHandle>,
+    ) -> Result<Self, HubError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             HubError::Common(vigo_common::Error::File {
                 path: config.data_dir.clone(),
                 why: e.to_string(),
             })
         })?;
-        let log = LogStore::open(&config.data_dir.join("raft-log.redb")).map_err(|e| HubError::Raft(e.to_string()))?;
-        let (sm, view) = StateMachineStore::open(&config.data_dir.join("raft-snapshot.redb")).map_err(HubError::Raft)?;
+        let log = LogStore::open(&config.data_dir.join("raft-log.redb"))
+            .map_err(|e| HubError::Raft(e.to_string()))?;
+        let (sm, view) = StateMachineStore::open(&config.data_dir.join("raft-snapshot.redb"))
+            .map_err(HubError::Raft)?;
 
         let ca_pem = fsutil::read_to_string(&config.tls.ca_cert)?;
         let cert_pem = fsutil::read_to_string(&config.tls.cert)?;
@@ -91,7 +100,12 @@ impl HubNode {
             isolation: isolation.clone(),
             commit_timeout: config.raft.commit_timeout,
         });
-        let enroller = Arc::new(Enroller::new(node.clone(), config.raft.enroll_batch, 60_000, 6_000));
+        let enroller = Arc::new(Enroller::new(
+            node.clone(),
+            config.raft.enroll_batch,
+            60_000,
+            6_000,
+        ));
 
         let metrics_addr = match (metrics, config.metrics_listen) {
             (Some(handle), Some(addr)) => {
@@ -109,7 +123,9 @@ impl HubNode {
                 why: e.to_string(),
             })
         })?;
-        let addr = listener.local_addr().map_err(|e| HubError::Raft(e.to_string()))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| HubError::Raft(e.to_string()))?;
         let incoming = tls::tls_incoming(listener, Arc::new(server_tls), AcceptLimits::default());
         let router = Server::builder()
             .timeout(Duration::from_secs(30))
@@ -120,9 +136,16 @@ impl HubNode {
                 })
                 .max_decoding_message_size(MAX_MESSAGE),
             )
-            .add_service(pb::enrollment_server::EnrollmentServer::new(EnrollmentService { enroller }).max_decoding_message_size(64 << 10))
-            .add_service(pb::hub_locate_server::HubLocateServer::new(LocateService { node: node.clone() }))
-            .add_service(pb::hub_spokes_server::HubSpokesServer::new(SpokesService { node: node.clone() }))
+            .add_service(
+                pb::enrollment_server::EnrollmentServer::new(EnrollmentService { enroller })
+                    .max_decoding_message_size(64 << 10),
+            )
+            .add_service(pb::hub_locate_server::HubLocateServer::new(LocateService {
+                node: node.clone(),
+            }))
+            .add_service(pb::hub_spokes_server::HubSpokesServer::new(SpokesService {
+                node: node.clone(),
+            }))
             .add_service(
                 pb::hub_admin_server::HubAdminServer::new(AdminService { node: node.clone() })
                     .max_decoding_message_size(MAX_MESSAGE),
@@ -137,8 +160,8 @@ impl HubNode {
             addr,
             metrics_addr,
             config,
-            shutdown: Some(shutdown),
-            serving,
+            shutdown: std::sync::Mutex::new(Some(shutdown)),
+            serving: tokio::sync::Mutex::new(Some(serving)),
         })
     }
 
@@ -146,7 +169,10 @@ impl HubNode {
     /// already part of one), then records the CA and the bundle-signing key.
     pub async fn found(&self) -> Result<(), HubError> {
         let raft = &self.node.raft;
-        let initialized = raft.is_initialized().await.map_err(|e| HubError::Raft(e.to_string()))?;
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| HubError::Raft(e.to_string()))?;
         if !initialized {
             let members = BTreeMap::from([(self.node.id, BasicNode::new(&self.node.advertise))]);
             raft.initialize(members)
@@ -158,7 +184,9 @@ impl HubNode {
             .metrics(|m| m.current_leader.is_some(), "a leader")
             .await
             .map_err(|e| HubError::Raft(e.to_string()))?;
-        if self.node.read(|s| s.ca_cert_pem.is_empty()) && matches!(self.node.leader()?, crate::node::Leader::Here) {
+        if self.node.read(|s| s.ca_cert_pem.is_empty())
+            && matches!(self.node.leader()?, crate::node::Leader::Here)
+        {
             let bundle = signing::read_key_file(&self.config.bundle_signing_key)?;
             self.node
                 .propose_ok(Command::Found {
@@ -176,19 +204,32 @@ impl HubNode {
     }
 
     /// Stops serving and shuts raft down; storage is closed when the node is dropped.
-    pub async fn shutdown(mut self) {
-        if let Some(s) = self.shutdown.take() {
+    pub async fn shutdown(&self) {
+        if let Some(s) = self
+            .shutdown
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             let _ = s.send(());
         }
-        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.serving).await;
-        self.serving.abort();
+        if let Some(mut serving) = self.serving.lock().await.take()
+            && tokio::time::timeout(Duration::from_secs(5), &mut serving)
+                .await
+                .is_err()
+        {
+            serving.abort();
+        }
         let _ = self.node.raft.shutdown().await;
         info!(node = self.node.id, "hub node stopped");
     }
 
     /// Waits until the server stops on its own.
-    pub async fn serving(&mut self) -> Result<(), HubError> {
-        match (&mut self.serving).await {
+    pub async fn serving(&self) -> Result<(), HubError> {
+        let Some(serving) = self.serving.lock().await.take() else {
+            return Ok(());
+        };
+        match serving.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(HubError::Raft(e.to_string())),
             Err(_) => Ok(()),
@@ -200,9 +241,14 @@ fn publish_metrics(node: &Node) {
     let m = node.raft.metrics().borrow().clone();
     metrics::gauge!("vigo_hub_raft_term").set(m.current_term as f64);
     metrics::gauge!("vigo_hub_raft_leader").set(m.current_leader.unwrap_or(0) as f64);
-    metrics::gauge!("vigo_hub_raft_is_leader").set(if m.current_leader == Some(node.id) { 1.0 } else { 0.0 });
+    metrics::gauge!("vigo_hub_raft_is_leader").set(if m.current_leader == Some(node.id) {
+        1.0
+    } else {
+        0.0
+    });
     metrics::gauge!("vigo_hub_raft_last_log_index").set(m.last_log_index.unwrap_or(0) as f64);
-    metrics::gauge!("vigo_hub_raft_applied_index").set(m.last_applied.map(|l| l.index).unwrap_or(0) as f64);
+    metrics::gauge!("vigo_hub_raft_applied_index")
+        .set(m.last_applied.map(|l| l.index).unwrap_or(0) as f64);
     node.read(|s| {
         metrics::gauge!("vigo_hub_pins").set(s.pins.len() as f64);
         for (spoke, n) in s.pin_counts() {

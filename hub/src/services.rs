@@ -144,7 +144,9 @@ impl pb::hub_spokes_server::HubSpokes for SpokesService {
             async {
                 let unchanged = node.read(|s| {
                     s.spokes.get(&id).is_some_and(|sp| {
-                        sp.address == msg.address && sp.weight == weight && sp.state == SpokeState::Active
+                        sp.address == msg.address
+                            && sp.weight == weight
+                            && sp.state == SpokeState::Active
                     })
                 });
                 if !unchanged {
@@ -237,7 +239,8 @@ impl pb::hub_locate_server::HubLocate for LocateService {
         let body: pb::LocateBody = prost::Message::decode(signed.body.clone())
             .map_err(|e| HubError::malformed("locate body", e))?;
         let signature = signing::parse_signature(&signed.signature).map_err(HubError::from)?;
-        let id = EnvoyId::new(body.envoy_id).ok_or_else(|| HubError::malformed("envoy_id", "is zero"))?;
+        let id = EnvoyId::new(body.envoy_id)
+            .ok_or_else(|| HubError::malformed("envoy_id", "is zero"))?;
         let (key, spoke) = self
             .node
             .read(|s| {
@@ -252,7 +255,8 @@ impl pb::hub_locate_server::HubLocate for LocateService {
             return Err(HubError::StaleTimestamp { skew_ms: skew }.into());
         }
         let key = signing::parse_public_key(&key).map_err(HubError::from)?;
-        signing::verify(&key, Domain::Locate, &signed.body, &signature).map_err(|_| HubError::BadSignature)?;
+        signing::verify(&key, Domain::Locate, &signed.body, &signature)
+            .map_err(|_| HubError::BadSignature)?;
         Ok(Response::new(pb::LocateResponse {
             spoke_id: spoke.0,
             spoke_address: spoke.1,
@@ -365,18 +369,25 @@ impl pb::hub_admin_server::HubAdmin for AdminService {
         Self::admin(&request, "RemoveHub")?;
         let msg = request.into_inner();
         let node = &self.node;
-        let fwd = msg.clone();
+        let fwd = msg;
         on_leader(
             node,
             async {
                 node.raft
-                    .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([msg.node_id])), false)
+                    .change_membership(
+                        ChangeMembers::RemoveVoters(BTreeSet::from([msg.node_id])),
+                        false,
+                    )
                     .await
                     .map_err(|e| HubError::Raft(e.to_string()))?;
                 tracing::info!(node = msg.node_id, "hub node removed");
                 Ok(self.status())
             },
-            |c| async move { pb::hub_admin_client::HubAdminClient::new(c).remove_hub(forwarded(fwd)).await },
+            |c| async move {
+                pb::hub_admin_client::HubAdminClient::new(c)
+                    .remove_hub(forwarded(fwd))
+                    .await
+            },
         )
         .await
         .map(Response::new)
@@ -484,9 +495,16 @@ impl pb::hub_admin_server::HubAdmin for AdminService {
         request: Request<pb::ConfigHistoryRequest>,
     ) -> Result<Response<pb::ConfigHistoryResponse>, Status> {
         Self::admin(&request, "ConfigHistory")?;
-        Ok(Response::new(self.node.read(|s| pb::ConfigHistoryResponse {
-            versions: s.configs.iter().rev().map(|c| publish::to_proto(c, false)).collect(),
-            current: s.current_config.clone(),
+        Ok(Response::new(self.node.read(|s| {
+            pb::ConfigHistoryResponse {
+                versions: s
+                    .configs
+                    .iter()
+                    .rev()
+                    .map(|c| publish::to_proto(c, false))
+                    .collect(),
+                current: s.current_config.clone(),
+            }
         })))
     }
 
@@ -498,15 +516,11 @@ impl pb::hub_admin_server::HubAdmin for AdminService {
         let msg = request.into_inner();
         let node = &self.node;
         let fwd = msg.clone();
-        on_leader(
-            node,
-            publish::rollback(node, msg.version),
-            |c| async move {
-                pb::hub_admin_client::HubAdminClient::new(c)
-                    .rollback_config(forwarded(fwd))
-                    .await
-            },
-        )
+        on_leader(node, publish::rollback(node, msg.version), |c| async move {
+            pb::hub_admin_client::HubAdminClient::new(c)
+                .rollback_config(forwarded(fwd))
+                .await
+        })
         .await
         .map(Response::new)
         .map_err(Into::into)

@@ -19,6 +19,8 @@ use vigo_envoy::client::{self, Identity, Sequencer};
 use vigo_proto::v1 as pb;
 use vigo_spoke::{Spoke, SpokeConfig};
 
+pub mod cluster;
+
 pub use vigo_proto::v1;
 
 /// A built binary of this workspace (`vigo-spoke`, `vigo-sim`). `cargo test --workspace`

@@ -1,0 +1,317 @@
+//! An in-process cluster on loopback: hub nodes and spokes in hub mode, each with its own
+//! data directory (real redb files), all talking real gRPC over mutual TLS. Nodes can be
+//! stopped, restarted and cut off from raft traffic.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use vigo_common::pki::PkiLayout;
+use vigo_common::signing::generate_key;
+use vigo_common::tls;
+use vigo_envoy::client::{self, ClientError, Identity};
+use vigo_hub::state::ClusterState;
+use vigo_hub::{HubConfig, HubNode};
+use vigo_proto::v1 as pb;
+use vigo_spoke::{Spoke, SpokeConfig};
+
+use crate::{free_port, init};
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    hubs: Vec<std::sync::Mutex<Option<Arc<HubNode>>>>,
+    hub_ports: Vec<u16>,
+    pub spokes: Vec<Option<Spoke>>,
+    spoke_ports: Vec<u16>,
+    pub spoke_ids: Vec<String>,
+    /// A secret the hub accepts (100,000 uses).
+    pub token: String,
+}
+
+pub type Admin = pb::hub_admin_client::HubAdminClient<Channel>;
+
+impl Cluster {
+    /// `hubs` hub nodes (ids 1..=hubs, the first founds the cluster, the others join as
+    /// voters) and `spokes` spokes registered with them.
+    pub async fn start(hubs: usize, spokes: &[&str]) -> Cluster {
+        init();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ids: Vec<u64> = (1..=hubs as u64).collect();
+        let spoke_ids: Vec<String> = spokes.iter().map(|s| s.to_string()).collect();
+        PkiLayout::new(dir.path().join("pki"))
+            .init_cluster(&ids, &spoke_ids, &["localhost".into(), "127.0.0.1".into()])
+            .expect("cluster pki");
+        let mut cluster = Cluster {
+            hub_ports: ids.iter().map(|_| free_port()).collect(),
+            spoke_ports: spoke_ids.iter().map(|_| free_port()).collect(),
+            hubs: ids.iter().map(|_| std::sync::Mutex::new(None)).collect(),
+            spokes: spoke_ids.iter().map(|_| None).collect(),
+            spoke_ids,
+            token: vigo_spoke::tokens::new_secret(),
+            dir,
+        };
+        for i in 0..hubs {
+            cluster.write_hub_config(i);
+        }
+        for j in 0..spokes.len() {
+            cluster.write_spoke_config(j);
+        }
+        cluster.start_hub(0).await;
+        cluster.hub(0).found().await.expect("found");
+        for i in 1..hubs {
+            cluster.start_hub(i).await;
+            let id = i as u64 + 1;
+            let address = cluster.hub_address(i);
+            eventually(Duration::from_secs(30), || {
+                let mut admin = cluster.admin(0);
+                let address = address.clone();
+                async move {
+                    admin
+                        .add_hub(pb::AddHubRequest {
+                            node_id: id,
+                            address,
+                            voter: true,
+                        })
+                        .await
+                }
+            })
+            .await;
+        }
+        cluster
+            .admin(0)
+            .create_token(pb::CreateTokenRequest {
+                name: "fleet".into(),
+                sha256: hex::encode(vigo_common::traits::sha256(cluster.token.as_bytes())),
+                uses: 100_000,
+                expires_ms: 0,
+                allow_rekey: false,
+            })
+            .await
+            .expect("token");
+        for j in 0..spokes.len() {
+            cluster.start_spoke(j).await;
+        }
+        let expected = spokes.len();
+        cluster
+            .wait_until(Duration::from_secs(30), "every spoke registered", |s| {
+                s.spokes.len() == expected
+            })
+            .await;
+        cluster
+    }
+
+    pub fn pki(&self, file: &str) -> PathBuf {
+        self.dir.path().join("pki").join(file)
+    }
+
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.pki("ca.pem")).expect("ca.pem")
+    }
+
+    pub fn hub_address(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.hub_ports[i])
+    }
+
+    pub fn spoke_address(&self, j: usize) -> String {
+        format!("127.0.0.1:{}", self.spoke_ports[j])
+    }
+
+    fn hub_config_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("hub-{}.yaml", i + 1))
+    }
+
+    fn write_hub_config(&self, i: usize) {
+        let pki = self.dir.path().join("pki");
+        let yaml = format!(
+            "node_id: {id}\nlisten: 127.0.0.1:{port}\nmetrics_listen: null\ndata_dir: hub-{id}\n\
+             tls: {{ca_cert: {p}/ca.pem, ca_key: {p}/ca.key, cert: {p}/hub-{id}.pem, key: {p}/hub-{id}.key}}\n\
+             bundle_signing_key: {p}/bundle-signing.key\n\
+             raft: {{heartbeat: 100ms, election_timeout_min: 500ms, election_timeout_max: 1000ms, commit_timeout: 3s}}\n",
+            id = i + 1,
+            port = self.hub_ports[i],
+            p = pki.display(),
+        );
+        std::fs::write(self.hub_config_path(i), yaml).expect("hub config");
+    }
+
+    fn spoke_config_path(&self, j: usize) -> PathBuf {
+        self.dir.path().join(format!("{}.yaml", self.spoke_ids[j]))
+    }
+
+    fn write_spoke_config(&self, j: usize) {
+        let pki = self.dir.path().join("pki");
+        let hubs: Vec<String> = (0..self.hub_ports.len())
+            .map(|i| self.hub_address(i))
+            .collect();
+        let id = &self.spoke_ids[j];
+        let yaml = format!(
+            "name: {id}\nlisten: 127.0.0.1:{port}\nmetrics_listen: null\ndata_dir: {id}-data\n\
+             tls: {{ca_cert: {p}/ca.pem, cert: {p}/{id}.pem, key: {p}/{id}.key}}\n\
+             bundle_signing_key: {p}/bundle-signing.key\n\
+             flush: {{interval: 500ms}}\n\
+             hub: {{addresses: [{hubs}], spoke_id: {id}, heartbeat: 200ms}}\n",
+            port = self.spoke_ports[j],
+            p = pki.display(),
+            hubs = hubs.join(", "),
+        );
+        std::fs::write(self.spoke_config_path(j), yaml).expect("spoke config");
+    }
+
+    pub async fn start_hub(&self, i: usize) {
+        let config = HubConfig::load(&self.hub_config_path(i)).expect("hub config");
+        let node = HubNode::start(config, None).await.expect("hub starts");
+        *self.hubs[i].lock().unwrap() = Some(Arc::new(node));
+    }
+
+    /// Stops a hub node: it leaves the cluster's traffic at once.
+    pub async fn stop_hub(&self, i: usize) {
+        let node = self.hubs[i].lock().unwrap().take();
+        if let Some(h) = node {
+            h.shutdown().await;
+        }
+    }
+
+    pub async fn start_spoke(&mut self, j: usize) {
+        let config = SpokeConfig::load(&self.spoke_config_path(j)).expect("spoke config");
+        self.spokes[j] = Some(Spoke::start(config, None).await.expect("spoke starts"));
+    }
+
+    pub async fn stop_spoke(&mut self, j: usize) {
+        if let Some(s) = self.spokes[j].take() {
+            s.shutdown().await.expect("spoke stops");
+        }
+    }
+
+    pub fn hub(&self, i: usize) -> Arc<HubNode> {
+        self.hubs[i]
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("hub is running")
+    }
+
+    /// A copy of hub `i`'s replicated state.
+    pub fn state(&self, i: usize) -> ClusterState {
+        self.hub(i).node.read(|s| s.clone())
+    }
+
+    pub fn running_hubs(&self) -> Vec<usize> {
+        (0..self.hubs.len())
+            .filter(|i| self.hubs[*i].lock().unwrap().is_some())
+            .collect()
+    }
+
+    /// The index of the hub node that leads now, as the running nodes see it.
+    pub async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            for i in self.running_hubs() {
+                let m = self.hub(i).node.raft.metrics().borrow().clone();
+                if m.current_leader == Some(i as u64 + 1) && !self.hub(i).node.isolation.is_set() {
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader elected");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn admin(&self, i: usize) -> Admin {
+        let cert = std::fs::read_to_string(self.pki("admin.pem")).expect("admin.pem");
+        let key = std::fs::read_to_string(self.pki("admin.key")).expect("admin.key");
+        let config = tls::client_config(&self.ca_pem(), Some((&cert, &key))).expect("admin tls");
+        pb::hub_admin_client::HubAdminClient::new(
+            tls::channel(
+                &self.hub_address(i),
+                Arc::new(config),
+                Duration::from_secs(5),
+            )
+            .expect("channel"),
+        )
+        .max_decoding_message_size(32 << 20)
+    }
+
+    /// Enrolls `hostname` through hub `i`.
+    pub async fn enroll(
+        &self,
+        i: usize,
+        hostname: &str,
+    ) -> Result<(Identity, pb::EnrollResponse), ClientError> {
+        client::enroll(
+            &self.hub_address(i),
+            &self.ca_pem(),
+            &self.token,
+            hostname,
+            generate_key(),
+        )
+        .await
+    }
+
+    /// Waits until every running hub node's state satisfies `check`.
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        what: &str,
+        check: impl Fn(&ClusterState) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self
+                .running_hubs()
+                .iter()
+                .all(|&i| self.hub(i).node.read(&check))
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Publishes the policy tree in `dir` through hub `i`.
+    pub async fn publish(
+        &self,
+        i: usize,
+        dir: &Path,
+        message: &str,
+    ) -> Result<pb::ConfigVersion, tonic::Status> {
+        let files: BTreeMap<String, String> = walk_policy(dir, dir);
+        self.admin(i)
+            .publish_config(pb::PublishConfigRequest {
+                author: "test".into(),
+                message: message.into(),
+                files: files.into_iter().collect(),
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+}
+
+fn walk_policy(root: &Path, dir: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).expect("policy dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk_policy(root, &path));
+        } else {
+            let rel = path
+                .strip_prefix(root)
+                .expect("inside root")
+                .to_string_lossy()
+                .into_owned();
+            out.insert(rel, std::fs::read_to_string(&path).expect("policy file"));
+        }
+    }
+    out
+}
+
+/// Retries `f` until it succeeds or `timeout` passes.
+pub async fn eventually<T, E: std::fmt::Debug, F, Fut>(timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    crate::eventually(timeout, &mut f).await
+}
