@@ -33,9 +33,19 @@ pub struct Cluster {
 pub type Admin = pb::hub_admin_client::HubAdminClient<Channel>;
 
 impl Cluster {
+    /// Raft timings for tests: quick elections.
+    pub const FAST_RAFT: &str =
+        "{heartbeat: 100ms, election_timeout_min: 500ms, election_timeout_max: 1000ms, commit_timeout: 3s}";
+
     /// `hubs` hub nodes (ids 1..=hubs, the first founds the cluster, the others join as
     /// voters) and `spokes` spokes registered with them.
     pub async fn start(hubs: usize, spokes: &[&str]) -> Cluster {
+        Self::start_with(hubs, spokes, Self::FAST_RAFT).await
+    }
+
+    /// As [`Cluster::start`] with the hubs' `raft:` section given as YAML ("{}" for the
+    /// defaults).
+    pub async fn start_with(hubs: usize, spokes: &[&str], raft: &str) -> Cluster {
         init();
         let dir = tempfile::tempdir().expect("temp dir");
         let ids: Vec<u64> = (1..=hubs as u64).collect();
@@ -53,7 +63,7 @@ impl Cluster {
             dir,
         };
         for i in 0..hubs {
-            cluster.write_hub_config(i);
+            cluster.write_hub_config(i, raft);
         }
         for j in 0..spokes.len() {
             cluster.write_spoke_config(j);
@@ -122,13 +132,13 @@ impl Cluster {
         self.dir.path().join(format!("hub-{}.yaml", i + 1))
     }
 
-    fn write_hub_config(&self, i: usize) {
+    fn write_hub_config(&self, i: usize, raft: &str) {
         let pki = self.dir.path().join("pki");
         let yaml = format!(
             "node_id: {id}\nlisten: 127.0.0.1:{port}\nmetrics_listen: null\ndata_dir: hub-{id}\n\
              tls: {{ca_cert: {p}/ca.pem, ca_key: {p}/ca.key, cert: {p}/hub-{id}.pem, key: {p}/hub-{id}.key}}\n\
              bundle_signing_key: {p}/bundle-signing.key\n\
-             raft: {{heartbeat: 100ms, election_timeout_min: 500ms, election_timeout_max: 1000ms, commit_timeout: 3s}}\n",
+             raft: {raft}\n",
             id = i + 1,
             port = self.hub_ports[i],
             p = pki.display(),

@@ -55,6 +55,19 @@ impl LogStore {
         std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
     }
 
+    /// Entries held and their encoded bytes.
+    pub fn entry_stats(&self) -> std::result::Result<(u64, u64), String> {
+        let txn = self.db.begin_read().map_err(|e| e.to_string())?;
+        let table = txn.open_table(LOGS).map_err(|e| e.to_string())?;
+        let (mut count, mut bytes) = (0, 0);
+        for row in table.iter().map_err(|e| e.to_string())? {
+            let (_, v) = row.map_err(|e| e.to_string())?;
+            count += 1;
+            bytes += v.value().len() as u64;
+        }
+        Ok((count, bytes))
+    }
+
     fn read_meta<T: DeserializeOwned>(&self, key: &str) -> std::result::Result<Option<T>, String> {
         let txn = self.db.begin_read().map_err(|e| e.to_string())?;
         let table = txn.open_table(META).map_err(|e| e.to_string())?;
