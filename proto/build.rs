@@ -10,12 +10,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/vigo/v1/policy.proto",
         "proto/vigo/v1/spoke_admin.proto",
         "proto/vigo/v1/hub.proto",
+        "proto/vigo/admin/v1/admin.proto",
     ];
     tonic_prost_build::configure()
         // Bytes fields decode as slices of the received buffer: no copy on the hot path.
         .bytes(".")
         // Ordered maps encode deterministically, which keeps bundle fingerprints stable.
         .btree_map(".")
+        // The admin API speaks the same messages as JSON (REST) and documents them
+        // (OpenAPI): absent fields take their proto3 defaults, unknown ones are refused.
+        .type_attribute(
+            ".vigo.admin.v1",
+            "#[derive(serde::Serialize, serde::Deserialize, utoipa::ToSchema)] \
+             #[serde(default, deny_unknown_fields)]",
+        )
         .compile_protos(&protos, &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())

@@ -7,6 +7,7 @@
 
 pub mod config;
 mod error;
+pub mod fleet_query;
 pub mod fsutil;
 pub mod hostname;
 pub mod ids;

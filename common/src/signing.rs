@@ -19,6 +19,7 @@ pub enum Domain {
     ReportRun,
     Bundle,
     Locate,
+    Stream,
 }
 
 impl Domain {
@@ -28,6 +29,7 @@ impl Domain {
             Domain::ReportRun => b"vigo.v1.ReportRun\0",
             Domain::Bundle => b"vigo.v1.Bundle\0",
             Domain::Locate => b"vigo.v1.Locate\0",
+            Domain::Stream => b"vigo.v1.Stream\0",
         }
     }
 
@@ -163,6 +165,7 @@ mod tests {
             Domain::ReportRun,
             Domain::Bundle,
             Domain::Locate,
+            Domain::Stream,
         ] {
             assert!(d.prefix().len() <= Domain::MAX_PREFIX_LEN);
         }

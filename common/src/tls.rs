@@ -272,6 +272,46 @@ pub fn tls_incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
+/// TLS connections for an HTTP/1.1 server (axum): handshakes run concurrently off the
+/// accept loop, as for gRPC, and the server sees only finished ones.
+pub struct HttpsListener {
+    incoming: tokio_stream::wrappers::ReceiverStream<io::Result<PeerConn>>,
+    local: SocketAddr,
+}
+
+impl HttpsListener {
+    /// `config` gets the ALPN of HTTP/1.1.
+    pub fn new(listener: TcpListener, mut config: ServerConfig) -> io::Result<Self> {
+        let local = listener.local_addr()?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            incoming: tls_incoming(listener, Arc::new(config), AcceptLimits::default()),
+            local,
+        })
+    }
+}
+
+impl axum::serve::Listener for HttpsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        use tokio_stream::StreamExt;
+        loop {
+            match self.incoming.next().await {
+                Some(Ok(conn)) => return (conn.stream, conn.info.remote),
+                Some(Err(_)) => continue,
+                // The accept loop ended: nothing will ever come again.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
 /// Splits `host:port` and checks the host can be a TLS server name.
 pub fn split_address(address: &str) -> Result<(ServerName<'static>, &str), Error> {
     let bad = |why: &str| Error::Malformed {

@@ -61,6 +61,11 @@ pub enum Command {
         /// Report what would change; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// How long to hold a stream to the spoke after it last said work is flowing
+        /// (a new bundle, a force-push); while held, a force-push applies within
+        /// seconds. 0 never opens one.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+        stream_linger: std::time::Duration,
     },
     /// Check in, converge once and report; the exit status tells the outcome.
     Once {
@@ -96,11 +101,15 @@ pub fn main() -> ExitCode {
         } => runtime
             .block_on(enroll(dir, &server, &token, &ca, hostname, force))
             .map_or_else(fail, |()| ExitCode::SUCCESS),
-        Command::Run { dry_run } => runtime.block_on(async {
+        Command::Run {
+            dry_run,
+            stream_linger,
+        } => runtime.block_on(async {
             let mut agent = match Agent::load(dir) {
                 Ok(a) => a,
                 Err(e) => return fail(e.to_string()),
             };
+            agent.set_stream_linger(stream_linger);
             info!(envoy = %agent.identity().envoy_id, spoke = %agent.identity().spoke_address, "agent running");
             agent.run(dry_run, shutdown_signal()).await;
             ExitCode::SUCCESS

@@ -22,6 +22,10 @@ pub struct HubConfig {
     pub advertise: Option<String>,
     #[serde(default = "default_metrics")]
     pub metrics_listen: Option<SocketAddr>,
+    /// The REST/JSON admin API (HTTPS, this node's certificate); null turns it off. The
+    /// same operations are served as gRPC on `listen`.
+    #[serde(default = "default_admin")]
+    pub admin_listen: Option<SocketAddr>,
     /// Holds raft-log.redb and raft-snapshot.redb.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -74,6 +78,9 @@ fn default_commit_timeout() -> Duration {
 
 fn default_listen() -> SocketAddr {
     "127.0.0.1:7400".parse().expect("valid literal")
+}
+fn default_admin() -> Option<SocketAddr> {
+    Some("127.0.0.1:7480".parse().expect("valid literal"))
 }
 fn default_metrics() -> Option<SocketAddr> {
     Some("127.0.0.1:9470".parse().expect("valid literal"))

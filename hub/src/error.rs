@@ -31,6 +31,18 @@ pub enum HubError {
     },
     #[error("this call needs a client certificate")]
     NoClientCertificate,
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{call} needs the {needs} role; this token has {has}")]
+    Forbidden {
+        call: &'static str,
+        needs: &'static str,
+        has: &'static str,
+    },
+    #[error("{0}")]
+    Precondition(String),
+    #[error("{0}")]
+    AlreadyExists(String),
     #[error("signature does not verify")]
     BadSignature,
     #[error("timestamp is {skew_ms} ms off the hub's clock")]
@@ -48,11 +60,14 @@ impl HubError {
         use HubError::*;
         match self {
             Malformed { .. } => Code::InvalidArgument,
-            UnknownToken | NoClientCertificate | BadSignature => Code::Unauthenticated,
-            TokenRefused(_) | WrongRole { .. } => Code::PermissionDenied,
-            HostnameTaken(_) | StaleTimestamp { .. } | SpokeRefused { .. } => {
+            UnknownToken | NoClientCertificate | BadSignature | Unauthenticated(_) => {
+                Code::Unauthenticated
+            }
+            TokenRefused(_) | WrongRole { .. } | Forbidden { .. } => Code::PermissionDenied,
+            HostnameTaken(_) | StaleTimestamp { .. } | SpokeRefused { .. } | Precondition(_) => {
                 Code::FailedPrecondition
             }
+            AlreadyExists(_) => Code::AlreadyExists,
             NoActiveSpoke | SpokeUnreachable { .. } | NoLeader | Raft(_) => Code::Unavailable,
             NotFound(_) => Code::NotFound,
             InProgress(_) => Code::Aborted,
@@ -70,6 +85,24 @@ impl HubError {
             what,
             why: why.to_string(),
         }
+    }
+}
+
+/// The HTTP status of a gRPC code, for the REST face of the admin API.
+pub fn http_status(code: Code) -> u16 {
+    match code {
+        Code::Ok => 200,
+        Code::InvalidArgument | Code::OutOfRange => 400,
+        Code::Unauthenticated => 401,
+        Code::PermissionDenied => 403,
+        Code::NotFound => 404,
+        Code::AlreadyExists | Code::Aborted => 409,
+        Code::FailedPrecondition => 412,
+        Code::ResourceExhausted => 429,
+        Code::Unimplemented => 501,
+        Code::Unavailable => 503,
+        Code::DeadlineExceeded => 504,
+        _ => 500,
     }
 }
 

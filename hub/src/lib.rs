@@ -7,10 +7,13 @@
 //! It must stay off the check-in path: spokes serve envoys on their own, and the hub
 //! drives a spoke only through the spoke's gRPC services.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod enroll;
 pub mod error;
+pub mod fanout;
+pub mod metrics;
 pub mod node;
 pub mod publish;
 pub mod raft;

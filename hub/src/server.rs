@@ -17,6 +17,8 @@ use vigo_common::tls::{self, AcceptLimits, ClientAuth};
 use vigo_common::{fsutil, signing};
 use vigo_proto::v1 as pb;
 
+use crate::admin::grpc::AdminGrpc;
+use crate::admin::{AdminApi, Caller};
 use crate::config::HubConfig;
 use crate::enroll::{Enroller, EnrollmentService};
 use crate::error::HubError;
@@ -25,8 +27,8 @@ use crate::raft::HubRaft;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{Isolation, Network, RaftService};
 use crate::raft::state_machine::StateMachineStore;
-use crate::services::{AdminService, LocateService, SpokesService};
-use crate::state::Command;
+use crate::services::{LocateService, SpokesService};
+use crate::state::{ApiRole, ApiToken, Command};
 
 /// Largest message between hub nodes (snapshot chunks) and from admins (policy trees).
 const MAX_MESSAGE: usize = 32 << 20;
@@ -36,6 +38,10 @@ pub struct HubNode {
     pub node: Arc<Node>,
     pub addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the REST admin API listens, if it does.
+    pub admin_addr: Option<SocketAddr>,
+    pub api: Arc<AdminApi>,
+    background: Vec<JoinHandle<()>>,
     config: HubConfig,
     shutdown: std::sync::Mutex<Option<oneshot::Sender<()>>>,
     serving: tokio::sync::Mutex<Option<JoinHandle<Result<(), tonic::transport::Error>>>>,
@@ -107,10 +113,21 @@ impl HubNode {
             6_000,
         ));
 
+        let api = Arc::new(AdminApi::new(node.clone()));
+        let mut background = vec![tokio::spawn(roll_up_compliance(api.clone()))];
+        let admin_addr = match config.admin_listen {
+            None => None,
+            Some(addr) => {
+                let (local, task) = serve_rest(addr, api.clone(), server_tls.clone()).await?;
+                background.push(task);
+                Some(local)
+            }
+        };
+
         let metrics_addr = match (metrics, config.metrics_listen) {
             (Some(handle), Some(addr)) => {
                 let n = node.clone();
-                let refresh = Arc::new(move || publish_metrics(&n));
+                let refresh = Arc::new(move || crate::metrics::publish_raft(&n));
                 Some(vigo_common::telemetry::serve_metrics(addr, handle, refresh).await?)
             }
             _ => None,
@@ -147,8 +164,10 @@ impl HubNode {
                 node: node.clone(),
             }))
             .add_service(
-                pb::hub_admin_server::HubAdminServer::new(AdminService { node: node.clone() })
-                    .max_decoding_message_size(MAX_MESSAGE),
+                vigo_proto::admin::v1::hub_admin_server::HubAdminServer::new(AdminGrpc {
+                    api: api.clone(),
+                })
+                .max_decoding_message_size(MAX_MESSAGE),
             );
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
@@ -159,6 +178,9 @@ impl HubNode {
             node,
             addr,
             metrics_addr,
+            admin_addr,
+            api,
+            background,
             config,
             shutdown: std::sync::Mutex::new(Some(shutdown)),
             serving: tokio::sync::Mutex::new(Some(serving)),
@@ -195,6 +217,32 @@ impl HubNode {
                 })
                 .await?;
         }
+        if self.node.read(|s| s.api_tokens.is_empty())
+            && matches!(self.node.leader()?, crate::node::Leader::Here)
+        {
+            self.bootstrap_admin_token().await?;
+        }
+        Ok(())
+    }
+
+    /// The first admin API token, so an operator can start: its secret goes to
+    /// `<data_dir>/admin.token` (0600) on the founding node, and only there.
+    async fn bootstrap_admin_token(&self) -> Result<(), HubError> {
+        let (secret, hash) = crate::admin::new_secret();
+        let path = self.config.data_dir.join("admin.token");
+        vigo_common::fsutil::write_atomic(&path, format!("{secret}\n").as_bytes(), 0o600)?;
+        self.node
+            .propose_ok(Command::CreateApiToken {
+                hash,
+                token: ApiToken {
+                    name: "bootstrap-admin".into(),
+                    role: ApiRole::Admin,
+                    expires_ms: 0,
+                    revoked: false,
+                },
+            })
+            .await?;
+        info!(path = %path.display(), "admin API token written (role admin); create others with `vigocli token create`");
         Ok(())
     }
 
@@ -220,6 +268,9 @@ impl HubNode {
         {
             serving.abort();
         }
+        for task in &self.background {
+            task.abort();
+        }
         let _ = self.node.raft.shutdown().await;
         info!(node = self.node.id, "hub node stopped");
     }
@@ -237,22 +288,44 @@ impl HubNode {
     }
 }
 
-fn publish_metrics(node: &Node) {
-    let m = node.raft.metrics().borrow().clone();
-    metrics::gauge!("vigo_hub_raft_term").set(m.current_term as f64);
-    metrics::gauge!("vigo_hub_raft_leader").set(m.current_leader.unwrap_or(0) as f64);
-    metrics::gauge!("vigo_hub_raft_is_leader").set(if m.current_leader == Some(node.id) {
-        1.0
-    } else {
-        0.0
-    });
-    metrics::gauge!("vigo_hub_raft_last_log_index").set(m.last_log_index.unwrap_or(0) as f64);
-    metrics::gauge!("vigo_hub_raft_applied_index")
-        .set(m.last_applied.map(|l| l.index).unwrap_or(0) as f64);
-    node.read(|s| {
-        metrics::gauge!("vigo_hub_pins").set(s.pins.len() as f64);
-        for (spoke, n) in s.pin_counts() {
-            metrics::gauge!("vigo_hub_spoke_pins", "spoke" => spoke.to_string()).set(n as f64);
+/// Serves the REST admin API over HTTPS with this node's certificate.
+async fn serve_rest(
+    addr: SocketAddr,
+    api: Arc<AdminApi>,
+    tls: rustls::ServerConfig,
+) -> Result<(SocketAddr, JoinHandle<()>), HubError> {
+    let bind_err = |e: std::io::Error| {
+        HubError::Common(vigo_common::Error::Bind {
+            what: "admin API",
+            addr,
+            why: e.to_string(),
+        })
+    };
+    let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
+    let listener = tls::HttpsListener::new(listener, tls).map_err(bind_err)?;
+    let local = axum::serve::Listener::local_addr(&listener).map_err(bind_err)?;
+    let app = crate::admin::rest::router(api);
+    info!(%local, "admin API at https://{local}/api/v1/ (document: /api/v1/openapi.json)");
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "admin API server stopped");
         }
     });
+    Ok((local, task))
+}
+
+/// Refreshes the fleet compliance gauges from the spokes' counters.
+async fn roll_up_compliance(api: Arc<AdminApi>) {
+    let caller = Caller {
+        name: "hub".into(),
+        role: ApiRole::Viewer,
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    loop {
+        tick.tick().await;
+        if api.node.read(|s| s.spokes.is_empty()) {
+            continue;
+        }
+        let _ = api.compliance(&caller, Default::default()).await;
+    }
 }

@@ -2,13 +2,10 @@
 //! writes run on the leader — a follower forwards the same call there, and the leader
 //! trusts a forwarding hub certificate to have checked the original caller.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::BasicNode;
-use openraft::ChangeMembers;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -22,7 +19,7 @@ use vigo_proto::v1 as pb;
 use crate::error::HubError;
 use crate::node::{Leader, Node};
 use crate::publish;
-use crate::state::{Command, Override, SpokeState, Token};
+use crate::state::{Command, SpokeState};
 
 /// How often a heartbeat is written through raft at most, per spoke.
 const HEARTBEAT_WRITE_EVERY_MS: u64 = 30_000;
@@ -36,18 +33,6 @@ fn peer<T>(request: &Request<T>) -> Peer {
         .get::<PeerInfo>()
         .map(|p| p.peer.clone())
         .unwrap_or(Peer::Anonymous)
-}
-
-/// The caller holds one of `roles` (or is a hub node forwarding the call).
-fn require(peer: &Peer, roles: &[Role], call: &'static str) -> Result<(), HubError> {
-    match peer.role() {
-        Some(r) if roles.contains(&r) || r == Role::Hub => Ok(()),
-        Some(r) => Err(HubError::WrongRole {
-            role: r.as_str(),
-            call,
-        }),
-        None => Err(HubError::NoClientCertificate),
-    }
 }
 
 /// Runs `here` on the leader, or forwards with `there` to the leader's address.
@@ -260,287 +245,6 @@ impl pb::hub_locate_server::HubLocate for LocateService {
         Ok(Response::new(pb::LocateResponse {
             spoke_id: spoke.0,
             spoke_address: spoke.1,
-        }))
-    }
-}
-
-// ---------------------------------------------------------------- admin
-
-pub struct AdminService {
-    pub node: Arc<Node>,
-}
-
-impl AdminService {
-    fn status(&self) -> pb::HubStatus {
-        let metrics = self.node.raft.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership();
-        let voters: BTreeSet<u64> = membership.voter_ids().collect();
-        let members = membership
-            .nodes()
-            .map(|(id, n)| pb::HubMember {
-                node_id: *id,
-                address: n.addr.clone(),
-                voter: voters.contains(id),
-            })
-            .collect();
-        self.node.read(|s| {
-            let counts = s.pin_counts();
-            pb::HubStatus {
-                node_id: self.node.id,
-                leader_id: metrics.current_leader.unwrap_or(0),
-                term: metrics.current_term,
-                last_applied: metrics.last_applied.map(|l| l.index).unwrap_or(0),
-                members,
-                spokes: s
-                    .spokes
-                    .values()
-                    .map(|sp| pb::SpokeEntry {
-                        spoke_id: sp.id.clone(),
-                        address: sp.address.clone(),
-                        weight: sp.weight,
-                        state: sp.state.as_str().into(),
-                        last_heartbeat_ms: sp.last_heartbeat_ms,
-                        pins: counts.get(sp.id.as_str()).copied().unwrap_or(0),
-                        config_version: sp.config_version.clone(),
-                    })
-                    .collect(),
-                pins: s.pins.len() as u64,
-                config_version: s.current_config.clone(),
-            }
-        })
-    }
-
-    fn admin<T>(request: &Request<T>, call: &'static str) -> Result<(), HubError> {
-        require(&peer(request), &[Role::Admin], call)
-    }
-}
-
-#[tonic::async_trait]
-impl pb::hub_admin_server::HubAdmin for AdminService {
-    async fn status(
-        &self,
-        request: Request<pb::HubStatusRequest>,
-    ) -> Result<Response<pb::HubStatus>, Status> {
-        Self::admin(&request, "Status")?;
-        Ok(Response::new(self.status()))
-    }
-
-    async fn add_hub(
-        &self,
-        request: Request<pb::AddHubRequest>,
-    ) -> Result<Response<pb::HubStatus>, Status> {
-        Self::admin(&request, "AddHub")?;
-        let msg = request.into_inner();
-        if msg.node_id == 0 {
-            return Err(HubError::malformed("node_id", "is zero").into());
-        }
-        vigo_common::tls::split_address(&msg.address).map_err(HubError::from)?;
-        let node = &self.node;
-        let fwd = msg.clone();
-        on_leader(
-            node,
-            async {
-                let raft_err = |e: String| HubError::Raft(e);
-                node.raft
-                    .add_learner(msg.node_id, BasicNode::new(&msg.address), true)
-                    .await
-                    .map_err(|e| raft_err(e.to_string()))?;
-                tracing::info!(node = msg.node_id, address = %msg.address, "hub node added as learner");
-                if msg.voter {
-                    node.raft
-                        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([msg.node_id])), false)
-                        .await
-                        .map_err(|e| raft_err(e.to_string()))?;
-                    tracing::info!(node = msg.node_id, "hub node promoted to voter");
-                }
-                Ok(self.status())
-            },
-            |c| async move { pb::hub_admin_client::HubAdminClient::new(c).add_hub(forwarded(fwd)).await },
-        )
-        .await
-        .map(Response::new)
-        .map_err(Into::into)
-    }
-
-    async fn remove_hub(
-        &self,
-        request: Request<pb::RemoveHubRequest>,
-    ) -> Result<Response<pb::HubStatus>, Status> {
-        Self::admin(&request, "RemoveHub")?;
-        let msg = request.into_inner();
-        let node = &self.node;
-        let fwd = msg;
-        on_leader(
-            node,
-            async {
-                node.raft
-                    .change_membership(
-                        ChangeMembers::RemoveVoters(BTreeSet::from([msg.node_id])),
-                        false,
-                    )
-                    .await
-                    .map_err(|e| HubError::Raft(e.to_string()))?;
-                tracing::info!(node = msg.node_id, "hub node removed");
-                Ok(self.status())
-            },
-            |c| async move {
-                pb::hub_admin_client::HubAdminClient::new(c)
-                    .remove_hub(forwarded(fwd))
-                    .await
-            },
-        )
-        .await
-        .map(Response::new)
-        .map_err(Into::into)
-    }
-
-    async fn create_token(
-        &self,
-        request: Request<pb::CreateTokenRequest>,
-    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
-        Self::admin(&request, "CreateToken")?;
-        let msg = request.into_inner();
-        let mut hash = [0u8; 32];
-        hex::decode_to_slice(&msg.sha256, &mut hash)
-            .map_err(|_| HubError::malformed("sha256", "must be 64 hex digits"))?;
-        if msg.name.is_empty() {
-            return Err(HubError::malformed("name", "is empty").into());
-        }
-        if msg.uses == 0 {
-            return Err(HubError::malformed("uses", "must be at least 1").into());
-        }
-        let node = &self.node;
-        let fwd = msg.clone();
-        on_leader(
-            node,
-            node.propose_ok(Command::CreateToken {
-                hash,
-                token: Token {
-                    name: msg.name.clone(),
-                    uses: msg.uses,
-                    used: 0,
-                    expires_ms: msg.expires_ms,
-                    allow_rekey: msg.allow_rekey,
-                },
-            }),
-            |c| async move {
-                pb::hub_admin_client::HubAdminClient::new(c)
-                    .create_token(forwarded(fwd))
-                    .await
-                    .map(|r| r.map(|_| ()))
-            },
-        )
-        .await?;
-        Ok(Response::new(pb::CreateTokenResponse {}))
-    }
-
-    async fn set_overrides(
-        &self,
-        request: Request<pb::SetOverridesRequest>,
-    ) -> Result<Response<pb::SetOverridesResponse>, Status> {
-        Self::admin(&request, "SetOverrides")?;
-        let msg = request.into_inner();
-        let mut overrides = Vec::new();
-        for o in &msg.overrides {
-            globset::Glob::new(&o.pattern)
-                .map_err(|e| HubError::malformed("pattern", format!("{:?}: {e}", o.pattern)))?;
-            if !self.node.read(|s| s.spokes.contains_key(&o.spoke_id)) {
-                return Err(HubError::NotFound(format!("unknown spoke {:?}", o.spoke_id)).into());
-            }
-            overrides.push(Override {
-                pattern: o.pattern.clone(),
-                spoke: o.spoke_id.clone(),
-            });
-        }
-        let node = &self.node;
-        on_leader(
-            node,
-            node.propose_ok(Command::SetOverrides(overrides)),
-            |c| async move {
-                pb::hub_admin_client::HubAdminClient::new(c)
-                    .set_overrides(forwarded(msg))
-                    .await
-                    .map(|r| r.map(|_| ()))
-            },
-        )
-        .await?;
-        Ok(Response::new(pb::SetOverridesResponse {}))
-    }
-
-    async fn publish_config(
-        &self,
-        request: Request<pb::PublishConfigRequest>,
-    ) -> Result<Response<pb::ConfigVersion>, Status> {
-        Self::admin(&request, "PublishConfig")?;
-        let msg = request.into_inner();
-        let node = &self.node;
-        let fwd = msg.clone();
-        let files: BTreeMap<String, String> = msg.files.into_iter().collect();
-        on_leader(
-            node,
-            publish::publish(node, msg.author, msg.message, files),
-            |c| async move {
-                pb::hub_admin_client::HubAdminClient::new(c)
-                    .publish_config(forwarded(fwd))
-                    .await
-            },
-        )
-        .await
-        .map(Response::new)
-        .map_err(Into::into)
-    }
-
-    async fn config_history(
-        &self,
-        request: Request<pb::ConfigHistoryRequest>,
-    ) -> Result<Response<pb::ConfigHistoryResponse>, Status> {
-        Self::admin(&request, "ConfigHistory")?;
-        Ok(Response::new(self.node.read(|s| {
-            pb::ConfigHistoryResponse {
-                versions: s
-                    .configs
-                    .iter()
-                    .rev()
-                    .map(|c| publish::to_proto(c, false))
-                    .collect(),
-                current: s.current_config.clone(),
-            }
-        })))
-    }
-
-    async fn rollback_config(
-        &self,
-        request: Request<pb::RollbackConfigRequest>,
-    ) -> Result<Response<pb::ConfigVersion>, Status> {
-        Self::admin(&request, "RollbackConfig")?;
-        let msg = request.into_inner();
-        let node = &self.node;
-        let fwd = msg.clone();
-        on_leader(node, publish::rollback(node, msg.version), |c| async move {
-            pb::hub_admin_client::HubAdminClient::new(c)
-                .rollback_config(forwarded(fwd))
-                .await
-        })
-        .await
-        .map(Response::new)
-        .map_err(Into::into)
-    }
-
-    async fn get_pin(
-        &self,
-        request: Request<pb::GetPinRequest>,
-    ) -> Result<Response<pb::Pin>, Status> {
-        Self::admin(&request, "GetPin")?;
-        let id = request.into_inner().envoy_id;
-        let pin = self
-            .node
-            .read(|s| s.pins.get(&id).cloned())
-            .ok_or_else(|| HubError::NotFound(format!("envoy {id:016x} is not pinned")))?;
-        Ok(Response::new(pb::Pin {
-            envoy_id: id,
-            hostname: pin.hostname,
-            spoke_id: pin.spoke,
-            public_key: pin.key.to_vec().into(),
         }))
     }
 }

@@ -53,6 +53,44 @@ pub struct Token {
     /// Unix ms; 0 = never.
     pub expires_ms: u64,
     pub allow_rekey: bool,
+    pub revoked: bool,
+}
+
+/// What an admin API token may do; each role includes the ones below it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ApiRole {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl ApiRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiRole::Viewer => "viewer",
+            ApiRole::Operator => "operator",
+            ApiRole::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "viewer" => Some(ApiRole::Viewer),
+            "operator" => Some(ApiRole::Operator),
+            "admin" => Some(ApiRole::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// A bearer token of the admin API (stored by the SHA-256 of its secret).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiToken {
+    pub name: String,
+    pub role: ApiRole,
+    /// Unix ms; 0 = never.
+    pub expires_ms: u64,
+    pub revoked: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +149,20 @@ pub enum Command {
     Rollback {
         version: String,
     },
+    CreateApiToken {
+        hash: [u8; 32],
+        token: ApiToken,
+    },
+    /// Revokes the enrollment or API token of that name.
+    RevokeToken {
+        name: String,
+    },
+    /// Envoys re-pinned (reassign, drain): envoy id -> spoke. All or nothing.
+    MovePins(Vec<(u64, String)>),
+    SetSpokeState {
+        id: String,
+        state: SpokeState,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +183,7 @@ pub struct ClusterState {
     pub pins: HashMap<u64, Pin>,
     pub hostnames: HashMap<String, u64>,
     pub tokens: BTreeMap<[u8; 32], Token>,
+    pub api_tokens: BTreeMap<[u8; 32], ApiToken>,
     /// Published versions, oldest first.
     pub configs: Vec<ConfigEntry>,
     pub current_config: String,
@@ -184,8 +237,67 @@ impl ClusterState {
                 None => Applied::Refused(format!("unknown spoke {id}")),
             },
             Command::CreateToken { hash, token } => {
+                if self.token_name_taken(&token.name) {
+                    return Applied::Refused(format!("a token named {:?} exists", token.name));
+                }
                 self.tokens.insert(hash, token);
                 Applied::Done
+            }
+            Command::CreateApiToken { hash, token } => {
+                if self.token_name_taken(&token.name) {
+                    return Applied::Refused(format!("a token named {:?} exists", token.name));
+                }
+                self.api_tokens.insert(hash, token);
+                Applied::Done
+            }
+            Command::RevokeToken { name } => {
+                let enroll = self.tokens.values_mut().find(|t| t.name == name);
+                if let Some(t) = enroll {
+                    t.revoked = true;
+                    return Applied::Done;
+                }
+                match self.api_tokens.values_mut().find(|t| t.name == name) {
+                    Some(t) => {
+                        t.revoked = true;
+                        Applied::Done
+                    }
+                    None => Applied::Refused(format!("no token named {name:?}")),
+                }
+            }
+            Command::MovePins(moves) => {
+                for (envoy, spoke) in &moves {
+                    if !self.pins.contains_key(envoy) {
+                        return Applied::Refused(format!("envoy {envoy:016x} is not pinned"));
+                    }
+                    if !self
+                        .spokes
+                        .get(spoke)
+                        .is_some_and(|s| s.state == SpokeState::Active)
+                    {
+                        return Applied::Refused(format!("spoke {spoke} is not active"));
+                    }
+                }
+                for (envoy, spoke) in moves {
+                    if let Some(pin) = self.pins.get_mut(&envoy) {
+                        pin.spoke = spoke;
+                    }
+                }
+                Applied::Done
+            }
+            Command::SetSpokeState { id, state } => {
+                if state == SpokeState::Removed && self.pins.values().any(|p| p.spoke == id) {
+                    return Applied::Refused(format!("spoke {id} still has envoys pinned"));
+                }
+                if state == SpokeState::Removed {
+                    self.overrides.retain(|o| o.spoke != id);
+                }
+                match self.spokes.get_mut(&id) {
+                    Some(s) => {
+                        s.state = state;
+                        Applied::Done
+                    }
+                    None => Applied::Refused(format!("unknown spoke {id}")),
+                }
             }
             Command::SetOverrides(overrides) => {
                 if let Some(o) = overrides
@@ -226,6 +338,9 @@ impl ClusterState {
             }
         }
         let token = self.tokens.get(&e.token).ok_or("unknown token")?;
+        if token.revoked {
+            return Err(format!("token {:?} is revoked", token.name));
+        }
         if token.expires_ms != 0 && e.at_ms >= token.expires_ms {
             return Err(format!("token {:?} has expired", token.name));
         }
@@ -265,6 +380,39 @@ impl ClusterState {
             },
         );
         Ok(e.envoy_id)
+    }
+
+    fn token_name_taken(&self, name: &str) -> bool {
+        self.tokens.values().any(|t| t.name == name)
+            || self.api_tokens.values().any(|t| t.name == name)
+    }
+
+    /// The API token with this secret hash, if it is valid at `now_ms`.
+    pub fn api_token(&self, hash: &[u8; 32], now_ms: u64) -> Option<&ApiToken> {
+        self.api_tokens
+            .get(hash)
+            .filter(|t| !t.revoked && (t.expires_ms == 0 || now_ms < t.expires_ms))
+    }
+
+    /// Where an envoy goes when it must leave its spoke: a pattern override to an
+    /// active spoke, else the ring over active spokes.
+    pub fn place(&self, hostname: &str, ring: &Ring) -> Option<String> {
+        let overridden = self.overrides.iter().find(|o| {
+            globset::Glob::new(&o.pattern)
+                .map(|g| g.compile_matcher().is_match(hostname))
+                .unwrap_or(false)
+        });
+        match overridden {
+            Some(o)
+                if self
+                    .spokes
+                    .get(&o.spoke)
+                    .is_some_and(|s| s.state == SpokeState::Active) =>
+            {
+                Some(o.spoke.clone())
+            }
+            _ => ring.place(hostname).map(str::to_string),
+        }
     }
 
     pub fn config(&self, version: &str) -> Option<&ConfigEntry> {
@@ -316,6 +464,7 @@ mod tests {
                 used: 0,
                 expires_ms: 100,
                 allow_rekey: false,
+                revoked: false,
             },
         });
         s

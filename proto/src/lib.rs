@@ -9,4 +9,13 @@ pub mod v1 {
     tonic::include_proto!("vigo.v1");
 }
 
+/// The fleet-wide admin API (package `vigo.admin.v1`): JSON-shaped messages shared by
+/// the gRPC service and the REST routes.
+pub mod admin {
+    #[allow(clippy::all, clippy::pedantic)]
+    pub mod v1 {
+        tonic::include_proto!("vigo.admin.v1");
+    }
+}
+
 pub use v1::*;

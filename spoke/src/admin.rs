@@ -15,9 +15,11 @@ use crate::enroll::{Registry, normalize_hostname};
 use crate::error::SpokeError;
 use crate::fleet::FleetIndex;
 use crate::grpc::{detach, peer};
+use crate::handoff::Forwards;
 use crate::metrics::count_call;
 use crate::policy_cache::PolicyCache;
 use crate::store::{Store, StoredEnvoy, WriteOp};
+use crate::streams::Streams;
 use crate::traits_store::TraitsStore;
 
 pub struct Admin {
@@ -26,6 +28,8 @@ pub struct Admin {
     pub store: Store,
     pub policy: Arc<PolicyCache>,
     pub registry: Arc<Registry>,
+    pub streams: Arc<Streams>,
+    pub forwards: Arc<Forwards>,
 }
 
 /// Calls only the hub makes.
@@ -121,20 +125,24 @@ impl Admin {
         .await
     }
 
-    /// Marks envoys to receive their bundle on the next check-in. All or nothing: an
-    /// unknown id marks none.
-    pub fn force_push(&self, ids: &[u64]) -> Result<u32, SpokeError> {
-        let records = ids
-            .iter()
-            .map(|raw| {
-                let id = envoy_id(*raw)?;
-                self.fleet.get(id).ok_or(SpokeError::UnknownEnvoy(id))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+    /// Marks envoys to receive their bundle on the next check-in, and wakes those
+    /// holding an open stream so that check-in comes now. All or nothing: an unknown
+    /// id marks none.
+    pub fn force_push(
+        &self,
+        req: &pb::ForcePushRequest,
+    ) -> Result<pb::ForcePushResponse, SpokeError> {
+        let records = self.push_targets(req)?;
+        let mut woken = 0;
         for r in &records {
             self.fleet.update(r, |st| st.force_push = true);
+            woken += u32::from(self.streams.wake(r.id));
         }
-        Ok(records.len() as u32)
+        info!(marked = records.len(), woken, "force push");
+        Ok(pb::ForcePushResponse {
+            marked: records.len() as u32,
+            woken,
+        })
     }
 
     /// Records an envoy the hub enrolled and pinned here. The hub chose the id; a
@@ -275,8 +283,73 @@ impl pb::spoke_admin_server::SpokeAdmin for AdminService {
     ) -> Result<Response<pb::ForcePushResponse>, Status> {
         let (_, ext, msg) = request.into_parts();
         authorize(peer(&ext), "ForcePush")?;
-        Ok(Response::new(pb::ForcePushResponse {
-            marked: self.0.force_push(&msg.envoy_ids)?,
+        Ok(Response::new(self.0.force_push(&msg)?))
+    }
+
+    async fn list_envoys(
+        &self,
+        request: Request<pb::SpokeListRequest>,
+    ) -> Result<Response<pb::SpokeListResponse>, Status> {
+        let (_, ext, msg) = request.into_parts();
+        authorize(peer(&ext), "ListEnvoys")?;
+        let admin = self.0.clone();
+        // A walk over the whole shard: off the async workers.
+        let page = tokio::task::spawn_blocking(move || admin.list_envoys(msg))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(page))
+    }
+
+    async fn compliance(
+        &self,
+        request: Request<pb::SpokeComplianceRequest>,
+    ) -> Result<Response<pb::SpokeCompliance>, Status> {
+        let (_, ext, _) = request.into_parts();
+        authorize(peer(&ext), "Compliance")?;
+        Ok(Response::new(self.0.compliance()))
+    }
+
+    async fn trait_count(
+        &self,
+        request: Request<pb::SpokeTraitCountRequest>,
+    ) -> Result<Response<pb::SpokeTraitCount>, Status> {
+        let (_, ext, msg) = request.into_parts();
+        authorize(peer(&ext), "TraitCount")?;
+        let admin = self.0.clone();
+        let counts = tokio::task::spawn_blocking(move || admin.trait_count(msg))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(counts))
+    }
+
+    async fn export_envoys(
+        &self,
+        request: Request<pb::ExportEnvoysRequest>,
+    ) -> Result<Response<pb::EnvoyExport>, Status> {
+        let (_, ext, msg) = request.into_parts();
+        authorize_hub(peer(&ext), "ExportEnvoys")?;
+        Ok(Response::new(self.0.export_envoys(&msg.envoy_ids)?))
+    }
+
+    async fn import_envoys(
+        &self,
+        request: Request<pb::EnvoyExport>,
+    ) -> Result<Response<pb::ImportEnvoysResponse>, Status> {
+        let (_, ext, msg) = request.into_parts();
+        authorize_hub(peer(&ext), "ImportEnvoys")?;
+        Ok(Response::new(pb::ImportEnvoysResponse {
+            imported: self.0.import_envoys(msg).await?,
+        }))
+    }
+
+    async fn hand_off(
+        &self,
+        request: Request<pb::HandOffRequest>,
+    ) -> Result<Response<pb::HandOffResponse>, Status> {
+        let (_, ext, msg) = request.into_parts();
+        authorize_hub(peer(&ext), "HandOff")?;
+        Ok(Response::new(pb::HandOffResponse {
+            handed_off: self.0.hand_off(msg).await?,
         }))
     }
 

@@ -26,6 +26,8 @@ pub enum SpokeError {
     CertificateMismatch { cert: EnvoyId, body: EnvoyId },
     #[error("envoy {0} is not enrolled on this spoke")]
     UnknownEnvoy(EnvoyId),
+    #[error("envoy {id} moved to the spoke at {address}")]
+    Moved { id: EnvoyId, address: String },
     #[error("envoy {0} is revoked")]
     Revoked(EnvoyId),
     #[error("the client certificate of envoy {0} was issued for a key it no longer has")]
@@ -74,6 +76,7 @@ impl SpokeError {
             | TokenSpent(_)
             | TokenExpired(_) => Code::PermissionDenied,
             UnknownEnvoy(_) => Code::NotFound,
+            Moved { .. } => Code::FailedPrecondition,
             StaleTimestamp { .. }
             | Replay { .. }
             | HostnameTaken { .. }

@@ -135,6 +135,40 @@ struct Counters {
     revoked: AtomicI64,
 }
 
+/// Where an envoy is counted in the per-hostcrate tally: the policy generation its
+/// hostcrate was computed under, the hostcrate, and its status slot.
+type TallyPlace = (u32, u32, usize);
+
+/// Slot of revoked envoys in a tally row (after the seven statuses).
+pub const REVOKED_SLOT: usize = 7;
+
+/// Envoys per hostcrate and status under one policy generation, kept incrementally.
+/// An envoy is counted iff its `policy_generation` is the tally's: a policy change
+/// resets the tally and the reclassifying sweep (or the envoy's next check-in, whichever
+/// comes first) counts each envoy again exactly once.
+#[derive(Default)]
+struct HostcrateTally {
+    generation: u32,
+    rows: HashMap<u32, [i64; 8]>,
+}
+
+impl HostcrateTally {
+    fn add(&mut self, place: TallyPlace, delta: i64) {
+        let (generation, hostcrate, slot) = place;
+        if generation == self.generation {
+            self.rows.entry(hostcrate).or_default()[slot] += delta;
+        }
+    }
+}
+
+fn tally_place(st: &EnvoyState) -> TallyPlace {
+    let slot = st
+        .effective_status()
+        .map(|s| s.index())
+        .unwrap_or(REVOKED_SLOT);
+    (st.policy_generation, st.hostcrate, slot)
+}
+
 /// A point-in-time copy of the counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FleetCounts {
@@ -155,6 +189,7 @@ pub struct FleetIndex {
     /// 16 bytes an envoy; the rare colliding hostname goes to `hostname_overflow`.
     hostnames: RwLock<HostnameIndex>,
     counters: Counters,
+    tally: Mutex<HostcrateTally>,
     total: AtomicU64,
     hasher: RandomState,
 }
@@ -183,6 +218,10 @@ impl FleetIndex {
             shards,
             hostnames: RwLock::new(HostnameIndex::default()),
             counters: Counters::default(),
+            tally: Mutex::new(HostcrateTally {
+                generation: u32::MAX - 1,
+                rows: HashMap::new(),
+            }),
             total: AtomicU64::new(0),
             hasher: RandomState::default(),
         }
@@ -221,12 +260,19 @@ impl FleetIndex {
     pub fn update<R>(&self, record: &EnvoyRecord, f: impl FnOnce(&mut EnvoyState) -> R) -> R {
         let mut st = record.lock();
         let before = st.effective_status();
+        let placed = tally_place(&st);
         let was_dirty = st.dirty;
         let out = f(&mut st);
         let after = st.effective_status();
         if before != after {
             self.count(before, -1);
             self.count(after, 1);
+        }
+        let replaced = tally_place(&st);
+        if placed != replaced {
+            let mut tally = self.lock_tally();
+            tally.add(placed, -1);
+            tally.add(replaced, 1);
         }
         if st.dirty && !was_dirty {
             self.shard(record.id)
@@ -236,6 +282,45 @@ impl FleetIndex {
                 .push(record.id);
         }
         out
+    }
+
+    fn lock_tally(&self) -> std::sync::MutexGuard<'_, HostcrateTally> {
+        self.tally.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a new per-hostcrate tally for policy `generation`; call before that
+    /// generation serves, then [`FleetIndex::reclassify`] once it does.
+    pub fn reset_tally(&self, generation: u32) {
+        let mut tally = self.lock_tally();
+        tally.generation = generation;
+        tally.rows.clear();
+    }
+
+    /// Puts every envoy not yet classified under `generation` into its hostcrate (a
+    /// sweep at policy change, never per request).
+    pub fn reclassify(&self, generation: u32, hostcrate_of: impl Fn(&str) -> u32) {
+        self.for_each(|r| {
+            self.update(r, |st| {
+                if st.policy_generation != generation {
+                    st.hostcrate = hostcrate_of(&r.hostname);
+                    st.policy_generation = generation;
+                }
+            })
+        });
+    }
+
+    /// Envoys per hostcrate index and status slot (`REVOKED_SLOT` last) under the
+    /// tally's generation.
+    pub fn hostcrate_counts(&self) -> (u32, Vec<(u32, [u64; 8])>) {
+        let tally = self.lock_tally();
+        let mut rows: Vec<(u32, [u64; 8])> = tally
+            .rows
+            .iter()
+            .map(|(h, row)| (*h, row.map(|v| v.max(0) as u64)))
+            .filter(|(_, row)| row.iter().any(|v| *v > 0))
+            .collect();
+        rows.sort_by_key(|(h, _)| *h);
+        (tally.generation, rows)
     }
 
     fn count(&self, status: Option<Compliance>, delta: i64) {
@@ -250,6 +335,7 @@ impl FleetIndex {
     pub fn insert(&self, record: EnvoyRecord, state: EnvoyState) {
         let id = record.id;
         let status = state.effective_status();
+        let place = tally_place(&state);
         *record.lock() = state;
         let record = Arc::new(record);
         let hostname_hash = self.hostname_hash(&record.hostname);
@@ -259,6 +345,13 @@ impl FleetIndex {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.get(), record.clone());
+        {
+            let mut tally = self.lock_tally();
+            if let Some(old) = &previous {
+                tally.add(tally_place(&old.lock()), -1);
+            }
+            tally.add(place, 1);
+        }
         match &previous {
             Some(old) => self.count(old.lock().effective_status(), -1),
             None => {
@@ -282,6 +375,30 @@ impl FleetIndex {
                 names.primary.insert(hostname_hash, id);
             }
         }
+    }
+
+    /// Forgets an envoy (handed off to another spoke). Its dirty-list entry, if any,
+    /// finds nothing at flush time.
+    pub fn remove(&self, id: EnvoyId) -> Option<Arc<EnvoyRecord>> {
+        let record = self
+            .shard(id)
+            .records
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id.get())?;
+        let st = record.state();
+        self.count(st.effective_status(), -1);
+        self.lock_tally().add(tally_place(&st), -1);
+        self.total.fetch_sub(1, Ordering::Relaxed);
+        let hash = self.hostname_hash(&record.hostname);
+        let mut names = self.hostnames.write().unwrap_or_else(|p| p.into_inner());
+        if names.primary.get(&hash) == Some(&id) {
+            names.primary.remove(&hash);
+        }
+        if names.overflow.get(&record.hostname) == Some(&id) {
+            names.overflow.remove(&record.hostname);
+        }
+        Some(record)
     }
 
     fn hostname_hash(&self, hostname: &str) -> u64 {
@@ -387,6 +504,45 @@ mod tests {
         assert_eq!(c.total, 10);
         fleet.update(&r, |s| s.offline = false);
         assert_eq!(fleet.counts().status(Compliance::Converged), 1);
+    }
+
+    #[test]
+    fn hostcrate_tally_follows_changes_and_policy_generations() {
+        let fleet = FleetIndex::new();
+        for n in 1..=6 {
+            fleet.insert(record(n, &format!("h{n}")), EnvoyState::new(0));
+        }
+        fleet.reset_tally(1);
+        fleet.reclassify(1, |h| if h < "h4" { 0 } else { 1 });
+        let (generation, rows) = fleet.hostcrate_counts();
+        assert_eq!(generation, 1);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].1[Compliance::NoData.index()], 3);
+        let r = fleet.get(EnvoyId::new(2).unwrap()).unwrap();
+        fleet.update(&r, |s| s.run_status = Compliance::Failed);
+        fleet.update(&fleet.get(EnvoyId::new(5).unwrap()).unwrap(), |s| {
+            s.revoked = true
+        });
+        let rows = fleet.hostcrate_counts().1;
+        assert_eq!(rows[0].1[Compliance::Failed.index()], 1);
+        assert_eq!(rows[0].1[Compliance::NoData.index()], 2);
+        assert_eq!(rows[1].1[REVOKED_SLOT], 1);
+        // A new generation: an envoy classified by a check-in before the sweep is
+        // counted once, not twice.
+        fleet.reset_tally(2);
+        fleet.update(&r, |s| {
+            s.policy_generation = 2;
+            s.hostcrate = 0;
+        });
+        fleet.reclassify(2, |_| 0);
+        let rows = fleet.hostcrate_counts().1;
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].1.iter().sum::<u64>(), 6);
+        fleet.remove(r.id);
+        assert_eq!(fleet.hostcrate_counts().1[0].1.iter().sum::<u64>(), 5);
+        assert_eq!(fleet.len(), 5);
+        assert_eq!(fleet.counts().status(Compliance::Failed), 0);
+        assert!(fleet.by_hostname("h2").is_none());
     }
 
     #[test]

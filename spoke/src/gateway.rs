@@ -23,9 +23,11 @@ use crate::compliance::{self, bundle_prefix};
 use crate::error::SpokeError;
 use crate::fleet::{EnvoyRecord, EnvoyState, FleetIndex};
 use crate::grpc::{detach, peer};
+use crate::handoff::Forwards;
 use crate::metrics::{CheckinMetrics, CheckinResult, count_call};
 use crate::policy_cache::PolicyCache;
 use crate::store::{Store, StoredLastRun, StoredRun, WriteOp, WriteOutcome};
+use crate::streams::{EnvoyStream, Streams};
 use crate::traits_store::TraitsStore;
 use crate::verifier::BatchVerifier;
 
@@ -51,6 +53,8 @@ pub struct Gateway {
     pub verifier: Arc<BatchVerifier>,
     pub store: Store,
     pub settings: GatewaySettings,
+    pub streams: Arc<Streams>,
+    pub forwards: Arc<Forwards>,
     checkins: CheckinMetrics,
 }
 
@@ -64,6 +68,14 @@ trait SignedBody: Message + Default {
 impl SignedBody for pb::CheckInBody {
     const DOMAIN: Domain = Domain::CheckIn;
     const CALL: &'static str = "CheckIn";
+    fn header(&self) -> (u64, u64, u64) {
+        (self.envoy_id, self.sequence, self.timestamp_ms)
+    }
+}
+
+impl SignedBody for pb::StreamBody {
+    const DOMAIN: Domain = Domain::Stream;
+    const CALL: &'static str = "OpenStream";
     fn header(&self) -> (u64, u64, u64) {
         (self.envoy_id, self.sequence, self.timestamp_ms)
     }
@@ -93,6 +105,8 @@ impl Gateway {
         verifier: Arc<BatchVerifier>,
         store: Store,
         settings: GatewaySettings,
+        streams: Arc<Streams>,
+        forwards: Arc<Forwards>,
     ) -> Self {
         Self {
             fleet,
@@ -101,6 +115,8 @@ impl Gateway {
             verifier,
             store,
             settings,
+            streams,
+            forwards,
             checkins: CheckinMetrics::default(),
         }
     }
@@ -128,7 +144,9 @@ impl Gateway {
         let id = EnvoyId::new(envoy_id)
             .ok_or_else(|| SpokeError::malformed("request body", "envoy_id is zero"))?;
         self.authorize_peer(peer, id, B::CALL)?;
-        let record = self.fleet.get(id).ok_or(SpokeError::UnknownEnvoy(id))?;
+        let Some(record) = self.fleet.get(id) else {
+            return Err(self.moved_or_unknown(id, &raw, &signature).await);
+        };
         if let Peer::Envoy { key, .. } = peer
             && key != record.key.as_bytes()
         {
@@ -158,6 +176,30 @@ impl Gateway {
             raw,
             now_ms,
         })
+    }
+
+    /// An envoy this spoke does not hold: if it was handed off, a request it really
+    /// signed learns where it went; anything else is unknown.
+    async fn moved_or_unknown(
+        &self,
+        id: EnvoyId,
+        raw: &Bytes,
+        signature: &ed25519_dalek::Signature,
+    ) -> SpokeError {
+        let Some((key, address)) = self.forwards.get(id) else {
+            return SpokeError::UnknownEnvoy(id);
+        };
+        let signed = [Domain::CheckIn, Domain::ReportRun, Domain::Stream]
+            .into_iter()
+            .any(|d| signing::verify(&key, d, raw, signature).is_ok());
+        if signed {
+            SpokeError::Moved {
+                id,
+                address: address.to_string(),
+            }
+        } else {
+            SpokeError::BadSignature
+        }
     }
 
     /// Envoy certificates speak for their own envoy only; relay certificates for any,
@@ -190,15 +232,58 @@ impl Gateway {
         peer: &Peer,
         request: pb::SignedRequest,
     ) -> Result<pb::CheckInResponse, SpokeError> {
+        match self
+            .authenticate::<pb::CheckInBody>(peer, request, self.settings.max_checkin_body)
+            .await
+        {
+            Ok(Authenticated {
+                record,
+                body,
+                now_ms,
+                ..
+            }) => self.answer_check_in(&record, body, now_ms),
+            Err(SpokeError::Moved { id, address }) => {
+                tracing::debug!(envoy = %id, %address, "redirecting a handed-off envoy");
+                Ok(self.redirect(address))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn redirect(&self, spoke_address: String) -> pb::CheckInResponse {
+        pb::CheckInResponse {
+            answer: Some(pb::check_in_response::Answer::Redirect(pb::Redirect {
+                spoke_address,
+            })),
+            interval_ms: self.settings.interval_ms,
+            jitter_ms: self.settings.jitter_ms,
+            open_stream: false,
+            send_traits: false,
+            server_time_ms: now_ms(),
+        }
+    }
+
+    /// Opens the envoy's stream: authenticated like any request, consuming a sequence
+    /// number, then registered so a force-push can wake the envoy.
+    pub async fn open_stream(
+        &self,
+        peer: &Peer,
+        request: pb::SignedRequest,
+    ) -> Result<EnvoyStream, SpokeError> {
         let Authenticated {
             record,
             body,
             now_ms,
             ..
         } = self
-            .authenticate::<pb::CheckInBody>(peer, request, self.settings.max_checkin_body)
+            .authenticate::<pb::StreamBody>(peer, request, self.settings.max_checkin_body)
             .await?;
-        self.answer_check_in(&record, body, now_ms)
+        self.fleet.update(&record, |st| {
+            accept_fresh(st, record.id, body.sequence, now_ms)?;
+            st.mark_dirty();
+            Ok::<_, SpokeError>(())
+        })?;
+        Ok(self.streams.open(record.id))
     }
 
     /// Everything after the signature check: replay check, state update, and the answer.
@@ -236,7 +321,8 @@ impl Gateway {
         })?;
 
         let bundle = policy.bundle(hostcrate);
-        let answer = if !force && fingerprint == bundle.fingerprint {
+        let unchanged = !force && fingerprint == bundle.fingerprint;
+        let answer = if unchanged {
             pb::check_in_response::Answer::NoChange(pb::NoChange {})
         } else {
             let held = policy.modules_of(&fingerprint).unwrap_or(&[]);
@@ -246,7 +332,9 @@ impl Gateway {
             answer: Some(answer),
             interval_ms: self.settings.interval_ms,
             jitter_ms: self.settings.jitter_ms,
-            open_stream: false,
+            // Work is flowing to this envoy (a new bundle, a force-push): more may follow
+            // soon, so it holds a stream until it has been idle a while.
+            open_stream: !unchanged,
             send_traits,
             server_time_ms: now_ms,
         })
@@ -420,6 +508,18 @@ impl pb::envoy_gateway_server::EnvoyGateway for GatewayService {
             Err(e) => CheckinResult::Rejected(e),
         };
         self.0.checkins.record(outcome, started.elapsed());
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    type OpenStreamStream = EnvoyStream;
+
+    async fn open_stream(
+        &self,
+        request: Request<pb::SignedRequest>,
+    ) -> Result<Response<EnvoyStream>, Status> {
+        let (_, extensions, message) = request.into_parts();
+        let result = self.0.open_stream(peer(&extensions), message).await;
+        count_call("vigo_streams_opened_total", result.as_ref().map(|_| ()));
         result.map(Response::new).map_err(Status::from)
     }
 

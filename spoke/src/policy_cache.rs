@@ -69,7 +69,15 @@ pub fn empty_policy() -> BTreeMap<PathBuf, String> {
     )])
 }
 
+/// Told about each new generation: just before it starts serving (so per-policy
+/// tallies can reset before any check-in classifies an envoy under it) and just after.
+pub trait SwapObserver: Send + Sync {
+    fn before_swap(&self, generation: u32);
+    fn after_swap(&self, generation: u32);
+}
+
 pub struct PolicyCache {
+    observer: std::sync::OnceLock<Box<dyn SwapObserver>>,
     source: PolicySource,
     key: SigningKey,
     current: ArcSwap<PolicySnapshot>,
@@ -104,11 +112,17 @@ impl PolicyCache {
         let mut history = VecDeque::new();
         history.push_back(known);
         Ok(Self {
+            observer: std::sync::OnceLock::new(),
             source,
             key,
             current: ArcSwap::from_pointee(snapshot),
             history: Mutex::new(history),
         })
+    }
+
+    /// Installs the observer of generation changes (once).
+    pub fn observe(&self, observer: Box<dyn SwapObserver>) {
+        let _ = self.observer.set(observer);
     }
 
     pub fn source(&self) -> &PolicySource {
@@ -162,7 +176,14 @@ impl PolicyCache {
             history.pop_front();
         }
         let snapshot = Arc::new(snapshot);
+        let observer = self.observer.get();
+        if let Some(o) = observer {
+            o.before_swap(generation);
+        }
         self.current.store(snapshot.clone());
+        if let Some(o) = observer {
+            o.after_swap(generation);
+        }
         metrics::counter!("vigo_policy_reloads_total", "result" => "applied").increment(1);
         info!(
             version = %snapshot.version_hex(),

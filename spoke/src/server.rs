@@ -1,7 +1,7 @@
 //! Putting a spoke together: rehydrate, serve, sweep, flush, and shut down cleanly.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -27,9 +27,11 @@ use crate::error::SpokeError;
 use crate::fleet::{EnvoyRecord, EnvoyState, FleetIndex};
 use crate::flusher::{Flusher, Flushers};
 use crate::gateway::{Gateway, GatewayService, GatewaySettings};
+use crate::handoff::Forwards;
 use crate::hub_link::Link;
-use crate::policy_cache::{PolicyCache, empty_policy};
+use crate::policy_cache::{PolicyCache, SwapObserver, empty_policy};
 use crate::store::{Loaded, Store};
+use crate::streams::Streams;
 use crate::tokens::TokenBook;
 use crate::traits_store::{self, TraitsStore};
 use crate::verifier::BatchVerifier;
@@ -43,6 +45,7 @@ pub struct Spoke {
     pub metrics_addr: Option<SocketAddr>,
     pub fleet: Arc<FleetIndex>,
     pub policy: Arc<PolicyCache>,
+    streams: Arc<Streams>,
     shutdown: Option<oneshot::Sender<()>>,
     serving: JoinHandle<Result<(), tonic::transport::Error>>,
     sweeper: JoinHandle<()>,
@@ -74,6 +77,8 @@ impl Spoke {
         let mut loaded = store.load()?;
         let token_uses = loaded.token_uses.clone();
         let published = loaded.config.take();
+        let forwards = Arc::new(Forwards::default());
+        forwards.restore(std::mem::take(&mut loaded.forwards));
         let stats = rehydrate(loaded, &fleet, &traits, &store, config.offline_after())?;
         info!(
             envoys = stats.envoys,
@@ -101,6 +106,8 @@ impl Spoke {
             hostcrates = policy.current().bundles.len() - 1,
             "policy loaded"
         );
+        classify_fleet(&fleet, &policy);
+        let streams = Arc::new(Streams::default());
         let server_tls = tls::server_config(
             &fsutil::read_to_string(&config.tls.ca_cert)?,
             &fsutil::read_to_string(&config.tls.cert)?,
@@ -127,6 +134,8 @@ impl Spoke {
                 allow_relay: config.tls.allow_relay_certificates,
                 keep_runs: config.reports.keep_runs,
             },
+            streams.clone(),
+            forwards.clone(),
         ));
         let registry = Registry::new(fleet.clone(), store.clone());
         let enrollment = match (&config.hub, &config.tls.ca_key) {
@@ -148,6 +157,8 @@ impl Spoke {
             store: store.clone(),
             policy: policy.clone(),
             registry,
+            streams: streams.clone(),
+            forwards,
         });
         let hub_link = match &config.hub {
             Some(hub) => {
@@ -253,6 +264,7 @@ impl Spoke {
             metrics_addr,
             fleet,
             policy,
+            streams,
             shutdown: Some(shutdown),
             serving,
             sweeper,
@@ -276,6 +288,9 @@ impl Spoke {
         if let Some(s) = self.shutdown.take() {
             let _ = s.send(());
         }
+        // Open streams would hold their connections through the drain: end them, the
+        // envoys fall back to polling.
+        self.streams.close_all();
         // In-flight requests get a bounded time to finish; the final flush must not wait
         // on a client that never closes its connection.
         match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.serving).await {
@@ -331,6 +346,48 @@ impl Spoke {
             Err(_) => Err(SpokeError::ShuttingDown),
         }
     }
+}
+
+/// Keeps the per-hostcrate tally in step with the policy: reset before each new
+/// generation serves, then every envoy classified under it by a sweep on its own
+/// thread (once per policy change, never per request).
+struct Classifier {
+    fleet: Weak<FleetIndex>,
+    policy: Weak<PolicyCache>,
+}
+
+impl Classifier {
+    fn sweep(fleet: &FleetIndex, policy: &PolicyCache, generation: u32) {
+        let current = policy.current();
+        if current.generation == generation {
+            fleet.reclassify(generation, |h| current.hostcrate_of(h));
+        }
+    }
+}
+
+impl SwapObserver for Classifier {
+    fn before_swap(&self, generation: u32) {
+        if let Some(fleet) = self.fleet.upgrade() {
+            fleet.reset_tally(generation);
+        }
+    }
+
+    fn after_swap(&self, generation: u32) {
+        let (Some(fleet), Some(policy)) = (self.fleet.upgrade(), self.policy.upgrade()) else {
+            return;
+        };
+        std::thread::spawn(move || Self::sweep(&fleet, &policy, generation));
+    }
+}
+
+fn classify_fleet(fleet: &Arc<FleetIndex>, policy: &Arc<PolicyCache>) {
+    let generation = policy.current().generation;
+    fleet.reset_tally(generation);
+    Classifier::sweep(fleet, policy, generation);
+    policy.observe(Box::new(Classifier {
+        fleet: Arc::downgrade(fleet),
+        policy: Arc::downgrade(policy),
+    }));
 }
 
 fn policy_startup_error(e: PolicyErrors) -> SpokeError {

@@ -8,7 +8,8 @@
 //! Tables, each written by one kind of job so that no two writers race on a row:
 //! `envoys` (identity, write-through), `envoy_states` (last seen, sequence, traits hash:
 //! the flushers), `last_runs` and `runs` (reports, write-through), `traits`
-//! (content-addressed, with the flushers), `token_uses` (with enrollments).
+//! (content-addressed, with the flushers), `token_uses` (with enrollments), `forwards`
+//! (envoys handed off to another spoke: where to redirect them).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -28,6 +29,7 @@ const TRAITS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("traits");
 const TOKEN_USES: TableDefinition<&[u8], u64> = TableDefinition::new("token_uses");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const CONFIG: TableDefinition<&str, &[u8]> = TableDefinition::new("config");
+const FORWARDS: TableDefinition<u64, &[u8]> = TableDefinition::new("forwards");
 
 const SCHEMA_VERSION: u64 = 1;
 /// Jobs folded into one transaction at most.
@@ -116,6 +118,26 @@ pub struct StoredRun {
     pub report: Vec<u8>,
 }
 
+/// Where an envoy that was handed off to another spoke went, and the key its
+/// redirected check-ins are still verified with.
+#[derive(Clone, PartialEq, Message)]
+pub struct StoredForward {
+    #[prost(bytes = "vec", tag = "1")]
+    pub public_key: Vec<u8>,
+    #[prost(string, tag = "2")]
+    pub address: String,
+}
+
+/// An envoy taken over from another spoke: every row it needs here.
+#[derive(Clone, Debug, Default)]
+pub struct ImportedEnvoy {
+    pub envoy: StoredEnvoy,
+    pub state: StoredState,
+    pub last: Option<StoredLastRun>,
+    pub runs: Vec<(u64, StoredRun)>,
+    pub traits: Option<([u8; 32], Vec<u8>)>,
+}
+
 pub enum WriteOp {
     /// Enrollment, re-key or revocation, in one transaction; `token` counts one use.
     PutEnvoys {
@@ -132,6 +154,10 @@ pub enum WriteOp {
     },
     /// The policy version the hub published (encoded `vigo.v1.ConfigVersion`).
     PutConfig { version: Vec<u8> },
+    /// Envoys taken over from another spoke (reassign, drain); replaces what is there.
+    Import { envoys: Vec<ImportedEnvoy> },
+    /// Envoys given up to another spoke: their rows go, a forwarding row stays.
+    HandOff { forwards: Vec<(u64, StoredForward)> },
     /// Dirty states from a flusher, with trait sets not yet on disk.
     Flush {
         states: Vec<(u64, StoredState)>,
@@ -168,6 +194,7 @@ pub struct Loaded {
     pub token_uses: HashMap<[u8; 32], u64>,
     /// The last policy version the hub published, if any.
     pub config: Option<vigo_proto::v1::ConfigVersion>,
+    pub forwards: HashMap<u64, StoredForward>,
 }
 
 impl Store {
@@ -207,6 +234,7 @@ impl Store {
             txn.open_table(TRAITS).map_err(db_err)?;
             txn.open_table(TOKEN_USES).map_err(db_err)?;
             txn.open_table(CONFIG).map_err(db_err)?;
+            txn.open_table(FORWARDS).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)
     }
@@ -276,6 +304,16 @@ impl Store {
             if let Ok(hash) = <[u8; 32]>::try_from(k.value()) {
                 out.traits.insert(hash, v.value().to_vec());
             }
+        }
+        for row in txn
+            .open_table(FORWARDS)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
+            let (k, v) = row.map_err(db_err)?;
+            out.forwards
+                .insert(k.value(), decode("forwards", k.value(), v.value())?);
         }
         for row in txn
             .open_table(TOKEN_USES)
@@ -384,6 +422,7 @@ fn commit_group(db: &Database, group: &[Job]) -> Result<Vec<WriteOutcome>, Store
         let mut traits = txn.open_table(TRAITS).map_err(db_err)?;
         let mut token_uses = txn.open_table(TOKEN_USES).map_err(db_err)?;
         let mut config = txn.open_table(CONFIG).map_err(db_err)?;
+        let mut forwards = txn.open_table(FORWARDS).map_err(db_err)?;
         for job in group {
             let outcome = match &job.op {
                 WriteOp::PutEnvoys {
@@ -447,6 +486,55 @@ fn commit_group(db: &Database, group: &[Job]) -> Result<Vec<WriteOutcome>, Store
                     config
                         .insert("current", version.as_slice())
                         .map_err(db_err)?;
+                    WriteOutcome::Done
+                }
+                WriteOp::Import { envoys: imported } => {
+                    for e in imported {
+                        let id = e.envoy.id;
+                        forwards.remove(id).map_err(db_err)?;
+                        envoys
+                            .insert(id, e.envoy.encode_to_vec().as_slice())
+                            .map_err(db_err)?;
+                        states
+                            .insert(id, e.state.encode_to_vec().as_slice())
+                            .map_err(db_err)?;
+                        match &e.last {
+                            Some(last) => last_runs
+                                .insert(id, last.encode_to_vec().as_slice())
+                                .map(|_| ()),
+                            None => last_runs.remove(id).map(|_| ()),
+                        }
+                        .map_err(db_err)?;
+                        for (run_id, run) in &e.runs {
+                            runs.insert((id, *run_id), run.encode_to_vec().as_slice())
+                                .map_err(db_err)?;
+                        }
+                        if let Some((hash, encoded)) = &e.traits {
+                            traits
+                                .insert(hash.as_slice(), encoded.as_slice())
+                                .map_err(db_err)?;
+                        }
+                    }
+                    WriteOutcome::Done
+                }
+                WriteOp::HandOff { forwards: rows } => {
+                    for (id, forward) in rows {
+                        envoys.remove(*id).map_err(db_err)?;
+                        states.remove(*id).map_err(db_err)?;
+                        last_runs.remove(*id).map_err(db_err)?;
+                        let stored: Vec<(u64, u64)> = runs
+                            .range((*id, 0)..=(*id, u64::MAX))
+                            .map_err(db_err)?
+                            .map(|r| r.map(|(k, _)| k.value()))
+                            .collect::<Result<_, _>>()
+                            .map_err(db_err)?;
+                        for key in stored {
+                            runs.remove(key).map_err(db_err)?;
+                        }
+                        forwards
+                            .insert(*id, forward.encode_to_vec().as_slice())
+                            .map_err(db_err)?;
+                    }
                     WriteOutcome::Done
                 }
                 WriteOp::Flush {

@@ -81,6 +81,17 @@ impl TraitsStore {
         true
     }
 
+    /// An envoy that referred to set `hash` is gone (handed off to another spoke).
+    pub fn release(&self, hash: &[u8; 32]) {
+        let mut inner = self.lock();
+        if let Some(e) = inner.sets.get_mut(hash) {
+            e.refs = e.refs.saturating_sub(1);
+            if e.refs == 0 {
+                inner.sets.remove(hash);
+            }
+        }
+    }
+
     pub fn get(&self, hash: &[u8; 32]) -> Option<Arc<TraitMap>> {
         self.lock().sets.get(hash).map(|e| e.traits.clone())
     }

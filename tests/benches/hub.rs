@@ -62,6 +62,7 @@ async fn snapshot_at(pins: u64) {
                 used: 0,
                 expires_ms: 0,
                 allow_rekey: false,
+                revoked: false,
             },
         });
         for chunk in (1..=pins).collect::<Vec<_>>().chunks(256) {
@@ -86,7 +87,9 @@ async fn snapshot_at(pins: u64) {
     let bytes = snap.snapshot.get_ref().len();
     let (mut sm2, _) = StateMachineStore::open(&dir.path().join("snap2.redb")).unwrap();
     let started = Instant::now();
-    sm2.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+    sm2.install_snapshot(&snap.meta, snap.snapshot)
+        .await
+        .unwrap();
     println!(
         "snapshot at {pins} pins: {:.1} MiB ({:.0} B per pin), built and fsynced in {:.0} ms, installed in {:.0} ms",
         bytes as f64 / (1 << 20) as f64,

@@ -14,6 +14,7 @@ use vigo_common::tls;
 use vigo_envoy::client::{self, ClientError, Identity};
 use vigo_hub::state::ClusterState;
 use vigo_hub::{HubConfig, HubNode};
+use vigo_proto::admin::v1 as api;
 use vigo_proto::v1 as pb;
 use vigo_spoke::{Spoke, SpokeConfig};
 
@@ -30,12 +31,11 @@ pub struct Cluster {
     pub token: String,
 }
 
-pub type Admin = pb::hub_admin_client::HubAdminClient<Channel>;
+pub type Admin = api::hub_admin_client::HubAdminClient<Channel>;
 
 impl Cluster {
     /// Raft timings for tests: quick elections.
-    pub const FAST_RAFT: &str =
-        "{heartbeat: 100ms, election_timeout_min: 500ms, election_timeout_max: 1000ms, commit_timeout: 3s}";
+    pub const FAST_RAFT: &str = "{heartbeat: 100ms, election_timeout_min: 500ms, election_timeout_max: 1000ms, commit_timeout: 3s}";
 
     /// `hubs` hub nodes (ids 1..=hubs, the first founds the cluster, the others join as
     /// voters) and `spokes` spokes registered with them.
@@ -79,7 +79,7 @@ impl Cluster {
                 let address = address.clone();
                 async move {
                     admin
-                        .add_hub(pb::AddHubRequest {
+                        .add_hub(api::AddHubRequest {
                             node_id: id,
                             address,
                             voter: true,
@@ -89,17 +89,18 @@ impl Cluster {
             })
             .await;
         }
-        cluster
+        cluster.token = cluster
             .admin(0)
-            .create_token(pb::CreateTokenRequest {
+            .create_token(api::CreateTokenRequest {
                 name: "fleet".into(),
-                sha256: hex::encode(vigo_common::traits::sha256(cluster.token.as_bytes())),
+                role: "enroll".into(),
                 uses: 100_000,
-                expires_ms: 0,
-                allow_rekey: false,
+                ..Default::default()
             })
             .await
-            .expect("token");
+            .expect("token")
+            .into_inner()
+            .secret;
         for j in 0..spokes.len() {
             cluster.start_spoke(j).await;
         }
@@ -135,7 +136,7 @@ impl Cluster {
     fn write_hub_config(&self, i: usize, raft: &str) {
         let pki = self.dir.path().join("pki");
         let yaml = format!(
-            "node_id: {id}\nlisten: 127.0.0.1:{port}\nmetrics_listen: null\ndata_dir: hub-{id}\n\
+            "node_id: {id}\nlisten: 127.0.0.1:{port}\nmetrics_listen: null\nadmin_listen: 127.0.0.1:0\ndata_dir: hub-{id}\n\
              tls: {{ca_cert: {p}/ca.pem, ca_key: {p}/ca.key, cert: {p}/hub-{id}.pem, key: {p}/hub-{id}.key}}\n\
              bundle_signing_key: {p}/bundle-signing.key\n\
              raft: {raft}\n",
@@ -232,7 +233,7 @@ impl Cluster {
         let cert = std::fs::read_to_string(self.pki("admin.pem")).expect("admin.pem");
         let key = std::fs::read_to_string(self.pki("admin.key")).expect("admin.key");
         let config = tls::client_config(&self.ca_pem(), Some((&cert, &key))).expect("admin tls");
-        pb::hub_admin_client::HubAdminClient::new(
+        api::hub_admin_client::HubAdminClient::new(
             tls::channel(
                 &self.hub_address(i),
                 Arc::new(config),
@@ -286,35 +287,20 @@ impl Cluster {
         i: usize,
         dir: &Path,
         message: &str,
-    ) -> Result<pb::ConfigVersion, tonic::Status> {
-        let files: BTreeMap<String, String> = walk_policy(dir, dir);
+    ) -> Result<api::ConfigVersionInfo, tonic::Status> {
+        let files: BTreeMap<String, String> = vigo_common::policy::read_files(dir)
+            .expect("policy files")
+            .into_iter()
+            .map(|(k, v)| (k.to_string_lossy().into_owned(), v))
+            .collect();
         self.admin(i)
-            .publish_config(pb::PublishConfigRequest {
-                author: "test".into(),
+            .publish_config(api::PublishConfigRequest {
                 message: message.into(),
                 files: files.into_iter().collect(),
             })
             .await
             .map(|r| r.into_inner())
     }
-}
-
-fn walk_policy(root: &Path, dir: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for entry in std::fs::read_dir(dir).expect("policy dir").flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk_policy(root, &path));
-        } else {
-            let rel = path
-                .strip_prefix(root)
-                .expect("inside root")
-                .to_string_lossy()
-                .into_owned();
-            out.insert(rel, std::fs::read_to_string(&path).expect("policy file"));
-        }
-    }
-    out
 }
 
 /// Retries `f` until it succeeds or `timeout` passes.

@@ -431,6 +431,7 @@ async fn force_push_resends_the_bundle_once() {
         .admin(&addr)
         .force_push(pb::ForcePushRequest {
             envoy_ids: vec![envoy.id().get()],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -446,6 +447,7 @@ async fn force_push_resends_the_bundle_once() {
         .admin(&addr)
         .force_push(pb::ForcePushRequest {
             envoy_ids: vec![envoy.id().get(), 12345],
+            ..Default::default()
         })
         .await
         .expect_err("unknown envoy in the batch");

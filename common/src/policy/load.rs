@@ -18,6 +18,12 @@ const MAX_TREE_BYTES: usize = 16 << 20;
 
 /// Reads every YAML file under `dir` and validates the tree.
 pub fn load_dir(dir: &Path) -> Result<PolicyTree, PolicyErrors> {
+    parse_tree(&read_files(dir)?)
+}
+
+/// Every YAML file under `dir` (hidden ones skipped), by path relative to `dir`: the
+/// tree as it is published.
+pub fn read_files(dir: &Path) -> Result<BTreeMap<PathBuf, String>, PolicyErrors> {
     let mut files = BTreeMap::new();
     let mut issues = Vec::new();
     let mut total = 0usize;
@@ -25,7 +31,7 @@ pub fn load_dir(dir: &Path) -> Result<PolicyTree, PolicyErrors> {
     if !issues.is_empty() {
         return Err(PolicyErrors(issues));
     }
-    parse_tree(&files)
+    Ok(files)
 }
 
 fn collect_files(

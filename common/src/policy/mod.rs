@@ -21,7 +21,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use compile::{CompiledHostcrate, CompiledPolicy, compile};
-pub use load::{load_dir, parse_tree};
+pub use load::{load_dir, parse_tree, read_files};
 
 /// One problem found in a policy tree.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,6 +7,7 @@
 
 pub mod executors;
 pub mod plan;
+pub mod promotion;
 pub mod state;
 pub mod traits;
 
@@ -106,6 +107,7 @@ pub struct Agent {
     jitter: Duration,
     traits_known: bool,
     backoff: Backoff,
+    promotion: promotion::Promotion,
 }
 
 /// Runs blocking work (redb commits, resource executors) off the async workers.
@@ -132,7 +134,14 @@ impl Agent {
             jitter: Duration::from_secs(6),
             traits_known: false,
             backoff: Backoff::new(),
+            promotion: promotion::Promotion::new(promotion::DEFAULT_LINGER),
         })
+    }
+
+    /// How long a stream is held after the spoke last said work is flowing (zero:
+    /// never open one).
+    pub fn set_stream_linger(&mut self, linger: Duration) {
+        self.promotion = promotion::Promotion::new(linger);
     }
 
     pub fn identity(&self) -> &Identity {
@@ -248,6 +257,9 @@ impl Agent {
             };
             summary.checked_in = true;
             self.traits_known = !response.send_traits;
+            if response.open_stream {
+                self.promotion.promote();
+            }
             if response.interval_ms > 0 {
                 self.interval = Duration::from_millis(response.interval_ms.into());
                 self.jitter = Duration::from_millis(response.jitter_ms.into());
@@ -376,21 +388,37 @@ impl Agent {
                 ),
                 Err(e) => error!(error = %e, "run failed"),
             }
+            let sequence = self.sequence.advance();
+            self.promotion
+                .maintain(&mut self.gateway, &self.identity, sequence)
+                .await;
+            let woken = self.promotion.woken();
             let next_run = Instant::now() + self.next_interval();
             loop {
-                let wake = match self.backoff.due {
-                    Some(due) if due < next_run => due,
-                    _ => next_run,
-                };
+                let wake = [self.backoff.due, self.promotion.closes_at()]
+                    .into_iter()
+                    .flatten()
+                    .fold(next_run, Instant::min);
                 tokio::select! {
                     _ = &mut shutdown => {
                         info!("stopping");
                         return;
                     }
+                    _ = woken.notified() => break,
                     _ = tokio::time::sleep_until(wake.into()) => {}
                 }
                 if Instant::now() >= next_run {
                     break;
+                }
+                if self
+                    .promotion
+                    .closes_at()
+                    .is_some_and(|at| at <= Instant::now())
+                {
+                    let sequence = self.sequence.advance();
+                    self.promotion
+                        .maintain(&mut self.gateway, &self.identity, sequence)
+                        .await;
                 }
                 if let Err(e) = self.flush_reports().await {
                     error!(error = %e, "report flush failed");

@@ -1,0 +1,244 @@
+//! Command-line grammar.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+const ABOUT: &str = "Run the whole Vigo Spanner fleet from one place, through any hub node.";
+
+const LONG_ABOUT: &str = "\
+Run the whole Vigo Spanner fleet from one place, through any hub node.
+
+Connection settings come from flags, else the environment (VIGO_HUB, VIGO_TOKEN,
+VIGO_TOKEN_FILE, VIGO_CA), else the config file (--config, default
+~/.config/vigo/cli.yaml, keys: hub, token, token_file, ca). `hub` may list several
+addresses (comma-separated): the first that answers is used.
+
+Exit status: 0 done; 1 refused or failed (the message says why); 2 bad usage;
+3 done, but some spokes did not answer (their part is missing from the output).";
+
+#[derive(Debug, Parser)]
+#[command(name = "vigocli", version, about = ABOUT, long_about = LONG_ABOUT)]
+pub struct Cli {
+    /// Hub node address(es), host:port of the hub's gRPC port, comma-separated.
+    #[arg(long, env = "VIGO_HUB", global = true)]
+    pub hub: Option<String>,
+    /// Admin API token (bearer).
+    #[arg(long, env = "VIGO_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the admin API token (e.g. a hub's data_dir/admin.token).
+    #[arg(long, env = "VIGO_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// The cluster CA certificate (PEM) the hub's certificate is checked against.
+    #[arg(long, env = "VIGO_CA", global = true)]
+    pub ca: Option<PathBuf>,
+    /// Config file with defaults for the settings above.
+    #[arg(long, env = "VIGO_CLI_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Print the answer as JSON (the admin API's messages) instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Deadline of one call.
+    #[arg(long, global = true, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub timeout: Duration,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Hub nodes, the leader and its term, spokes with their envoys and health.
+    Status,
+    /// Query and act on envoys across every spoke.
+    #[command(subcommand)]
+    Envoys(EnvoysCmd),
+    /// Compliance of the fleet, per spoke and per hostcrate.
+    Compliance,
+    /// Trait distributions across the fleet.
+    #[command(subcommand)]
+    Traits(TraitsCmd),
+    /// Publish, list and roll back policy versions.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Send the bundle again at the next check-in (now, for envoys holding a stream).
+    Push(PushArgs),
+    /// Spokes: list, show, add, drain, remove.
+    #[command(subcommand)]
+    Spoke(SpokeCmd),
+    /// Hostname-pattern overrides of the ring (first match wins).
+    #[command(subcommand)]
+    Overrides(OverridesCmd),
+    /// API and enrollment tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Hub cluster membership.
+    #[command(subcommand)]
+    Hub(HubCmd),
+}
+
+/// Which envoys.
+#[derive(Debug, Args, Default, Clone)]
+pub struct FilterArgs {
+    /// Hostname glob, e.g. 'web-*'.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Only envoys of this spoke.
+    #[arg(long)]
+    pub spoke: Option<String>,
+    /// converged, relapsed, diverged, degraded, failed, offline, no_data or revoked.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Hostcrate name.
+    #[arg(long)]
+    pub hostcrate: Option<String>,
+    /// Trait predicate, repeatable: os=debian, os!=debian, mem_mb>4096, cpus<=8, ipv6.
+    #[arg(long = "where", value_name = "PREDICATE")]
+    pub traits: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnvoysCmd {
+    /// List envoys, merged from every spoke, one page at a time.
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// hostname, id, last_seen or status; prefix - to reverse.
+        #[arg(long, default_value = "hostname")]
+        sort: String,
+        /// Envoys per page (1..=1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Continue after this cursor (printed after a page that has more).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Follow the cursor to the end.
+        #[arg(long)]
+        all: bool,
+        /// Include traits.
+        #[arg(long)]
+        traits: bool,
+    },
+    /// One envoy in detail, live from its spoke.
+    Show { envoy_id: String },
+    /// Revoke an envoy: its spoke refuses it from now on.
+    Revoke {
+        envoy_id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Move an envoy to another spoke (record and history move; no re-enrollment).
+    Reassign {
+        envoy_id: String,
+        #[arg(long)]
+        to: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TraitsCmd {
+    /// How many envoys hold each value of one trait.
+    Count {
+        key: String,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Validate and publish a policy directory as a new version.
+    Publish {
+        dir: PathBuf,
+        #[arg(short, long)]
+        message: String,
+    },
+    /// Published versions, newest first.
+    History,
+    /// Serve an earlier version again (a unique prefix of its hash is enough).
+    Rollback { version: String },
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// These envoys (repeatable).
+    #[arg(long = "envoy", value_name = "ID")]
+    pub envoys: Vec<String>,
+    /// Every envoy of the fleet.
+    #[arg(long)]
+    pub all: bool,
+    /// Envoys matching a filter (--spoke alone: every envoy of that spoke).
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpokeCmd {
+    List,
+    Show {
+        spoke_id: String,
+    },
+    /// Add a spoke to the ring, or put a drained one back.
+    Add {
+        spoke_id: String,
+        /// host:port envoys reach it at (optional for a spoke the hub knows).
+        #[arg(long)]
+        address: Option<String>,
+        #[arg(long)]
+        weight: Option<u32>,
+    },
+    /// Take a spoke out of the ring and move every envoy on it to the others.
+    Drain {
+        spoke_id: String,
+    },
+    /// Forget a spoke; refused while envoys are pinned to it.
+    Remove {
+        spoke_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OverridesCmd {
+    /// Replace every override: PATTERN=SPOKE, first match wins (none: clear).
+    Set { rules: Vec<String> },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Create a token; its secret is printed once.
+    Create {
+        name: String,
+        /// admin, operator, viewer (API tokens) or enroll (enrollment token).
+        #[arg(long)]
+        role: String,
+        /// Enrollment tokens: enrollments allowed.
+        #[arg(long)]
+        uses: Option<u64>,
+        /// Valid for this long (e.g. 30d); default forever.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<Duration>,
+        /// Enrollment tokens: may re-enroll a known hostname with a new key.
+        #[arg(long)]
+        allow_rekey: bool,
+    },
+    List,
+    Revoke {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HubCmd {
+    /// Hub nodes and their roles.
+    Members,
+    /// Add a hub node (as a voter unless --learner).
+    Add {
+        node_id: u64,
+        address: String,
+        #[arg(long)]
+        learner: bool,
+    },
+    Remove {
+        node_id: u64,
+    },
+}

@@ -1,0 +1,146 @@
+//! Where the hub is and how to prove who we are: flags, environment, config file.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use vigo_proto::admin::v1 as api;
+
+use crate::args::Cli;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("{code:?}: {message}")]
+    Refused { code: tonic::Code, message: String },
+}
+
+impl From<tonic::Status> for CliError {
+    fn from(s: tonic::Status) -> Self {
+        CliError::Refused {
+            code: s.code(),
+            message: s.message().to_string(),
+        }
+    }
+}
+
+/// The optional config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    hub: Option<String>,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+    ca: Option<PathBuf>,
+}
+
+fn default_config_path() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| Path::new(&h).join(".config/vigo/cli.yaml"))
+}
+
+fn load_file(cli: &Cli) -> Result<FileConfig, CliError> {
+    let path = match &cli.config {
+        Some(p) => p.clone(),
+        None => match default_config_path() {
+            Some(p) if p.exists() => p,
+            _ => return Ok(FileConfig::default()),
+        },
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| CliError::Setup(format!("{}: {e}", path.display())))?;
+    serde_yaml_ng::from_str(&text).map_err(|e| CliError::Setup(format!("{}: {e}", path.display())))
+}
+
+fn read_trimmed(path: &Path, what: &str) -> Result<String, CliError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| CliError::Setup(format!("{what} {}: {e}", path.display())))
+}
+
+pub type Client = api::hub_admin_client::HubAdminClient<
+    InterceptedService<
+        Channel,
+        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
+    >,
+>;
+
+/// Connects to the first hub address that answers.
+pub async fn connect(cli: &Cli) -> Result<Client, CliError> {
+    let file = load_file(cli)?;
+    let hubs = cli.hub.clone().or(file.hub).ok_or_else(|| {
+        CliError::Setup("no hub address: --hub, VIGO_HUB or `hub:` in the config file".into())
+    })?;
+    let token = match (&cli.token, &cli.token_file, file.token, file.token_file) {
+        (Some(t), _, _, _) => t.clone(),
+        (None, Some(f), _, _) => read_trimmed(f, "token file")?,
+        (None, None, Some(t), _) => t,
+        (None, None, None, Some(f)) => read_trimmed(&f, "token file")?,
+        _ => {
+            return Err(CliError::Setup(
+                "no API token: --token, --token-file, VIGO_TOKEN or `token:` in the config file"
+                    .into(),
+            ));
+        }
+    };
+    let ca_path = cli.ca.clone().or(file.ca).ok_or_else(|| {
+        CliError::Setup("no CA certificate: --ca, VIGO_CA or `ca:` in the config file".into())
+    })?;
+    let ca = read_trimmed(&ca_path, "CA certificate")?;
+    let tls = Arc::new(
+        vigo_common::tls::client_config(&ca, None).map_err(|e| CliError::Setup(e.to_string()))?,
+    );
+    let bearer: MetadataValue<_> = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| CliError::Setup("the token has characters a header cannot carry".into()))?;
+    let mut last = None;
+    for address in hubs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        let channel = match vigo_common::tls::channel(address, tls.clone(), Duration::from_secs(5))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                last = Some(format!("{address}: {e}"));
+                continue;
+            }
+        };
+        // A lazy channel connects on first use: probe it so a dead node is skipped.
+        let mut probe = channel.clone();
+        match tokio::time::timeout(Duration::from_secs(5), tower_ready(&mut probe)).await {
+            Ok(Ok(())) => {
+                let bearer = bearer.clone();
+                let auth: Box<
+                    dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>
+                        + Send,
+                > = Box::new(move |mut r: tonic::Request<()>| {
+                    r.metadata_mut().insert("authorization", bearer.clone());
+                    Ok(r)
+                });
+                return Ok(
+                    api::hub_admin_client::HubAdminClient::with_interceptor(channel, auth)
+                        .max_decoding_message_size(64 << 20)
+                        .max_encoding_message_size(64 << 20),
+                );
+            }
+            Ok(Err(e)) => last = Some(format!("{address}: {e}")),
+            Err(_) => last = Some(format!("{address}: no answer within 5s")),
+        }
+    }
+    Err(CliError::Setup(format!(
+        "no hub node answered ({})",
+        last.unwrap_or_else(|| "no address given".into())
+    )))
+}
+
+async fn tower_ready(channel: &mut Channel) -> Result<(), String> {
+    std::future::poll_fn(|cx| {
+        tonic::codegen::Service::<tonic::codegen::http::Request<tonic::body::Body>>::poll_ready(
+            channel, cx,
+        )
+    })
+    .await
+    .map_err(|e| e.to_string())
+}

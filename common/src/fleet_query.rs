@@ -1,0 +1,336 @@
+//! Fleet queries as both ends understand them: the filter a listing applies, and the
+//! total order pages follow. The hub checks a query with these before it fans out, and
+//! every spoke applies the same rules, so a page merged from several spokes is in one
+//! order and a cursor means the same position on each.
+
+use std::cmp::Ordering;
+
+use globset::{Glob, GlobMatcher};
+use vigo_proto::admin::v1 as api;
+use vigo_proto::v1 as pb;
+
+/// Every status word a filter accepts (compliance statuses and `revoked`).
+pub const STATUSES: [&str; 8] = [
+    "converged",
+    "relapsed",
+    "diverged",
+    "degraded",
+    "failed",
+    "offline",
+    "no_data",
+    "revoked",
+];
+
+/// A query that does not make sense, naming the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {why}")]
+pub struct QueryError {
+    pub field: &'static str,
+    pub why: String,
+}
+
+fn bad(field: &'static str, why: impl Into<String>) -> QueryError {
+    QueryError {
+        field,
+        why: why.into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Eq,
+    Ne,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+    Present,
+}
+
+/// One trait predicate: `os=debian`, `mem_mb>4096`, `ipv6` (present).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraitPredicate {
+    pub key: String,
+    op: Op,
+    value: String,
+    number: Option<f64>,
+}
+
+impl TraitPredicate {
+    pub fn parse(text: &str) -> Result<Self, QueryError> {
+        let text = text.trim();
+        let at = text.find(['=', '!', '>', '<']);
+        let (key, op, value) = match at {
+            None => (text, Op::Present, ""),
+            Some(i) => {
+                let rest = &text[i..];
+                let (op, len) = [
+                    ("!=", Op::Ne),
+                    (">=", Op::Ge),
+                    ("<=", Op::Le),
+                    ("=", Op::Eq),
+                    (">", Op::Gt),
+                    ("<", Op::Lt),
+                ]
+                .into_iter()
+                .find(|(s, _)| rest.starts_with(s))
+                .map(|(s, op)| (op, s.len()))
+                .ok_or_else(|| {
+                    bad(
+                        "filter.traits",
+                        format!("{text:?}: operators are = != > >= < <="),
+                    )
+                })?;
+                (&text[..i], op, &rest[len..])
+            }
+        };
+        if key.is_empty() {
+            return Err(bad("filter.traits", format!("{text:?} names no trait")));
+        }
+        let number = value.parse::<f64>().ok();
+        if matches!(op, Op::Gt | Op::Ge | Op::Lt | Op::Le) && number.is_none() {
+            return Err(bad(
+                "filter.traits",
+                format!("{text:?}: {value:?} is not a number"),
+            ));
+        }
+        Ok(Self {
+            key: key.to_string(),
+            op,
+            value: value.to_string(),
+            number,
+        })
+    }
+
+    pub fn holds(&self, actual: Option<&str>) -> bool {
+        let Some(actual) = actual else {
+            return self.op == Op::Ne;
+        };
+        let ordered = || {
+            let a = actual.parse::<f64>().ok()?;
+            a.partial_cmp(&self.number?)
+        };
+        match self.op {
+            Op::Present => true,
+            Op::Eq => actual == self.value,
+            Op::Ne => actual != self.value,
+            Op::Gt => ordered() == Some(Ordering::Greater),
+            Op::Ge => matches!(ordered(), Some(Ordering::Greater | Ordering::Equal)),
+            Op::Lt => ordered() == Some(Ordering::Less),
+            Op::Le => matches!(ordered(), Some(Ordering::Less | Ordering::Equal)),
+        }
+    }
+}
+
+/// A checked [`api::EnvoyFilter`].
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    hostname: Option<GlobMatcher>,
+    pub spoke: Option<String>,
+    pub status: Option<String>,
+    pub hostcrate: Option<String>,
+    pub traits: Vec<TraitPredicate>,
+}
+
+impl Filter {
+    pub fn parse(f: Option<&api::EnvoyFilter>) -> Result<Self, QueryError> {
+        let Some(f) = f else {
+            return Ok(Self::default());
+        };
+        let hostname = if f.hostname.is_empty() {
+            None
+        } else {
+            let glob = Glob::new(&f.hostname)
+                .map_err(|e| bad("filter.hostname", format!("{:?}: {e}", f.hostname)))?;
+            Some(glob.compile_matcher())
+        };
+        let status = non_empty(&f.status);
+        if let Some(s) = &status
+            && !STATUSES.contains(&s.as_str())
+        {
+            return Err(bad(
+                "filter.status",
+                format!("{s:?} is not one of {}", STATUSES.join(", ")),
+            ));
+        }
+        Ok(Self {
+            hostname,
+            spoke: non_empty(&f.spoke),
+            status,
+            hostcrate: non_empty(&f.hostcrate),
+            traits: f
+                .traits
+                .iter()
+                .map(|t| TraitPredicate::parse(t))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    pub fn matches_hostname(&self, hostname: &str) -> bool {
+        self.hostname.as_ref().is_none_or(|g| g.is_match(hostname))
+    }
+
+    pub fn matches_status(&self, status: &str) -> bool {
+        self.status.as_deref().is_none_or(|s| s == status)
+    }
+
+    pub fn matches_hostcrate(&self, hostcrate: &str) -> bool {
+        self.hostcrate.as_deref().is_none_or(|h| h == hostcrate)
+    }
+
+    pub fn matches_traits(&self, get: impl Fn(&str) -> Option<String>) -> bool {
+        self.traits.iter().all(|p| p.holds(get(&p.key).as_deref()))
+    }
+
+    pub fn is_everything(&self) -> bool {
+        self.hostname.is_none()
+            && self.status.is_none()
+            && self.hostcrate.is_none()
+            && self.traits.is_empty()
+    }
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortField {
+    Hostname,
+    Id,
+    LastSeen,
+    Status,
+}
+
+/// The order of a listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sort {
+    pub field: SortField,
+    pub descending: bool,
+}
+
+impl Sort {
+    pub fn parse(text: &str) -> Result<Self, QueryError> {
+        let (descending, name) = match text.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let field = match name {
+            "" | "hostname" => SortField::Hostname,
+            "id" => SortField::Id,
+            "last_seen" => SortField::LastSeen,
+            "status" => SortField::Status,
+            other => {
+                return Err(bad(
+                    "sort",
+                    format!(
+                        "{other:?}: sort by hostname, id, last_seen or status (prefix - to reverse)"
+                    ),
+                ));
+            }
+        };
+        Ok(Self { field, descending })
+    }
+
+    pub fn as_str(&self) -> String {
+        let name = match self.field {
+            SortField::Hostname => "hostname",
+            SortField::Id => "id",
+            SortField::LastSeen => "last_seen",
+            SortField::Status => "status",
+        };
+        if self.descending {
+            format!("-{name}")
+        } else {
+            name.to_string()
+        }
+    }
+
+    /// An envoy's position under this order. The envoy id breaks ties, so positions
+    /// are unique and a page boundary never splits or repeats an envoy.
+    pub fn key(&self, id: u64, hostname: &str, last_seen_ms: u64, status: &str) -> pb::SortKey {
+        let (text, number) = match self.field {
+            SortField::Hostname => (hostname, 0),
+            SortField::Id => ("", 0),
+            SortField::LastSeen => ("", last_seen_ms),
+            SortField::Status => (status, 0),
+        };
+        pb::SortKey {
+            text: text.to_string(),
+            number,
+            envoy_id: id,
+        }
+    }
+
+    pub fn key_of(&self, e: &api::EnvoySummary) -> pb::SortKey {
+        let id = u64::from_str_radix(&e.envoy_id, 16).unwrap_or(0);
+        self.key(id, &e.hostname, e.last_seen_ms, &e.status)
+    }
+
+    pub fn compare(&self, a: &pb::SortKey, b: &pb::SortKey) -> Ordering {
+        let natural =
+            (a.text.as_str(), a.number, a.envoy_id).cmp(&(b.text.as_str(), b.number, b.envoy_id));
+        if self.descending {
+            natural.reverse()
+        } else {
+            natural
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trait_predicates() {
+        let p = |s| TraitPredicate::parse(s).unwrap();
+        assert!(p("os=debian").holds(Some("debian")));
+        assert!(!p("os=debian").holds(Some("ubuntu")));
+        assert!(!p("os=debian").holds(None));
+        assert!(p("os!=debian").holds(None));
+        assert!(p("mem_mb>4096").holds(Some("8192")));
+        assert!(!p("mem_mb>4096").holds(Some("4096")));
+        assert!(p("mem_mb>=4096").holds(Some("4096")));
+        assert!(p("cpus<8").holds(Some("2")));
+        assert!(!p("cpus<8").holds(Some("many")));
+        assert!(p("ipv6").holds(Some("::1")));
+        assert!(!p("ipv6").holds(None));
+        assert_eq!(
+            TraitPredicate::parse("mem>lots").unwrap_err().field,
+            "filter.traits"
+        );
+        assert!(TraitPredicate::parse("=x").is_err());
+    }
+
+    #[test]
+    fn filters_name_the_bad_field() {
+        let f = api::EnvoyFilter {
+            status: "green".into(),
+            ..Default::default()
+        };
+        assert_eq!(Filter::parse(Some(&f)).unwrap_err().field, "filter.status");
+        let f = api::EnvoyFilter {
+            hostname: "web-[".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            Filter::parse(Some(&f)).unwrap_err().field,
+            "filter.hostname"
+        );
+        assert_eq!(Sort::parse("size").unwrap_err().field, "sort");
+    }
+
+    #[test]
+    fn order_is_total_and_reversible() {
+        let s = Sort::parse("hostname").unwrap();
+        let a = s.key(2, "a", 0, "");
+        let b = s.key(1, "b", 0, "");
+        let a2 = s.key(3, "a", 0, "");
+        assert_eq!(s.compare(&a, &b), Ordering::Less);
+        assert_eq!(s.compare(&a, &a2), Ordering::Less, "the id breaks ties");
+        let r = Sort::parse("-hostname").unwrap();
+        assert_eq!(r.compare(&a, &b), Ordering::Greater);
+        assert_eq!(r.as_str(), "-hostname");
+    }
+}

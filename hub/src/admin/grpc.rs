@@ -1,0 +1,91 @@
+//! The admin API as gRPC (`vigo.admin.v1.HubAdmin`): authenticate, run the operation,
+//! count the call. Every method has the same shape, so a macro writes them.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tonic::{Request, Response, Status};
+use vigo_common::pki::Peer;
+use vigo_common::tls::PeerInfo;
+use vigo_proto::admin::v1 as api;
+
+use super::{AdminApi, Caller, authenticate};
+use crate::error::HubError;
+
+pub struct AdminGrpc {
+    pub api: Arc<AdminApi>,
+}
+
+impl AdminGrpc {
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, HubError> {
+        let peer = request
+            .extensions()
+            .get::<PeerInfo>()
+            .map(|p| p.peer.clone())
+            .unwrap_or(Peer::Anonymous);
+        authenticate(
+            &self.api.node,
+            &request.metadata().clone().into_headers(),
+            &peer,
+        )
+    }
+}
+
+/// Counts an admin call by route and outcome, and times it.
+pub fn record(route: &'static str, code: tonic::Code, started: Instant) {
+    let code = format!("{code:?}");
+    metrics::counter!("vigo_hub_admin_requests_total", "route" => route, "code" => code)
+        .increment(1);
+    metrics::histogram!("vigo_hub_admin_request_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+}
+
+macro_rules! rpcs {
+    ($($rpc:ident($req:ident) -> $resp:ident = $op:ident;)*) => {
+        #[tonic::async_trait]
+        impl api::hub_admin_server::HubAdmin for AdminGrpc {
+            $(
+                async fn $rpc(
+                    &self,
+                    request: Request<api::$req>,
+                ) -> Result<Response<api::$resp>, Status> {
+                    let started = Instant::now();
+                    let result = match self.caller(&request) {
+                        Ok(caller) => self.api.$op(&caller, request.into_inner()).await,
+                        Err(e) => Err(e),
+                    };
+                    let result = result.map(Response::new).map_err(Status::from);
+                    let code = result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+                    record(concat!("grpc:", stringify!($rpc)), code, started);
+                    result
+                }
+            )*
+        }
+    };
+}
+
+rpcs! {
+    status(StatusRequest) -> ClusterStatus = status;
+    list_envoys(ListEnvoysRequest) -> EnvoyPage = list_envoys;
+    show_envoy(EnvoyRef) -> EnvoyDetail = show_envoy;
+    compliance(ComplianceRequest) -> ComplianceReport = compliance;
+    trait_count(TraitCountRequest) -> TraitCountReport = trait_count;
+    config_history(ConfigHistoryRequest) -> ConfigVersions = config_history;
+    list_spokes(ListSpokesRequest) -> SpokeList = list_spokes;
+    show_spoke(SpokeRef) -> SpokeDetail = show_spoke;
+    members(MembersRequest) -> MemberList = list_members;
+    revoke_envoy(RevokeEnvoyRequest) -> RevokeEnvoyResult = revoke_envoy;
+    reassign_envoy(ReassignEnvoyRequest) -> MoveResult = reassign_envoy;
+    push(PushRequest) -> PushResult = push;
+    publish_config(PublishConfigRequest) -> ConfigVersionInfo = publish_config;
+    rollback_config(RollbackConfigRequest) -> ConfigVersionInfo = rollback_config;
+    add_spoke(AddSpokeRequest) -> SpokeInfo = add_spoke;
+    drain_spoke(SpokeRef) -> MoveResult = drain_spoke;
+    remove_spoke(SpokeRef) -> SpokeInfo = remove_spoke;
+    set_overrides(SetOverridesRequest) -> OverrideList = set_overrides;
+    create_token(CreateTokenRequest) -> CreatedToken = create_token;
+    list_tokens(ListTokensRequest) -> TokenList = list_tokens;
+    revoke_token(RevokeTokenRequest) -> TokenInfo = revoke_token;
+    add_hub(AddHubRequest) -> MemberList = add_hub;
+    remove_hub(RemoveHubRequest) -> MemberList = remove_hub;
+}

@@ -1,0 +1,107 @@
+//! The fleet-wide admin API: one set of operations (this module and its children),
+//! served twice — as gRPC (`grpc`) and as REST/JSON with an OpenAPI document (`rest`).
+//! Every operation takes the authenticated [`Caller`] and checks its role first.
+//!
+//! Reads are answered by any hub node, from its copy of the replicated state or by
+//! fanning out to the spokes. Writes that go through raft run on the leader: a follower
+//! forwards the same call there over hub mTLS, stamping who the caller is; the leader
+//! trusts that stamp only from a hub certificate.
+
+mod auth;
+mod cluster;
+mod envoys;
+pub mod grpc;
+pub mod moves;
+pub mod rest;
+mod spokes;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::transport::Channel;
+use vigo_common::EnvoyId;
+use vigo_common::fleet_query::QueryError;
+use vigo_proto::admin::v1 as api;
+
+pub use auth::{Caller, authenticate, new_secret};
+
+use crate::error::HubError;
+use crate::node::{Leader, Node};
+use crate::state::ApiRole;
+
+pub type AdminClient = api::hub_admin_client::HubAdminClient<Channel>;
+
+/// How long a forwarded admin write may take on the leader (a drain moves thousands
+/// of envoys).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(600);
+
+pub struct AdminApi {
+    pub node: Arc<Node>,
+}
+
+impl From<QueryError> for HubError {
+    fn from(e: QueryError) -> Self {
+        HubError::Malformed {
+            what: e.field,
+            why: e.why,
+        }
+    }
+}
+
+/// An envoy id as the admin API spells it (16 hex digits).
+fn parse_envoy_id(field: &'static str, text: &str) -> Result<EnvoyId, HubError> {
+    text.parse::<EnvoyId>()
+        .map_err(|e| HubError::malformed(field, e))
+}
+
+impl AdminApi {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    /// Runs `here` on the leader, or forwards the call there with `there`.
+    async fn on_leader<Req, Resp, HereFut, There, ThereFut>(
+        &self,
+        caller: &Caller,
+        req: Req,
+        here: impl FnOnce(Req) -> HereFut,
+        there: There,
+    ) -> Result<Resp, HubError>
+    where
+        HereFut: Future<Output = Result<Resp, HubError>>,
+        There: FnOnce(AdminClient, tonic::Request<Req>) -> ThereFut,
+        ThereFut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        match self.node.leader()? {
+            Leader::Here => here(req).await,
+            Leader::There(addr) => {
+                let client = AdminClient::new(self.node.peers.channel(&addr)?)
+                    .max_decoding_message_size(crate::fanout::MAX_SPOKE_MESSAGE)
+                    .max_encoding_message_size(crate::fanout::MAX_SPOKE_MESSAGE);
+                let mut request = tonic::Request::new(req);
+                request.set_timeout(FORWARD_TIMEOUT);
+                caller.stamp(request.metadata_mut());
+                there(client, request)
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(HubError::Forward)
+            }
+        }
+    }
+}
+
+impl Caller {
+    /// The caller holds `needs` (or a role above it).
+    pub fn require(&self, needs: ApiRole, call: &'static str) -> Result<(), HubError> {
+        if self.role >= needs {
+            Ok(())
+        } else {
+            Err(HubError::Forbidden {
+                call,
+                needs: needs.as_str(),
+                has: self.role.as_str(),
+            })
+        }
+    }
+}

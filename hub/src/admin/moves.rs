@@ -1,0 +1,140 @@
+//! Moving envoys between spokes (reassign one, drain a spoke), run on the leader. Per
+//! batch: export the records from the old spoke, import them durably on the new one,
+//! move the pins through raft, then hand them off on the old spoke (which forgets them
+//! and redirects their next check-in). A failure stops the move where it is, every
+//! completed batch consistent; running the same move again finishes it, since every
+//! step is idempotent.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use tracing::info;
+use vigo_proto::admin::v1 as api;
+use vigo_proto::v1 as pb;
+
+use crate::error::HubError;
+use crate::fanout::{self, Target};
+use crate::node::Node;
+use crate::state::{Command, SpokeState};
+
+/// Envoys per export / import / pin move / hand-off round.
+pub const BATCH: usize = 500;
+const STEP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn spoke_target(node: &Node, id: &str) -> Result<Target, HubError> {
+    node.read(|s| {
+        s.spokes.get(id).map(|sp| Target {
+            id: sp.id.clone(),
+            address: sp.address.clone(),
+        })
+    })
+    .ok_or_else(|| HubError::NotFound(format!("unknown spoke {id:?}")))
+}
+
+fn step_failed(spoke: &Target, step: &str, status: tonic::Status) -> HubError {
+    HubError::SpokeUnreachable {
+        spoke: spoke.id.clone(),
+        why: format!("{step}: {:?}: {}", status.code(), status.message()),
+    }
+}
+
+fn request<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(STEP_DEADLINE);
+    r
+}
+
+/// Moves `envoys` from spoke `from` to spoke `to`.
+async fn move_batch(
+    node: &Node,
+    from: &Target,
+    to: &Target,
+    envoys: &[u64],
+) -> Result<(), HubError> {
+    let mut old = fanout::client(node, &from.address)?;
+    let mut new = fanout::client(node, &to.address)?;
+    let export = old
+        .export_envoys(request(pb::ExportEnvoysRequest {
+            envoy_ids: envoys.to_vec(),
+        }))
+        .await
+        .map_err(|s| step_failed(from, "export", s))?
+        .into_inner();
+    new.import_envoys(request(export))
+        .await
+        .map_err(|s| step_failed(to, "import", s))?;
+    node.propose_ok(Command::MovePins(
+        envoys.iter().map(|id| (*id, to.id.clone())).collect(),
+    ))
+    .await?;
+    old.hand_off(request(pb::HandOffRequest {
+        envoy_ids: envoys.to_vec(),
+        spoke_address: to.address.clone(),
+    }))
+    .await
+    .map_err(|s| step_failed(from, "hand-off", s))?;
+    Ok(())
+}
+
+/// Moves each envoy of `plan` (envoy, from, to) to its new spoke.
+pub async fn move_envoys(
+    node: &Node,
+    plan: Vec<(u64, String, String)>,
+) -> Result<api::MoveResult, HubError> {
+    let started = Instant::now();
+    let mut groups: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
+    for (envoy, from, to) in plan {
+        groups.entry((from, to)).or_default().push(envoy);
+    }
+    let mut moved = 0;
+    let mut to_counts: BTreeMap<String, u64> = BTreeMap::new();
+    for ((from, to), envoys) in groups {
+        let (from_t, to_t) = (spoke_target(node, &from)?, spoke_target(node, &to)?);
+        for batch in envoys.chunks(BATCH) {
+            move_batch(node, &from_t, &to_t, batch).await?;
+            moved += batch.len() as u64;
+            *to_counts.entry(to.clone()).or_default() += batch.len() as u64;
+        }
+        info!(%from, %to, envoys = envoys.len(), "envoys moved");
+    }
+    Ok(api::MoveResult {
+        moved,
+        to: to_counts,
+        duration_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+/// Marks a spoke draining (out of the ring) and moves every envoy pinned to it to the
+/// spoke the ring (or a pattern override) now gives it.
+pub async fn drain(node: &Node, spoke: &str) -> Result<api::MoveResult, HubError> {
+    let state = node
+        .read(|s| s.spokes.get(spoke).map(|sp| sp.state))
+        .ok_or_else(|| HubError::NotFound(format!("unknown spoke {spoke:?}")))?;
+    match state {
+        SpokeState::Removed => {
+            return Err(HubError::Precondition(format!("spoke {spoke} is removed")));
+        }
+        SpokeState::Active => {
+            node.propose_ok(Command::SetSpokeState {
+                id: spoke.to_string(),
+                state: SpokeState::Draining,
+            })
+            .await?;
+            info!(%spoke, "spoke draining: out of the ring");
+        }
+        SpokeState::Draining => {}
+    }
+    let plan = node.read(|s| {
+        let ring = s.ring();
+        s.pins
+            .iter()
+            .filter(|(_, p)| p.spoke == spoke)
+            .map(|(id, p)| {
+                s.place(&p.hostname, &ring)
+                    .map(|to| (*id, spoke.to_string(), to))
+                    .ok_or(HubError::NoActiveSpoke)
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    move_envoys(node, plan).await
+}

@@ -1,0 +1,543 @@
+//! The admin API as REST/JSON under `/api/v1/`, with the same messages and operations
+//! as the gRPC service. Routes and the OpenAPI document (`/api/v1/openapi.json`) come
+//! from the same declarations, so the document describes exactly what is served.
+//!
+//! Errors are `{"error": "...", "code": "..."}` with the HTTP status of the operation's
+//! gRPC code (`crate::error::http_status`): 400 for a malformed request (the message
+//! names the field), 401 without a valid token, 403 for a role too low.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use vigo_common::pki::Peer;
+use vigo_proto::admin::v1 as api;
+
+use super::{AdminApi, Caller, authenticate};
+use crate::error::{HubError, http_status};
+
+/// Largest request body (a published policy tree).
+const MAX_BODY: usize = 16 << 20;
+
+/// An error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiError {
+    /// What went wrong; a malformed request names the field.
+    pub error: String,
+    /// The gRPC code of the same failure (`InvalidArgument`, `PermissionDenied`, ...).
+    pub code: String,
+}
+
+struct Failure(HubError);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let code = self.0.code();
+        let status =
+            StatusCode::from_u16(http_status(code)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let message = match &self.0 {
+            HubError::Forward(s) => s.message().to_string(),
+            e => e.to_string(),
+        };
+        (
+            status,
+            Json(ApiError {
+                error: message,
+                code: format!("{code:?}"),
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// Decodes a JSON body; an error names the field at fault.
+fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, HubError> {
+    if bytes.is_empty() {
+        return serde_json::from_str("{}").map_err(|e| HubError::malformed("body", e));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let why = e.into_inner();
+        if path == "." {
+            HubError::malformed("body", why)
+        } else {
+            HubError::malformed("body", format!("field {path}: {why}"))
+        }
+    })
+}
+
+/// Authenticates, runs one operation and answers in JSON, counting the call.
+async fn answer<Req, Resp, Op, Fut>(
+    api: &Arc<AdminApi>,
+    route: &'static str,
+    headers: &HeaderMap,
+    request: Result<Req, HubError>,
+    op: Op,
+) -> Response
+where
+    Resp: Serialize,
+    Op: FnOnce(Arc<AdminApi>, Caller, Req) -> Fut,
+    Fut: Future<Output = Result<Resp, HubError>>,
+{
+    let started = Instant::now();
+    // Authentication comes first: an anonymous caller learns nothing about the request.
+    let result = match authenticate(&api.node, headers, &Peer::Anonymous) {
+        Err(e) => Err(e),
+        Ok(caller) => match request {
+            Err(e) => Err(e),
+            Ok(req) => op(api.clone(), caller, req).await,
+        },
+    };
+    let code = result
+        .as_ref()
+        .map_or_else(HubError::code, |_| tonic::Code::Ok);
+    super::grpc::record(route, code, started);
+    match result {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => Failure(e).into_response(),
+    }
+}
+
+/// Filter, order and page of a listing, as query parameters. Only documents them:
+/// `envoy_query` parses the query string itself, to refuse unknown parameters by name.
+#[allow(dead_code)]
+#[derive(Debug, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EnvoyQuery {
+    /// Hostname glob.
+    hostname: Option<String>,
+    spoke: Option<String>,
+    /// converged | relapsed | diverged | degraded | failed | offline | no_data | revoked
+    status: Option<String>,
+    hostcrate: Option<String>,
+    /// Trait predicate, repeatable: `os=debian`, `mem_mb>4096`.
+    #[param(rename = "trait")]
+    traits: Option<Vec<String>>,
+    /// hostname | id | last_seen | status, `-` prefix to reverse (listing only).
+    sort: Option<String>,
+    /// 1..=1000 (listing only).
+    limit: Option<u32>,
+    /// next_cursor of the previous page (listing only).
+    cursor: Option<String>,
+    /// Include traits (listing only).
+    with_traits: Option<bool>,
+}
+
+/// Parses a query string into a listing request; unknown or malformed parameters are
+/// refused by name.
+fn envoy_query(raw: Option<&str>, listing: bool) -> Result<api::ListEnvoysRequest, HubError> {
+    let mut req = api::ListEnvoysRequest::default();
+    let mut filter = api::EnvoyFilter::default();
+    for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        let value = value.into_owned();
+        match (key.as_ref(), listing) {
+            ("hostname", _) => filter.hostname = value,
+            ("spoke", _) => filter.spoke = value,
+            ("status", _) => filter.status = value,
+            ("hostcrate", _) => filter.hostcrate = value,
+            ("trait", _) => filter.traits.push(value),
+            ("sort", true) => req.sort = value,
+            ("cursor", true) => req.cursor = value,
+            ("limit", true) => {
+                req.limit = value.parse().map_err(|_| {
+                    HubError::malformed("limit", format!("{value:?} is not a number"))
+                })?;
+            }
+            ("with_traits", true) => {
+                req.with_traits = value.parse().map_err(|_| {
+                    HubError::malformed("with_traits", format!("{value:?}: true or false"))
+                })?;
+            }
+            (other, _) => {
+                return Err(HubError::Malformed {
+                    what: "query",
+                    why: format!("unknown parameter {other:?}"),
+                });
+            }
+        }
+    }
+    if filter != api::EnvoyFilter::default() {
+        req.filter = Some(filter);
+    }
+    Ok(req)
+}
+
+type Api = State<Arc<AdminApi>>;
+
+#[utoipa::path(get, path = "/api/v1/status", tag = "cluster",
+    responses((status = 200, body = api::ClusterStatus), (status = 401, body = ApiError)))]
+async fn status(State(a): Api, h: HeaderMap) -> Response {
+    answer(
+        &a,
+        "GET /status",
+        &h,
+        Ok(api::StatusRequest {}),
+        |a, c, r| async move { a.status(&c, r).await },
+    )
+    .await
+}
+
+#[utoipa::path(get, path = "/api/v1/hubs", tag = "cluster",
+    responses((status = 200, body = api::MemberList), (status = 401, body = ApiError)))]
+async fn members(State(a): Api, h: HeaderMap) -> Response {
+    answer(
+        &a,
+        "GET /hubs",
+        &h,
+        Ok(api::MembersRequest {}),
+        |a, c, r| async move { a.list_members(&c, r).await },
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/api/v1/hubs", tag = "cluster", request_body = api::AddHubRequest,
+    responses((status = 200, body = api::MemberList), (status = 400, body = ApiError), (status = 403, body = ApiError)))]
+async fn add_hub(State(a): Api, h: HeaderMap, b: Bytes) -> Response {
+    answer(&a, "POST /hubs", &h, body(&b), |a, c, r| async move {
+        a.add_hub(&c, r).await
+    })
+    .await
+}
+
+#[utoipa::path(delete, path = "/api/v1/hubs/{node_id}", tag = "cluster",
+    params(("node_id" = u64, Path, description = "raft node id")),
+    responses((status = 200, body = api::MemberList), (status = 404, body = ApiError)))]
+async fn remove_hub(State(a): Api, h: HeaderMap, Path(node_id): Path<String>) -> Response {
+    let req = node_id
+        .parse()
+        .map(|node_id| api::RemoveHubRequest { node_id })
+        .map_err(|_| HubError::malformed("node_id", format!("{node_id:?} is not a number")));
+    answer(
+        &a,
+        "DELETE /hubs/{node_id}",
+        &h,
+        req,
+        |a, c, r| async move { a.remove_hub(&c, r).await },
+    )
+    .await
+}
+
+#[utoipa::path(get, path = "/api/v1/envoys", tag = "envoys", params(EnvoyQuery),
+    responses((status = 200, body = api::EnvoyPage), (status = 400, body = ApiError)))]
+async fn list_envoys(State(a): Api, h: HeaderMap, RawQuery(q): RawQuery) -> Response {
+    let req = envoy_query(q.as_deref(), true);
+    answer(&a, "GET /envoys", &h, req, |a, c, r| async move {
+        a.list_envoys(&c, r).await
+    })
+    .await
+}
+
+#[utoipa::path(get, path = "/api/v1/envoys/{envoy_id}", tag = "envoys",
+    params(("envoy_id" = String, Path, description = "16 hex digits")),
+    responses((status = 200, body = api::EnvoyDetail), (status = 404, body = ApiError)))]
+async fn show_envoy(State(a): Api, h: HeaderMap, Path(envoy_id): Path<String>) -> Response {
+    answer(
+        &a,
+        "GET /envoys/{envoy_id}",
+        &h,
+        Ok(api::EnvoyRef { envoy_id }),
+        |a, c, r| async move { a.show_envoy(&c, r).await },
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/api/v1/envoys/{envoy_id}/revoke", tag = "envoys",
+    params(("envoy_id" = String, Path, description = "16 hex digits")),
+    request_body = api::RevokeEnvoyRequest,
+    responses((status = 200, body = api::RevokeEnvoyResult), (status = 404, body = ApiError)))]
+async fn revoke_envoy(
+    State(a): Api,
+    h: HeaderMap,
+    Path(envoy_id): Path<String>,
+    b: Bytes,
+) -> Response {
+    let req =
+        body::<api::RevokeEnvoyRequest>(&b).map(|r| api::RevokeEnvoyRequest { envoy_id, ..r });
+    answer(
+        &a,
+        "POST /envoys/{envoy_id}/revoke",
+        &h,
+        req,
+        |a, c, r| async move { a.revoke_envoy(&c, r).await },
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/api/v1/envoys/{envoy_id}/reassign", tag = "envoys",
+    params(("envoy_id" = String, Path, description = "16 hex digits")),
+    request_body = api::ReassignEnvoyRequest,
+    responses((status = 200, body = api::MoveResult), (status = 412, body = ApiError)))]
+async fn reassign_envoy(
+    State(a): Api,
+    h: HeaderMap,
+    Path(envoy_id): Path<String>,
+    b: Bytes,
+) -> Response {
+    let req =
+        body::<api::ReassignEnvoyRequest>(&b).map(|r| api::ReassignEnvoyRequest { envoy_id, ..r });
+    answer(
+        &a,
+        "POST /envoys/{envoy_id}/reassign",
+        &h,
+        req,
+        |a, c, r| async move { a.reassign_envoy(&c, r).await },
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/api/v1/push", tag = "envoys", request_body = api::PushRequest,
+    responses((status = 200, body = api::PushResult), (status = 400, body = ApiError)))]
+async fn push(State(a): Api, h: HeaderMap, b: Bytes) -> Response {
+    answer(&a, "POST /push", &h, body(&b), |a, c, r| async move {
+        a.push(&c, r).await
+    })
+    .await
+}
+
+#[utoipa::path(get, path = "/api/v1/compliance", tag = "compliance",
+    responses((status = 200, body = api::ComplianceReport)))]
+async fn compliance(State(a): Api, h: HeaderMap) -> Response {
+    answer(
+        &a,
+        "GET /compliance",
+        &h,
+        Ok(api::ComplianceRequest {}),
+        |a, c, r| async move { a.compliance(&c, r).await },
+    )
+    .await
+}
+
+#[utoipa::path(get, path = "/api/v1/traits/{key}", tag = "compliance", params(("key" = String, Path), EnvoyQuery),
+    responses((status = 200, body = api::TraitCountReport)))]
+async fn trait_count(
+    State(a): Api,
+    h: HeaderMap,
+    Path(key): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let req = envoy_query(q.as_deref(), false).map(|l| api::TraitCountRequest {
+        key,
+        filter: l.filter,
+    });
+    answer(&a, "GET /traits/{key}", &h, req, |a, c, r| async move {
+        a.trait_count(&c, r).await
+    })
+    .await
+}
+
+#[utoipa::path(get, path = "/api/v1/config", tag = "config",
+    responses((status = 200, body = api::ConfigVersions)))]
+async fn config_history(State(a): Api, h: HeaderMap) -> Response {
+    answer(
+        &a,
+        "GET /config",
+        &h,
+        Ok(api::ConfigHistoryRequest {}),
+        |a, c, r| async move { a.config_history(&c, r).await },
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/api/v1/config", tag = "config", request_body = api::PublishConfigRequest,
+    responses((status = 200, body = api::ConfigVersionInfo), (status = 400, body = ApiError)))]
+async fn publish_config(State(a): Api, h: HeaderMap, b: Bytes) -> Response {
+    answer(&a, "POST /config", &h, body(&b), |a, c, r| async move {
+        a.publish_config(&c, r).await
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/api/v1/config/rollback", tag = "config", request_body = api::RollbackConfigRequest,
+    responses((status = 200, body = api::ConfigVersionInfo), (status = 404, body = ApiError)))]
+async fn rollback_config(State(a): Api, h: HeaderMap, b: Bytes) -> Response {
+    answer(
+        &a,
+        "POST /config/rollback",
+        &h,
+        body(&b),
+        |a, c, r| async move { a.rollback_config(&c, r).await },
+    )
+    .await
+}
+
+#[utoipa::path(get, path = "/api/v1/spokes", tag = "spokes",
+    responses((status = 200, body = api::SpokeList)))]
+async fn list_spokes(State(a): Api, h: HeaderMap) -> Response {
+    answer(
+        &a,
+        "GET /spokes",
+        &h,
+        Ok(api::ListSpokesRequest {}),
+        |a, c, r| async move { a.list_spokes(&c, r).await },
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/api/v1/spokes", tag = "spokes", request_body = api::AddSpokeRequest,
+    responses((status = 200, body = api::SpokeInfo), (status = 400, body = ApiError)))]
+async fn add_spoke(State(a): Api, h: HeaderMap, b: Bytes) -> Response {
+    answer(&a, "POST /spokes", &h, body(&b), |a, c, r| async move {
+        a.add_spoke(&c, r).await
+    })
+    .await
+}
+
+#[utoipa::path(get, path = "/api/v1/spokes/{spoke_id}", tag = "spokes", params(("spoke_id" = String, Path)),
+    responses((status = 200, body = api::SpokeDetail), (status = 404, body = ApiError)))]
+async fn show_spoke(State(a): Api, h: HeaderMap, Path(spoke_id): Path<String>) -> Response {
+    answer(
+        &a,
+        "GET /spokes/{spoke_id}",
+        &h,
+        Ok(api::SpokeRef { spoke_id }),
+        |a, c, r| async move { a.show_spoke(&c, r).await },
+    )
+    .await
+}
+
+#[utoipa::path(delete, path = "/api/v1/spokes/{spoke_id}", tag = "spokes", params(("spoke_id" = String, Path)),
+    responses((status = 200, body = api::SpokeInfo), (status = 412, body = ApiError)))]
+async fn remove_spoke(State(a): Api, h: HeaderMap, Path(spoke_id): Path<String>) -> Response {
+    answer(
+        &a,
+        "DELETE /spokes/{spoke_id}",
+        &h,
+        Ok(api::SpokeRef { spoke_id }),
+        |a, c, r| async move { a.remove_spoke(&c, r).await },
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/api/v1/spokes/{spoke_id}/drain", tag = "spokes", params(("spoke_id" = String, Path)),
+    responses((status = 200, body = api::MoveResult), (status = 503, body = ApiError)))]
+async fn drain_spoke(State(a): Api, h: HeaderMap, Path(spoke_id): Path<String>) -> Response {
+    answer(
+        &a,
+        "POST /spokes/{spoke_id}/drain",
+        &h,
+        Ok(api::SpokeRef { spoke_id }),
+        |a, c, r| async move { a.drain_spoke(&c, r).await },
+    )
+    .await
+}
+
+#[utoipa::path(put, path = "/api/v1/overrides", tag = "spokes", request_body = api::SetOverridesRequest,
+    responses((status = 200, body = api::OverrideList), (status = 400, body = ApiError)))]
+async fn set_overrides(State(a): Api, h: HeaderMap, b: Bytes) -> Response {
+    answer(&a, "PUT /overrides", &h, body(&b), |a, c, r| async move {
+        a.set_overrides(&c, r).await
+    })
+    .await
+}
+
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens",
+    responses((status = 200, body = api::TokenList), (status = 403, body = ApiError)))]
+async fn list_tokens(State(a): Api, h: HeaderMap) -> Response {
+    answer(
+        &a,
+        "GET /tokens",
+        &h,
+        Ok(api::ListTokensRequest {}),
+        |a, c, r| async move { a.list_tokens(&c, r).await },
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = api::CreateTokenRequest,
+    responses((status = 200, body = api::CreatedToken), (status = 409, body = ApiError)))]
+async fn create_token(State(a): Api, h: HeaderMap, b: Bytes) -> Response {
+    answer(&a, "POST /tokens", &h, body(&b), |a, c, r| async move {
+        a.create_token(&c, r).await
+    })
+    .await
+}
+
+#[utoipa::path(delete, path = "/api/v1/tokens/{name}", tag = "tokens", params(("name" = String, Path)),
+    responses((status = 200, body = api::TokenInfo), (status = 404, body = ApiError)))]
+async fn revoke_token(State(a): Api, h: HeaderMap, Path(name): Path<String>) -> Response {
+    answer(
+        &a,
+        "DELETE /tokens/{name}",
+        &h,
+        Ok(api::RevokeTokenRequest { name }),
+        |a, c, r| async move { a.revoke_token(&c, r).await },
+    )
+    .await
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        openapi.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Vigo Spanner admin API", version = "v1",
+        description = "Fleet-wide administration, served by every hub node. Bearer tokens with roles admin | operator | viewer."),
+    modifiers(&BearerAuth),
+    components(schemas(ApiError))
+)]
+struct ApiDoc;
+
+/// The REST router and the OpenAPI document it serves at `/api/v1/openapi.json`.
+pub fn router(api: Arc<AdminApi>) -> axum::Router {
+    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(status))
+        .routes(routes!(members, add_hub))
+        .routes(routes!(remove_hub))
+        .routes(routes!(list_envoys))
+        .routes(routes!(show_envoy))
+        .routes(routes!(revoke_envoy))
+        .routes(routes!(reassign_envoy))
+        .routes(routes!(push))
+        .routes(routes!(compliance))
+        .routes(routes!(trait_count))
+        .routes(routes!(config_history, publish_config))
+        .routes(routes!(rollback_config))
+        .routes(routes!(list_spokes, add_spoke))
+        .routes(routes!(show_spoke, remove_spoke))
+        .routes(routes!(drain_spoke))
+        .routes(routes!(set_overrides))
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
+        .with_state(api)
+        .split_for_parts();
+    let doc = Arc::new(doc);
+    router
+        .route(
+            "/api/v1/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { Json(doc.as_ref().clone()) }
+            }),
+        )
+        .fallback(|| async {
+            Failure(HubError::NotFound(
+                "no such route; the API is described at /api/v1/openapi.json".into(),
+            ))
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+}

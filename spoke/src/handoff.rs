@@ -1,0 +1,276 @@
+//! Moving envoys between spokes (reassign, drain), the spoke's half. The hub exports
+//! the records from the old spoke, imports them durably on the new one, moves the pins
+//! through raft, and only then hands them off here: the old spoke forgets them and
+//! keeps a durable forwarding address, so an envoy's next check-in is redirected and
+//! it never re-enrolls. Every step is idempotent, so the hub can simply retry.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use ed25519_dalek::VerifyingKey;
+use tracing::info;
+use vigo_common::EnvoyId;
+use vigo_common::signing::parse_public_key;
+use vigo_proto::v1 as pb;
+
+use crate::admin::Admin;
+use crate::compliance::Compliance;
+use crate::error::SpokeError;
+use crate::fleet::{EnvoyRecord, EnvoyState};
+use crate::grpc::detach;
+use crate::store::{
+    ImportedEnvoy, StoredEnvoy, StoredForward, StoredLastRun, StoredRun, StoredState, WriteOp,
+};
+use crate::traits_store;
+
+/// Largest batch of envoys one export, import or hand-off carries.
+pub const MAX_BATCH: usize = 2000;
+
+/// Envoys that moved away: where they went, and the key their redirected check-ins
+/// are verified with.
+#[derive(Default)]
+pub struct Forwards {
+    map: RwLock<HashMap<u64, (VerifyingKey, Arc<str>)>>,
+}
+
+impl Forwards {
+    pub fn get(&self, id: EnvoyId) -> Option<(VerifyingKey, Arc<str>)> {
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id.get())
+            .cloned()
+    }
+
+    fn set(&self, id: u64, key: VerifyingKey, address: &str) {
+        self.map
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, (key, address.into()));
+    }
+
+    fn clear(&self, id: u64) {
+        self.map
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    /// Loads the forwarding rows at start-up.
+    pub fn restore(&self, rows: HashMap<u64, StoredForward>) {
+        for (id, row) in rows {
+            if let Ok(key) = parse_public_key(&row.public_key) {
+                self.set(id, key, &row.address);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn batch_size(n: usize) -> Result<(), SpokeError> {
+    if n > MAX_BATCH {
+        return Err(SpokeError::TooLarge {
+            what: "envoy batch",
+            size: n,
+            limit: MAX_BATCH,
+        });
+    }
+    Ok(())
+}
+
+fn envoy_id(raw: u64) -> Result<EnvoyId, SpokeError> {
+    EnvoyId::new(raw).ok_or_else(|| SpokeError::malformed("envoy_id", "is zero"))
+}
+
+impl Admin {
+    /// The full records of some envoys. All or nothing: an unknown id exports none.
+    pub fn export_envoys(&self, ids: &[u64]) -> Result<pb::EnvoyExport, SpokeError> {
+        batch_size(ids.len())?;
+        let mut envoys = Vec::with_capacity(ids.len());
+        for raw in ids {
+            let id = envoy_id(*raw)?;
+            let record = self.fleet.get(id).ok_or(SpokeError::UnknownEnvoy(id))?;
+            let st = record.state();
+            let row = self.store.envoy(id.get())?.unwrap_or_default();
+            let runs = self
+                .store
+                .runs(id.get())?
+                .into_iter()
+                .map(|(run_id, r)| pb::ExportedRun {
+                    run_id,
+                    received_at_ms: r.received_at_ms,
+                    status: r.status,
+                    report: r.report.into(),
+                })
+                .collect();
+            envoys.push(pb::ExportedEnvoy {
+                envoy_id: id.get(),
+                hostname: record.hostname.to_string(),
+                public_key: record.key.as_bytes().to_vec().into(),
+                enrolled_at_ms: record.enrolled_at_ms,
+                token_name: row.token_name,
+                sequence: st.sequence,
+                last_seen_ms: st.last_seen_ms,
+                traits: self
+                    .traits
+                    .get(&st.traits_hash)
+                    .map(|t| (*t).clone())
+                    .unwrap_or_default(),
+                run_status: st.run_status.index() as u32,
+                last_run_id: st.last_run_id,
+                last_run_bundle: st.last_run_bundle,
+                runs,
+                revoked: st.revoked,
+                revoked_reason: row.revoked_reason,
+            });
+        }
+        Ok(pb::EnvoyExport { envoys })
+    }
+
+    /// Takes envoys over: durable first, then served. A record already here keeps the
+    /// higher sequence number, so a repeated import never reopens a replay window.
+    pub async fn import_envoys(
+        self: &Arc<Self>,
+        export: pb::EnvoyExport,
+    ) -> Result<u32, SpokeError> {
+        batch_size(export.envoys.len())?;
+        let mut rows = Vec::with_capacity(export.envoys.len());
+        let mut records = Vec::with_capacity(export.envoys.len());
+        for e in export.envoys {
+            let id = envoy_id(e.envoy_id)?;
+            let key = parse_public_key(&e.public_key)?;
+            let hostname = crate::enroll::normalize_hostname(&e.hostname)?;
+            let status = Compliance::from_index(e.run_status as u8).unwrap_or(Compliance::NoData);
+            let sequence = self
+                .fleet
+                .get(id)
+                .map_or(e.sequence, |r| r.read(|st| st.sequence.max(e.sequence)));
+            let traits = (!e.traits.is_empty()).then(|| {
+                let hash = vigo_common::traits::traits_hash(&e.traits);
+                (hash, e.traits.clone())
+            });
+            let last = (e.last_run_id != 0).then(|| StoredLastRun {
+                run_id: e.last_run_id,
+                status: e.run_status,
+                bundle_prefix: e.last_run_bundle,
+                sequence,
+            });
+            rows.push(ImportedEnvoy {
+                envoy: StoredEnvoy {
+                    id: id.get(),
+                    hostname: hostname.clone(),
+                    public_key: key.as_bytes().to_vec(),
+                    enrolled_at_ms: e.enrolled_at_ms,
+                    revoked: e.revoked,
+                    revoked_reason: e.revoked_reason.clone(),
+                    token_name: e.token_name.clone(),
+                    ..Default::default()
+                },
+                state: StoredState {
+                    sequence,
+                    last_seen_ms: e.last_seen_ms,
+                    traits_hash: traits.as_ref().map(|t| t.0.to_vec()).unwrap_or_default(),
+                    bundle_fingerprint: Vec::new(),
+                },
+                last,
+                runs: e
+                    .runs
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.run_id,
+                            StoredRun {
+                                received_at_ms: r.received_at_ms,
+                                status: r.status,
+                                report: r.report.to_vec(),
+                            },
+                        )
+                    })
+                    .collect(),
+                traits: traits.as_ref().map(|(h, t)| (*h, traits_store::encode(t))),
+            });
+            let mut st = EnvoyState::new(e.enrolled_at_ms);
+            st.sequence = sequence;
+            st.last_seen_ms = e.last_seen_ms;
+            st.run_status = status;
+            st.last_run_id = e.last_run_id;
+            st.last_run_bundle = e.last_run_bundle;
+            st.revoked = e.revoked;
+            records.push((
+                EnvoyRecord::new(id, key, &hostname, e.enrolled_at_ms),
+                st,
+                traits,
+            ));
+        }
+        let this = self.clone();
+        detach(async move {
+            this.store.write(WriteOp::Import { envoys: rows }).await?;
+            let policy = this.policy.current();
+            let count = records.len() as u32;
+            for (record, mut st, traits) in records {
+                if let Some((hash, set)) = traits {
+                    this.traits.stage(hash, set);
+                    if this.traits.adopt(&[0; 32], &hash) {
+                        st.traits_hash = hash;
+                    }
+                }
+                st.hostcrate = policy.hostcrate_of(&record.hostname);
+                st.policy_generation = policy.generation;
+                this.forwards.clear(record.id.get());
+                if let Some(old) = this.fleet.get(record.id) {
+                    this.traits.release(&old.read(|s| s.traits_hash));
+                }
+                this.fleet.insert(record, st);
+            }
+            info!(envoys = count, "envoys taken over from another spoke");
+            Ok(count)
+        })
+        .await
+    }
+
+    /// Gives envoys up: forwarding rows durable first, then forgotten in memory. Ids
+    /// already handed off count as done; unknown ones are refused.
+    pub async fn hand_off(self: &Arc<Self>, req: pb::HandOffRequest) -> Result<u32, SpokeError> {
+        batch_size(req.envoy_ids.len())?;
+        vigo_common::tls::split_address(&req.spoke_address)
+            .map_err(|e| SpokeError::malformed("spoke_address", e))?;
+        let mut forwards = Vec::new();
+        let mut keys = Vec::new();
+        for raw in &req.envoy_ids {
+            let id = envoy_id(*raw)?;
+            let key = match (self.fleet.get(id), self.forwards.get(id)) {
+                (Some(r), _) => r.key,
+                (None, Some((key, _))) => key,
+                (None, None) => return Err(SpokeError::UnknownEnvoy(id)),
+            };
+            forwards.push((
+                id.get(),
+                StoredForward {
+                    public_key: key.as_bytes().to_vec(),
+                    address: req.spoke_address.clone(),
+                },
+            ));
+            keys.push((id, key));
+        }
+        let this = self.clone();
+        detach(async move {
+            this.store.write(WriteOp::HandOff { forwards }).await?;
+            for (id, key) in &keys {
+                this.forwards.set(id.get(), *key, &req.spoke_address);
+                if let Some(record) = this.fleet.remove(*id) {
+                    this.traits.release(&record.read(|s| s.traits_hash));
+                }
+            }
+            info!(envoys = keys.len(), to = %req.spoke_address, "envoys handed off");
+            Ok(keys.len() as u32)
+        })
+        .await
+    }
+}
