@@ -121,6 +121,19 @@ impl Cluster {
         std::fs::read_to_string(self.pki("ca.pem")).expect("ca.pem")
     }
 
+    /// The admin API token `vigo-hub init` wrote on the founding node.
+    pub fn api_token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("hub-1").join("admin.token"))
+            .expect("admin.token")
+            .trim()
+            .to_string()
+    }
+
+    /// Where hub `i` serves the REST admin API.
+    pub fn rest_address(&self, i: usize) -> std::net::SocketAddr {
+        self.hub(i).admin_addr.expect("admin API enabled")
+    }
+
     pub fn hub_address(&self, i: usize) -> String {
         format!("127.0.0.1:{}", self.hub_ports[i])
     }
@@ -162,6 +175,7 @@ impl Cluster {
              tls: {{ca_cert: {p}/ca.pem, cert: {p}/{id}.pem, key: {p}/{id}.key}}\n\
              bundle_signing_key: {p}/bundle-signing.key\n\
              flush: {{interval: 500ms}}\n\
+             checkin: {{interval: 5m}}\n\
              hub: {{addresses: [{hubs}], spoke_id: {id}, heartbeat: 200ms}}\n",
             port = self.spoke_ports[j],
             p = pki.display(),

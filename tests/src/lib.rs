@@ -20,6 +20,7 @@ use vigo_proto::v1 as pb;
 use vigo_spoke::{Spoke, SpokeConfig};
 
 pub mod cluster;
+pub mod https;
 
 pub use vigo_proto::v1;
 
@@ -66,7 +67,7 @@ fn newest_source() -> Option<std::time::SystemTime> {
         }
     }
     let mut newest = None;
-    for krate in ["proto", "common", "spoke", "envoy"] {
+    for krate in ["proto", "common", "spoke", "envoy", "hub", "cli"] {
         walk(&repo_root().join(krate), &mut newest);
     }
     newest
