@@ -116,8 +116,8 @@ pub enum EnvoysCmd {
         #[arg(long)]
         all: bool,
         /// Include traits.
-        #[arg(long)]
-        traits: bool,
+        #[arg(long = "traits", id = "with_traits")]
+        with_traits: bool,
     },
     /// One envoy in detail, live from its spoke.
     Show { envoy_id: String },
@@ -241,4 +241,15 @@ pub enum HubCmd {
     Remove {
         node_id: u64,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grammar_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

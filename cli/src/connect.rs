@@ -107,10 +107,10 @@ pub async fn connect(cli: &Cli) -> Result<Client, CliError> {
                 continue;
             }
         };
-        // A lazy channel connects on first use: probe it so a dead node is skipped.
-        let mut probe = channel.clone();
-        match tokio::time::timeout(Duration::from_secs(5), tower_ready(&mut probe)).await {
-            Ok(Ok(())) => {
+        // The channel connects lazily: reach the port first so a dead node is skipped.
+        let reachable = tokio::net::TcpStream::connect(address);
+        match tokio::time::timeout(Duration::from_secs(5), reachable).await {
+            Ok(Ok(_)) => {
                 let bearer = bearer.clone();
                 let auth: Box<
                     dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>
@@ -133,14 +133,4 @@ pub async fn connect(cli: &Cli) -> Result<Client, CliError> {
         "no hub node answered ({})",
         last.unwrap_or_else(|| "no address given".into())
     )))
-}
-
-async fn tower_ready(channel: &mut Channel) -> Result<(), String> {
-    std::future::poll_fn(|cx| {
-        tonic::codegen::Service::<tonic::codegen::http::Request<tonic::body::Body>>::poll_ready(
-            channel, cx,
-        )
-    })
-    .await
-    .map_err(|e| e.to_string())
 }

@@ -305,7 +305,7 @@ async fn envoys(cli: &Cli, c: &mut Client, cmd: &EnvoysCmd) -> Result<u8, CliErr
             limit,
             cursor,
             all,
-            traits,
+            with_traits: traits,
         } => {
             let mut req = api::ListEnvoysRequest {
                 filter: filter(f),

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::task::JoinSet;
 use tonic::transport::Channel;
 use vigo_common::pki::PkiLayout;
 use vigo_common::signing::generate_key;
@@ -18,7 +19,7 @@ use vigo_proto::admin::v1 as api;
 use vigo_proto::v1 as pb;
 use vigo_spoke::{Spoke, SpokeConfig};
 
-use crate::{free_port, init};
+use crate::{TestEnvoy, free_port, init};
 
 pub struct Cluster {
     pub dir: tempfile::TempDir,
@@ -293,6 +294,36 @@ impl Cluster {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Enrolls `n` envoys named `{prefix}-{i:04}` through the hubs and checks each in once
+    /// (so their traits reach their spokes): `mem_mb` is 1024 × (i % 8 + 1).
+    pub async fn enroll_fleet(self: &Arc<Self>, prefix: &str, n: usize) -> Vec<TestEnvoy> {
+        let mut tasks = JoinSet::new();
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let c = self.clone();
+            let host = format!("{prefix}-{i:04}");
+            tasks.spawn(async move {
+                let (identity, _) =
+                    crate::eventually(Duration::from_secs(30), || c.enroll(i % 3, &host)).await;
+                let address = identity.spoke_address.clone();
+                let mut envoy = TestEnvoy::new(identity, &address);
+                envoy
+                    .traits
+                    .insert("mem_mb".into(), (1024 * (i % 8 + 1)).to_string());
+                envoy.check_in().await.expect("first check-in");
+                (i, envoy)
+            });
+            if tasks.len() >= 16 {
+                out.push(tasks.join_next().await.unwrap().unwrap());
+            }
+        }
+        while let Some(r) = tasks.join_next().await {
+            out.push(r.unwrap());
+        }
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter().map(|(_, e)| e).collect()
     }
 
     /// Publishes the policy tree in `dir` through hub `i`.

@@ -18,36 +18,6 @@ use vigo_tests::https::request;
 
 const SPOKES: &[&str] = &["spoke-a", "spoke-b", "spoke-c"];
 
-/// Enrolls `n` envoys named `{prefix}-{i:04}` through the hubs and checks each in once
-/// (so their traits reach their spokes): `mem_mb` is 1024 × (i % 8 + 1).
-async fn fleet(cluster: &Arc<Cluster>, prefix: &str, n: usize) -> Vec<TestEnvoy> {
-    let mut tasks = JoinSet::new();
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let c = cluster.clone();
-        let host = format!("{prefix}-{i:04}");
-        tasks.spawn(async move {
-            let (identity, _) =
-                vigo_tests::eventually(Duration::from_secs(30), || c.enroll(i % 3, &host)).await;
-            let address = identity.spoke_address.clone();
-            let mut envoy = TestEnvoy::new(identity, &address);
-            envoy
-                .traits
-                .insert("mem_mb".into(), (1024 * (i % 8 + 1)).to_string());
-            envoy.check_in().await.expect("first check-in");
-            (i, envoy)
-        });
-        if tasks.len() >= 16 {
-            out.push(tasks.join_next().await.unwrap().unwrap());
-        }
-    }
-    while let Some(r) = tasks.join_next().await {
-        out.push(r.unwrap());
-    }
-    out.sort_by_key(|(i, _)| *i);
-    out.into_iter().map(|(_, e)| e).collect()
-}
-
 async fn list_all(
     cluster: &Cluster,
     hub: usize,
@@ -83,7 +53,7 @@ async fn list_all(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_across_three_spokes_hold_every_envoy_exactly_once() {
     let cluster = Arc::new(Cluster::start(3, SPOKES).await);
-    let envoys = fleet(&cluster, "page", 90).await;
+    let envoys = cluster.enroll_fleet("page", 90).await;
     let ids: BTreeSet<String> = envoys.iter().map(|e| e.id().to_string()).collect();
     let spokes_used: BTreeSet<String> = envoys
         .iter()
@@ -201,7 +171,7 @@ async fn pages_across_three_spokes_hold_every_envoy_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_spoke_is_named_missing_while_the_rest_answers() {
     let cluster = Arc::new(Cluster::start(3, SPOKES).await);
-    let envoys = fleet(&cluster, "gap", 30).await;
+    let envoys = cluster.enroll_fleet("gap", 30).await;
     let mut cluster = Arc::into_inner(cluster).expect("sole owner");
     let on_b = envoys
         .iter()
@@ -266,7 +236,7 @@ async fn draining_a_spoke_moves_a_thousand_envoys_without_reenrollment() {
         .await
         .unwrap();
     let cluster = Arc::new(cluster);
-    let mut envoys = fleet(&cluster, "drain", 1000).await;
+    let mut envoys = cluster.enroll_fleet("drain", 1000).await;
     let a = cluster.spoke_address(0);
     assert!(
         envoys.iter().all(|e| e.identity.spoke_address == a),
