@@ -20,8 +20,10 @@ Three (or five) hub nodes hold the spokes and the hash ring, pattern overrides, 
 envoy's pin, enrollment tokens and published config versions. Envoys enroll at any hub \
 node; spokes register and heartbeat; admins publish config. Writes sent to a follower are \
 forwarded to the leader.\n\n\
-Start the first node with `init` (it founds the cluster), the others with `run`, then add \
-them as learners and promote them to voters through the admin API (HubAdmin.AddHub). \
+Start the first node with `init` (it founds the cluster and writes the first admin API \
+token to <data_dir>/admin.token), the others with `run`, then add them with \
+`vigocli hub add ID ADDRESS`. The admin API is served as gRPC on `listen` and as \
+REST/JSON on `admin_listen` (https://ADDR/api/v1/, described at /api/v1/openapi.json). \
 SIGTERM or SIGINT stop a node."
 )]
 pub struct Cli {

@@ -164,3 +164,30 @@ impl HubConfig {
             .unwrap_or_else(|| self.listen.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_loads_with_its_stated_defaults() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/hub.example.yaml");
+        let c = HubConfig::load(&example).expect("deploy/hub.example.yaml loads");
+        let d = RaftConfig::default();
+        assert_eq!(c.node_id, 1);
+        assert_eq!(c.admin_listen, default_admin());
+        assert_eq!(c.metrics_listen, default_metrics());
+        // The example states the defaults: keep them in step.
+        assert_eq!(c.raft.heartbeat, d.heartbeat);
+        assert_eq!(c.raft.election_timeout_min, d.election_timeout_min);
+        assert_eq!(c.raft.election_timeout_max, d.election_timeout_max);
+        assert_eq!(c.raft.snapshot_every, d.snapshot_every);
+        assert_eq!(c.raft.keep_logs, d.keep_logs);
+        assert_eq!(c.raft.enroll_batch, d.enroll_batch);
+        assert_eq!(c.raft.commit_timeout, d.commit_timeout);
+        assert!(
+            c.tls.ca_cert.is_absolute(),
+            "paths resolve against the file"
+        );
+    }
+}

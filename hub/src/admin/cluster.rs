@@ -9,7 +9,7 @@ use vigo_proto::admin::v1 as api;
 use vigo_proto::v1 as pb;
 
 use super::auth::new_secret;
-use super::spokes::spoke_info;
+use super::spokes::spoke_infos;
 use super::{AdminApi, Caller};
 use crate::error::HubError;
 use crate::publish;
@@ -66,26 +66,16 @@ impl AdminApi {
         let metrics = self.node.raft.metrics().borrow().clone();
         let members = self.members();
         let now = now_ms();
-        Ok(self.node.read(|s| {
-            let counts = s.pin_counts();
-            api::ClusterStatus {
-                node_id: self.node.id,
-                leader_id: members.leader_id,
-                term: metrics.current_term,
-                commit_index: crate::metrics::commit_index(&self.node),
-                applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
-                members: members.members,
-                spokes: s
-                    .spokes
-                    .values()
-                    .map(|sp| api::SpokeInfo {
-                        pins: counts.get(sp.id.as_str()).copied().unwrap_or(0),
-                        ..spoke_info(&Default::default(), sp, now)
-                    })
-                    .collect(),
-                pins: s.pins.len() as u64,
-                config_version: s.current_config.clone(),
-            }
+        Ok(self.node.read(|s| api::ClusterStatus {
+            node_id: self.node.id,
+            leader_id: members.leader_id,
+            term: metrics.current_term,
+            commit_index: crate::metrics::commit_index(&self.node),
+            applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
+            members: members.members,
+            spokes: spoke_infos(s, now),
+            pins: s.pins.len() as u64,
+            config_version: s.current_config.clone(),
         }))
     }
 

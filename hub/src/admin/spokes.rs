@@ -13,14 +13,23 @@ use crate::state::{ApiRole, ClusterState, Command, Override, Spoke, SpokeState};
 /// A spoke whose last heartbeat is older than this is shown unhealthy.
 const HEALTHY_WITHIN_MS: u64 = 90_000;
 
-pub fn spoke_info(s: &ClusterState, sp: &Spoke, now: u64) -> api::SpokeInfo {
+/// The spokes as the API shows them, with their pin counts (one pass over the pins).
+pub fn spoke_infos(s: &ClusterState, now: u64) -> Vec<api::SpokeInfo> {
+    let counts = s.pin_counts();
+    s.spokes
+        .values()
+        .map(|sp| spoke_info(sp, counts.get(sp.id.as_str()).copied().unwrap_or(0), now))
+        .collect()
+}
+
+fn spoke_info(sp: &Spoke, pins: u64, now: u64) -> api::SpokeInfo {
     api::SpokeInfo {
         spoke_id: sp.id.clone(),
         address: sp.address.clone(),
         weight: sp.weight,
         state: sp.state.as_str().into(),
         last_heartbeat_ms: sp.last_heartbeat_ms,
-        pins: s.pins.values().filter(|p| p.spoke == sp.id).count() as u64,
+        pins,
         config_version: sp.config_version.clone(),
         healthy: sp.state != SpokeState::Removed
             && now.saturating_sub(sp.last_heartbeat_ms) < HEALTHY_WITHIN_MS,
@@ -31,7 +40,7 @@ impl AdminApi {
     fn spoke_info(&self, id: &str) -> Result<api::SpokeInfo, HubError> {
         let now = now_ms();
         self.node
-            .read(|s| s.spokes.get(id).map(|sp| spoke_info(s, sp, now)))
+            .read(|s| spoke_infos(s, now).into_iter().find(|i| i.spoke_id == id))
             .ok_or_else(|| HubError::NotFound(format!("unknown spoke {id:?}")))
     }
 
@@ -43,16 +52,7 @@ impl AdminApi {
         caller.require(ApiRole::Viewer, "ListSpokes")?;
         let now = now_ms();
         Ok(api::SpokeList {
-            spokes: self.node.read(|s| {
-                let counts = s.pin_counts();
-                s.spokes
-                    .values()
-                    .map(|sp| api::SpokeInfo {
-                        pins: counts.get(sp.id.as_str()).copied().unwrap_or(0),
-                        ..spoke_info(&ClusterState::default(), sp, now)
-                    })
-                    .collect()
-            }),
+            spokes: self.node.read(|s| spoke_infos(s, now)),
         })
     }
 
