@@ -62,12 +62,18 @@ fn read_trimmed(path: &Path, what: &str) -> Result<String, CliError> {
         .map_err(|e| CliError::Setup(format!("{what} {}: {e}", path.display())))
 }
 
-pub type Client = api::hub_admin_client::HubAdminClient<
-    InterceptedService<
-        Channel,
-        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
-    >,
->;
+/// Adds the bearer token to every call.
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        r.metadata_mut().insert("authorization", self.0.clone());
+        Ok(r)
+    }
+}
+
+pub type Client = api::hub_admin_client::HubAdminClient<InterceptedService<Channel, Bearer>>;
 
 /// Connects to the first hub address that answers.
 pub async fn connect(cli: &Cli) -> Result<Client, CliError> {
@@ -111,14 +117,7 @@ pub async fn connect(cli: &Cli) -> Result<Client, CliError> {
         let reachable = tokio::net::TcpStream::connect(address);
         match tokio::time::timeout(Duration::from_secs(5), reachable).await {
             Ok(Ok(_)) => {
-                let bearer = bearer.clone();
-                let auth: Box<
-                    dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>
-                        + Send,
-                > = Box::new(move |mut r: tonic::Request<()>| {
-                    r.metadata_mut().insert("authorization", bearer.clone());
-                    Ok(r)
-                });
+                let auth = Bearer(bearer.clone());
                 return Ok(
                     api::hub_admin_client::HubAdminClient::with_interceptor(channel, auth)
                         .max_decoding_message_size(64 << 20)

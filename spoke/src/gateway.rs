@@ -58,6 +58,14 @@ pub struct Gateway {
     checkins: CheckinMetrics,
 }
 
+/// How envoys not reachable through their check-ins are reached: the open streams (to
+/// wake them) and the forwarding addresses of envoys handed off to other spokes.
+#[derive(Clone, Default)]
+pub struct Reach {
+    pub streams: Arc<Streams>,
+    pub forwards: Arc<Forwards>,
+}
+
 /// The signed header every envoy request body carries.
 trait SignedBody: Message + Default {
     const DOMAIN: Domain;
@@ -105,8 +113,7 @@ impl Gateway {
         verifier: Arc<BatchVerifier>,
         store: Store,
         settings: GatewaySettings,
-        streams: Arc<Streams>,
-        forwards: Arc<Forwards>,
+        reach: Reach,
     ) -> Self {
         Self {
             fleet,
@@ -115,8 +122,8 @@ impl Gateway {
             verifier,
             store,
             settings,
-            streams,
-            forwards,
+            streams: reach.streams,
+            forwards: reach.forwards,
             checkins: CheckinMetrics::default(),
         }
     }

@@ -156,7 +156,7 @@ impl Admin {
                 let hash = vigo_common::traits::traits_hash(&e.traits);
                 (hash, e.traits.clone())
             });
-            let last = (e.last_run_id != 0).then(|| StoredLastRun {
+            let last = (e.last_run_id != 0).then_some(StoredLastRun {
                 run_id: e.last_run_id,
                 status: e.run_status,
                 bundle_prefix: e.last_run_bundle,

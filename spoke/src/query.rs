@@ -42,6 +42,13 @@ struct Seen<'a> {
     traits: Option<Arc<TraitMap>>,
 }
 
+/// A listing candidate, before it is known to make the page.
+struct Candidate {
+    record: Arc<EnvoyRecord>,
+    state: EnvoyState,
+    traits: Option<Arc<TraitMap>>,
+}
+
 impl Admin {
     fn hostcrate_name<'p>(
         policy: &'p PolicySnapshot,
@@ -87,7 +94,9 @@ impl Admin {
         });
     }
 
-    /// One page of matching envoys after `after`, in `sort` order.
+    /// One page of matching envoys after `after`, in `sort` order. Candidates carry
+    /// only their sort key and record; summaries (the allocations) are built for the
+    /// page alone.
     pub fn list_envoys(
         &self,
         req: pb::SpokeListRequest,
@@ -96,33 +105,57 @@ impl Admin {
         let sort = Sort::parse(&req.sort)?;
         let limit = req.limit.clamp(1, MAX_PAGE) as usize;
         let mut matched = 0u64;
-        let mut page: Vec<(pb::SortKey, api::EnvoySummary)> = Vec::new();
+        let mut page: Vec<(pb::SortKey, Candidate)> = Vec::new();
+        let by_order =
+            |a: &(pb::SortKey, Candidate), b: &(pb::SortKey, Candidate)| sort.compare(&a.0, &b.0);
         self.select(&filter, req.with_traits, |seen| {
             matched += 1;
-            let status = status_word(&seen.state);
             let key = sort.key(
                 seen.record.id.get(),
                 &seen.record.hostname,
                 seen.state.last_seen_ms,
-                status,
+                status_word(&seen.state),
             );
             if let Some(after) = &req.after
                 && sort.compare(&key, after) != std::cmp::Ordering::Greater
             {
                 return;
             }
-            page.push((key, summary(&seen, req.with_traits)));
+            page.push((
+                key,
+                Candidate {
+                    record: seen.record.clone(),
+                    state: seen.state,
+                    traits: seen.traits,
+                },
+            ));
             // Keep the candidate list near the page size: sort and cut when it doubles.
             if page.len() >= 2 * limit + 64 {
-                page.sort_unstable_by(|a, b| sort.compare(&a.0, &b.0));
+                page.sort_unstable_by(by_order);
                 page.truncate(limit + 1);
             }
         });
-        page.sort_unstable_by(|a, b| sort.compare(&a.0, &b.0));
+        page.sort_unstable_by(by_order);
         let more = page.len() > limit;
         page.truncate(limit);
+        let policy = self.policy.current();
+        let envoys = page
+            .into_iter()
+            .map(|(_, c)| {
+                let hostcrate = Self::hostcrate_name(&policy, &c.record, &c.state);
+                summary(
+                    &Seen {
+                        record: &c.record,
+                        state: c.state,
+                        hostcrate,
+                        traits: c.traits,
+                    },
+                    req.with_traits,
+                )
+            })
+            .collect();
         Ok(pb::SpokeListResponse {
-            envoys: page.into_iter().map(|(_, s)| s).collect(),
+            envoys,
             matched,
             more,
         })

@@ -26,7 +26,7 @@ use crate::enroll::{Enroller, EnrollmentService, Registry};
 use crate::error::SpokeError;
 use crate::fleet::{EnvoyRecord, EnvoyState, FleetIndex};
 use crate::flusher::{Flusher, Flushers};
-use crate::gateway::{Gateway, GatewayService, GatewaySettings};
+use crate::gateway::{Gateway, GatewayService, GatewaySettings, Reach};
 use crate::handoff::Forwards;
 use crate::hub_link::Link;
 use crate::policy_cache::{PolicyCache, SwapObserver, empty_policy};
@@ -134,8 +134,10 @@ impl Spoke {
                 allow_relay: config.tls.allow_relay_certificates,
                 keep_runs: config.reports.keep_runs,
             },
-            streams.clone(),
-            forwards.clone(),
+            Reach {
+                streams: streams.clone(),
+                forwards: forwards.clone(),
+            },
         ));
         let registry = Registry::new(fleet.clone(), store.clone());
         let enrollment = match (&config.hub, &config.tls.ca_key) {

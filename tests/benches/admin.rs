@@ -7,9 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::task::JoinSet;
 use vigo_proto::admin::v1 as api;
-use vigo_tests::TestEnvoy;
 use vigo_tests::cluster::Cluster;
 
 const SPOKES: &[&str] = &["spoke-a", "spoke-b", "spoke-c"];
@@ -17,27 +15,7 @@ const SPOKES: &[&str] = &["spoke-a", "spoke-b", "spoke-c"];
 /// Enrolls and checks in `n` envoys `{prefix}-{i}` (mem_mb = 1024 × (i % 8 + 1)).
 async fn populate(cluster: &Arc<Cluster>, prefix: &str, n: usize) {
     let started = Instant::now();
-    let mut tasks = JoinSet::new();
-    for i in 0..n {
-        let c = cluster.clone();
-        let host = format!("{prefix}-{i:06}");
-        tasks.spawn(async move {
-            let (identity, _) =
-                vigo_tests::eventually(Duration::from_secs(60), || c.enroll(i % 3, &host)).await;
-            let address = identity.spoke_address.clone();
-            let mut envoy = TestEnvoy::new(identity, &address);
-            envoy
-                .traits
-                .insert("mem_mb".into(), (1024 * (i % 8 + 1)).to_string());
-            envoy.check_in().await.expect("check-in");
-        });
-        if tasks.len() >= 64 {
-            tasks.join_next().await.unwrap().unwrap();
-        }
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.unwrap();
-    }
+    cluster.checked_in_fleet(prefix, n, false).await;
     println!(
         "{n} envoys enrolled through the hubs and checked in once: {:.1} s",
         started.elapsed().as_secs_f64()

@@ -299,14 +299,31 @@ impl Cluster {
     /// Enrolls `n` envoys named `{prefix}-{i:04}` through the hubs and checks each in once
     /// (so their traits reach their spokes): `mem_mb` is 1024 × (i % 8 + 1).
     pub async fn enroll_fleet(self: &Arc<Self>, prefix: &str, n: usize) -> Vec<TestEnvoy> {
+        self.checked_in_fleet(prefix, n, true).await
+    }
+
+    /// As [`Cluster::enroll_fleet`]; with `keep` false each envoy's connection closes
+    /// after its check-in and nothing is returned (fleets too large to hold open).
+    pub async fn checked_in_fleet(
+        self: &Arc<Self>,
+        prefix: &str,
+        n: usize,
+        keep: bool,
+    ) -> Vec<TestEnvoy> {
         let mut tasks = JoinSet::new();
-        let mut out = Vec::with_capacity(n);
+        let mut out = Vec::with_capacity(if keep { n } else { 0 });
+        let mut collect = |joined: Result<(usize, TestEnvoy), tokio::task::JoinError>| {
+            let envoy = joined.expect("envoy task");
+            if keep {
+                out.push(envoy);
+            }
+        };
         for i in 0..n {
             let c = self.clone();
             let host = format!("{prefix}-{i:04}");
             tasks.spawn(async move {
                 let (identity, _) =
-                    crate::eventually(Duration::from_secs(30), || c.enroll(i % 3, &host)).await;
+                    crate::eventually(Duration::from_secs(60), || c.enroll(i % 3, &host)).await;
                 let address = identity.spoke_address.clone();
                 let mut envoy = TestEnvoy::new(identity, &address);
                 envoy
@@ -315,12 +332,12 @@ impl Cluster {
                 envoy.check_in().await.expect("first check-in");
                 (i, envoy)
             });
-            if tasks.len() >= 16 {
-                out.push(tasks.join_next().await.unwrap().unwrap());
+            if tasks.len() >= 32 {
+                collect(tasks.join_next().await.expect("a task"));
             }
         }
         while let Some(r) = tasks.join_next().await {
-            out.push(r.unwrap());
+            collect(r);
         }
         out.sort_by_key(|(i, _)| *i);
         out.into_iter().map(|(_, e)| e).collect()

@@ -284,7 +284,6 @@ impl AdminApi {
         if !self.token_exists(&req.name) {
             return Err(HubError::NotFound(format!("no token named {:?}", req.name)));
         }
-        let name = req.name.clone();
         self.on_leader(
             caller,
             req,
@@ -300,9 +299,7 @@ impl AdminApi {
             },
             |mut c, r| async move { c.revoke_token(r).await },
         )
-        .await?;
-        self.token_info(&name)
-            .ok_or_else(|| HubError::NotFound(format!("no token named {name:?}")))
+        .await
     }
 
     pub async fn publish_config(

@@ -114,7 +114,6 @@ impl AdminApi {
         if !req.address.is_empty() {
             vigo_common::tls::split_address(&req.address).map_err(HubError::from)?;
         }
-        let id = req.spoke_id.clone();
         self.on_leader(
             caller,
             req,
@@ -150,8 +149,7 @@ impl AdminApi {
             },
             |mut c, r| async move { c.add_spoke(r).await },
         )
-        .await?;
-        self.spoke_info(&id)
+        .await
     }
 
     pub async fn drain_spoke(
@@ -203,8 +201,7 @@ impl AdminApi {
             },
             |mut c, r| async move { c.remove_spoke(r).await },
         )
-        .await?;
-        self.spoke_info(&id)
+        .await
     }
 
     pub async fn reassign_envoy(
