@@ -684,7 +684,17 @@ async fn token(cli: &Cli, c: &mut Client, cmd: &TokenCmd) -> Result<u8, CliError
             uses,
             expires_in,
             allow_rekey,
+            write_secret,
         } => {
+            if let Some(file) = write_secret
+                && file.exists()
+            {
+                println!(
+                    "{} exists: token {name} was created before; nothing to do",
+                    file.display()
+                );
+                return Ok(0);
+            }
             let created = c
                 .create_token(request(
                     cli,
@@ -698,6 +708,19 @@ async fn token(cli: &Cli, c: &mut Client, cmd: &TokenCmd) -> Result<u8, CliError
                 ))
                 .await?
                 .into_inner();
+            if let Some(file) = write_secret {
+                vigo_common::fsutil::write_atomic(
+                    file,
+                    format!("{}\n", created.secret).as_bytes(),
+                    0o600,
+                )
+                .map_err(|e| CliError::Setup(e.to_string()))?;
+                println!(
+                    "token {name} ({role}) created; its secret is in {}",
+                    file.display()
+                );
+                return Ok(0);
+            }
             Ok(emit(json, &created, &[], |t| {
                 format!(
                     "token {name} ({role}) created; its secret, shown only now:\n{}\n",

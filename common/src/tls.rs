@@ -312,6 +312,16 @@ impl axum::serve::Listener for HttpsListener {
     }
 }
 
+/// Whether a server accepts connections on `addr` (an unspecified address means this
+/// host): the health check of containers, which have no shell or curl.
+pub fn probe(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
+    let mut target = addr;
+    if target.ip().is_unspecified() {
+        target.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    std::net::TcpStream::connect_timeout(&target, timeout).map(|_| ())
+}
+
 /// Splits `host:port` and checks the host can be a TLS server name.
 pub fn split_address(address: &str) -> Result<(ServerName<'static>, &str), Error> {
     let bad = |why: &str| Error::Malformed {

@@ -44,8 +44,11 @@ pub enum Command {
         #[arg(long)]
         server: String,
         /// The enrollment token.
-        #[arg(long, env = "VIGO_TOKEN")]
-        token: String,
+        #[arg(long, env = "VIGO_TOKEN", required_unless_present = "token_file")]
+        token: Option<String>,
+        /// File holding the enrollment token (instead of --token).
+        #[arg(long, value_name = "FILE", conflicts_with = "token")]
+        token_file: Option<PathBuf>,
         /// The cluster CA certificate (PEM) that the server's certificate chains to.
         #[arg(long, value_name = "FILE")]
         ca: PathBuf,
@@ -53,8 +56,12 @@ pub enum Command {
         #[arg(long)]
         hostname: Option<String>,
         /// Replace an existing identity (a new key, a new envoy id).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "if_missing")]
         force: bool,
+        /// Succeed without doing anything when an identity exists (a deployment step
+        /// that runs at every start).
+        #[arg(long)]
+        if_missing: bool,
     },
     /// Check in and converge every interval until SIGTERM or SIGINT.
     Run {
@@ -93,14 +100,32 @@ pub fn main() -> ExitCode {
     let dir = StateDir::new(&cli.state_dir);
     match cli.command {
         Command::Enroll {
+            if_missing: true, ..
+        } if dir.is_enrolled() => {
+            println!("already enrolled in {}; nothing to do", dir.root().display());
+            ExitCode::SUCCESS
+        }
+        Command::Enroll {
             server,
             token,
+            token_file,
             ca,
             hostname,
             force,
-        } => runtime
-            .block_on(enroll(dir, &server, &token, &ca, hostname, force))
-            .map_or_else(fail, |()| ExitCode::SUCCESS),
+            ..
+        } => {
+            let token = match (token, token_file) {
+                (Some(t), _) => t,
+                (None, Some(f)) => match std::fs::read_to_string(&f) {
+                    Ok(t) => t.trim().to_string(),
+                    Err(e) => return fail(format!("--token-file {}: {e}", f.display())),
+                },
+                (None, None) => return fail("pass --token or --token-file".into()),
+            };
+            runtime
+                .block_on(enroll(dir, &server, &token, &ca, hostname, force))
+                .map_or_else(fail, |()| ExitCode::SUCCESS)
+        }
         Command::Run {
             dry_run,
             stream_linger,

@@ -48,6 +48,12 @@ pub enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Exit 0 when the node configured in FILE accepts connections (container health
+    /// checks: the image has no shell).
+    Health {
+        #[arg(long, short, env = "VIGO_HUB_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Certificates and keys for a whole cluster.
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -68,7 +74,31 @@ pub enum PkiCommand {
         /// Names and addresses the nodes are reached at (repeatable).
         #[arg(long = "san", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
         sans: Vec<String>,
+        /// Succeed without writing anything when DIR already holds a CA (a deployment
+        /// step that runs at every start).
+        #[arg(long)]
+        if_missing: bool,
     },
+    /// Issue one more node certificate from the CA in DIR (a new hub node, spoke or
+    /// admin), written as DIR/NAME.pem and .key.
+    Issue {
+        dir: PathBuf,
+        #[arg(long, value_enum)]
+        role: NodeRole,
+        /// Hub: hub-<id>; spoke: its spoke id; admin: any name.
+        #[arg(long)]
+        name: String,
+        /// Names and addresses the node is reached at (repeatable; not for admin).
+        #[arg(long = "san", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        sans: Vec<String>,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum NodeRole {
+    Hub,
+    Spoke,
+    Admin,
 }
 
 pub fn main() -> ExitCode {
@@ -81,11 +111,32 @@ pub fn main() -> ExitCode {
         Command::CheckConfig { config } => HubConfig::load(&config)
             .map(|c| println!("config ok: node {} listening on {}", c.node_id, c.listen))
             .map_err(|e| e.to_string()),
+        Command::Health { config } => HubConfig::load(&config)
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                vigo_common::tls::probe(c.listen, std::time::Duration::from_secs(2))
+                    .map_err(|e| format!("{}: {e}", c.listen))
+            }),
+        Command::Pki(PkiCommand::Issue {
+            dir,
+            role,
+            name,
+            sans,
+        }) => issue(&dir, role, &name, &sans),
+        Command::Pki(PkiCommand::Init {
+            dir,
+            if_missing: true,
+            ..
+        }) if PkiLayout::new(&dir).ca_cert().exists() => {
+            println!("a CA already exists in {}; kept as it is", dir.display());
+            Ok(())
+        }
         Command::Pki(PkiCommand::Init {
             dir,
             hubs,
             spokes,
             sans,
+            ..
         }) => PkiLayout::new(&dir)
             .init_cluster(&hubs, &spokes, &sans)
             .map(|()| println!("wrote the cluster PKI to {}", dir.display()))
@@ -99,6 +150,26 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn issue(dir: &std::path::Path, role: NodeRole, name: &str, sans: &[String]) -> Result<(), String> {
+    use vigo_common::pki::Role;
+    let layout = PkiLayout::new(dir);
+    let ca = layout.load_ca().map_err(|e| e.to_string())?;
+    let (role, cert_name, sans) = match role {
+        // The certificate names the hub by its node id: hub-3 → "3".
+        NodeRole::Hub => (Role::Hub, name.trim_start_matches("hub-"), sans),
+        NodeRole::Spoke => (Role::Spoke, name, sans),
+        NodeRole::Admin => (Role::Admin, name, &[][..]),
+    };
+    let issued = ca
+        .issue_node(role, cert_name, sans)
+        .map_err(|e| e.to_string())?;
+    layout
+        .write_issued(name, &issued)
+        .map_err(|e| e.to_string())?;
+    println!("wrote {name}.pem and {name}.key to {}", dir.display());
+    Ok(())
 }
 
 fn serve(config_path: PathBuf, found: bool) -> Result<(), String> {

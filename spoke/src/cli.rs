@@ -47,6 +47,12 @@ pub enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Exit 0 when the spoke configured in FILE accepts connections (container health
+    /// checks: the image has no shell).
+    Health {
+        #[arg(long, short, env = "VIGO_SPOKE_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Certificates and keys for a standalone spoke.
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -118,6 +124,12 @@ pub fn main() -> std::process::ExitCode {
             None => Err("no --config given; see vigo-spoke --help".to_string()),
         },
         Some(Command::CheckConfig { config }) => check_config(config),
+        Some(Command::Health { config }) => SpokeConfig::load(&config)
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                vigo_common::tls::probe(c.listen, std::time::Duration::from_secs(2))
+                    .map_err(|e| format!("{}: {e}", c.listen))
+            }),
         Some(Command::Pki(cmd)) => pki(cmd),
         Some(Command::Token(cmd)) => token(cmd),
     };

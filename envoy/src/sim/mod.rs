@@ -54,6 +54,9 @@ pub struct SimArgs {
     /// Enrollment token for envoys not yet enrolled.
     #[arg(long, env = "VIGO_TOKEN", default_value = "")]
     pub token: String,
+    /// File holding the enrollment token (instead of --token).
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
     #[arg(long, default_value_t = 100)]
     pub envoys: usize,
     /// Check-in interval of every envoy.
@@ -238,9 +241,15 @@ async fn ensure_enrolled(args: &SimArgs, ca_pem: &str) -> Result<(Vec<Identity>,
     if !file.envoys.is_empty() && have.len() == args.envoys {
         return Ok((have, 0));
     }
-    if args.token.is_empty() {
+    let token = match &args.token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| SimError::Usage(format!("--token-file {}: {e}", path.display())))?,
+        None => args.token.clone(),
+    };
+    if token.is_empty() {
         return Err(SimError::Usage(format!(
-            "{} envoys need enrolling: pass --token",
+            "{} envoys need enrolling: pass --token or --token-file",
             args.envoys - have.len()
         )));
     }
@@ -260,7 +269,7 @@ async fn ensure_enrolled(args: &SimArgs, ca_pem: &str) -> Result<(Vec<Identity>,
         while next < missing && tasks.len() < args.enroll_concurrency.max(1) {
             let channel = channels[next % channels.len()].clone();
             let hostname = format!("{}{stamp}-{:06}", args.hostname_prefix, suffix_base + next);
-            let (ca, token) = (ca_pem.to_string(), args.token.clone());
+            let (ca, token) = (ca_pem.to_string(), token.clone());
             tasks.spawn(async move {
                 let key = vigo_common::signing::generate_key();
                 client::enroll_over(channel, &ca, &token, &hostname, key).await

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Builds the image vigo-spanner:local without any registry: release binaries of this
+# repository plus the shared libraries they load (found with ldd), on FROM scratch.
+#
+#   deploy/docker/build-image.sh            IMAGE=vigo-spanner:dev deploy/docker/build-image.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+IMAGE=${IMAGE:-vigo-spanner:local}
+BINS=(vigo-hub vigo-spoke vigo-envoy vigo-sim vigocli)
+
+args=()
+for b in "${BINS[@]}"; do args+=(--bin "$b"); done
+cargo build --release "${args[@]}"
+BIN=${CARGO_TARGET_DIR:-target}/release
+
+ROOTFS=$(mktemp -d)
+trap 'rm -rf "$ROOTFS"' EXIT
+mkdir -p "$ROOTFS/usr/local/bin" "$ROOTFS/data" "$ROOTFS/tmp" "$ROOTFS/etc"
+chmod 1777 "$ROOTFS/tmp"
+# What envoys in this image report as their os trait.
+printf 'ID=vigo-spanner\nVERSION_ID=%s\n' "$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)" > "$ROOTFS/etc/os-release"
+for b in "${BINS[@]}"; do
+    cp "$BIN/$b" "$ROOTFS/usr/local/bin/"
+    # Every library the dynamic loader resolves, and the loader itself.
+    ldd "$BIN/$b" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' |
+        while read -r lib; do cp -L --parents "$lib" "$ROOTFS/"; done
+done
+docker build --quiet -t "$IMAGE" -f deploy/docker/Dockerfile "$ROOTFS" > /dev/null
+echo "built $IMAGE ($(du -sh "$ROOTFS" | cut -f1) on disk): ${BINS[*]}"

@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Failure tests across containers: the docker-compose deployment (3 hubs, 3 spokes, a real
+# agent, a simulator) under the failures a real deployment sees. One line per scenario:
+#
+#   PASS <scenario> (<seconds>s)     or     FAIL <scenario>: <why>
+#
+# Builds the image first (deploy/docker/build-image.sh). Runs under its own compose
+# project on free host ports, and removes its containers, network and volumes when it
+# ends, failed or not (the containers' logs are kept in $E2E_LOGS, default
+# /tmp/<project>.log). Exit status: the number of failed scenarios (0: all passed).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-vigoe2e$$}
+export VIGO_SIM_ENVOYS=${VIGO_SIM_ENVOYS:-100}
+P=$COMPOSE_PROJECT_NAME
+NET=${P}_vigo
+LOGS=${E2E_LOGS:-/tmp/$P.log}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+for v in HUB1_ADMIN HUB1_METRICS HUB2_ADMIN HUB2_METRICS HUB3_ADMIN HUB3_METRICS \
+    SPOKEA_METRICS SPOKEB_METRICS SPOKEC_METRICS; do
+    export "VIGO_PORT_$v=$(free_port)"
+done
+
+compose() { docker-compose -f docker-compose.yml "$@"; }
+cleanup() {
+    compose logs --no-color > "$LOGS" 2>&1 || true
+    compose down -v --remove-orphans > /dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+deploy/docker/build-image.sh || { echo "FAIL image: the image did not build"; exit 1; }
+
+failed=0
+current=
+started=0
+scenario() { current=$1; started=$(date +%s); }
+pass() { echo "PASS $current ($(( $(date +%s) - started ))s)"; }
+fail() { echo "FAIL $current: $*"; failed=$((failed + 1)); }
+
+container() { echo "${P}_$1_1"; }
+running() { [ "$(docker inspect -f '{{.State.Running}}' "$(container "$1")" 2>/dev/null)" = true ]; }
+# vigocli inside hub container $1, against hub address(es) $2.
+cli_via() {
+    local hub=$1 target=$2; shift 2
+    docker exec "$(container "$hub")" vigocli --hub "$target" --ca /pki/ca.pem \
+        --token-file /hub-1/admin.token --timeout 10s "$@"
+}
+# vigocli from any running hub, against any hub.
+cli() {
+    local h
+    for h in hub-1 hub-2 hub-3; do
+        if running "$h"; then cli_via "$h" "hub-1:7400,hub-2:7400,hub-3:7400" "$@"; return; fi
+    done
+    return 1
+}
+field() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))' "$1"; }
+checkins() { # check-ins answered so far by the spokes whose metrics answer
+    local total=0 n v
+    for v in VIGO_PORT_SPOKEA_METRICS VIGO_PORT_SPOKEB_METRICS VIGO_PORT_SPOKEC_METRICS; do
+        n=$(curl -s --max-time 2 "http://127.0.0.1:${!v}/metrics" |
+            awk '/^vigo_checkins_total/ { s += $2 } END { printf "%d", s }')
+        total=$((total + ${n:-0}))
+    done
+    echo "$total"
+}
+wait_for() { # seconds what command...: polls the command until it succeeds
+    local deadline=$(( $(date +%s) + $1 )) what=$2; shift 2
+    until "$@" > /dev/null 2>&1; do
+        if [ "$(date +%s)" -ge "$deadline" ]; then why="timed out waiting for $what"; return 1; fi
+        sleep 1
+    done
+}
+
+# Conditions polled by the scenarios.
+listed_at_least() { [ "$(cli envoys list --limit 1 --json | field "d['matched']")" -ge "$1" ]; }
+agent_status() { docker exec "$(container envoy)" vigo-envoy --state-dir /state status --json; }
+agent_converged() {
+    agent_status | field "d['last_run']['failed'] == 0 and d['last_run']['ok'] + d['last_run']['changed'] > 0" |
+        grep -qx True
+}
+agent_checked_in_after() { [ "$(agent_status | field "d['last_run']['last_check_in_ms']")" -gt "$1" ]; }
+# A hub asked about itself goes through 127.0.0.1: a node cut off the network has no DNS.
+leader_seen_by() { cli_via "hub-$1" 127.0.0.1:7400 status --json | field "d['leader_id']"; }
+new_leader() { local l; l=$(leader_seen_by "$1") && [ "$l" != 0 ] && [ "$l" != "$2" ]; }
+node_has_token() { cli_via "hub-$1" 127.0.0.1:7400 token list | grep -q "^$2 "; }
+healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$(container "$1")")" = healthy ]; }
+checkins_advance() { local a; a=$(checkins); sleep 3; [ "$(checkins)" -gt "$a" ]; }
+
+# ------------------------------------------------------------------ scenarios
+
+scenario "enroll through the hub and converge"
+why=
+if compose up -d > /dev/null 2>&1 &&
+    wait_for 240 "every envoy to be listed" listed_at_least $((VIGO_SIM_ENVOYS + 1)) &&
+    wait_for 90 "the agent to converge" agent_converged &&
+    wait_for 30 "check-ins to flow" checkins_advance; then
+    pass
+else
+    fail "${why:-the deployment did not come up}"
+fi
+
+scenario "stop the hub leader"
+why=
+old=$(cli status --json | field "d['leader_id']")
+other=$(( old % 3 + 1 ))
+if [ -n "$old" ] && [ "$old" != 0 ] &&
+    docker stop -t 5 "$(container "hub-$old")" > /dev/null &&
+    wait_for 30 "a new leader" new_leader "$other" "$old" &&
+    wait_for 30 "check-ins to go on without the leader" checkins_advance &&
+    cli token create "while-hub-$old-down" --role viewer > /dev/null &&
+    docker start "$(container "hub-$old")" > /dev/null &&
+    wait_for 60 "the old leader to catch up" node_has_token "$old" "while-hub-$old-down"; then
+    pass
+else
+    fail "${why:-hub-$old: a step failed}"
+fi
+
+scenario "cut one hub off the network"
+why=
+victim=$(cli status --json | field "[m['node_id'] for m in d['members'] if not m['leader']][0]")
+if [ -n "$victim" ] &&
+    docker network disconnect "$NET" "$(container "hub-$victim")" &&
+    cli_via "hub-$(( victim % 3 + 1 ))" "hub-$(( victim % 3 + 1 )):7400,hub-$(( (victim + 1) % 3 + 1 )):7400" \
+        token create "while-hub-$victim-cut-off" --role viewer > /dev/null &&
+    ! cli_via "hub-$victim" 127.0.0.1:7400 token create "from-the-cut-off-hub" --role viewer > /dev/null 2>&1 &&
+    ! node_has_token "$victim" "while-hub-$victim-cut-off" &&
+    docker network connect --alias "hub-$victim" "$NET" "$(container "hub-$victim")" &&
+    wait_for 60 "the cut-off hub to catch up" node_has_token "$victim" "while-hub-$victim-cut-off" &&
+    ! node_has_token "$victim" "from-the-cut-off-hub"; then
+    pass
+else
+    fail "${why:-hub-$victim: the majority did not commit, or the isolated node accepted a write}"
+fi
+
+scenario "stop a spoke"
+why=
+spoke=$(agent_status | field "d['spoke'].split(':')[0]")
+if [ -n "$spoke" ] && docker stop -t 10 "$(container "$spoke")" > /dev/null &&
+    out=$(cli envoys list --limit 1000 2>&1 >/dev/null; echo "exit=$?") &&
+    grep -q "spoke $spoke did not answer" <<< "$out" && grep -q "exit=3" <<< "$out" &&
+    since=$(agent_status | field "d['last_run']['finished_at_ms']") &&
+    wait_for 60 "the agent to run from its cached bundle" bash -c \
+        "[ \$(docker exec $(container envoy) vigo-envoy --state-dir /state status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"last_run\"][\"finished_at_ms\"])') -gt $since ]" &&
+    agent_converged &&
+    docker start "$(container "$spoke")" > /dev/null &&
+    wait_for 60 "the spoke to be healthy" healthy "$spoke" &&
+    wait_for 60 "the agent to check in again" agent_checked_in_after "$since" &&
+    wait_for 30 "every spoke to answer" cli envoys list --limit 1; then
+    pass
+else
+    fail "${why:-spoke ${spoke:-?}: ${out:-no listing}}"
+fi
+
+scenario "restart every container"
+why=
+before=$(cli status --json | field "(d['pins'], d['config_version'])")
+tokens_before=$(cli token list --json | field "sorted(t['name'] for t in d['tokens'])")
+if [ -n "$before" ] && compose restart > /dev/null 2>&1 &&
+    wait_for 120 "the hubs to answer" cli status &&
+    wait_for 60 "check-ins to flow again" checkins_advance &&
+    after=$(cli status --json | field "(d['pins'], d['config_version'])") &&
+    [ "$after" = "$before" ] &&
+    [ "$(cli token list --json | field "sorted(t['name'] for t in d['tokens'])")" = "$tokens_before" ] &&
+    wait_for 90 "the agent to converge after the restart" agent_converged; then
+    pass
+else
+    fail "${why:-state before ${before:-?}, after ${after:-?}}"
+fi
+
+echo "$((5 - failed)) of 5 scenarios passed (logs: $LOGS)"
+exit "$failed"
