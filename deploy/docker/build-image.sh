@@ -20,10 +20,12 @@ chmod 1777 "$ROOTFS/tmp"
 # What envoys in this image report as their os trait.
 printf 'ID=vigo-spanner\nVERSION_ID=%s\n' "$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)" > "$ROOTFS/etc/os-release"
 for b in "${BINS[@]}"; do
-    cp "$BIN/$b" "$ROOTFS/usr/local/bin/"
+    # Line tables stay in target/ for debugging; the image carries symbols only.
+    strip --strip-debug -o "$ROOTFS/usr/local/bin/$b" "$BIN/$b"
     # Every library the dynamic loader resolves, and the loader itself.
     ldd "$BIN/$b" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' |
         while read -r lib; do cp -L --parents "$lib" "$ROOTFS/"; done
 done
-docker build --quiet -t "$IMAGE" -f deploy/docker/Dockerfile "$ROOTFS" > /dev/null
+DOCKER_CLI_HINTS=false docker build --quiet -t "$IMAGE" -f deploy/docker/Dockerfile "$ROOTFS" > /dev/null 2>&1 ||
+    docker build -t "$IMAGE" -f deploy/docker/Dockerfile "$ROOTFS"
 echo "built $IMAGE ($(du -sh "$ROOTFS" | cut -f1) on disk): ${BINS[*]}"
