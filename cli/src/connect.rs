@@ -133,3 +133,17 @@ pub async fn connect(cli: &Cli) -> Result<Client, CliError> {
         last.unwrap_or_else(|| "no address given".into())
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/cli.example.yaml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let c: FileConfig = serde_yaml_ng::from_str(&text).unwrap();
+        assert_eq!(c.hub.unwrap().split(',').count(), 3);
+        assert!(c.ca.is_some() && c.token_file.is_some() && c.token.is_none());
+    }
+}

@@ -86,6 +86,13 @@ new_leader() { local l; l=$(leader_seen_by "$1") && [ "$l" != 0 ] && [ "$l" != "
 node_has_token() { cli_via "hub-$1" 127.0.0.1:7400 token list | grep -q "^$2 "; }
 healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$(container "$1")")" = healthy ]; }
 checkins_advance() { local a; a=$(checkins); sleep 3; [ "$(checkins)" -gt "$a" ]; }
+# A fresh envoy enrolls through hub $1 as hostname $2 (a throwaway container).
+enroll_via() {
+    docker run --rm --network "$NET" -v "${P}_pki:/pki:ro" -v "${P}_tokens:/tokens:ro" \
+        "vigo-spanner:${VIGO_IMAGE_TAG:-local}" vigo-envoy --state-dir /tmp/state enroll \
+        --server "hub-$1:7400" --ca /pki/ca.pem --token-file /tokens/enroll.token --hostname "$2"
+}
+listed_hostname() { [ "$(cli envoys list --hostname "$1" --json | field "d['matched']")" = 1 ]; }
 
 # ------------------------------------------------------------------ scenarios
 
@@ -108,6 +115,8 @@ if [ -n "$old" ] && [ "$old" != 0 ] &&
     docker stop -t 5 "$(container "hub-$old")" > /dev/null &&
     wait_for 30 "a new leader" new_leader "$other" "$old" &&
     wait_for 30 "check-ins to go on without the leader" checkins_advance &&
+    wait_for 30 "an enrollment through a surviving hub" enroll_via "$other" "after-failover-$old" &&
+    wait_for 10 "the new envoy to be listed" listed_hostname "after-failover-$old" &&
     cli token create "while-hub-$old-down" --role viewer > /dev/null &&
     docker start "$(container "hub-$old")" > /dev/null &&
     wait_for 60 "the old leader to catch up" node_has_token "$old" "while-hub-$old-down"; then
