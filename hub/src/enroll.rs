@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use globset::GlobBuilder;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 use vigo_common::signing::parse_public_key;
@@ -22,7 +21,7 @@ use vigo_proto::v1 as pb;
 
 use crate::error::HubError;
 use crate::node::Node;
-use crate::state::{Applied, ClusterState, Command, EnrollEntry, SpokeState};
+use crate::state::{Applied, ClusterState, Command, EnrollEntry};
 
 const MAX_TOKEN: usize = 256;
 const MAX_CSR: usize = 16 << 10;
@@ -332,6 +331,12 @@ fn plan(
     now: u64,
 ) -> Result<Plan, HubError> {
     let t = s.tokens.get(token).ok_or(HubError::UnknownToken)?;
+    if t.revoked {
+        return Err(HubError::TokenRefused(format!(
+            "token {:?} is revoked",
+            t.name
+        )));
+    }
     if t.expires_ms != 0 && now >= t.expires_ms {
         return Err(HubError::TokenRefused(format!(
             "token {:?} has expired",
@@ -359,21 +364,7 @@ fn plan(
         }
     }
     let chosen = s
-        .overrides
-        .iter()
-        .find(|o| {
-            GlobBuilder::new(&o.pattern)
-                .case_insensitive(true)
-                .build()
-                .is_ok_and(|g| g.compile_matcher().is_match(hostname))
-        })
-        .map(|o| o.spoke.clone())
-        .filter(|id| {
-            s.spokes
-                .get(id)
-                .is_some_and(|sp| sp.state == SpokeState::Active)
-        })
-        .or_else(|| s.ring().place(hostname).map(str::to_string))
+        .place(hostname, &s.ring())
         .ok_or(HubError::NoActiveSpoke)?;
     Ok(Plan::New {
         spoke: spoke_of(&chosen)?,

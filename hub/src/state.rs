@@ -394,13 +394,15 @@ impl ClusterState {
             .filter(|t| !t.revoked && (t.expires_ms == 0 || now_ms < t.expires_ms))
     }
 
-    /// Where an envoy goes when it must leave its spoke: a pattern override to an
-    /// active spoke, else the ring over active spokes.
+    /// Where an envoy belongs: the first pattern override that matches its hostname, if
+    /// that spoke is active, else the ring over active spokes. Enrollment and drain
+    /// both place envoys with this.
     pub fn place(&self, hostname: &str, ring: &Ring) -> Option<String> {
         let overridden = self.overrides.iter().find(|o| {
-            globset::Glob::new(&o.pattern)
-                .map(|g| g.compile_matcher().is_match(hostname))
-                .unwrap_or(false)
+            globset::GlobBuilder::new(&o.pattern)
+                .case_insensitive(true)
+                .build()
+                .is_ok_and(|g| g.compile_matcher().is_match(hostname))
         });
         match overridden {
             Some(o)
@@ -528,5 +530,84 @@ mod tests {
             Applied::Refused(_)
         ));
         assert_eq!(s, before);
+    }
+
+    #[test]
+    fn moves_are_all_or_nothing_and_a_spoke_with_pins_stays() {
+        let mut s = state_with_spoke();
+        s.apply(Command::RegisterSpoke {
+            id: "b".into(),
+            address: "127.0.0.1:2".into(),
+            weight: 1,
+            at_ms: 1,
+        });
+        s.apply(Command::Enroll(vec![
+            entry(10, "h1", 7, 5),
+            entry(12, "h2", 8, 5),
+        ]));
+        let before = s.clone();
+        let partly_unknown = s.apply(Command::MovePins(vec![(10, "b".into()), (99, "b".into())]));
+        assert!(matches!(partly_unknown, Applied::Refused(_)));
+        assert_eq!(s, before, "nothing moved");
+        let refused = s.apply(Command::SetSpokeState {
+            id: "a".into(),
+            state: SpokeState::Removed,
+        });
+        assert!(matches!(refused, Applied::Refused(_)));
+        s.apply(Command::MovePins(vec![(10, "b".into()), (12, "b".into())]));
+        assert!(s.pins.values().all(|p| p.spoke == "b"));
+        s.apply(Command::SetOverrides(vec![Override {
+            pattern: "H*".into(),
+            spoke: "a".into(),
+        }]));
+        assert_eq!(
+            s.place("h9", &s.ring()).as_deref(),
+            Some("a"),
+            "overrides ignore case"
+        );
+        s.apply(Command::SetSpokeState {
+            id: "a".into(),
+            state: SpokeState::Draining,
+        });
+        assert_eq!(
+            s.place("h9", &s.ring()).as_deref(),
+            Some("b"),
+            "an override to a draining spoke falls back to the ring"
+        );
+        assert_eq!(
+            s.apply(Command::SetSpokeState {
+                id: "a".into(),
+                state: SpokeState::Removed,
+            }),
+            Applied::Done
+        );
+        assert!(
+            s.overrides.is_empty(),
+            "overrides to a removed spoke go with it"
+        );
+    }
+
+    #[test]
+    fn revoked_and_duplicate_tokens() {
+        let mut s = state_with_spoke();
+        let dup = s.apply(Command::CreateApiToken {
+            hash: [9; 32],
+            token: ApiToken {
+                name: "t".into(),
+                role: ApiRole::Viewer,
+                expires_ms: 0,
+                revoked: false,
+            },
+        });
+        assert!(
+            matches!(dup, Applied::Refused(_)),
+            "names are unique across kinds"
+        );
+        s.apply(Command::RevokeToken { name: "t".into() });
+        let Applied::Enrolled(r) = s.apply(Command::Enroll(vec![entry(10, "h1", 7, 5)])) else {
+            panic!()
+        };
+        assert!(r[0].as_ref().unwrap_err().contains("revoked"));
+        assert!(s.pins.is_empty());
     }
 }
