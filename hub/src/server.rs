@@ -320,7 +320,9 @@ async fn roll_up_compliance(api: Arc<AdminApi>) {
         name: "hub".into(),
         role: ApiRole::Viewer,
     };
-    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    // The first roll-up waits a period: at start-up the spokes are still registering.
+    let period = Duration::from_secs(15);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         tick.tick().await;
         if api.node.read(|s| s.spokes.is_empty()) {
