@@ -3,15 +3,23 @@
 # repository plus the shared libraries they load (found with ldd), on FROM scratch.
 #
 #   deploy/docker/build-image.sh            IMAGE=vigo-spanner:dev deploy/docker/build-image.sh
+#
+# VIGO_IMAGE_PROFILE=debug packs the debug build instead (CI: it reuses what the tests
+# just compiled; functionally the same, slower to run).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 IMAGE=${IMAGE:-vigo-spanner:local}
+PROFILE=${VIGO_IMAGE_PROFILE:-release}
 BINS=(vigo-hub vigo-spoke vigo-envoy vigo-sim vigocli)
 
 args=()
 for b in "${BINS[@]}"; do args+=(--bin "$b"); done
-cargo build --release "${args[@]}"
-BIN=${CARGO_TARGET_DIR:-target}/release
+case "$PROFILE" in
+    release) cargo build --release "${args[@]}" ;;
+    debug) cargo build "${args[@]}" ;;
+    *) echo "VIGO_IMAGE_PROFILE must be release or debug" >&2; exit 2 ;;
+esac
+BIN=${CARGO_TARGET_DIR:-target}/$PROFILE
 
 ROOTFS=$(mktemp -d)
 trap 'rm -rf "$ROOTFS"' EXIT
@@ -28,4 +36,4 @@ for b in "${BINS[@]}"; do
 done
 DOCKER_CLI_HINTS=false docker build --quiet -t "$IMAGE" -f deploy/docker/Dockerfile "$ROOTFS" > /dev/null 2>&1 ||
     docker build -t "$IMAGE" -f deploy/docker/Dockerfile "$ROOTFS"
-echo "built $IMAGE ($(du -sh "$ROOTFS" | cut -f1) on disk): ${BINS[*]}"
+echo "built $IMAGE ($PROFILE, $(du -sh "$ROOTFS" | cut -f1) on disk): ${BINS[*]}"
