@@ -36,6 +36,10 @@ use crate::tokens::TokenBook;
 use crate::traits_store::{self, TraitsStore};
 use crate::verifier::BatchVerifier;
 
+/// Largest admin message: an import of a batch of envoys with their run histories
+/// (the hub sends at most `MAX_BATCH` envoys, with at most `keep_runs` runs each).
+const MAX_ADMIN_MESSAGE: usize = 64 << 20;
+
 /// How long shutdown waits for in-flight requests before closing connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -253,8 +257,10 @@ impl Spoke {
                     .max_decoding_message_size(gateway_limit),
             )
             .add_service(
+                // Envoy imports (reassign, drain) carry run histories; only hub and
+                // admin certificates get this far.
                 pb::spoke_admin_server::SpokeAdminServer::new(AdminService(admin))
-                    .max_decoding_message_size(1 << 20),
+                    .max_decoding_message_size(MAX_ADMIN_MESSAGE),
             );
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
