@@ -621,3 +621,79 @@ async fn rest_roles_and_malformed_requests_get_precise_answers() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_splits_batches_whose_run_histories_exceed_a_message() {
+    let cluster = Cluster::start(3, SPOKES).await;
+    cluster
+        .admin(0)
+        .set_overrides(api::SetOverridesRequest {
+            overrides: vec![api::Override {
+                pattern: "heavy-*".into(),
+                spoke_id: "spoke-a".into(),
+            }],
+        })
+        .await
+        .unwrap();
+    let cluster = Arc::new(cluster);
+    let mut envoys = cluster.enroll_fleet("heavy", 7).await;
+    // Ten runs of ~1 MB each per envoy: 70 MB for the batch, over the 64 MiB a spoke
+    // accepts in one message.
+    let big = "x".repeat(1_000_000);
+    for envoy in &mut envoys {
+        for run_id in 1..=10u64 {
+            let report = pb::RunReportBody {
+                run_id,
+                outcomes: vec![pb::ResourceOutcome {
+                    resource_id: "r/big".into(),
+                    outcome: pb::Outcome::Ok as i32,
+                    message: big.clone(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            let request = vigo_envoy::client::report_request(
+                envoy.id(),
+                &envoy.identity.key,
+                envoy.sequence.advance(),
+                report,
+            );
+            vigo_envoy::client::send_report(&mut envoy.gateway, request)
+                .await
+                .expect("report stored");
+        }
+    }
+    // All of them to one spoke, so they travel as one batch.
+    cluster
+        .admin(0)
+        .set_overrides(api::SetOverridesRequest {
+            overrides: vec![api::Override {
+                pattern: "heavy-*".into(),
+                spoke_id: "spoke-b".into(),
+            }],
+        })
+        .await
+        .unwrap();
+    let moved = cluster
+        .admin(2)
+        .drain_spoke(api::SpokeRef {
+            spoke_id: "spoke-a".into(),
+        })
+        .await
+        .expect("the drain splits what does not fit")
+        .into_inner();
+    assert_eq!(moved.moved, 7);
+    assert_eq!(moved.to["spoke-b"], 7);
+    for envoy in &envoys {
+        let detail = cluster
+            .admin(1)
+            .show_envoy(api::EnvoyRef {
+                envoy_id: envoy.id().to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(detail.envoy.unwrap().spoke, "spoke-b");
+        assert_eq!(detail.stored_runs, 10, "the whole history moved");
+    }
+}

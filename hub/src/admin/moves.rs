@@ -31,10 +31,26 @@ fn spoke_target(node: &Node, id: &str) -> Result<Target, HubError> {
     .ok_or_else(|| HubError::NotFound(format!("unknown spoke {id:?}")))
 }
 
-fn step_failed(spoke: &Target, step: &str, status: tonic::Status) -> HubError {
-    HubError::SpokeUnreachable {
-        spoke: spoke.id.clone(),
-        why: format!("{step}: {:?}: {}", status.code(), status.message()),
+/// Why one batch did not move.
+enum BatchError {
+    /// A message of the batch exceeds what a spoke or the hub accepts: split it.
+    TooLarge,
+    Failed(HubError),
+}
+
+impl From<HubError> for BatchError {
+    fn from(e: HubError) -> Self {
+        BatchError::Failed(e)
+    }
+}
+
+fn step_failed(spoke: &Target, step: &str, status: tonic::Status) -> BatchError {
+    match status.code() {
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => BatchError::TooLarge,
+        code => BatchError::Failed(HubError::SpokeUnreachable {
+            spoke: spoke.id.clone(),
+            why: format!("{step}: {code:?}: {}", status.message()),
+        }),
     }
 }
 
@@ -50,7 +66,7 @@ async fn move_batch(
     from: &Target,
     to: &Target,
     envoys: &[u64],
-) -> Result<(), HubError> {
+) -> Result<(), BatchError> {
     let mut old = fanout::client(node, &from.address)?;
     let mut new = fanout::client(node, &to.address)?;
     let export = old
@@ -76,6 +92,34 @@ async fn move_batch(
     Ok(())
 }
 
+/// Moves a batch, halving it while its messages are too large (long run histories).
+async fn move_splitting(
+    node: &Node,
+    from: &Target,
+    to: &Target,
+    envoys: &[u64],
+) -> Result<(), HubError> {
+    let mut pending = vec![envoys];
+    while let Some(batch) = pending.pop() {
+        match move_batch(node, from, to, batch).await {
+            Ok(()) => {}
+            Err(BatchError::TooLarge) if batch.len() > 1 => {
+                let (first, second) = batch.split_at(batch.len() / 2);
+                pending.push(second);
+                pending.push(first);
+            }
+            Err(BatchError::TooLarge) => {
+                return Err(HubError::Precondition(format!(
+                    "envoy {:016x}: its record is larger than one message may be",
+                    batch[0]
+                )));
+            }
+            Err(BatchError::Failed(e)) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Moves each envoy of `plan` (envoy, from, to) to its new spoke.
 pub async fn move_envoys(
     node: &Node,
@@ -91,7 +135,7 @@ pub async fn move_envoys(
     for ((from, to), envoys) in groups {
         let (from_t, to_t) = (spoke_target(node, &from)?, spoke_target(node, &to)?);
         for batch in envoys.chunks(BATCH) {
-            move_batch(node, &from_t, &to_t, batch).await?;
+            move_splitting(node, &from_t, &to_t, batch).await?;
             moved += batch.len() as u64;
             *to_counts.entry(to.clone()).or_default() += batch.len() as u64;
         }
