@@ -178,8 +178,9 @@ impl Filter {
         self.hostcrate.as_deref().is_none_or(|h| h == hostcrate)
     }
 
-    pub fn matches_traits(&self, get: impl Fn(&str) -> Option<String>) -> bool {
-        self.traits.iter().all(|p| p.holds(get(&p.key).as_deref()))
+    /// Every trait predicate holds; `get` borrows a trait's value (no copy per envoy).
+    pub fn matches_traits<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
+        self.traits.iter().all(|p| p.holds(get(&p.key)))
     }
 
     pub fn is_everything(&self) -> bool {

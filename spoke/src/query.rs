@@ -82,7 +82,9 @@ impl Admin {
             let traits = need_traits
                 .then(|| self.traits.get(&state.traits_hash))
                 .flatten();
-            if !filter.matches_traits(|k| traits.as_ref().and_then(|t| t.get(k).cloned())) {
+            if !filter
+                .matches_traits(|k| traits.as_deref().and_then(|t| t.get(k)).map(String::as_str))
+            {
                 return;
             }
             visit(Seen {
