@@ -350,25 +350,9 @@ impl PkiLayout {
     /// Creates the CA, a spoke server certificate for `dns_names`, an admin client
     /// certificate and the bundle-signing key. Refuses to overwrite an existing CA.
     pub fn init_standalone(&self, spoke_name: &str, dns_names: &[String]) -> Result<(), Error> {
-        if self.ca_cert().exists() {
-            return Err(Error::File {
-                path: self.ca_cert(),
-                why: "a CA already exists here; refusing to overwrite it".into(),
-            });
-        }
-        fsutil::create_private_dir(&self.dir)?;
-        let (ca, ca_key_pem) = CertAuthority::create("Vigo Spanner CA")?;
-        fsutil::write_atomic(&self.ca_key(), ca_key_pem.as_bytes(), 0o600)?;
-        fsutil::write_atomic(&self.ca_cert(), ca.cert_pem().as_bytes(), 0o644)?;
-        self.write_issued("spoke", &ca.issue_node(Role::Spoke, spoke_name, dns_names)?)?;
-        self.write_issued("admin", &ca.issue_node(Role::Admin, "admin", &[])?)?;
-        let bundle_key = crate::signing::generate_key();
-        fsutil::write_atomic(
-            &self.bundle_signing_key(),
-            crate::signing::key_to_pkcs8_pem(&bundle_key).as_bytes(),
-            0o600,
-        )?;
-        Ok(())
+        self.init_with(|ca| {
+            self.write_issued("spoke", &ca.issue_node(Role::Spoke, spoke_name, dns_names)?)
+        })
     }
 
     /// Creates the PKI of a whole cluster: the CA, a certificate per hub node
@@ -380,6 +364,26 @@ impl PkiLayout {
         spokes: &[String],
         dns_names: &[String],
     ) -> Result<(), Error> {
+        self.init_with(|ca| {
+            for id in hubs {
+                self.write_issued(
+                    &format!("hub-{id}"),
+                    &ca.issue_node(Role::Hub, &id.to_string(), dns_names)?,
+                )?;
+            }
+            for spoke in spokes {
+                self.write_issued(spoke, &ca.issue_node(Role::Spoke, spoke, dns_names)?)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// A fresh CA (refusing to overwrite one), the node certificates `nodes` issues from
+    /// it, an admin client certificate and the bundle-signing key.
+    fn init_with(
+        &self,
+        nodes: impl FnOnce(&CertAuthority) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         if self.ca_cert().exists() {
             return Err(Error::File {
                 path: self.ca_cert(),
@@ -390,23 +394,14 @@ impl PkiLayout {
         let (ca, ca_key_pem) = CertAuthority::create("Vigo Spanner CA")?;
         fsutil::write_atomic(&self.ca_key(), ca_key_pem.as_bytes(), 0o600)?;
         fsutil::write_atomic(&self.ca_cert(), ca.cert_pem().as_bytes(), 0o644)?;
-        for id in hubs {
-            self.write_issued(
-                &format!("hub-{id}"),
-                &ca.issue_node(Role::Hub, &id.to_string(), dns_names)?,
-            )?;
-        }
-        for spoke in spokes {
-            self.write_issued(spoke, &ca.issue_node(Role::Spoke, spoke, dns_names)?)?;
-        }
+        nodes(&ca)?;
         self.write_issued("admin", &ca.issue_node(Role::Admin, "admin", &[])?)?;
         let bundle_key = crate::signing::generate_key();
         fsutil::write_atomic(
             &self.bundle_signing_key(),
             crate::signing::key_to_pkcs8_pem(&bundle_key).as_bytes(),
             0o600,
-        )?;
-        Ok(())
+        )
     }
 
     pub fn load_ca(&self) -> Result<CertAuthority, Error> {
