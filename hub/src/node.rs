@@ -103,6 +103,25 @@ impl Node {
         }
     }
 
+    /// Runs `here` when this node leads; otherwise calls `there` with a channel to the
+    /// leader (the caller sends the same request there) and returns its answer.
+    pub async fn on_leader<T, ThereFut>(
+        &self,
+        here: impl std::future::Future<Output = Result<T, HubError>>,
+        there: impl FnOnce(Channel) -> ThereFut,
+    ) -> Result<T, HubError>
+    where
+        ThereFut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        match self.leader()? {
+            Leader::Here => here.await,
+            Leader::There(addr) => there(self.peers.channel(&addr)?)
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(HubError::Forward),
+        }
+    }
+
     /// As [`Node::propose`], expecting plain success.
     pub async fn propose_ok(&self, command: Command) -> Result<(), HubError> {
         match self.propose(command).await? {

@@ -2,12 +2,10 @@
 //! writes run on the leader — a follower forwards the same call there, and the leader
 //! trusts a forwarding hub certificate to have checked the original caller.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use vigo_common::EnvoyId;
 use vigo_common::pki::{Peer, Role};
@@ -17,7 +15,7 @@ use vigo_common::tls::PeerInfo;
 use vigo_proto::v1 as pb;
 
 use crate::error::HubError;
-use crate::node::{Leader, Node};
+use crate::node::Node;
 use crate::publish;
 use crate::state::{Command, SpokeState};
 
@@ -33,26 +31,6 @@ fn peer<T>(request: &Request<T>) -> Peer {
         .get::<PeerInfo>()
         .map(|p| p.peer.clone())
         .unwrap_or(Peer::Anonymous)
-}
-
-/// Runs `here` on the leader, or forwards with `there` to the leader's address.
-async fn on_leader<T, Here, There, ThereFut>(
-    node: &Node,
-    here: Here,
-    there: There,
-) -> Result<T, HubError>
-where
-    Here: Future<Output = Result<T, HubError>>,
-    There: FnOnce(Channel) -> ThereFut,
-    ThereFut: Future<Output = Result<Response<T>, Status>>,
-{
-    match node.leader()? {
-        Leader::Here => here.await,
-        Leader::There(addr) => there(node.peers.channel(&addr)?)
-            .await
-            .map(Response::into_inner)
-            .map_err(HubError::Forward),
-    }
 }
 
 fn forwarded<T>(msg: T) -> Request<T> {
@@ -124,8 +102,7 @@ impl pb::hub_spokes_server::HubSpokes for SpokesService {
         let node = &self.node;
         let fwd = msg.clone();
         let fwd_id = id.clone();
-        let result = on_leader(
-            node,
+        let result = node.on_leader(
             async {
                 let unchanged = node.read(|s| {
                     s.spokes.get(&id).is_some_and(|sp| {
@@ -165,32 +142,33 @@ impl pb::hub_spokes_server::HubSpokes for SpokesService {
         let node = &self.node;
         let fwd = msg.clone();
         let fwd_id = id.clone();
-        let result = on_leader(
-            node,
-            async {
-                let now = now_ms();
-                let due = node.read(|s| match s.spokes.get(&id) {
-                    None => Err(HubError::NotFound(format!("spoke {id} is not registered"))),
-                    Some(sp) => Ok(sp.config_version != msg.config_version
-                        || now.saturating_sub(sp.last_heartbeat_ms) >= HEARTBEAT_WRITE_EVERY_MS),
-                })?;
-                if due {
-                    node.propose_ok(Command::Heartbeat {
-                        id: id.clone(),
-                        config_version: msg.config_version.clone(),
-                        at_ms: now,
-                    })
-                    .await?;
-                }
-                Ok(self.directive(id.clone()))
-            },
-            |c| async move {
-                pb::hub_spokes_client::HubSpokesClient::new(c)
-                    .heartbeat(with_spoke_id(fwd, &fwd_id))
-                    .await
-            },
-        )
-        .await;
+        let result = node
+            .on_leader(
+                async {
+                    let now = now_ms();
+                    let due = node.read(|s| match s.spokes.get(&id) {
+                        None => Err(HubError::NotFound(format!("spoke {id} is not registered"))),
+                        Some(sp) => Ok(sp.config_version != msg.config_version
+                            || now.saturating_sub(sp.last_heartbeat_ms)
+                                >= HEARTBEAT_WRITE_EVERY_MS),
+                    })?;
+                    if due {
+                        node.propose_ok(Command::Heartbeat {
+                            id: id.clone(),
+                            config_version: msg.config_version.clone(),
+                            at_ms: now,
+                        })
+                        .await?;
+                    }
+                    Ok(self.directive(id.clone()))
+                },
+                |c| async move {
+                    pb::hub_spokes_client::HubSpokesClient::new(c)
+                        .heartbeat(with_spoke_id(fwd, &fwd_id))
+                        .await
+                },
+            )
+            .await;
         Ok(Response::new(result?))
     }
 

@@ -27,7 +27,7 @@ use vigo_proto::admin::v1 as api;
 pub use auth::{Caller, authenticate, new_secret};
 
 use crate::error::HubError;
-use crate::node::{Leader, Node};
+use crate::node::Node;
 use crate::state::ApiRole;
 
 pub type AdminClient = api::hub_admin_client::HubAdminClient<Channel>;
@@ -60,7 +60,8 @@ impl AdminApi {
         Self { node }
     }
 
-    /// Runs `here` on the leader, or forwards the call there with `there`.
+    /// Runs `here` on the leader, or forwards the call there with `there`, stamped
+    /// with who the caller is.
     async fn on_leader<Req, Resp, HereFut, There, ThereFut>(
         &self,
         caller: &Caller,
@@ -69,25 +70,23 @@ impl AdminApi {
         there: There,
     ) -> Result<Resp, HubError>
     where
+        Req: Clone,
         HereFut: Future<Output = Result<Resp, HubError>>,
         There: FnOnce(AdminClient, tonic::Request<Req>) -> ThereFut,
         ThereFut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
-        match self.node.leader()? {
-            Leader::Here => here(req).await,
-            Leader::There(addr) => {
-                let client = AdminClient::new(self.node.peers.channel(&addr)?)
+        let forward = req.clone();
+        self.node
+            .on_leader(here(req), |channel| {
+                let client = AdminClient::new(channel)
                     .max_decoding_message_size(crate::fanout::MAX_SPOKE_MESSAGE)
                     .max_encoding_message_size(crate::fanout::MAX_SPOKE_MESSAGE);
-                let mut request = tonic::Request::new(req);
+                let mut request = tonic::Request::new(forward);
                 request.set_timeout(FORWARD_TIMEOUT);
                 caller.stamp(request.metadata_mut());
                 there(client, request)
-                    .await
-                    .map(tonic::Response::into_inner)
-                    .map_err(HubError::Forward)
-            }
-        }
+            })
+            .await
     }
 }
 
