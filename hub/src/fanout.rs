@@ -48,6 +48,13 @@ pub fn targets(node: &Node, only: Option<&str>) -> Result<Vec<Target>, HubError>
     }
 }
 
+/// `msg` as a request that gives up after `deadline`.
+pub fn within<T>(msg: T, deadline: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(deadline);
+    r
+}
+
 /// A client for one spoke over this hub's mTLS channel.
 pub fn client(node: &Node, address: &str) -> Result<SpokeClient, HubError> {
     Ok(SpokeClient::new(node.peers.channel(address)?)

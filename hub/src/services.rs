@@ -34,9 +34,7 @@ fn peer<T>(request: &Request<T>) -> Peer {
 }
 
 fn forwarded<T>(msg: T) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.set_timeout(FORWARD_TIMEOUT);
-    r
+    crate::fanout::within(msg, FORWARD_TIMEOUT)
 }
 
 // ---------------------------------------------------------------- spokes

@@ -162,10 +162,13 @@ impl HostcrateTally {
 }
 
 fn tally_place(st: &EnvoyState) -> TallyPlace {
-    let slot = st
-        .effective_status()
-        .map(|s| s.index())
-        .unwrap_or(REVOKED_SLOT);
+    place_of(st, st.effective_status())
+}
+
+/// The tally place of `st` given its already computed effective status.
+#[inline]
+fn place_of(st: &EnvoyState, status: Option<Compliance>) -> TallyPlace {
+    let slot = status.map_or(REVOKED_SLOT, Compliance::index);
     (st.policy_generation, st.hostcrate, slot)
 }
 
@@ -260,7 +263,7 @@ impl FleetIndex {
     pub fn update<R>(&self, record: &EnvoyRecord, f: impl FnOnce(&mut EnvoyState) -> R) -> R {
         let mut st = record.lock();
         let before = st.effective_status();
-        let placed = tally_place(&st);
+        let placed = place_of(&st, before);
         let was_dirty = st.dirty;
         let out = f(&mut st);
         let after = st.effective_status();
@@ -268,7 +271,7 @@ impl FleetIndex {
             self.count(before, -1);
             self.count(after, 1);
         }
-        let replaced = tally_place(&st);
+        let replaced = place_of(&st, after);
         if placed != replaced {
             let mut tally = self.lock_tally();
             tally.add(placed, -1);

@@ -146,10 +146,11 @@ impl AdminApi {
         caller.require(ApiRole::Viewer, "ShowEnvoy")?;
         let (id, spoke) = self.pinned(&req.envoy_id)?;
         let mut client = fanout::client(&self.node, &spoke.address)?;
-        let mut request = tonic::Request::new(pb::GetEnvoyRequest { envoy_id: id });
-        request.set_timeout(QUERY_DEADLINE);
         let info = client
-            .get_envoy(request)
+            .get_envoy(fanout::within(
+                pb::GetEnvoyRequest { envoy_id: id },
+                QUERY_DEADLINE,
+            ))
             .await
             .map_err(|s| Self::spoke_call_error(&spoke.id, s))?
             .into_inner();
@@ -191,13 +192,14 @@ impl AdminApi {
             format!("{} (by {})", req.reason, caller.name)
         };
         let mut client = fanout::client(&self.node, &spoke.address)?;
-        let mut request = tonic::Request::new(pb::RevokeEnvoyRequest {
-            envoy_id: id,
-            reason,
-        });
-        request.set_timeout(QUERY_DEADLINE);
         let revoked_now = client
-            .revoke_envoy(request)
+            .revoke_envoy(fanout::within(
+                pb::RevokeEnvoyRequest {
+                    envoy_id: id,
+                    reason,
+                },
+                QUERY_DEADLINE,
+            ))
             .await
             .map_err(|s| Self::spoke_call_error(&spoke.id, s))?
             .into_inner()

@@ -55,9 +55,7 @@ fn step_failed(spoke: &Target, step: &str, status: tonic::Status) -> BatchError 
 }
 
 fn request<T>(msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.set_timeout(STEP_DEADLINE);
-    r
+    fanout::within(msg, STEP_DEADLINE)
 }
 
 /// Moves `envoys` from spoke `from` to spoke `to`.

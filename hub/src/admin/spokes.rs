@@ -66,10 +66,8 @@ impl AdminApi {
         let address = info.address.clone();
         let live = async {
             let mut client = fanout::client(&self.node, &address).map_err(|e| e.to_string())?;
-            let mut request = tonic::Request::new(pb::StatsRequest {});
-            request.set_timeout(QUERY_DEADLINE);
             client
-                .stats(request)
+                .stats(fanout::within(pb::StatsRequest {}, QUERY_DEADLINE))
                 .await
                 .map(tonic::Response::into_inner)
                 .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
