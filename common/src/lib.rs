@@ -11,6 +11,7 @@ pub mod fleet_query;
 pub mod fsutil;
 pub mod hostname;
 pub mod ids;
+pub mod limits;
 pub mod pki;
 pub mod policy;
 pub mod procfs;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use vigo_common::policy::bundle::{BundleError, SignedBundle, verify_delivery};
-use vigo_common::policy::{PolicyErrors, compile, load_dir, parse_tree};
+use vigo_common::policy::{PolicyErrors, compile, load_dir, parse_tree, validate};
 use vigo_common::signing::generate_key;
 
 fn tree(files: &[(&str, &str)]) -> Result<vigo_common::policy::PolicyTree, PolicyErrors> {
@@ -27,7 +27,7 @@ const ROLE: &str = "configcrates: [c]\n";
 fn example_policy_loads_and_compiles() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/policy");
     let tree = load_dir(&dir).expect("example policy is valid");
-    let compiled = compile(&tree);
+    let compiled = compile(&tree).expect("compiles");
     let web = compiled.match_hostname("web-01");
     assert_eq!(compiled.hostcrates[web].name, "web");
     assert_eq!(
@@ -59,7 +59,7 @@ fn hostname_patterns_are_case_insensitive_and_first_match_wins() {
         ("configcrates/c.yaml", "resources: []\n"),
     ])
     .unwrap();
-    let c = compile(&t);
+    let c = compile(&t).expect("compiles");
     assert_eq!(c.hostcrates[c.match_hostname("web-1")].name, "a");
     assert_eq!(c.match_hostname("db-1"), c.fallback_index());
 }
@@ -192,7 +192,7 @@ fn same_tree_compiles_to_same_fingerprint_and_changes_move_it() {
     let key = generate_key();
     let sign = |files: &[(&str, &str)]| {
         let t = tree(files).unwrap();
-        let c = compile(&t);
+        let c = compile(&t).expect("compiles");
         SignedBundle::sign(&c.hostcrates[0], &c.version, &key)
     };
     let a = sign(&files);
@@ -206,7 +206,7 @@ fn same_tree_compiles_to_same_fingerprint_and_changes_move_it() {
 #[test]
 fn bundles_verify_with_stubs_and_refuse_tampering() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/policy");
-    let compiled = compile(&load_dir(&dir).unwrap());
+    let compiled = compile(&load_dir(&dir).unwrap()).unwrap();
     let key = generate_key();
     let trusted = [key.verifying_key()];
     let web = &compiled.hostcrates[compiled.match_hostname("web-1")];
@@ -251,4 +251,114 @@ fn bundles_verify_with_stubs_and_refuse_tampering() {
     let mut truncated = full;
     truncated.manifest = truncated.manifest.slice(..truncated.manifest.len() / 2);
     assert!(verify_delivery(&truncated, &trusted, |_| None).is_err());
+}
+
+fn hostcrates_with_patterns(patterns: &[String]) -> String {
+    let list: Vec<String> = patterns.iter().map(|p| format!("'{p}'")).collect();
+    format!(
+        "hostcrates:\n  - name: big\n    match: [{}]\n    roles: [r]\n",
+        list.join(", ")
+    )
+}
+
+fn files(entries: &[(&str, String)]) -> BTreeMap<PathBuf, String> {
+    entries
+        .iter()
+        .map(|(p, t)| (PathBuf::from(p), t.clone()))
+        .collect()
+}
+
+/// What parses but cannot be served is refused at validation, by name — never a panic
+/// in the compiler on a spoke.
+#[test]
+fn patterns_the_matcher_cannot_build_fail_validation_not_compilation() {
+    let long = "?".repeat(1_000_000);
+    let err = validate(&files(&[
+        ("hostcrates.yaml", hostcrates_with_patterns(&[long])),
+        ("roles/r.yaml", ROLE.into()),
+        ("configcrates/c.yaml", "resources: []\n".into()),
+    ]))
+    .unwrap_err();
+    assert!(
+        messages(err).contains("hostcrate big: a pattern of 1000000 bytes"),
+        "an oversized pattern is named"
+    );
+
+    // Each pattern within the length limit, together too large for the regex set.
+    let many: Vec<String> = (0..4_000)
+        .map(|i| format!("{}-{i}", "?".repeat(200)))
+        .collect();
+    let tree = tree(&[
+        ("hostcrates.yaml", &hostcrates_with_patterns(&many)),
+        ("roles/r.yaml", ROLE),
+        ("configcrates/c.yaml", "resources: []\n"),
+    ])
+    .expect("parses: every pattern is a valid glob");
+    let compiled = std::panic::catch_unwind(|| compile(&tree)).expect("compile never panics");
+    let msg = messages(compiled.unwrap_err());
+    assert!(
+        msg.contains("hostcrates.yaml: hostcrate big: its 4000 pattern(s) do not compile"),
+        "{msg}"
+    );
+}
+
+/// YAML aliases let a small tree expand into a large bundle: the bundle is measured
+/// after compiling, against what an envoy decodes.
+#[test]
+fn a_bundle_larger_than_an_envoy_accepts_fails_validation() {
+    let content = "x".repeat(9 << 20);
+    let crate_text = |copies: usize| {
+        let mut text = format!(
+            "resources:\n  - {{id: f0, type: file, path: /f0, template: false, content: &big '{content}'}}\n"
+        );
+        for i in 1..copies {
+            text.push_str(&format!(
+                "  - {{id: f{i}, type: file, path: /f{i}, template: false, content: *big}}\n"
+            ));
+        }
+        text
+    };
+    let with = |copies| {
+        validate(&files(&[
+            (
+                "hostcrates.yaml",
+                "hostcrates:\n  - name: fat\n    match: '*'\n    roles: [r]\n".into(),
+            ),
+            ("roles/r.yaml", ROLE.into()),
+            ("configcrates/c.yaml", crate_text(copies)),
+        ]))
+    };
+    assert!(with(1).is_ok(), "a 9 MiB bundle is deliverable");
+    let msg = messages(with(2).unwrap_err());
+    assert!(
+        msg.contains("hostcrate fat: its bundle is") && msg.contains("an envoy accepts at most"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn the_tree_walk_refuses_links_and_does_not_follow_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("policy");
+    std::fs::create_dir_all(root.join("roles")).unwrap();
+    std::fs::create_dir_all(root.join("configcrates")).unwrap();
+    std::fs::write(root.join("hostcrates.yaml"), HOSTS).unwrap();
+    std::fs::write(root.join("roles/r.yaml"), ROLE).unwrap();
+    // A file outside the tree, linked in; and two directory links that loop.
+    let outside = dir.path().join("secret.yaml");
+    std::fs::write(&outside, "resources: []\n").unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("configcrates/c.yaml")).unwrap();
+    std::os::unix::fs::symlink(&root, root.join("configcrates/loop")).unwrap();
+    std::os::unix::fs::symlink(root.join("configcrates"), root.join("roles/loop")).unwrap();
+    let err = load_dir(&root).unwrap_err();
+    let msg = messages(err);
+    assert!(
+        msg.contains("configcrates/c.yaml: is a symbolic link"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("configcrates/loop: is a symbolic link"),
+        "{msg}"
+    );
+    assert!(msg.contains("roles/loop: is a symbolic link"), "{msg}");
 }

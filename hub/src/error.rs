@@ -49,6 +49,8 @@ pub enum HubError {
     StaleTimestamp { skew_ms: i64 },
     #[error("an enrollment for hostname {0:?} is in progress; retry")]
     InProgress(String),
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("forwarding to the leader: {0}")]
     Forward(Status),
     #[error(transparent)]
@@ -76,7 +78,7 @@ impl HubError {
                 Code::InvalidArgument
             }
             Common(vigo_common::Error::BadSignature) => Code::Unauthenticated,
-            Common(_) => Code::Internal,
+            Internal(_) | Common(_) => Code::Internal,
         }
     }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tracing::{info, warn};
+use vigo_common::limits::MAX_POLICY_BYTES;
 use vigo_common::time::now_ms;
 use vigo_proto::v1 as pb;
 
@@ -17,8 +18,6 @@ use crate::node::Node;
 use crate::state::{Command, ConfigEntry, SpokeState};
 
 const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest policy tree accepted.
-const MAX_TREE_BYTES: usize = 16 << 20;
 
 pub fn to_proto(c: &ConfigEntry, with_files: bool) -> pb::ConfigVersion {
     pb::ConfigVersion {
@@ -42,17 +41,21 @@ pub async fn publish(
     files: BTreeMap<String, String>,
 ) -> Result<pb::ConfigVersion, HubError> {
     let size: usize = files.iter().map(|(k, v)| k.len() + v.len()).sum();
-    if size > MAX_TREE_BYTES {
+    if size > MAX_POLICY_BYTES {
         return Err(HubError::malformed(
             "policy",
-            format!("{size} bytes; the limit is {MAX_TREE_BYTES}"),
+            format!("{size} bytes; the limit is {MAX_POLICY_BYTES}"),
         ));
     }
     let tree_files: BTreeMap<PathBuf, String> = files
         .iter()
         .map(|(k, v)| (PathBuf::from(k), v.clone()))
         .collect();
-    let tree = vigo_common::policy::parse_tree(&tree_files).map_err(vigo_common::Error::Policy)?;
+    // Compiled as every spoke will compile it: what is published can be served.
+    let tree = tokio::task::spawn_blocking(move || vigo_common::policy::validate(&tree_files))
+        .await
+        .map_err(|e| HubError::Internal(format!("policy validation stopped: {e}")))?
+        .map_err(vigo_common::Error::Policy)?;
     let entry = ConfigEntry {
         version: hex::encode(tree.version),
         author,

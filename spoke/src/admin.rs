@@ -193,7 +193,8 @@ impl Admin {
         .await
     }
 
-    /// Serves a policy version the hub published: validated, durable, then in force.
+    /// Serves a policy version the hub published: compiled first (a version that does
+    /// not compile changes nothing, not even the store), durable, then in force.
     pub async fn apply_config(
         self: &Arc<Self>,
         version: pb::ConfigVersion,
@@ -203,9 +204,12 @@ impl Admin {
             .iter()
             .map(|(k, v)| (k.into(), v.clone()))
             .collect();
-        let tree = vigo_common::policy::parse_tree(&files)
+        // Compiling a large tree takes a while: off the async workers.
+        let compiled = tokio::task::spawn_blocking(move || vigo_common::policy::validate(&files))
+            .await
+            .map_err(|_| SpokeError::ShuttingDown)?
             .map_err(|e| SpokeError::malformed("policy", e))?;
-        let computed = hex::encode(tree.version);
+        let computed = hex::encode(compiled.version);
         if computed != version.version {
             return Err(SpokeError::malformed(
                 "policy",
@@ -226,7 +230,7 @@ impl Admin {
                 })
                 .await?;
             this.policy
-                .apply_published(&files)
+                .install(Ok(compiled), "hub")
                 .map_err(|e| SpokeError::malformed("policy", e))?;
             info!(version = %computed, author = %version.author, "policy version from the hub in force");
             Ok(pb::ApplyConfigResponse { version: computed })

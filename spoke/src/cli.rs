@@ -180,8 +180,8 @@ async fn serve_until_signal(spoke: &mut Spoke) -> Result<(), String> {
 
 fn check_config(path: PathBuf) -> Result<(), String> {
     let config = SpokeConfig::load(&path).map_err(|e: SpokeError| e.to_string())?;
-    let tree = vigo_common::policy::load_dir(&config.policy_dir).map_err(|e| e.to_string())?;
-    let compiled = vigo_common::policy::compile(&tree);
+    let files = vigo_common::policy::read_files(&config.policy_dir).map_err(|e| e.to_string())?;
+    let compiled = vigo_common::policy::validate(&files).map_err(|e| e.to_string())?;
     println!(
         "config ok; policy {} with {} hostcrate(s)",
         hex::encode(compiled.version),

@@ -13,9 +13,7 @@ use arc_swap::{ArcSwap, Guard};
 use ed25519_dalek::SigningKey;
 use tracing::{info, warn};
 use vigo_common::policy::bundle::SignedBundle;
-use vigo_common::policy::{
-    CompiledPolicy, PolicyErrors, PolicyTree, compile, load_dir, parse_tree,
-};
+use vigo_common::policy::{CompiledPolicy, PolicyErrors, read_files, validate};
 
 /// Bundles of this many past policy generations stay known, so an envoy a few
 /// versions behind still receives the modules it holds as stubs.
@@ -90,7 +88,7 @@ impl PolicyCache {
     pub fn load(dir: &Path, key: SigningKey) -> Result<Self, PolicyErrors> {
         Self::start(
             PolicySource::Directory(dir.to_path_buf()),
-            load_dir(dir)?,
+            validate(&read_files(dir)?)?,
             key,
         )
     }
@@ -100,15 +98,15 @@ impl PolicyCache {
         files: &BTreeMap<PathBuf, String>,
         key: SigningKey,
     ) -> Result<Self, PolicyErrors> {
-        Self::start(PolicySource::Hub, parse_tree(files)?, key)
+        Self::start(PolicySource::Hub, validate(files)?, key)
     }
 
     fn start(
         source: PolicySource,
-        tree: PolicyTree,
+        compiled: CompiledPolicy,
         key: SigningKey,
     ) -> Result<Self, PolicyErrors> {
-        let (snapshot, known) = build(tree, &key, 0, &VecDeque::new());
+        let (snapshot, known) = build(compiled, &key, 0, &VecDeque::new());
         let mut history = VecDeque::new();
         history.push_back(known);
         Ok(Self {
@@ -139,7 +137,10 @@ impl PolicyCache {
     /// A spoke whose policy comes from its hub has nothing to reload.
     pub fn reload(&self) -> Result<Arc<PolicySnapshot>, PolicyErrors> {
         match &self.source {
-            PolicySource::Directory(dir) => self.install(load_dir(dir), &dir.display().to_string()),
+            PolicySource::Directory(dir) => self.install(
+                read_files(dir).and_then(|files| validate(&files)),
+                &dir.display().to_string(),
+            ),
             PolicySource::Hub => {
                 info!("policy comes from the hub; nothing to reload");
                 Ok(self.current.load_full())
@@ -152,25 +153,27 @@ impl PolicyCache {
         &self,
         files: &BTreeMap<PathBuf, String>,
     ) -> Result<Arc<PolicySnapshot>, PolicyErrors> {
-        self.install(parse_tree(files), "hub")
+        self.install(validate(files), "hub")
     }
 
-    fn install(
+    /// Serves a compiled policy from now on; an invalid one (`Err`) is counted and
+    /// logged, and the serving policy stays.
+    pub fn install(
         &self,
-        tree: Result<PolicyTree, PolicyErrors>,
+        compiled: Result<CompiledPolicy, PolicyErrors>,
         origin: &str,
     ) -> Result<Arc<PolicySnapshot>, PolicyErrors> {
         let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
         let generation = self.current.load().generation.wrapping_add(1);
-        let tree = match tree {
-            Ok(tree) => tree,
+        let compiled = match compiled {
+            Ok(c) => c,
             Err(e) => {
                 metrics::counter!("vigo_policy_reloads_total", "result" => "rejected").increment(1);
                 warn!(%origin, errors = %e, "policy rejected; previous policy keeps serving");
                 return Err(e);
             }
         };
-        let (snapshot, known) = build(tree, &self.key, generation, &history);
+        let (snapshot, known) = build(compiled, &self.key, generation, &history);
         history.push_back(known);
         while history.len() > KNOWN_GENERATIONS {
             history.pop_front();
@@ -199,12 +202,11 @@ impl PolicyCache {
 type Known = Vec<([u8; 32], Arc<[[u8; 32]]>)>;
 
 fn build(
-    tree: PolicyTree,
+    compiled: CompiledPolicy,
     key: &SigningKey,
     generation: u32,
     history: &VecDeque<Known>,
 ) -> (PolicySnapshot, Known) {
-    let compiled = compile(&tree);
     let bundles: Vec<SignedBundle> = compiled
         .hostcrates
         .iter()

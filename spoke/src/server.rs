@@ -93,18 +93,12 @@ impl Spoke {
 
         let bundle_key = signing::read_key_file(&config.bundle_signing_key)?;
         let bundle_public = Bytes::copy_from_slice(bundle_key.verifying_key().as_bytes());
-        let policy = Arc::new(
-            match &config.hub {
-                None => PolicyCache::load(&config.policy_dir, bundle_key),
-                Some(_) => {
-                    let files = published
-                        .map(|v| v.files.into_iter().map(|(k, v)| (k.into(), v)).collect())
-                        .unwrap_or_else(empty_policy);
-                    PolicyCache::published(&files, bundle_key)
-                }
+        let policy = Arc::new(match &config.hub {
+            None => {
+                PolicyCache::load(&config.policy_dir, bundle_key).map_err(policy_startup_error)?
             }
-            .map_err(policy_startup_error)?,
-        );
+            Some(_) => published_policy(published, bundle_key)?,
+        });
         info!(
             version = %policy.current().version_hex(),
             hostcrates = policy.current().bundles.len() - 1,
@@ -396,6 +390,27 @@ fn classify_fleet(fleet: &Arc<FleetIndex>, policy: &Arc<PolicyCache>) {
         fleet: Arc::downgrade(fleet),
         policy: Arc::downgrade(policy),
     }));
+}
+
+/// The policy a spoke in hub mode starts with: the last version the hub sent, or the
+/// empty policy. A stored version that no longer compiles (it was validated when it
+/// arrived, so only a build of different rules can do that) must not keep the spoke
+/// from starting: it serves the empty policy and takes the hub's version at its first
+/// heartbeat.
+fn published_policy(
+    stored: Option<pb::ConfigVersion>,
+    key: ed25519_dalek::SigningKey,
+) -> Result<PolicyCache, SpokeError> {
+    let files = stored
+        .map(|v| v.files.into_iter().map(|(k, v)| (k.into(), v)).collect())
+        .unwrap_or_else(empty_policy);
+    match PolicyCache::published(&files, key.clone()) {
+        Ok(cache) => Ok(cache),
+        Err(e) => {
+            tracing::error!(errors = %e, "the stored policy version does not compile; serving the empty policy until the hub sends one");
+            PolicyCache::published(&empty_policy(), key).map_err(policy_startup_error)
+        }
+    }
 }
 
 fn policy_startup_error(e: PolicyErrors) -> SpokeError {

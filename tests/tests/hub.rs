@@ -438,6 +438,33 @@ async fn bad_input_gets_a_precise_error_and_leaves_no_trace() {
         bad_policy.message()
     );
 
+    // Parses, but the hostname matcher of its patterns cannot be built: the hub
+    // compiles what spokes compile, so this is refused at publish, not on every spoke.
+    let patterns: Vec<String> = (0..4_000)
+        .map(|i| format!("'{}-{i}'", "?".repeat(200)))
+        .collect();
+    let uncompilable = cluster
+        .admin(0)
+        .publish_config(api::PublishConfigRequest {
+            message: "too many patterns".into(),
+            files: [(
+                "hostcrates.yaml".to_string(),
+                format!(
+                    "hostcrates:\n  - name: x\n    match: [{}]\n    roles: []\n",
+                    patterns.join(", ")
+                ),
+            )]
+            .into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(uncompilable.code(), Code::InvalidArgument);
+    assert!(
+        uncompilable.message().contains("do not compile"),
+        "{}",
+        uncompilable.message()
+    );
+
     let bad_token = cluster
         .admin(0)
         .create_token(api::CreateTokenRequest {

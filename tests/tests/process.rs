@@ -138,6 +138,26 @@ async fn sighup_reloads_policy_and_refuses_a_broken_one() {
         Some(pb::check_in_response::Answer::NoChange(_))
     ));
 
+    // Patterns that parse one by one but that the hostname matcher cannot build
+    // together: refused like any invalid policy, and the spoke keeps serving.
+    let patterns: Vec<String> = (0..4_000)
+        .map(|i| format!("'{}-{i}'", "?".repeat(200)))
+        .collect();
+    home.write_policy(
+        "hostcrates.yaml",
+        &format!(
+            "hostcrates:\n  - name: web\n    match: [{}]\n    roles: [base]\n",
+            patterns.join(", ")
+        ),
+    );
+    spoke.signal(libc::SIGHUP);
+    spoke.wait_for_log_count("policy rejected", 2, Duration::from_secs(30));
+    let r = envoy.check_in().await.expect("the spoke still serves");
+    assert!(matches!(
+        r.answer,
+        Some(pb::check_in_response::Answer::NoChange(_))
+    ));
+
     home.write_policy(
         "hostcrates.yaml",
         "hostcrates:\n  - name: web\n    match: 'web-*'\n    roles: [base]\n",

@@ -3,6 +3,11 @@
 //! Each configcrate becomes one module (an encoded `vigo.v1.Module`), content-addressed
 //! by its SHA-256, so a module shared by many hostcrates is built once and an envoy that
 //! already holds it receives only its name and hash.
+//!
+//! Compiling can fail on what parsing cannot see: a set of hostname patterns too large
+//! for the matcher, or a bundle larger than an envoy accepts. Validation ([`super::validate`])
+//! therefore compiles, and serving uses what validation compiled: a policy that validates
+//! never fails later on a spoke.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -12,7 +17,8 @@ use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use prost::Message;
 use vigo_proto::v1 as pb;
 
-use super::{PolicyTree, Resource, ResourceSpec};
+use super::{PolicyErrors, PolicyIssue, PolicyTree, Resource, ResourceSpec};
+use crate::limits::MAX_BUNDLE_BYTES;
 use crate::traits::sha256;
 
 /// One module: a compiled configcrate.
@@ -65,8 +71,11 @@ impl CompiledPolicy {
     }
 }
 
-/// Compiles a validated tree. Infallible: validation already proved every reference.
-pub fn compile(tree: &PolicyTree) -> CompiledPolicy {
+/// Compiles a parsed tree. References were proved by parsing; what can still fail is
+/// named as an issue of `hostcrates.yaml`: a hostcrate's patterns that the matcher cannot
+/// build, or a bundle above [`MAX_BUNDLE_BYTES`].
+pub fn compile(tree: &PolicyTree) -> Result<CompiledPolicy, PolicyErrors> {
+    let mut issues = Vec::new();
     let mut modules: HashMap<&str, Arc<CompiledModule>> = HashMap::new();
     let mut hostcrates = Vec::with_capacity(tree.hostcrates.len() + 1);
     let mut matchers = Vec::with_capacity(tree.hostcrates.len());
@@ -100,26 +109,75 @@ pub fn compile(tree: &PolicyTree) -> CompiledPolicy {
                     .clone()
             })
             .collect();
-        hostcrates.push(CompiledHostcrate {
+        let compiled = CompiledHostcrate {
             name: h.name.clone(),
             variables,
             modules: mods,
-        });
-        let mut set = GlobSetBuilder::new();
-        for p in &h.patterns {
-            set.add(hostname_glob(p).expect("patterns were validated"));
+        };
+        let size = compiled.bundle_bytes();
+        if size > MAX_BUNDLE_BYTES {
+            issues.push(hostcrate_issue(
+                &h.name,
+                format!("its bundle is {size} bytes; an envoy accepts at most {MAX_BUNDLE_BYTES}"),
+            ));
         }
-        matchers.push(set.build().expect("patterns were validated"));
+        hostcrates.push(compiled);
+        match hostname_matcher(&h.patterns) {
+            Ok(set) => matchers.push(set),
+            Err(why) => {
+                issues.push(hostcrate_issue(&h.name, why));
+                matchers.push(GlobSet::empty());
+            }
+        }
+    }
+    if !issues.is_empty() {
+        return Err(PolicyErrors(issues));
     }
     hostcrates.push(CompiledHostcrate {
         name: String::new(),
         variables: BTreeMap::new(),
         modules: Vec::new(),
     });
-    CompiledPolicy {
+    Ok(CompiledPolicy {
         version: tree.version,
         hostcrates,
         matchers,
+    })
+}
+
+fn hostcrate_issue(name: &str, why: String) -> PolicyIssue {
+    PolicyIssue {
+        file: super::HOSTCRATES_FILE.into(),
+        item: format!("hostcrate {name}"),
+        why,
+    }
+}
+
+/// The matcher of one hostcrate's patterns. Building it compiles a regular expression
+/// set, which has a size limit: a huge pattern list is refused here, never at serving.
+fn hostname_matcher(patterns: &[String]) -> Result<GlobSet, String> {
+    let mut set = GlobSetBuilder::new();
+    for p in patterns {
+        set.add(hostname_glob(p).map_err(|e| format!("bad pattern {p:?}: {e}"))?);
+    }
+    set.build()
+        .map_err(|e| format!("its {} pattern(s) do not compile: {e}", patterns.len()))
+}
+
+impl CompiledHostcrate {
+    /// What the bundle of this hostcrate weighs on the wire with every module body.
+    pub fn bundle_bytes(&self) -> usize {
+        let variables: usize = self
+            .variables
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 8)
+            .sum();
+        let modules: usize = self
+            .modules
+            .iter()
+            .map(|m| 2 * m.name.len() + m.body.len() + 32 + 16)
+            .sum();
+        self.name.len() + variables + modules + 256
     }
 }
 

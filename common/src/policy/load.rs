@@ -10,11 +10,11 @@ use super::{
     Configcrate, Hostcrate, PolicyErrors, PolicyIssue, PolicyTree, Resource, ResourceSpec, Role,
 };
 
-const HOSTCRATES_FILE: &str = "hostcrates.yaml";
+use super::HOSTCRATES_FILE;
+use crate::limits::{MAX_HOSTNAME_PATTERN, MAX_POLICY_BYTES};
+
 const ROLES_DIR: &str = "roles";
 const CONFIGCRATES_DIR: &str = "configcrates";
-/// A policy tree larger than this is refused before parsing.
-const MAX_TREE_BYTES: usize = 16 << 20;
 
 /// Reads every YAML file under `dir` and validates the tree.
 pub fn load_dir(dir: &Path) -> Result<PolicyTree, PolicyErrors> {
@@ -34,6 +34,8 @@ pub fn read_files(dir: &Path) -> Result<BTreeMap<PathBuf, String>, PolicyErrors>
     Ok(files)
 }
 
+/// Walks the tree without following links: a link could pull in a file from outside the
+/// tree, or loop. Links and anything but directories and regular files are refused.
 fn collect_files(
     root: &Path,
     dir: &Path,
@@ -48,27 +50,47 @@ fn collect_files(
             return issues.push(issue(rel(dir), "", format!("cannot read directory: {e}")));
         }
     };
-    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    paths.sort();
-    for path in paths {
+    let mut entries: Vec<std::fs::DirEntry> = entries.filter_map(Result::ok).collect();
+    entries.sort_by_key(|e| e.path());
+    for entry in entries {
+        let path = entry.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if name.starts_with('.') {
             continue;
         }
-        if path.is_dir() {
+        // The entry's own type: `file_type` does not follow a symbolic link.
+        let kind = match entry.file_type() {
+            Ok(k) => k,
+            Err(e) => {
+                issues.push(issue(rel(&path), "", format!("cannot stat: {e}")));
+                continue;
+            }
+        };
+        if kind.is_symlink() {
+            issues.push(issue(
+                rel(&path),
+                "",
+                "is a symbolic link: a policy tree holds real files only",
+            ));
+        } else if kind.is_dir() {
             collect_files(root, &path, files, issues, total);
         } else if is_yaml(&path) {
+            if !kind.is_file() {
+                issues.push(issue(rel(&path), "", "is not a regular file"));
+                continue;
+            }
+            let size = entry.metadata().map(|m| m.len() as usize).unwrap_or(0);
+            if *total + size > MAX_POLICY_BYTES {
+                issues.push(issue(
+                    rel(&path),
+                    "",
+                    format!("policy tree exceeds {MAX_POLICY_BYTES} bytes"),
+                ));
+                return;
+            }
             match std::fs::read_to_string(&path) {
                 Ok(text) => {
                     *total += text.len();
-                    if *total > MAX_TREE_BYTES {
-                        issues.push(issue(
-                            rel(&path),
-                            "",
-                            format!("policy tree exceeds {MAX_TREE_BYTES} bytes"),
-                        ));
-                        return;
-                    }
                     files.insert(rel(&path), text);
                 }
                 Err(e) => issues.push(issue(rel(&path), "", format!("cannot read: {e}"))),
@@ -94,6 +116,17 @@ fn issue(file: impl Into<PathBuf>, item: impl Into<String>, why: impl Into<Strin
 
 /// Validates a tree given as (relative path → YAML text).
 pub fn parse_tree(files: &BTreeMap<PathBuf, String>) -> Result<PolicyTree, PolicyErrors> {
+    let size: usize = files
+        .iter()
+        .map(|(k, v)| k.as_os_str().len() + v.len())
+        .sum();
+    if size > MAX_POLICY_BYTES {
+        return Err(PolicyErrors(vec![issue(
+            "",
+            "",
+            format!("policy tree is {size} bytes; the limit is {MAX_POLICY_BYTES}"),
+        )]));
+    }
     let mut p = Parser::default();
     for (path, text) in files {
         p.parse_file(path, text);
@@ -342,7 +375,16 @@ impl Parser {
                 self.push(path, &item, "`match` needs at least one hostname pattern");
             }
             for p in &patterns {
-                if let Err(e) = super::compile::hostname_glob(p) {
+                if p.len() > MAX_HOSTNAME_PATTERN {
+                    self.push(
+                        path,
+                        &item,
+                        format!(
+                            "a pattern of {} bytes; patterns are at most {MAX_HOSTNAME_PATTERN}",
+                            p.len()
+                        ),
+                    );
+                } else if let Err(e) = super::compile::hostname_glob(p) {
                     self.push(path, &item, format!("bad pattern {p:?}: {e}"));
                 }
             }

@@ -8,9 +8,10 @@
 //! configcrates/<name>.yaml resources and default variables
 //! ```
 //!
-//! [`load_dir`] reads and validates a tree, reporting every problem with its file and
-//! item; [`compile`] turns it into one bundle per hostcrate; [`bundle`] signs bundles and
-//! verifies them on the envoy side.
+//! [`load_dir`] reads and parses a tree, reporting every problem with its file and item;
+//! [`compile`] turns it into one bundle per hostcrate; [`validate`] does both, and is
+//! what every publisher and server calls, so what validates is exactly what serves;
+//! [`bundle`] signs bundles and verifies them on the envoy side.
 
 pub mod bundle;
 mod compile;
@@ -22,6 +23,15 @@ use std::path::PathBuf;
 
 pub use compile::{CompiledHostcrate, CompiledPolicy, compile};
 pub use load::{load_dir, parse_tree, read_files};
+
+/// The file that lists hostcrates, at the root of a tree.
+pub(crate) const HOSTCRATES_FILE: &str = "hostcrates.yaml";
+
+/// Parses and compiles a tree given as (relative path → YAML text): the one check a
+/// policy passes before anything serves it.
+pub fn validate(files: &BTreeMap<PathBuf, String>) -> Result<CompiledPolicy, PolicyErrors> {
+    compile(&parse_tree(files)?)
+}
 
 /// One problem found in a policy tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,7 +45,9 @@ pub struct PolicyIssue {
 
 impl fmt::Display for PolicyIssue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.item.is_empty() {
+        if self.file.as_os_str().is_empty() {
+            write!(f, "{}", self.why)
+        } else if self.item.is_empty() {
             write!(f, "{}: {}", self.file.display(), self.why)
         } else {
             write!(f, "{}: {}: {}", self.file.display(), self.item, self.why)
