@@ -204,6 +204,7 @@ fn to_proto(crate_name: &str, r: &Resource) -> pb::Resource {
             owner,
             group,
             template,
+            allow_unsafe_parent,
         } => Spec::File(pb::FileSpec {
             path: path.clone(),
             content: content.clone(),
@@ -211,32 +212,42 @@ fn to_proto(crate_name: &str, r: &Resource) -> pb::Resource {
             owner: owner.clone(),
             group: group.clone(),
             template: *template,
+            allow_unsafe_parent: *allow_unsafe_parent,
         }),
         ResourceSpec::Directory {
             path,
             mode,
             owner,
             group,
+            allow_unsafe_parent,
         } => Spec::Directory(pb::DirectorySpec {
             path: path.clone(),
             mode: *mode,
             owner: owner.clone(),
             group: group.clone(),
+            allow_unsafe_parent: *allow_unsafe_parent,
         }),
-        ResourceSpec::Symlink { path, target } => Spec::Symlink(pb::SymlinkSpec {
+        ResourceSpec::Symlink {
+            path,
+            target,
+            allow_unsafe_parent,
+        } => Spec::Symlink(pb::SymlinkSpec {
             path: path.clone(),
             target: target.clone(),
+            allow_unsafe_parent: *allow_unsafe_parent,
         }),
         ResourceSpec::FileLine {
             path,
             line,
             present,
             pattern,
+            allow_unsafe_parent,
         } => Spec::FileLine(pb::FileLineSpec {
             path: path.clone(),
             line: line.clone(),
             present: *present,
             r#match: pattern.clone(),
+            allow_unsafe_parent: *allow_unsafe_parent,
         }),
         ResourceSpec::Exec {
             command,

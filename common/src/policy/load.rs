@@ -220,6 +220,8 @@ struct RawFile {
     group: String,
     #[serde(default = "yes")]
     template: bool,
+    #[serde(default)]
+    allow_unsafe_parent: bool,
 }
 
 #[derive(Deserialize)]
@@ -232,6 +234,8 @@ struct RawDirectory {
     owner: String,
     #[serde(default)]
     group: String,
+    #[serde(default)]
+    allow_unsafe_parent: bool,
 }
 
 #[derive(Deserialize)]
@@ -239,6 +243,8 @@ struct RawDirectory {
 struct RawSymlink {
     path: String,
     target: String,
+    #[serde(default)]
+    allow_unsafe_parent: bool,
 }
 
 #[derive(Deserialize)]
@@ -250,6 +256,8 @@ struct RawFileLine {
     ensure: String,
     #[serde(default, rename = "match")]
     pattern: String,
+    #[serde(default)]
+    allow_unsafe_parent: bool,
 }
 
 #[derive(Deserialize)]
@@ -525,6 +533,7 @@ impl Parser {
                     owner: f.owner,
                     group: f.group,
                     template: f.template,
+                    allow_unsafe_parent: f.allow_unsafe_parent,
                 })
             }),
             "directory" => self.spec::<RawDirectory>(path, &item, rest).and_then(|d| {
@@ -535,6 +544,7 @@ impl Parser {
                     mode,
                     owner: d.owner,
                     group: d.group,
+                    allow_unsafe_parent: d.allow_unsafe_parent,
                 })
             }),
             "symlink" => self.spec::<RawSymlink>(path, &item, rest).and_then(|s| {
@@ -542,6 +552,7 @@ impl Parser {
                 Some(ResourceSpec::Symlink {
                     path: s.path,
                     target: s.target,
+                    allow_unsafe_parent: s.allow_unsafe_parent,
                 })
             }),
             "file_line" => self.spec::<RawFileLine>(path, &item, rest).and_then(|l| {
@@ -570,6 +581,7 @@ impl Parser {
                     line: l.line,
                     present,
                     pattern: l.pattern,
+                    allow_unsafe_parent: l.allow_unsafe_parent,
                 })
             }),
             "exec" => self.spec::<RawExec>(path, &item, rest).and_then(|e| {

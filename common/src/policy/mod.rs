@@ -118,22 +118,27 @@ pub enum ResourceSpec {
         owner: String,
         group: String,
         template: bool,
+        /// Manage the file even where a user who does not own it can write its directory.
+        allow_unsafe_parent: bool,
     },
     Directory {
         path: String,
         mode: u32,
         owner: String,
         group: String,
+        allow_unsafe_parent: bool,
     },
     Symlink {
         path: String,
         target: String,
+        allow_unsafe_parent: bool,
     },
     FileLine {
         path: String,
         line: String,
         present: bool,
         pattern: String,
+        allow_unsafe_parent: bool,
     },
     Exec {
         command: String,

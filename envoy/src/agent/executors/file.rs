@@ -1,29 +1,47 @@
-//! `file`, `directory` and `symlink` resources.
+//! `file`, `directory` and `symlink` resources, through [`Target`]: never following a
+//! link at the path, refusing parent directories other users can write (unless they own
+//! the file, or the resource allows it), owner and mode set before content lands.
 
-use std::io::ErrorKind;
-
+use nix::sys::stat::SFlag;
 use vigo_proto::v1 as pb;
 
-use super::fsops::{ensure_mode, ensure_owner, write_atomic};
-use super::{Applied, Outcome, act, combine, io_err};
+use super::fsops::{Owner, Target};
+use super::{Applied, Outcome, act, combine};
 
-/// A file with exactly `content` (already rendered), then mode and ownership.
+/// A file with exactly `content` (already rendered), then mode and ownership. A file
+/// that is replaced keeps its owner, group and mode unless the resource sets them.
 pub fn apply_file(spec: &pb::FileSpec, content: &str, dry_run: bool) -> Outcome {
-    let path = spec.path.as_str();
-    let current = match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => return Err(format!("{path} is a directory")),
-        Ok(_) => Some(std::fs::read(path).map_err(io_err("read", path))?),
-        Err(e) if e.kind() == ErrorKind::NotFound => None,
-        Err(e) => return Err(format!("stat {path}: {e}")),
+    let target = Target::open(&spec.path)?;
+    let owner = Owner::named(&spec.owner, &spec.group)?;
+    let current = target.stat()?;
+    target.check_parent(
+        owner.uid.or(current.as_ref().map(|st| st.st_uid)),
+        spec.allow_unsafe_parent,
+    )?;
+    // Only a file of the same size can hold the same content: no need to read others.
+    let same = match &current {
+        None => false,
+        Some(st) if st.st_size as usize != content.len() => {
+            if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {
+                return Err(format!("{} is a directory", spec.path));
+            }
+            false
+        }
+        Some(_) => target
+            .read(content.len() as u64)?
+            .is_some_and(|(bytes, _)| bytes == content.as_bytes()),
     };
-    let content_step = match &current {
-        Some(bytes) if bytes == content.as_bytes() => Ok(Applied::InPolicy),
-        Some(_) => act(dry_run, "content replaced".into(), || {
-            write_atomic(path, content.as_bytes(), spec.mode)
-        }),
-        None => act(dry_run, "created".into(), || {
-            write_atomic(path, content.as_bytes(), spec.mode)
-        }),
+    let content_step = if same {
+        Ok(Applied::InPolicy)
+    } else {
+        let what = if current.is_some() {
+            "content replaced"
+        } else {
+            "created"
+        };
+        act(dry_run, what.into(), || {
+            target.replace(content.as_bytes(), owner, spec.mode)
+        })
     };
     if dry_run && current.is_none() {
         // Mode and owner of a file that does not exist yet cannot be inspected.
@@ -31,59 +49,58 @@ pub fn apply_file(spec: &pb::FileSpec, content: &str, dry_run: bool) -> Outcome 
     }
     combine(vec![
         content_step,
-        ensure_mode(path, spec.mode, dry_run),
-        ensure_owner(path, &spec.owner, &spec.group, dry_run),
+        target.ensure_mode(SFlag::S_IFREG, spec.mode, dry_run),
+        target.ensure_owner(SFlag::S_IFREG, owner, dry_run),
     ])
 }
 
 /// A directory (its parent must exist), then mode and ownership.
 pub fn apply_directory(spec: &pb::DirectorySpec, dry_run: bool) -> Outcome {
-    let path = spec.path.as_str();
-    let created = match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => Ok(Applied::InPolicy),
-        Ok(_) => return Err(format!("{path} exists and is not a directory")),
-        Err(e) if e.kind() == ErrorKind::NotFound => act(dry_run, "created".into(), || {
-            std::fs::create_dir(path).map_err(io_err("mkdir", path))
+    let target = Target::open(&spec.path)?;
+    let owner = Owner::named(&spec.owner, &spec.group)?;
+    let current = target.stat()?;
+    target.check_parent(
+        owner.uid.or(current.as_ref().map(|st| st.st_uid)),
+        spec.allow_unsafe_parent,
+    )?;
+    let created = match &current {
+        Some(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR => {
+            Ok(Applied::InPolicy)
+        }
+        Some(_) => return Err(format!("{} exists and is not a directory", spec.path)),
+        None => act(dry_run, "created".into(), || {
+            target.create_dir(owner, spec.mode)
         }),
-        Err(e) => return Err(format!("stat {path}: {e}")),
     };
     if dry_run && matches!(created, Ok(Applied::WouldChange(_))) {
         return created;
     }
     combine(vec![
         created,
-        ensure_mode(path, spec.mode, dry_run),
-        ensure_owner(path, &spec.owner, &spec.group, dry_run),
+        target.ensure_mode(SFlag::S_IFDIR, spec.mode, dry_run),
+        target.ensure_owner(SFlag::S_IFDIR, owner, dry_run),
     ])
 }
 
 /// A symbolic link at `path` pointing to `target`. A link pointing elsewhere is
 /// replaced; a file or directory in the way is not (it may hold data).
 pub fn apply_symlink(spec: &pb::SymlinkSpec, dry_run: bool) -> Outcome {
-    let path = spec.path.as_str();
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => {
-            let current = std::fs::read_link(path).map_err(io_err("readlink", path))?;
+    let target = Target::open(&spec.path)?;
+    target.check_parent(None, spec.allow_unsafe_parent)?;
+    match target.stat()? {
+        Some(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK => {
+            let current = target.read_link()?;
             if current.as_os_str() == spec.target.as_str() {
                 return Ok(Applied::InPolicy);
             }
             act(
                 dry_run,
-                format!("retargeted from {}", current.display()),
-                || {
-                    let tmp = format!("{path}.vigo-tmp");
-                    let _ = std::fs::remove_file(&tmp);
-                    std::os::unix::fs::symlink(&spec.target, &tmp)
-                        .map_err(io_err("symlink", &tmp))?;
-                    std::fs::rename(&tmp, path).map_err(io_err("rename", path))
-                },
+                format!("retargeted from {}", current.to_string_lossy()),
+                || target.set_link(&spec.target),
             )
         }
-        Ok(_) => Err(format!("{path} exists and is not a symbolic link")),
-        Err(e) if e.kind() == ErrorKind::NotFound => act(dry_run, "created".into(), || {
-            std::os::unix::fs::symlink(&spec.target, path).map_err(io_err("symlink", path))
-        }),
-        Err(e) => Err(format!("stat {path}: {e}")),
+        Some(_) => Err(format!("{} exists and is not a symbolic link", spec.path)),
+        None => act(dry_run, "created".into(), || target.set_link(&spec.target)),
     }
 }
 
@@ -177,6 +194,7 @@ mod tests {
         let spec = pb::SymlinkSpec {
             path: p.clone(),
             target: "/etc/hostname".into(),
+            ..Default::default()
         };
         assert!(matches!(
             apply_symlink(&spec, true),

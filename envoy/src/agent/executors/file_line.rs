@@ -3,14 +3,23 @@
 use regex::Regex;
 use vigo_proto::v1 as pb;
 
-use super::fsops::write_atomic;
-use super::{Applied, Outcome, act, io_err};
+use super::fsops::{MAX_READ, Owner, Target};
+use super::{Applied, Outcome, act};
 
 /// `line` is already rendered. With `match`, the first matching line is replaced by
-/// `line` (present) or every matching line removed (absent).
+/// `line` (present) or every matching line removed (absent). The edited file keeps its
+/// owner, group and mode.
 pub fn apply_file_line(spec: &pb::FileLineSpec, line: &str, dry_run: bool) -> Outcome {
     let path = spec.path.as_str();
-    let text = std::fs::read_to_string(path).map_err(io_err("read", path))?;
+    let target = Target::open(path)?;
+    let st = target
+        .stat()?
+        .ok_or_else(|| format!("read {path}: no such file"))?;
+    target.check_parent(Some(st.st_uid), spec.allow_unsafe_parent)?;
+    let (bytes, _) = target
+        .read(MAX_READ)?
+        .ok_or_else(|| format!("read {path}: no such file"))?;
+    let text = String::from_utf8(bytes).map_err(|_| format!("{path} is not UTF-8 text"))?;
     let pattern = if spec.r#match.is_empty() {
         None
     } else {
@@ -43,7 +52,7 @@ pub fn apply_file_line(spec: &pb::FileLineSpec, line: &str, dry_run: bool) -> Ou
         Some((out, what)) => act(dry_run, what.into(), || {
             let mut body = out.join("\n");
             body.push('\n');
-            write_atomic(path, body.as_bytes(), 0)
+            target.replace(body.as_bytes(), Owner::default(), 0)
         }),
     }
 }
@@ -62,6 +71,7 @@ mod tests {
             line: String::new(),
             present: true,
             r#match: r"app\.local$".into(),
+            ..Default::default()
         };
         let line = "10.0.0.9 app.local";
         assert!(matches!(

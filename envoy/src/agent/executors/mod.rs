@@ -1,6 +1,8 @@
 //! Resource executors. Each checks the machine before acting, changes only what differs
 //! from the resource's spec, and under `dry_run` changes nothing and says what it would.
 
+#[cfg(test)]
+mod attacks;
 mod exec;
 mod file;
 mod file_line;
@@ -57,9 +59,4 @@ pub(crate) fn combine(parts: Vec<Outcome>) -> Outcome {
     } else {
         Applied::InPolicy
     })
-}
-
-fn io_err(what: &str, path: &str) -> impl Fn(std::io::Error) -> Failure {
-    let (what, path) = (what.to_string(), path.to_string());
-    move |e| format!("{what} {path}: {e}")
 }
