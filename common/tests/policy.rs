@@ -193,7 +193,7 @@ fn same_tree_compiles_to_same_fingerprint_and_changes_move_it() {
     let sign = |files: &[(&str, &str)]| {
         let t = tree(files).unwrap();
         let c = compile(&t).expect("compiles");
-        SignedBundle::sign(&c.hostcrates[0], &c.version, &key)
+        SignedBundle::sign(&c.hostcrates[0], &c.version, 1, &key)
     };
     let a = sign(&files);
     let b = sign(&files);
@@ -210,7 +210,7 @@ fn bundles_verify_with_stubs_and_refuse_tampering() {
     let key = generate_key();
     let trusted = [key.verifying_key()];
     let web = &compiled.hostcrates[compiled.match_hostname("web-1")];
-    let bundle = SignedBundle::sign(web, &compiled.version, &key);
+    let bundle = SignedBundle::sign(web, &compiled.version, 1, &key);
 
     let full = bundle.delivery(|_| false);
     assert_eq!(full.modules.len(), 3);
@@ -361,4 +361,50 @@ fn the_tree_walk_refuses_links_and_does_not_follow_them() {
         "{msg}"
     );
     assert!(msg.contains("roles/loop: is a symbolic link"), "{msg}");
+}
+
+/// A bundle names the hostnames it is for (first match wins) and its generation; an
+/// envoy checks both before taking it.
+#[test]
+fn bundles_say_which_hosts_they_are_for_and_how_new_they_are() {
+    use vigo_common::policy::bundle::check_applicable;
+    let t = tree(&[
+        (
+            "hostcrates.yaml",
+            "hostcrates:\n  - {name: web, match: ['WEB-*', 'www'], roles: [r]}\n  - {name: rest, match: '*', roles: [r]}\n",
+        ),
+        ("roles/r.yaml", ROLE),
+        ("configcrates/c.yaml", "resources: []\n"),
+    ])
+    .unwrap();
+    let c = compile(&t).unwrap();
+    let key = generate_key();
+    let manifest = |i: usize, generation: u64| {
+        let b = SignedBundle::sign(&c.hostcrates[i], &c.version, generation, &key);
+        let d = b.delivery(|_| false);
+        verify_delivery(&d, &[key.verifying_key()], |_| None)
+            .unwrap()
+            .manifest
+    };
+    let (web, rest, fallback) = (manifest(0, 7), manifest(1, 7), manifest(2, 7));
+    assert_eq!(web.generation, 7);
+    assert!(check_applicable(&web, "web-1", None).is_ok());
+    assert!(
+        check_applicable(&web, "Web-1", Some(7)).is_ok(),
+        "case-insensitive, same generation"
+    );
+    assert!(check_applicable(&web, "db-1", None).is_err());
+    assert!(check_applicable(&rest, "db-1", None).is_ok());
+    assert!(
+        check_applicable(&rest, "web-1", None).is_err(),
+        "web-1 belongs to an earlier hostcrate"
+    );
+    assert!(
+        check_applicable(&fallback, "db-1", None).is_err(),
+        "`*` matches db-1"
+    );
+    assert_eq!(
+        check_applicable(&web, "web-1", Some(8)).unwrap_err(),
+        BundleError::Older { held: 8, got: 7 }
+    );
 }

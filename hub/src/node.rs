@@ -17,6 +17,11 @@ use crate::raft::state_machine::SharedView;
 use crate::raft::{HubRaft, NodeId};
 use crate::state::{Applied, ClusterState, Command};
 
+/// Response header of a write answered by the leader: the log index it had applied.
+pub const APPLIED_INDEX_HEADER: &str = "vigo-applied-index";
+/// How long a follower waits to apply a write it forwarded before answering anyway.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Where writes go.
 pub enum Leader {
     /// This node leads: handle the write here.
@@ -115,11 +120,41 @@ impl Node {
     {
         match self.leader()? {
             Leader::Here => here.await,
-            Leader::There(addr) => there(self.peers.channel(&addr)?)
-                .await
-                .map(tonic::Response::into_inner)
-                .map_err(HubError::Forward),
+            Leader::There(addr) => {
+                let response = there(self.peers.channel(&addr)?)
+                    .await
+                    .map_err(HubError::Forward)?;
+                self.catch_up(response.metadata()).await;
+                Ok(response.into_inner())
+            }
         }
+    }
+
+    /// The index this node has applied up to, for a forwarded write's answer.
+    pub fn applied_index(&self) -> u64 {
+        self.raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index)
+    }
+
+    /// Read-your-writes after a forwarded write: waits (briefly) until this node has
+    /// applied what the leader had when it answered, so the caller's next read here sees
+    /// its write.
+    async fn catch_up(&self, metadata: &tonic::metadata::MetadataMap) {
+        let Some(index) = metadata
+            .get(APPLIED_INDEX_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
+            return;
+        };
+        let _ = self
+            .raft
+            .wait(Some(CATCH_UP_TIMEOUT))
+            .applied_index_at_least(Some(index), "a forwarded write")
+            .await;
     }
 
     /// As [`Node::propose`], expecting plain success.

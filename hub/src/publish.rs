@@ -30,6 +30,7 @@ pub fn to_proto(c: &ConfigEntry, with_files: bool) -> pb::ConfigVersion {
         } else {
             Default::default()
         },
+        generation: c.generation,
     }
 }
 
@@ -62,6 +63,7 @@ pub async fn publish(
         published_ms: now_ms(),
         message,
         files,
+        generation: node.read(|s| s.next_config_generation(now_ms())),
     };
     node.propose_ok(Command::PublishConfig(entry.clone()))
         .await?;
@@ -72,13 +74,19 @@ pub async fn publish(
 
 /// Makes an earlier version current again, then pushes it.
 pub async fn rollback(node: &Arc<Node>, version: String) -> Result<pb::ConfigVersion, HubError> {
-    let entry = node
-        .read(|s| s.config(&version).cloned())
+    let (mut entry, generation) = node
+        .read(|s| {
+            s.config(&version)
+                .cloned()
+                .map(|e| (e, s.next_config_generation(now_ms())))
+        })
         .ok_or_else(|| HubError::NotFound(format!("no config version {version}")))?;
     node.propose_ok(Command::Rollback {
         version: entry.version.clone(),
+        generation,
     })
     .await?;
+    entry.generation = generation;
     info!(version = %entry.version, "config rolled back");
     push(node, &entry).await;
     Ok(to_proto(&entry, false))

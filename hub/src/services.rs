@@ -72,9 +72,14 @@ impl SpokesService {
     }
 
     fn directive(&self, spoke_id: String) -> pb::SpokeDirective {
+        let (config_version, config_generation) = self.node.read(|s| {
+            let generation = s.config("").map_or(0, |c| c.generation);
+            (s.current_config.clone(), generation)
+        });
         pb::SpokeDirective {
-            config_version: self.node.read(|s| s.current_config.clone()),
+            config_version,
             spoke_id,
+            config_generation,
         }
     }
 }

@@ -107,6 +107,9 @@ pub struct ConfigEntry {
     pub published_ms: u64,
     pub message: String,
     pub files: BTreeMap<String, String>,
+    /// The bundle generation this version was last made current with (by its publish
+    /// or a rollback to it): envoys refuse bundles of a lower one.
+    pub generation: u64,
 }
 
 /// One enrollment to commit, decided by the leader.
@@ -146,8 +149,10 @@ pub enum Command {
     /// Enrollments proposed together (one raft entry for many envoys).
     Enroll(Vec<EnrollEntry>),
     PublishConfig(ConfigEntry),
+    /// Makes a published version current again, with a new (higher) generation.
     Rollback {
         version: String,
+        generation: u64,
     },
     CreateApiToken {
         hash: [u8; 32],
@@ -314,19 +319,23 @@ impl ClusterState {
             }
             Command::PublishConfig(entry) => {
                 self.current_config = entry.version.clone();
-                if !self.configs.iter().any(|c| c.version == entry.version) {
-                    self.configs.push(entry);
+                match self.configs.iter_mut().find(|c| c.version == entry.version) {
+                    Some(known) => known.generation = entry.generation,
+                    None => self.configs.push(entry),
                 }
                 Applied::Done
             }
-            Command::Rollback { version } => {
-                if self.configs.iter().any(|c| c.version == version) {
+            Command::Rollback {
+                version,
+                generation,
+            } => match self.configs.iter_mut().find(|c| c.version == version) {
+                Some(entry) => {
+                    entry.generation = generation;
                     self.current_config = version;
                     Applied::Done
-                } else {
-                    Applied::Refused(format!("no config version {version}"))
                 }
-            }
+                None => Applied::Refused(format!("no config version {version}")),
+            },
         }
     }
 
@@ -415,6 +424,13 @@ impl ClusterState {
             }
             _ => ring.place(hostname).map(str::to_string),
         }
+    }
+
+    /// The generation for the next publish or rollback: above every one so far, and
+    /// the leader's clock in milliseconds when that is larger.
+    pub fn next_config_generation(&self, now_ms: u64) -> u64 {
+        let last = self.configs.iter().map(|c| c.generation).max().unwrap_or(0);
+        last.saturating_add(1).max(now_ms)
     }
 
     pub fn config(&self, version: &str) -> Option<&ConfigEntry> {

@@ -110,7 +110,13 @@ fn fleet_memory(n: u64) {
 fn policy(dir: &std::path::Path) -> Arc<PolicyCache> {
     let _ = dir;
     let policy_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/policy");
-    Arc::new(PolicyCache::load(&policy_dir, key(u64::MAX)).expect("example policy"))
+    let compiled = vigo_spoke::policy_cache::compile_dir(&policy_dir).expect("example policy");
+    Arc::new(PolicyCache::new(
+        vigo_spoke::policy_cache::PolicySource::Directory(policy_dir),
+        compiled,
+        key(u64::MAX),
+        1,
+    ))
 }
 
 fn hot_path(store: &Store, dir: &std::path::Path) {

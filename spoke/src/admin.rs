@@ -193,51 +193,6 @@ impl Admin {
         .await
     }
 
-    /// Serves a policy version the hub published: compiled first (a version that does
-    /// not compile changes nothing, not even the store), durable, then in force.
-    pub async fn apply_config(
-        self: &Arc<Self>,
-        version: pb::ConfigVersion,
-    ) -> Result<pb::ApplyConfigResponse, SpokeError> {
-        let files: std::collections::BTreeMap<std::path::PathBuf, String> = version
-            .files
-            .iter()
-            .map(|(k, v)| (k.into(), v.clone()))
-            .collect();
-        // Compiling a large tree takes a while: off the async workers.
-        let compiled = tokio::task::spawn_blocking(move || vigo_common::policy::validate(&files))
-            .await
-            .map_err(|_| SpokeError::ShuttingDown)?
-            .map_err(|e| SpokeError::malformed("policy", e))?;
-        let computed = hex::encode(compiled.version);
-        if computed != version.version {
-            return Err(SpokeError::malformed(
-                "policy",
-                format!(
-                    "version {} does not match its files ({computed})",
-                    version.version
-                ),
-            ));
-        }
-        if self.policy.current().version_hex() == computed {
-            return Ok(pb::ApplyConfigResponse { version: computed });
-        }
-        let this = self.clone();
-        detach(async move {
-            this.store
-                .write(WriteOp::PutConfig {
-                    version: prost::Message::encode_to_vec(&version),
-                })
-                .await?;
-            this.policy
-                .install(Ok(compiled), "hub")
-                .map_err(|e| SpokeError::malformed("policy", e))?;
-            info!(version = %computed, author = %version.author, "policy version from the hub in force");
-            Ok(pb::ApplyConfigResponse { version: computed })
-        })
-        .await
-    }
-
     pub fn stats(&self) -> pb::SpokeStats {
         let counts = self.fleet.counts();
         let policy = self.policy.current();

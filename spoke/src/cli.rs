@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use vigo_common::pki::{PkiLayout, Role};
 
 use crate::config::SpokeConfig;
@@ -169,7 +169,9 @@ async fn serve_until_signal(spoke: &mut Spoke) -> Result<(), String> {
         tokio::select! {
             _ = hup.recv() => {
                 info!("SIGHUP: reloading policy");
-                let _ = spoke.reload_policy();
+                if let Err(e) = spoke.reload_policy().await {
+                    warn!(error = %e, "policy reload failed; the previous policy keeps serving");
+                }
             }
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),

@@ -96,11 +96,14 @@ impl Link {
 
     /// Pulls and applies the version the hub wants, if it is not the one in force.
     async fn follow(&self, client: &mut HubClient, d: &pb::SpokeDirective) -> Result<(), String> {
+        let current = self.admin.policy.current();
         if d.config_version.is_empty()
-            || d.config_version == self.admin.policy.current().version_hex()
+            || (d.config_version == current.version_hex()
+                && d.config_generation == current.bundle_generation)
         {
             return Ok(());
         }
+        drop(current);
         let mut req = tonic::Request::new(pb::GetConfigRequest {
             version: d.config_version.clone(),
         });

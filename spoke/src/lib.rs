@@ -21,6 +21,7 @@ pub mod handoff;
 pub mod hub_link;
 pub mod metrics;
 pub mod policy_cache;
+pub mod policy_feed;
 pub mod query;
 pub mod server;
 pub mod store;

@@ -1,9 +1,13 @@
 //! Compiled, signed bundles: one per hostcrate, built when the policy loads.
 //!
 //! A check-in reads the current snapshot without locking (`ArcSwap`) and compares
-//! fingerprints; nothing is built per envoy. A reload compiles and signs a whole new
-//! snapshot aside and swaps it in only if the policy is valid, so a bad policy never
-//! replaces a good one.
+//! fingerprints; nothing is built per envoy. A new policy is compiled aside (by the
+//! caller, off the async workers), signed here and swapped in only if it is valid, so a
+//! bad policy never replaces a good one.
+//!
+//! Bundles carry a generation that grows with every policy served (DESIGN §9): the
+//! hub assigns it at publish; a standalone spoke assigns it at load and keeps it in its
+//! store, so a restart serving the same policy signs the same bundles.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -15,12 +19,25 @@ use tracing::{info, warn};
 use vigo_common::policy::bundle::SignedBundle;
 use vigo_common::policy::{CompiledPolicy, PolicyErrors, read_files, validate};
 
+/// Reads and validates a policy directory (a standalone spoke's policy).
+pub fn compile_dir(dir: &Path) -> Result<CompiledPolicy, PolicyErrors> {
+    validate(&read_files(dir)?)
+}
+
+/// Validates a published tree (path → YAML).
+pub fn compile_files(files: &BTreeMap<PathBuf, String>) -> Result<CompiledPolicy, PolicyErrors> {
+    validate(files)
+}
+
 /// Bundles of this many past policy generations stay known, so an envoy a few
 /// versions behind still receives the modules it holds as stubs.
 const KNOWN_GENERATIONS: usize = 8;
 
 pub struct PolicySnapshot {
+    /// Counts snapshots of this process (per-policy tallies follow it).
     pub generation: u32,
+    /// The generation signed into every bundle of this policy.
+    pub bundle_generation: u64,
     pub compiled: CompiledPolicy,
     /// Indexed like `compiled.hostcrates` (the fallback bundle last).
     pub bundles: Vec<SignedBundle>,
@@ -84,38 +101,23 @@ pub struct PolicyCache {
 }
 
 impl PolicyCache {
-    /// Loads a policy directory at start-up; an invalid policy is an error.
-    pub fn load(dir: &Path, key: SigningKey) -> Result<Self, PolicyErrors> {
-        Self::start(
-            PolicySource::Directory(dir.to_path_buf()),
-            validate(&read_files(dir)?)?,
-            key,
-        )
-    }
-
-    /// Starts from a published policy (the last version the hub sent, or the empty one).
-    pub fn published(
-        files: &BTreeMap<PathBuf, String>,
-        key: SigningKey,
-    ) -> Result<Self, PolicyErrors> {
-        Self::start(PolicySource::Hub, validate(files)?, key)
-    }
-
-    fn start(
+    /// Starts serving `compiled`, its bundles signed with `bundle_generation`.
+    pub fn new(
         source: PolicySource,
         compiled: CompiledPolicy,
         key: SigningKey,
-    ) -> Result<Self, PolicyErrors> {
-        let (snapshot, known) = build(compiled, &key, 0, &VecDeque::new());
+        bundle_generation: u64,
+    ) -> Self {
+        let (snapshot, known) = build(compiled, &key, 0, bundle_generation, &VecDeque::new());
         let mut history = VecDeque::new();
         history.push_back(known);
-        Ok(Self {
+        Self {
             observer: std::sync::OnceLock::new(),
             source,
             key,
             current: ArcSwap::from_pointee(snapshot),
             history: Mutex::new(history),
-        })
+        }
     }
 
     /// Installs the observer of generation changes (once).
@@ -133,27 +135,12 @@ impl PolicyCache {
         self.current.load()
     }
 
-    /// Recompiles the policy directory. On error the serving snapshot stays as it was.
-    /// A spoke whose policy comes from its hub has nothing to reload.
-    pub fn reload(&self) -> Result<Arc<PolicySnapshot>, PolicyErrors> {
-        match &self.source {
-            PolicySource::Directory(dir) => self.install(
-                read_files(dir).and_then(|files| validate(&files)),
-                &dir.display().to_string(),
-            ),
-            PolicySource::Hub => {
-                info!("policy comes from the hub; nothing to reload");
-                Ok(self.current.load_full())
-            }
-        }
-    }
-
-    /// Installs a published policy tree (from the hub). On error nothing changes.
-    pub fn apply_published(
-        &self,
-        files: &BTreeMap<PathBuf, String>,
-    ) -> Result<Arc<PolicySnapshot>, PolicyErrors> {
-        self.install(validate(files), "hub")
+    /// The generation to sign a newly served policy with: above the serving one, and
+    /// the clock in milliseconds when that is larger (so it also grows across a lost
+    /// store).
+    pub fn next_generation(&self) -> u64 {
+        let current = self.current.load().bundle_generation;
+        current.saturating_add(1).max(vigo_common::time::now_ms())
     }
 
     /// Serves a compiled policy from now on; an invalid one (`Err`) is counted and
@@ -162,6 +149,7 @@ impl PolicyCache {
         &self,
         compiled: Result<CompiledPolicy, PolicyErrors>,
         origin: &str,
+        bundle_generation: u64,
     ) -> Result<Arc<PolicySnapshot>, PolicyErrors> {
         let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
         let generation = self.current.load().generation.wrapping_add(1);
@@ -173,7 +161,7 @@ impl PolicyCache {
                 return Err(e);
             }
         };
-        let (snapshot, known) = build(compiled, &self.key, generation, &history);
+        let (snapshot, known) = build(compiled, &self.key, generation, bundle_generation, &history);
         history.push_back(known);
         while history.len() > KNOWN_GENERATIONS {
             history.pop_front();
@@ -205,12 +193,13 @@ fn build(
     compiled: CompiledPolicy,
     key: &SigningKey,
     generation: u32,
+    bundle_generation: u64,
     history: &VecDeque<Known>,
 ) -> (PolicySnapshot, Known) {
     let bundles: Vec<SignedBundle> = compiled
         .hostcrates
         .iter()
-        .map(|h| SignedBundle::sign(h, &compiled.version, key))
+        .map(|h| SignedBundle::sign(h, &compiled.version, bundle_generation, key))
         .collect();
     metrics::counter!("vigo_bundle_builds_total").increment(bundles.len() as u64);
     let this: Known = bundles
@@ -229,6 +218,7 @@ fn build(
     (
         PolicySnapshot {
             generation,
+            bundle_generation,
             compiled,
             bundles,
             known,

@@ -14,7 +14,6 @@ use tokio::task::JoinHandle;
 use tonic::transport::Server;
 use tracing::{info, warn};
 use vigo_common::pki::CertAuthority;
-use vigo_common::policy::PolicyErrors;
 use vigo_common::tls::{self, AcceptLimits, ClientAuth};
 use vigo_common::{EnvoyId, fsutil, signing};
 use vigo_proto::v1 as pb;
@@ -29,7 +28,8 @@ use crate::flusher::{Flusher, Flushers};
 use crate::gateway::{Gateway, GatewayService, GatewaySettings, Reach};
 use crate::handoff::Forwards;
 use crate::hub_link::Link;
-use crate::policy_cache::{PolicyCache, SwapObserver, empty_policy};
+use crate::policy_cache::{PolicyCache, SwapObserver};
+use crate::policy_feed;
 use crate::store::{Loaded, Store};
 use crate::streams::Streams;
 use crate::tokens::TokenBook;
@@ -93,12 +93,10 @@ impl Spoke {
 
         let bundle_key = signing::read_key_file(&config.bundle_signing_key)?;
         let bundle_public = Bytes::copy_from_slice(bundle_key.verifying_key().as_bytes());
-        let policy = Arc::new(match &config.hub {
-            None => {
-                PolicyCache::load(&config.policy_dir, bundle_key).map_err(policy_startup_error)?
-            }
-            Some(_) => published_policy(published, bundle_key)?,
-        });
+        let policy_dir = config.hub.is_none().then_some(config.policy_dir.as_path());
+        let policy = Arc::new(
+            policy_feed::starting_policy(policy_dir, published, bundle_key, &store).await?,
+        );
         info!(
             version = %policy.current().version_hex(),
             hostcrates = policy.current().bundles.len() - 1,
@@ -278,9 +276,11 @@ impl Spoke {
         })
     }
 
-    /// Recompiles the policy; the serving one stays if the new one is invalid.
-    pub fn reload_policy(&self) -> Result<(), PolicyErrors> {
-        self.policy.reload().map(|_| ())
+    /// Recompiles a standalone spoke's policy directory; the serving policy stays if the
+    /// new one is invalid.
+    pub async fn reload_policy(&self) -> Result<(), SpokeError> {
+        let store = self.store.as_ref().ok_or(SpokeError::ShuttingDown)?;
+        policy_feed::reload(&self.policy, store).await
     }
 
     /// Stops accepting, lets in-flight requests finish, flushes every dirty envoy and
@@ -390,31 +390,6 @@ fn classify_fleet(fleet: &Arc<FleetIndex>, policy: &Arc<PolicyCache>) {
         fleet: Arc::downgrade(fleet),
         policy: Arc::downgrade(policy),
     }));
-}
-
-/// The policy a spoke in hub mode starts with: the last version the hub sent, or the
-/// empty policy. A stored version that no longer compiles (it was validated when it
-/// arrived, so only a build of different rules can do that) must not keep the spoke
-/// from starting: it serves the empty policy and takes the hub's version at its first
-/// heartbeat.
-fn published_policy(
-    stored: Option<pb::ConfigVersion>,
-    key: ed25519_dalek::SigningKey,
-) -> Result<PolicyCache, SpokeError> {
-    let files = stored
-        .map(|v| v.files.into_iter().map(|(k, v)| (k.into(), v)).collect())
-        .unwrap_or_else(empty_policy);
-    match PolicyCache::published(&files, key.clone()) {
-        Ok(cache) => Ok(cache),
-        Err(e) => {
-            tracing::error!(errors = %e, "the stored policy version does not compile; serving the empty policy until the hub sends one");
-            PolicyCache::published(&empty_policy(), key).map_err(policy_startup_error)
-        }
-    }
-}
-
-fn policy_startup_error(e: PolicyErrors) -> SpokeError {
-    SpokeError::Common(vigo_common::Error::Policy(e))
 }
 
 /// Rebuilds the FleetIndex from the store: identities, flushed state, last runs and the

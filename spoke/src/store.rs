@@ -315,6 +315,14 @@ impl Store {
             out.forwards
                 .insert(k.value(), decode("forwards", k.value(), v.value())?);
         }
+        if let Some(current) = txn
+            .open_table(CONFIG)
+            .map_err(db_err)?
+            .get("current")
+            .map_err(db_err)?
+        {
+            out.config = Some(decode("config", "current", current.value())?);
+        }
         for row in txn
             .open_table(TOKEN_USES)
             .map_err(db_err)?

@@ -215,6 +215,78 @@ async fn a_bundle_signed_by_an_untrusted_key_is_refused_and_the_old_one_stays() 
     assert_eq!(agent.held_fingerprint(), Some(held));
 }
 
+/// Signs, with the spoke's own bundle key, the bundle `hostcrate` of a policy `files`
+/// would have, at `generation`: what a spoke (or anything holding its key) could replay.
+fn signed(
+    home: &SpokeHome,
+    files: &[(&str, String)],
+    hostcrate: &str,
+    generation: u64,
+) -> pb::BundleDelivery {
+    let tree: std::collections::BTreeMap<PathBuf, String> = files
+        .iter()
+        .map(|(p, t)| (PathBuf::from(p), t.clone()))
+        .collect();
+    let compiled = vigo_common::policy::validate(&tree).unwrap();
+    let key = vigo_common::signing::read_key_file(&home.path("pki/bundle-signing.key")).unwrap();
+    let h = compiled
+        .hostcrates
+        .iter()
+        .find(|h| h.name == hostcrate)
+        .expect("hostcrate");
+    vigo_common::policy::bundle::SignedBundle::sign(h, &compiled.version, generation, &key)
+        .delivery(|_| false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_bundles_and_bundles_of_other_hostcrates_are_refused() {
+    let setup = Setup::new("app-03").await;
+    let mut agent = Agent::load(setup.state.clone()).unwrap();
+    agent.run_once(false).await.unwrap();
+    let held = agent.held_fingerprint().expect("a bundle in force");
+    let generation = setup
+        .spoke
+        .as_ref()
+        .unwrap()
+        .policy
+        .current()
+        .bundle_generation;
+    assert!(generation > 0);
+    let files = policy(setup.machine.path(), "replayed");
+
+    let older = signed(&setup.home, &files, "all", generation - 1);
+    let err = agent.accept_bundle(&older).await.unwrap_err();
+    assert!(err.contains("older than the one in force"), "{err}");
+
+    // A policy where app-03 belongs to `apps`: the `db` bundle and the catch-all one
+    // (which app-03 would reach only if `apps` did not match) are not its own.
+    let mut split = files.clone();
+    split[0].1 = "hostcrates:\n  - {name: db, match: 'db-*', roles: [app]}\n  - {name: apps, match: 'app-*', roles: [app]}\n  - {name: all, match: '*', roles: [app]}\n".into();
+    for other in ["db", "all"] {
+        let err = agent
+            .accept_bundle(&signed(&setup.home, &split, other, generation + 1))
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("not meant for hostname \"app-03\""),
+            "{other}: {err}"
+        );
+    }
+    assert_eq!(
+        agent.held_fingerprint(),
+        Some(held),
+        "nothing replaced the bundle"
+    );
+
+    // Its own hostcrate at a newer generation is taken.
+    let newer = signed(&setup.home, &split, "apps", generation + 1);
+    let fp = agent
+        .accept_bundle(&newer)
+        .await
+        .expect("a newer bundle of its own");
+    assert_eq!(agent.held_fingerprint(), Some(fp));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_its_spoke_the_agent_converges_from_cache_and_reports_later() {
     let mut setup = Setup::new("app-03").await;

@@ -90,7 +90,7 @@ async fn policy_change_sends_new_bundle_with_unchanged_modules_as_stubs() {
         "configcrates/motd.yaml",
         "vars:\n  greeting: Changed greeting\nresources:\n  - id: motd\n    type: file\n    path: /tmp/vigo-demo/etc/motd\n    content: \"{{ vars.greeting }}\"\n",
     );
-    spoke.reload_policy().expect("valid policy reloads");
+    spoke.reload_policy().await.expect("valid policy reloads");
 
     let response = envoy.check_in().await.unwrap();
     let Some(pb::check_in_response::Answer::Bundle(delivery)) = &response.answer else {
@@ -119,7 +119,10 @@ async fn a_bad_policy_reload_leaves_previous_bundles_serving() {
         "roles/webserver.yaml",
         "configcrates: [webapp, missing-crate]\n",
     );
-    let errors = spoke.reload_policy().expect_err("broken policy is refused");
+    let errors = spoke
+        .reload_policy()
+        .await
+        .expect_err("broken policy is refused");
     assert!(
         errors
             .to_string()

@@ -268,6 +268,18 @@ fn spoke_versions(cluster: &Cluster) -> Vec<Option<String>> {
         .collect()
 }
 
+/// The bundle generation every running spoke signs with (all equal, or a panic).
+fn spoke_generation(cluster: &Cluster) -> u64 {
+    let all: Vec<u64> = cluster
+        .spokes
+        .iter()
+        .flatten()
+        .map(|s| s.policy.current().bundle_generation)
+        .collect();
+    assert!(all.windows(2).all(|w| w[0] == w[1]), "{all:?}");
+    all[0]
+}
+
 async fn wait_for_versions(cluster: &Cluster, want: Vec<Option<String>>) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while spoke_versions(cluster) != want {
@@ -303,6 +315,8 @@ async fn config_reaches_every_spoke_and_a_returning_spoke_catches_up() {
     copy("first");
     let v1 = cluster.publish(1, policy.path(), "one").await.unwrap();
     wait_for_versions(&cluster, vec![Some(v1.version.clone()); 3]).await;
+    let g1 = spoke_generation(&cluster);
+    assert!(g1 > 0, "a published version carries a generation");
 
     // spoke-c is down while v2 is published; it pulls v2 when it comes back.
     cluster.stop_spoke(2).await;
@@ -316,6 +330,8 @@ async fn config_reaches_every_spoke_and_a_returning_spoke_catches_up() {
     .await;
     cluster.start_spoke(2).await;
     wait_for_versions(&cluster, vec![Some(v2.version.clone()); 3]).await;
+    let g2 = spoke_generation(&cluster);
+    assert!(g2 > g1);
 
     let history = cluster
         .admin(0)
@@ -340,6 +356,9 @@ async fn config_reaches_every_spoke_and_a_returning_spoke_catches_up() {
         .await
         .unwrap();
     wait_for_versions(&cluster, vec![Some(v1.version.clone()); 3]).await;
+    // A rollback is a new generation: envoys that took v2 accept v1 again.
+    let g3 = spoke_generation(&cluster);
+    assert!(g3 > g2, "rolled back to v1 with a generation above v2's");
 
     // An envoy enrolled through the hub gets the published policy from its spoke.
     let (identity, _) = cluster.enroll(0, "web-7").await.unwrap();
@@ -347,6 +366,11 @@ async fn config_reaches_every_spoke_and_a_returning_spoke_catches_up() {
     envoy.check_in().await.unwrap();
     let bundle = envoy.bundle.as_ref().unwrap();
     assert_eq!(bundle.manifest.variables["greeting"], "first");
+    assert_eq!(bundle.manifest.generation, g3);
+    assert_eq!(
+        bundle.manifest.hostname_patterns,
+        ["web-*", "www*.example.com"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,7 @@
 //! Signed bundles: the server side signs a manifest once per hostcrate; the envoy side
-//! checks the signature and every module body against the hashes the manifest lists.
+//! checks the signature and every module body against the hashes the manifest lists,
+//! then that the bundle is meant for it (its hostname, first match) and is not older
+//! than the one it holds ([`check_applicable`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,9 +27,11 @@ pub struct SignedBundle {
 }
 
 impl SignedBundle {
+    /// Signs `hostcrate`'s manifest, stamped with the policy `generation`.
     pub fn sign(
         hostcrate: &CompiledHostcrate,
         policy_version: &[u8; 32],
+        generation: u64,
         key: &SigningKey,
     ) -> Self {
         let manifest = pb::BundleManifest {
@@ -43,6 +47,9 @@ impl SignedBundle {
                 .collect(),
             variables: hostcrate.variables.clone(),
             signing_key: Bytes::copy_from_slice(key.verifying_key().as_bytes()),
+            generation,
+            hostname_patterns: hostcrate.patterns.clone(),
+            earlier_patterns: hostcrate.earlier_patterns.clone(),
         };
         let manifest = Bytes::from(manifest.encode_to_vec());
         let signature = signing::sign(key, Domain::Bundle, &manifest);
@@ -89,6 +96,47 @@ pub enum BundleError {
     MissingModule(String),
     #[error("module {0} does not decode: {1}")]
     Module(String, String),
+    #[error("bundle generation {got} is older than the one in force ({held}): refusing a replay")]
+    Older { held: u64, got: u64 },
+    #[error("the bundle of hostcrate {hostcrate:?} is not meant for hostname {hostname:?}")]
+    NotForThisHost { hostcrate: String, hostname: String },
+}
+
+/// Whether a verified bundle may replace the one an envoy holds: the envoy's hostname
+/// matches the hostcrate's patterns and none of an earlier hostcrate's (the fallback
+/// has no patterns of its own), and the generation is not older than `held`.
+pub fn check_applicable(
+    manifest: &pb::BundleManifest,
+    hostname: &str,
+    held: Option<u64>,
+) -> Result<(), BundleError> {
+    if let Some(held) = held
+        && manifest.generation < held
+    {
+        return Err(BundleError::Older {
+            held,
+            got: manifest.generation,
+        });
+    }
+    let matches = |patterns: &[String]| -> Option<bool> {
+        let mut set = globset::GlobSetBuilder::new();
+        for p in patterns {
+            set.add(super::compile::hostname_glob(p).ok()?);
+        }
+        Some(set.build().ok()?.is_match(hostname))
+    };
+    let own = manifest.hostcrate.is_empty() || matches(&manifest.hostname_patterns) == Some(true);
+    // Patterns that do not build count as matching: refuse rather than guess.
+    let earlier =
+        !manifest.earlier_patterns.is_empty() && matches(&manifest.earlier_patterns) != Some(false);
+    if own && !earlier {
+        Ok(())
+    } else {
+        Err(BundleError::NotForThisHost {
+            hostcrate: manifest.hostcrate.clone(),
+            hostname: hostname.to_string(),
+        })
+    }
 }
 
 /// A bundle whose signature and module hashes were checked.

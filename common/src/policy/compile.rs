@@ -38,6 +38,10 @@ pub struct CompiledHostcrate {
     pub variables: BTreeMap<String, String>,
     /// In application order; shared with other hostcrates that include the same crate.
     pub modules: Vec<Arc<CompiledModule>>,
+    /// Hostname patterns of this hostcrate, and of every hostcrate before it: signed
+    /// into the manifest so an envoy can tell the bundle is meant for it.
+    pub patterns: Vec<String>,
+    pub earlier_patterns: Vec<String>,
 }
 
 /// A compiled policy: bundles per hostcrate and the hostname matcher.
@@ -49,7 +53,9 @@ pub struct CompiledPolicy {
     matchers: Vec<GlobSet>,
 }
 
-pub(super) fn hostname_glob(pattern: &str) -> Result<Glob, globset::Error> {
+/// A hostname pattern as policies and manifests mean it: case-insensitive, `*` matches
+/// across dots.
+pub fn hostname_glob(pattern: &str) -> Result<Glob, globset::Error> {
     GlobBuilder::new(pattern)
         .case_insensitive(true)
         .literal_separator(false)
@@ -79,6 +85,7 @@ pub fn compile(tree: &PolicyTree) -> Result<CompiledPolicy, PolicyErrors> {
     let mut modules: HashMap<&str, Arc<CompiledModule>> = HashMap::new();
     let mut hostcrates = Vec::with_capacity(tree.hostcrates.len() + 1);
     let mut matchers = Vec::with_capacity(tree.hostcrates.len());
+    let mut earlier_patterns: Vec<String> = Vec::new();
     for h in &tree.hostcrates {
         let mut crate_order: Vec<&str> = Vec::new();
         let mut variables = BTreeMap::new();
@@ -113,14 +120,10 @@ pub fn compile(tree: &PolicyTree) -> Result<CompiledPolicy, PolicyErrors> {
             name: h.name.clone(),
             variables,
             modules: mods,
+            patterns: h.patterns.clone(),
+            earlier_patterns: earlier_patterns.clone(),
         };
-        let size = compiled.bundle_bytes();
-        if size > MAX_BUNDLE_BYTES {
-            issues.push(hostcrate_issue(
-                &h.name,
-                format!("its bundle is {size} bytes; an envoy accepts at most {MAX_BUNDLE_BYTES}"),
-            ));
-        }
+        earlier_patterns.extend(h.patterns.iter().cloned());
         hostcrates.push(compiled);
         match hostname_matcher(&h.patterns) {
             Ok(set) => matchers.push(set),
@@ -130,14 +133,30 @@ pub fn compile(tree: &PolicyTree) -> Result<CompiledPolicy, PolicyErrors> {
             }
         }
     }
-    if !issues.is_empty() {
-        return Err(PolicyErrors(issues));
-    }
     hostcrates.push(CompiledHostcrate {
         name: String::new(),
         variables: BTreeMap::new(),
         modules: Vec::new(),
+        patterns: Vec::new(),
+        earlier_patterns,
     });
+    for h in &hostcrates {
+        let size = h.bundle_bytes();
+        if size > MAX_BUNDLE_BYTES {
+            let name = if h.name.is_empty() {
+                "(fallback)"
+            } else {
+                &h.name
+            };
+            issues.push(hostcrate_issue(
+                name,
+                format!("its bundle is {size} bytes; an envoy accepts at most {MAX_BUNDLE_BYTES}"),
+            ));
+        }
+    }
+    if !issues.is_empty() {
+        return Err(PolicyErrors(issues));
+    }
     Ok(CompiledPolicy {
         version: tree.version,
         hostcrates,
@@ -172,12 +191,18 @@ impl CompiledHostcrate {
             .iter()
             .map(|(k, v)| k.len() + v.len() + 8)
             .sum();
+        let patterns: usize = self
+            .patterns
+            .iter()
+            .chain(&self.earlier_patterns)
+            .map(|p| p.len() + 4)
+            .sum();
         let modules: usize = self
             .modules
             .iter()
             .map(|m| 2 * m.name.len() + m.body.len() + 32 + 16)
             .sum();
-        self.name.len() + variables + modules + 256
+        self.name.len() + variables + patterns + modules + 256
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tonic::Code;
 use tracing::{debug, error, info, warn};
-use vigo_common::policy::bundle::{VerifiedBundle, verify_delivery};
+use vigo_common::policy::bundle::{VerifiedBundle, check_applicable, verify_delivery};
 use vigo_common::time::now_ms;
 use vigo_proto::v1 as pb;
 
@@ -299,7 +299,8 @@ impl Agent {
     }
 
     /// Verifies a delivery against the trusted keys, using the modules of the bundle in
-    /// force for stubs, and keeps it.
+    /// force for stubs; checks it is meant for this host and not older than the bundle in
+    /// force (a replay); and keeps it.
     pub async fn accept_bundle(&self, delivery: &pb::BundleDelivery) -> Result<[u8; 32], String> {
         let held = self.local.bundle().map_err(|e| e.to_string())?;
         let cache: std::collections::HashMap<[u8; 32], Bytes> = held
@@ -311,6 +312,13 @@ impl Agent {
             cache.get(h).cloned()
         })
         .map_err(|e| e.to_string())?;
+        let held_generation = held.as_ref().and_then(|d| {
+            <pb::BundleManifest as prost::Message>::decode(d.manifest.as_ref())
+                .ok()
+                .map(|m| m.generation)
+        });
+        check_applicable(&verified.manifest, &self.identity.hostname, held_generation)
+            .map_err(|e| e.to_string())?;
         verified.decode_modules().map_err(|e| e.to_string())?;
         let fp = verified.fingerprint;
         let local = self.local.clone();

@@ -31,6 +31,19 @@ impl AdminGrpc {
     }
 }
 
+impl AdminGrpc {
+    /// An answer stamped with the log index this node has applied, so a hub that
+    /// forwarded the call can wait to see its effect (read-your-writes).
+    fn answer<T>(&self, message: T) -> Response<T> {
+        let mut response = Response::new(message);
+        response.metadata_mut().insert(
+            crate::node::APPLIED_INDEX_HEADER,
+            tonic::metadata::MetadataValue::from(self.api.node.applied_index()),
+        );
+        response
+    }
+}
+
 /// Counts an admin call by route and outcome, and times it.
 pub fn record(route: &'static str, code: tonic::Code, started: Instant) {
     let code = format!("{code:?}");
@@ -54,7 +67,7 @@ macro_rules! rpcs {
                         Ok(caller) => self.api.$op(&caller, request.into_inner()).await,
                         Err(e) => Err(e),
                     };
-                    let result = result.map(Response::new).map_err(Status::from);
+                    let result = result.map(|r| self.answer(r)).map_err(Status::from);
                     let code = result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
                     record(concat!("grpc:", stringify!($rpc)), code, started);
                     result
