@@ -5,7 +5,8 @@
 
 use std::cmp::Ordering;
 
-use globset::{Glob, GlobMatcher};
+use crate::hostname::Pattern;
+use crate::limits::{MAX_TRAIT_PREDICATE, MAX_TRAIT_PREDICATES};
 use vigo_proto::admin::v1 as api;
 use vigo_proto::v1 as pb;
 
@@ -125,7 +126,7 @@ impl TraitPredicate {
 /// A checked [`api::EnvoyFilter`].
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
-    hostname: Option<GlobMatcher>,
+    hostname: Option<Pattern>,
     pub spoke: Option<String>,
     pub status: Option<String>,
     pub hostcrate: Option<String>,
@@ -140,10 +141,26 @@ impl Filter {
         let hostname = if f.hostname.is_empty() {
             None
         } else {
-            let glob = Glob::new(&f.hostname)
-                .map_err(|e| bad("filter.hostname", format!("{:?}: {e}", f.hostname)))?;
-            Some(glob.compile_matcher())
+            Some(Pattern::new(&f.hostname).map_err(|e| bad("filter.hostname", e))?)
         };
+        if f.traits.len() > MAX_TRAIT_PREDICATES {
+            return Err(bad(
+                "filter.traits",
+                format!(
+                    "{} predicates; a query takes at most {MAX_TRAIT_PREDICATES}",
+                    f.traits.len()
+                ),
+            ));
+        }
+        if let Some(t) = f.traits.iter().find(|t| t.len() > MAX_TRAIT_PREDICATE) {
+            return Err(bad(
+                "filter.traits",
+                format!(
+                    "a predicate of {} bytes; at most {MAX_TRAIT_PREDICATE}",
+                    t.len()
+                ),
+            ));
+        }
         let status = non_empty(&f.status);
         if let Some(s) = &status
             && !STATUSES.contains(&s.as_str())

@@ -3,7 +3,9 @@
 //! YAML config loading, and logging/metrics set-up.
 //!
 //! This crate knows nothing of spokes, hubs or envoys as processes: no service, no
-//! storage, no networking beyond building TLS configs, channels and listeners.
+//! storage. Its networking is what every server shares: TLS configs and channels, and
+//! the guarded listeners (accept and handshake limits, idle connections closed, who may
+//! call what decided before a body is read) that spokes and hubs serve on.
 
 pub mod config;
 mod error;
@@ -12,6 +14,7 @@ pub mod fsutil;
 pub mod hostname;
 pub mod ids;
 pub mod limits;
+pub mod net;
 pub mod pki;
 pub mod policy;
 pub mod procfs;

@@ -31,3 +31,7 @@ pub const MAX_TRAIT_PREDICATES: usize = 32;
 
 /// Length of one trait predicate (`key<op>value`).
 pub const MAX_TRAIT_PREDICATE: usize = 4096 + 128 + 2;
+
+/// A spoke's weight on the hash ring (its share of new envoys, relative to the others):
+/// the ring holds 256 points per unit of weight.
+pub const MAX_SPOKE_WEIGHT: u32 = 100;

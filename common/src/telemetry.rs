@@ -107,10 +107,21 @@ pub async fn serve_metrics(
         }),
     );
     info!(%local, "metrics at http://{local}/metrics");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "metrics server stopped");
-        }
-    });
+    // Scrapers are few: a small connection cap, and the same header and idle timeouts
+    // as every other listener. The server runs for the life of the process.
+    let limits = crate::net::AcceptLimits {
+        max_connections: 64,
+        max_handshakes: 64,
+        max_handshakes_per_source: 64,
+        ..Default::default()
+    };
+    drop(
+        crate::net::serve_http1(listener, None, limits, Default::default(), app, "metrics")
+            .map_err(|e| Error::Bind {
+                what: "metrics",
+                addr,
+                why: e.to_string(),
+            })?,
+    );
     Ok(local)
 }

@@ -1,14 +1,11 @@
 //! TLS for every Vigo connection: rustls with the ring provider only, TLS 1.3, ALPN h2.
-//!
-//! Servers do the handshake themselves (not inside tonic) so that the peer's identity is
-//! read from its certificate once per connection and handed to every request on it as a
-//! small [`PeerInfo`], instead of re-parsing certificates per request.
+//! Server and client configs, and client channels. Servers do the handshake themselves
+//! (`crate::net::listen`) so the peer's identity is read from its certificate once per
+//! connection, not per request.
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
@@ -16,15 +13,10 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
-use tokio_rustls::{TlsAcceptor, TlsConnector, server::TlsStream};
-use tonic::transport::server::Connected;
-use tracing::debug;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use crate::Error;
-use crate::pki::Peer;
 
 /// The one crypto provider of every Vigo binary.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -133,183 +125,6 @@ pub fn client_config(ca_pem: &str, identity: Option<(&str, &str)>) -> Result<Cli
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
-}
-
-/// Who is calling, attached to every request of a connection.
-#[derive(Clone, Debug)]
-pub struct PeerInfo {
-    pub peer: Peer,
-    pub remote: SocketAddr,
-}
-
-/// A server-side TLS connection whose peer is known.
-pub struct PeerConn {
-    stream: TlsStream<TcpStream>,
-    info: PeerInfo,
-}
-
-impl Connected for PeerConn {
-    type ConnectInfo = PeerInfo;
-
-    fn connect_info(&self) -> PeerInfo {
-        self.info.clone()
-    }
-}
-
-impl AsyncRead for PeerConn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for PeerConn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
-}
-
-/// Limits on the accept path.
-#[derive(Clone, Copy, Debug)]
-pub struct AcceptLimits {
-    /// A handshake that takes longer is dropped.
-    pub handshake_timeout: Duration,
-    /// Handshakes in progress at once; further connections wait in the backlog.
-    pub concurrent_handshakes: usize,
-}
-
-impl Default for AcceptLimits {
-    fn default() -> Self {
-        Self {
-            handshake_timeout: Duration::from_secs(10),
-            concurrent_handshakes: 256,
-        }
-    }
-}
-
-/// Accepts TCP connections, completes TLS handshakes concurrently off the accept loop,
-/// and yields connections with their peer identity, ready for `serve_with_incoming`.
-pub fn tls_incoming(
-    listener: TcpListener,
-    config: Arc<ServerConfig>,
-    limits: AcceptLimits,
-) -> tokio_stream::wrappers::ReceiverStream<io::Result<PeerConn>> {
-    let (tx, rx) = mpsc::channel(limits.concurrent_handshakes.max(1));
-    let acceptor = TlsAcceptor::from(config);
-    let permits = Arc::new(Semaphore::new(limits.concurrent_handshakes.max(1)));
-    tokio::spawn(async move {
-        loop {
-            let permit = tokio::select! {
-                _ = tx.closed() => return,
-                p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
-            };
-            let (tcp, remote) = tokio::select! {
-                _ = tx.closed() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        debug!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let handshake =
-                    tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
-                let stream = match handshake.await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => return debug!(%remote, error = %e, "TLS handshake failed"),
-                    Err(_) => return debug!(%remote, "TLS handshake timed out"),
-                };
-                let peer = match stream.get_ref().1.peer_certificates() {
-                    None | Some([]) => Peer::Anonymous,
-                    Some([leaf, ..]) => match Peer::from_certificate(leaf) {
-                        Ok(p) => p,
-                        Err(e) => return debug!(%remote, error = %e, "unusable client certificate"),
-                    },
-                };
-                let conn = PeerConn {
-                    stream,
-                    info: PeerInfo { peer, remote },
-                };
-                let _ = tx.send(Ok(conn)).await;
-            });
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
-}
-
-/// TLS connections for an HTTP/1.1 server (axum): handshakes run concurrently off the
-/// accept loop, as for gRPC, and the server sees only finished ones.
-pub struct HttpsListener {
-    incoming: tokio_stream::wrappers::ReceiverStream<io::Result<PeerConn>>,
-    local: SocketAddr,
-}
-
-impl HttpsListener {
-    /// `config` gets the ALPN of HTTP/1.1.
-    pub fn new(listener: TcpListener, mut config: ServerConfig) -> io::Result<Self> {
-        let local = listener.local_addr()?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Self {
-            incoming: tls_incoming(listener, Arc::new(config), AcceptLimits::default()),
-            local,
-        })
-    }
-}
-
-impl axum::serve::Listener for HttpsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        use tokio_stream::StreamExt;
-        loop {
-            match self.incoming.next().await {
-                Some(Ok(conn)) => return (conn.stream, conn.info.remote),
-                Some(Err(_)) => continue,
-                // The accept loop ended: nothing will ever come again.
-                None => std::future::pending::<()>().await,
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local)
-    }
 }
 
 /// Whether a server accepts connections on `addr` (an unspecified address means this

@@ -34,6 +34,10 @@ pub struct HubConfig {
     pub bundle_signing_key: PathBuf,
     #[serde(default)]
     pub raft: RaftConfig,
+    /// How the hub port and the REST port admit and keep connections (see
+    /// `deploy/hub.example.yaml`).
+    #[serde(default)]
+    pub connections: vigo_common::net::ConnectionsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -155,7 +159,17 @@ impl HubConfig {
         if c.raft.enroll_batch == 0 {
             return Err(bad("raft.enroll_batch", "must be at least 1"));
         }
+        if let Err((key, why)) = c.connections.check() {
+            return Err(bad(key, &why));
+        }
         Ok(c)
+    }
+
+    /// How the hub port keeps connections: idle ones closed after 5 minutes, 1 MiB
+    /// windows (raft and policy messages are large), unless configured.
+    pub fn http2_limits(&self) -> vigo_common::net::Http2Limits {
+        self.connections
+            .http2_limits(Duration::from_secs(300), 1 << 20)
     }
 
     pub fn advertise_address(&self) -> String {

@@ -8,6 +8,7 @@
 //! drives a spoke only through the spoke's gRPC services.
 
 pub mod admin;
+pub mod admission;
 pub mod cli;
 pub mod config;
 pub mod enroll;

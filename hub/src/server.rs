@@ -8,17 +8,17 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::Server;
 use tracing::info;
+use vigo_common::net::{Guarded, Http1Limits, Serving, serve_grpc};
 use vigo_common::pki::CertAuthority;
-use vigo_common::tls::{self, AcceptLimits, ClientAuth};
+use vigo_common::tls::{self, ClientAuth};
 use vigo_common::{fsutil, signing};
 use vigo_proto::v1 as pb;
 
 use crate::admin::grpc::AdminGrpc;
 use crate::admin::{AdminApi, Caller};
+use crate::admission;
 use crate::config::HubConfig;
 use crate::enroll::{Enroller, EnrollmentService};
 use crate::error::HubError;
@@ -30,9 +30,6 @@ use crate::raft::state_machine::StateMachineStore;
 use crate::services::{LocateService, SpokesService};
 use crate::state::{ApiRole, ApiToken, Command};
 
-/// Largest message between hub nodes (snapshot chunks) and from admins (policy trees).
-const MAX_MESSAGE: usize = 32 << 20;
-
 /// A running hub node.
 pub struct HubNode {
     pub node: Arc<Node>,
@@ -43,8 +40,8 @@ pub struct HubNode {
     pub api: Arc<AdminApi>,
     background: Vec<JoinHandle<()>>,
     config: HubConfig,
-    shutdown: std::sync::Mutex<Option<oneshot::Sender<()>>>,
-    serving: tokio::sync::Mutex<Option<JoinHandle<Result<(), tonic::transport::Error>>>>,
+    /// The hub port's server, then the REST port's when there is one.
+    servers: tokio::sync::Mutex<Vec<Serving>>,
 }
 
 fn raft_config(c: &HubConfig) -> Result<Arc<Config>, HubError> {
@@ -114,15 +111,20 @@ impl HubNode {
         ));
 
         let api = Arc::new(AdminApi::new(node.clone()));
-        let mut background = vec![tokio::spawn(roll_up_compliance(api.clone()))];
-        let admin_addr = match config.admin_listen {
+        let background = vec![tokio::spawn(roll_up_compliance(api.clone()))];
+        let rest = match config.admin_listen {
             None => None,
-            Some(addr) => {
-                let (local, task) = serve_rest(addr, api.clone(), server_tls.clone()).await?;
-                background.push(task);
-                Some(local)
-            }
+            Some(addr) => Some(
+                serve_rest(
+                    addr,
+                    api.clone(),
+                    server_tls.clone(),
+                    config.connections.accept_limits(),
+                )
+                .await?,
+            ),
         };
+        let admin_addr = rest.as_ref().map(|r| r.local);
 
         let metrics_addr = match (metrics, config.metrics_listen) {
             (Some(handle), Some(addr)) => {
@@ -143,36 +145,51 @@ impl HubNode {
         let addr = listener
             .local_addr()
             .map_err(|e| HubError::Raft(e.to_string()))?;
-        let incoming = tls::tls_incoming(listener, Arc::new(server_tls), AcceptLimits::default());
-        let router = Server::builder()
-            .timeout(Duration::from_secs(30))
-            .add_service(
+        let admin_table: Arc<dyn vigo_common::net::Admit> =
+            Arc::new(admission::HubAdmin(node.clone()));
+        let routes = tonic::service::Routes::builder()
+            .add_service(Guarded::new(
                 pb::hub_raft_server::HubRaftServer::new(RaftService {
                     raft: raft.clone(),
                     isolation,
                 })
-                .max_decoding_message_size(MAX_MESSAGE),
-            )
-            .add_service(
+                .max_decoding_message_size(admission::MAX_RAFT_MESSAGE),
+                Arc::new(admission::Raft),
+            ))
+            .add_service(Guarded::new(
                 pb::enrollment_server::EnrollmentServer::new(EnrollmentService { enroller })
                     .max_decoding_message_size(64 << 10),
-            )
-            .add_service(pb::hub_locate_server::HubLocateServer::new(LocateService {
-                node: node.clone(),
-            }))
-            .add_service(pb::hub_spokes_server::HubSpokesServer::new(SpokesService {
-                node: node.clone(),
-            }))
-            .add_service(
+                Arc::new(admission::Enrollment),
+            ))
+            .add_service(Guarded::new(
+                pb::hub_locate_server::HubLocateServer::new(LocateService { node: node.clone() })
+                    .max_decoding_message_size(4 << 10),
+                Arc::new(admission::Locate),
+            ))
+            .add_service(Guarded::new(
+                pb::hub_spokes_server::HubSpokesServer::new(SpokesService { node: node.clone() })
+                    .max_decoding_message_size(64 << 10),
+                Arc::new(admission::Spokes),
+            ))
+            .add_service(Guarded::new(
                 vigo_proto::admin::v1::hub_admin_server::HubAdminServer::new(AdminGrpc {
                     api: api.clone(),
                 })
-                .max_decoding_message_size(MAX_MESSAGE),
-            );
-        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-        let serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
-            let _ = shutdown_rx.await;
-        }));
+                .max_decoding_message_size(vigo_common::limits::MAX_CONFIG_MESSAGE),
+                admin_table,
+            ))
+            .clone()
+            .routes();
+        let serving = serve_grpc(
+            listener,
+            Arc::new(server_tls),
+            config.connections.accept_limits(),
+            config.http2_limits(),
+            routes,
+            "hub",
+        )
+        .map_err(|e| HubError::Raft(e.to_string()))?;
+        let servers = std::iter::once(serving).chain(rest).collect();
         info!(node = config.node_id, %addr, advertise = %config.advertise_address(), "hub node serving");
         Ok(Self {
             node,
@@ -182,8 +199,7 @@ impl HubNode {
             api,
             background,
             config,
-            shutdown: std::sync::Mutex::new(Some(shutdown)),
-            serving: tokio::sync::Mutex::new(Some(serving)),
+            servers: tokio::sync::Mutex::new(servers),
         })
     }
 
@@ -253,20 +269,8 @@ impl HubNode {
 
     /// Stops serving and shuts raft down; storage is closed when the node is dropped.
     pub async fn shutdown(&self) {
-        if let Some(s) = self
-            .shutdown
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            let _ = s.send(());
-        }
-        if let Some(mut serving) = self.serving.lock().await.take()
-            && tokio::time::timeout(Duration::from_secs(5), &mut serving)
-                .await
-                .is_err()
-        {
-            serving.abort();
+        for serving in self.servers.lock().await.drain(..) {
+            serving.stop(Duration::from_secs(5)).await;
         }
         for task in &self.background {
             task.abort();
@@ -275,15 +279,15 @@ impl HubNode {
         info!(node = self.node.id, "hub node stopped");
     }
 
-    /// Waits until the server stops on its own.
+    /// Waits until the server stops on its own (its accept loop ended: a bug).
     pub async fn serving(&self) -> Result<(), HubError> {
-        let Some(serving) = self.serving.lock().await.take() else {
-            return Ok(());
-        };
-        match serving.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(HubError::Raft(e.to_string())),
-            Err(_) => Ok(()),
+        let mut servers = self.servers.lock().await;
+        match servers.first_mut() {
+            Some(grpc) => {
+                grpc.ended().await;
+                Err(HubError::Internal("the hub port stopped accepting".into()))
+            }
+            None => Ok(()),
         }
     }
 }
@@ -292,8 +296,9 @@ impl HubNode {
 async fn serve_rest(
     addr: SocketAddr,
     api: Arc<AdminApi>,
-    tls: rustls::ServerConfig,
-) -> Result<(SocketAddr, JoinHandle<()>), HubError> {
+    mut tls: rustls::ServerConfig,
+    accept: vigo_common::net::AcceptLimits,
+) -> Result<Serving, HubError> {
     let bind_err = |e: std::io::Error| {
         HubError::Common(vigo_common::Error::Bind {
             what: "admin API",
@@ -302,16 +307,20 @@ async fn serve_rest(
         })
     };
     let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
-    let listener = tls::HttpsListener::new(listener, tls).map_err(bind_err)?;
-    let local = axum::serve::Listener::local_addr(&listener).map_err(bind_err)?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let app = crate::admin::rest::router(api);
+    let serving = vigo_common::net::serve_http1(
+        listener,
+        Some(Arc::new(tls)),
+        accept,
+        Http1Limits::default(),
+        app,
+        "admin-api",
+    )
+    .map_err(bind_err)?;
+    let local = serving.local;
     info!(%local, "admin API at https://{local}/api/v1/ (document: /api/v1/openapi.json)");
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "admin API server stopped");
-        }
-    });
-    Ok((local, task))
+    Ok(serving)
 }
 
 /// Refreshes the fleet compliance gauges from the spokes' counters.

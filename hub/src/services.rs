@@ -8,10 +8,10 @@ use std::time::Duration;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 use vigo_common::EnvoyId;
+use vigo_common::net::PeerInfo;
 use vigo_common::pki::{Peer, Role};
 use vigo_common::signing::{self, Domain};
 use vigo_common::time::now_ms;
-use vigo_common::tls::PeerInfo;
 use vigo_proto::v1 as pb;
 
 use crate::error::HubError;

@@ -408,10 +408,7 @@ impl ClusterState {
     /// both place envoys with this.
     pub fn place(&self, hostname: &str, ring: &Ring) -> Option<String> {
         let overridden = self.overrides.iter().find(|o| {
-            globset::GlobBuilder::new(&o.pattern)
-                .case_insensitive(true)
-                .build()
-                .is_ok_and(|g| g.compile_matcher().is_match(hostname))
+            vigo_common::hostname::Pattern::new(&o.pattern).is_ok_and(|p| p.is_match(hostname))
         });
         match overridden {
             Some(o)

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 use vigo_common::config::{ByteSize, Percent, load_yaml, resolve};
+pub use vigo_common::net::ConnectionsConfig;
 
 use crate::error::SpokeError;
 
@@ -145,28 +146,6 @@ pub struct VerifyConfig {
     pub max_batch: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConnectionsConfig {
-    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
-    pub handshake_timeout: Duration,
-    #[serde(default = "default_concurrent_handshakes")]
-    pub concurrent_handshakes: usize,
-    /// Deadline for any one request.
-    #[serde(default = "default_request_timeout", with = "humantime_serde")]
-    pub request_timeout: Duration,
-    /// Streams one connection may have open at once.
-    #[serde(default = "default_max_streams")]
-    pub max_concurrent_streams: u32,
-    /// HTTP/2 flow-control window per stream and per connection. Check-ins are small;
-    /// small windows keep per-connection memory low.
-    #[serde(default = "default_window")]
-    pub window: ByteSize,
-    /// Close connections idle for this long (the envoy reconnects with TLS resumption).
-    #[serde(default, with = "humantime_serde")]
-    pub max_connection_age: Option<Duration>,
-}
-
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollmentConfig {
@@ -239,21 +218,6 @@ fn default_max_report_body() -> ByteSize {
 fn default_max_batch() -> usize {
     64
 }
-fn default_handshake_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_concurrent_handshakes() -> usize {
-    256
-}
-fn default_request_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_max_streams() -> u32 {
-    32
-}
-fn default_window() -> ByteSize {
-    ByteSize(64 << 10)
-}
 fn one() -> u64 {
     1
 }
@@ -298,19 +262,6 @@ impl Default for VerifyConfig {
     }
 }
 
-impl Default for ConnectionsConfig {
-    fn default() -> Self {
-        Self {
-            handshake_timeout: default_handshake_timeout(),
-            concurrent_handshakes: default_concurrent_handshakes(),
-            request_timeout: default_request_timeout(),
-            max_concurrent_streams: default_max_streams(),
-            window: default_window(),
-            max_connection_age: None,
-        }
-    }
-}
-
 impl SpokeConfig {
     /// Loads, resolves relative paths and checks values that types alone cannot.
     pub fn load(path: &Path) -> Result<Self, SpokeError> {
@@ -344,13 +295,17 @@ impl SpokeConfig {
                 why,
             })
         };
-        if self.checkin.interval < Duration::from_secs(1) {
-            return Err(bad("checkin.interval", "must be at least 1s".into()));
+        if self.checkin.interval < Duration::from_secs(1)
+            || self.checkin.interval > Duration::from_secs(86_400)
+        {
+            return Err(bad("checkin.interval", "must be between 1s and 24h".into()));
         }
-        if self.checkin.timestamp_window < Duration::from_secs(1) {
+        if self.checkin.timestamp_window < Duration::from_secs(1)
+            || self.checkin.timestamp_window > Duration::from_secs(86_400)
+        {
             return Err(bad(
                 "checkin.timestamp_window",
-                "must be at least 1s".into(),
+                "must be between 1s and 24h".into(),
             ));
         }
         if self.flush.interval < Duration::from_millis(100) {
@@ -368,11 +323,8 @@ impl SpokeConfig {
         if self.verify.max_batch == 0 || self.verify.max_batch > 1024 {
             return Err(bad("verify.max_batch", "must be between 1 and 1024".into()));
         }
-        if self.connections.window.0 < 16 << 10 || self.connections.window.0 > 1 << 30 {
-            return Err(bad(
-                "connections.window",
-                "must be between 16KiB and 1GiB".into(),
-            ));
+        if let Err((key, why)) = self.connections.check() {
+            return Err(bad(key, why));
         }
         match &self.hub {
             None if self.tls.ca_key.is_none() => {
@@ -386,8 +338,14 @@ impl SpokeConfig {
                 if hub.addresses.is_empty() {
                     return Err(bad("hub.addresses", "name at least one hub node".into()));
                 }
-                if hub.weight == 0 {
-                    return Err(bad("hub.weight", "must be at least 1".into()));
+                if !(1..=vigo_common::limits::MAX_SPOKE_WEIGHT).contains(&hub.weight) {
+                    return Err(bad(
+                        "hub.weight",
+                        format!(
+                            "must be between 1 and {}",
+                            vigo_common::limits::MAX_SPOKE_WEIGHT
+                        ),
+                    ));
                 }
                 if !self.enrollment.tokens.is_empty() {
                     return Err(bad(
@@ -428,6 +386,15 @@ impl SpokeConfig {
         self.checkin
             .offline_after
             .unwrap_or(self.checkin.interval * 3)
+    }
+
+    /// How the envoy port keeps connections: idle ones closed after two check-in
+    /// intervals and 30s unless configured; 64 KiB windows unless configured.
+    pub fn http2_limits(&self) -> vigo_common::net::Http2Limits {
+        self.connections.http2_limits(
+            self.checkin.interval * 2 + Duration::from_secs(30),
+            64 << 10,
+        )
     }
 
     pub fn jitter(&self) -> Duration {

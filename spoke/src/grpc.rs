@@ -3,8 +3,8 @@
 use std::future::Future;
 
 use tonic::Extensions;
+use vigo_common::net::PeerInfo;
 use vigo_common::pki::Peer;
-use vigo_common::tls::PeerInfo;
 
 use crate::error::SpokeError;
 

@@ -8,6 +8,7 @@
 //! drives a spoke only through its gRPC services.
 
 pub mod admin;
+pub mod admission;
 pub mod cli;
 pub mod compliance;
 pub mod config;

@@ -9,16 +9,16 @@ use bytes::Bytes;
 use ed25519_dalek::VerifyingKey;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::Server;
 use tracing::{info, warn};
+use vigo_common::net::{Guarded, Serving, serve_grpc};
 use vigo_common::pki::CertAuthority;
-use vigo_common::tls::{self, AcceptLimits, ClientAuth};
+use vigo_common::tls::{self, ClientAuth};
 use vigo_common::{EnvoyId, fsutil, signing};
 use vigo_proto::v1 as pb;
 
 use crate::admin::{Admin, AdminService};
+use crate::admission;
 use crate::compliance::Compliance;
 use crate::config::SpokeConfig;
 use crate::enroll::{Enroller, EnrollmentService, Registry};
@@ -36,10 +36,6 @@ use crate::tokens::TokenBook;
 use crate::traits_store::{self, TraitsStore};
 use crate::verifier::BatchVerifier;
 
-/// Largest admin message: an import of a batch of envoys with their run histories
-/// (the hub sends at most `MAX_BATCH` envoys, with at most `keep_runs` runs each).
-const MAX_ADMIN_MESSAGE: usize = 64 << 20;
-
 /// How long shutdown waits for in-flight requests before closing connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -50,8 +46,7 @@ pub struct Spoke {
     pub fleet: Arc<FleetIndex>,
     pub policy: Arc<PolicyCache>,
     streams: Arc<Streams>,
-    shutdown: Option<oneshot::Sender<()>>,
-    serving: JoinHandle<Result<(), tonic::transport::Error>>,
+    serving: Option<Serving>,
     sweeper: JoinHandle<()>,
     hub_link: Option<JoinHandle<()>>,
     flusher: Arc<Flusher>,
@@ -219,45 +214,51 @@ impl Spoke {
                 why: e.to_string(),
             })
         })?;
-        let incoming = tls::tls_incoming(
-            listener,
-            Arc::new(server_tls),
-            AcceptLimits {
-                handshake_timeout: config.connections.handshake_timeout,
-                concurrent_handshakes: config.connections.concurrent_handshakes,
-            },
-        );
         let conns = &config.connections;
-        let window = conns.window.0 as u32;
-        let gateway_limit = config.checkin.max_body.0.max(config.reports.max_body.0) + 4096;
-        let mut builder = Server::builder()
-            .timeout(conns.request_timeout)
-            .initial_stream_window_size(window)
-            .initial_connection_window_size(window)
-            .max_concurrent_streams(conns.max_concurrent_streams)
-            .http2_keepalive_interval(None);
-        if let Some(age) = conns.max_connection_age {
-            builder = builder.max_connection_age(age);
-        }
-        let router = builder
-            .add_service(
+        let accept = conns.accept_limits();
+        let http2 = config.http2_limits();
+        let (enroll_table, gateway_table, admin_table) = admission::tables(admission::Settings {
+            request_timeout: conns.request_timeout,
+            max_checkin_body: config.checkin.max_body.0,
+            max_report_body: config.reports.max_body.0,
+            allow_relay: config.tls.allow_relay_certificates,
+        });
+        // Each service decodes up to its largest method's limit; the admission table
+        // holds every method to its own, and refuses wrong peers before the body is read.
+        let gateway_limit = config.checkin.max_body.0.max(config.reports.max_body.0) + (1 << 10);
+        let routes = tonic::service::Routes::builder()
+            .add_service(Guarded::new(
                 pb::enrollment_server::EnrollmentServer::new(enrollment)
                     .max_decoding_message_size(64 << 10),
-            )
-            .add_service(
+                enroll_table,
+            ))
+            .add_service(Guarded::new(
                 pb::envoy_gateway_server::EnvoyGatewayServer::new(GatewayService(gateway))
                     .max_decoding_message_size(gateway_limit),
-            )
-            .add_service(
-                // Envoy imports (reassign, drain) carry run histories; only hub and
-                // admin certificates get this far.
+                gateway_table,
+            ))
+            .add_service(Guarded::new(
                 pb::spoke_admin_server::SpokeAdminServer::new(AdminService(admin))
-                    .max_decoding_message_size(MAX_ADMIN_MESSAGE),
-            );
-        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-        let serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
-            let _ = shutdown_rx.await;
-        }));
+                    .max_decoding_message_size(admission::MAX_ADMIN_MESSAGE),
+                admin_table,
+            ))
+            .clone()
+            .routes();
+        let serving = serve_grpc(
+            listener,
+            Arc::new(server_tls),
+            accept,
+            http2,
+            routes,
+            "spoke",
+        )
+        .map_err(|e| {
+            SpokeError::Common(vigo_common::Error::Bind {
+                what: "envoys",
+                addr: config.listen,
+                why: e.to_string(),
+            })
+        })?;
         info!(%addr, name = %config.name, advertise = %config.advertise_address(), "spoke serving");
         Ok(Spoke {
             addr,
@@ -265,8 +266,7 @@ impl Spoke {
             fleet,
             policy,
             streams,
-            shutdown: Some(shutdown),
-            serving,
+            serving: Some(serving),
             sweeper,
             hub_link,
             flusher,
@@ -287,21 +287,13 @@ impl Spoke {
     /// closes the database.
     pub async fn shutdown(mut self) -> Result<(), SpokeError> {
         info!("spoke shutting down");
-        if let Some(s) = self.shutdown.take() {
-            let _ = s.send(());
-        }
         // Open streams would hold their connections through the drain: end them, the
         // envoys fall back to polling.
         self.streams.close_all();
         // In-flight requests get a bounded time to finish; the final flush must not wait
         // on a client that never closes its connection.
-        match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.serving).await {
-            Ok(Ok(Err(e))) => warn!(error = %e, "server stopped with an error"),
-            Ok(_) => {}
-            Err(_) => {
-                warn!(timeout = ?DRAIN_TIMEOUT, "connections still open after the drain timeout; closing them");
-                self.serving.abort();
-            }
+        if let Some(serving) = self.serving.take() {
+            serving.stop(DRAIN_TIMEOUT).await;
         }
         self.sweeper.abort();
         if let Some(link) = &self.hub_link {
@@ -337,15 +329,14 @@ impl Spoke {
         Ok(())
     }
 
-    /// Waits until the server stops on its own (a fatal serving error).
+    /// Waits until the server stops on its own (its accept loop ended: a bug).
     pub async fn serving(&mut self) -> Result<(), SpokeError> {
-        match (&mut self.serving).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(SpokeError::Common(vigo_common::Error::Tls {
-                what: "server",
-                why: e.to_string(),
-            })),
-            Err(_) => Err(SpokeError::ShuttingDown),
+        match &mut self.serving {
+            Some(serving) => {
+                serving.ended().await;
+                Err(SpokeError::ShuttingDown)
+            }
+            None => Ok(()),
         }
     }
 }

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use globset::{Glob, GlobSet, GlobSetBuilder};
 use prost::Message;
 use vigo_proto::v1 as pb;
 
@@ -53,13 +53,9 @@ pub struct CompiledPolicy {
     matchers: Vec<GlobSet>,
 }
 
-/// A hostname pattern as policies and manifests mean it: case-insensitive, `*` matches
-/// across dots.
-pub fn hostname_glob(pattern: &str) -> Result<Glob, globset::Error> {
-    GlobBuilder::new(pattern)
-        .case_insensitive(true)
-        .literal_separator(false)
-        .build()
+/// A hostname pattern as policies and manifests mean it (see [`crate::hostname::glob`]).
+pub fn hostname_glob(pattern: &str) -> Result<Glob, String> {
+    crate::hostname::glob(pattern)
 }
 
 impl CompiledPolicy {
@@ -177,7 +173,7 @@ fn hostcrate_issue(name: &str, why: String) -> PolicyIssue {
 fn hostname_matcher(patterns: &[String]) -> Result<GlobSet, String> {
     let mut set = GlobSetBuilder::new();
     for p in patterns {
-        set.add(hostname_glob(p).map_err(|e| format!("bad pattern {p:?}: {e}"))?);
+        set.add(hostname_glob(p)?);
     }
     set.build()
         .map_err(|e| format!("its {} pattern(s) do not compile: {e}", patterns.len()))

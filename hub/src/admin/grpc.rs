@@ -1,15 +1,14 @@
-//! The admin API as gRPC (`vigo.admin.v1.HubAdmin`): authenticate, run the operation,
-//! count the call. Every method has the same shape, so a macro writes them.
+//! The admin API as gRPC (`vigo.admin.v1.HubAdmin`): take the caller the admission
+//! table authenticated, run the operation, count the call. Every method has the same
+//! shape, so a macro writes them.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use tonic::{Request, Response, Status};
-use vigo_common::pki::Peer;
-use vigo_common::tls::PeerInfo;
 use vigo_proto::admin::v1 as api;
 
-use super::{AdminApi, Caller, authenticate};
+use super::{AdminApi, Caller};
 use crate::error::HubError;
 
 pub struct AdminGrpc {
@@ -17,17 +16,14 @@ pub struct AdminGrpc {
 }
 
 impl AdminGrpc {
+    /// Who is calling: the admission table (`crate::admission`) authenticated the call
+    /// before its body was read and left the caller in the request.
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, HubError> {
-        let peer = request
+        request
             .extensions()
-            .get::<PeerInfo>()
-            .map(|p| p.peer.clone())
-            .unwrap_or(Peer::Anonymous);
-        authenticate(
-            &self.api.node,
-            &request.metadata().clone().into_headers(),
-            &peer,
-        )
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| HubError::Internal("an admin call that was not admitted".into()))
     }
 }
 
@@ -45,9 +41,10 @@ impl AdminGrpc {
 }
 
 /// Counts an admin call by route and outcome, and times it.
-pub fn record(route: &'static str, code: tonic::Code, started: Instant) {
+pub fn record(route: impl Into<metrics::SharedString>, code: tonic::Code, started: Instant) {
+    let route = route.into();
     let code = format!("{code:?}");
-    metrics::counter!("vigo_hub_admin_requests_total", "route" => route, "code" => code)
+    metrics::counter!("vigo_hub_admin_requests_total", "route" => route.clone(), "code" => code)
         .increment(1);
     metrics::histogram!("vigo_hub_admin_request_seconds", "route" => route)
         .record(started.elapsed().as_secs_f64());

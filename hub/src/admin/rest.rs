@@ -4,7 +4,12 @@
 //!
 //! Errors are `{"error": "...", "code": "..."}` with the HTTP status of the operation's
 //! gRPC code (`crate::error::http_status`): 400 for a malformed request (the message
-//! names the field), 401 without a valid token, 403 for a role too low.
+//! names the field), 401 without a valid token, 403 for a role too low, 413 for a body
+//! above its route's limit, 408 for a body that does not arrive in time.
+//!
+//! Every route but the OpenAPI document is behind [`admit`]: the bearer token is checked
+//! before the body is read, and the body is read under the route's size limit and a
+//! deadline before the handler sees it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,23 +17,108 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Extension, MatchedPath, Path, RawQuery, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+use vigo_common::limits::MAX_CONFIG_MESSAGE;
 use vigo_common::pki::Peer;
 use vigo_proto::admin::v1 as api;
 
 use super::{AdminApi, Caller, authenticate};
 use crate::error::{HubError, http_status};
 
-/// Largest request body (a published policy tree).
-const MAX_BODY: usize = 16 << 20;
+/// How long a request body may take to arrive once its headers have.
+const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The largest body a route takes: a policy tree, an override list, a push's target
+/// list; anything else is a small JSON object.
+fn body_limit(method: &Method, path: &str) -> usize {
+    match (method.as_str(), path) {
+        ("POST", "/api/v1/config") => MAX_CONFIG_MESSAGE,
+        ("PUT", "/api/v1/overrides") => 1 << 20,
+        ("POST", "/api/v1/push") => 256 << 10,
+        _ => 64 << 10,
+    }
+}
+
+/// Runs before every route's handler: authenticates the bearer token before the body
+/// is read, then reads the body under the route's limit and [`BODY_DEADLINE`], and hands
+/// the handler the caller and the body.
+async fn admit(
+    State(api): Api,
+    matched: MatchedPath,
+    request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let route = format!(
+        "{} {}",
+        request.method(),
+        matched.as_str().trim_start_matches("/api/v1")
+    );
+    let refuse = |route: String, status: StatusCode, code: tonic::Code, error: String| {
+        super::grpc::record(route, code, started);
+        let code = format!("{code:?}");
+        (status, Json(ApiError { error, code })).into_response()
+    };
+    let caller = match authenticate(&api.node, request.headers(), &Peer::Anonymous) {
+        Ok(c) => c,
+        Err(e) => {
+            super::grpc::record(route, e.code(), started);
+            return Failure(e).into_response();
+        }
+    };
+    let limit = body_limit(request.method(), matched.as_str());
+    let (parts, body) = request.into_parts();
+    let declared = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let too_large = |route| {
+        refuse(
+            route,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            tonic::Code::ResourceExhausted,
+            format!("the request body is larger than this route takes ({limit} bytes)"),
+        )
+    };
+    if declared.is_some_and(|n| n > limit) {
+        return too_large(route);
+    }
+    let bytes = match tokio::time::timeout(BODY_DEADLINE, Limited::new(body, limit).collect()).await
+    {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(route),
+        Ok(Err(e)) => {
+            return refuse(
+                route,
+                StatusCode::BAD_REQUEST,
+                tonic::Code::InvalidArgument,
+                format!("reading the request body: {e}"),
+            );
+        }
+        Err(_) => {
+            return refuse(
+                route,
+                StatusCode::REQUEST_TIMEOUT,
+                tonic::Code::DeadlineExceeded,
+                format!("the request body did not arrive within {BODY_DEADLINE:?}"),
+            );
+        }
+    };
+    let mut request = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
 
 /// An error answer.
 #[derive(Debug, Serialize, ToSchema)]
@@ -78,11 +168,12 @@ fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, HubError> {
     })
 }
 
-/// Authenticates, runs one operation and answers in JSON, counting the call.
+/// Runs one operation for the caller [`admit`] authenticated and answers in JSON,
+/// counting the call.
 async fn answer<Req, Resp, Op, Fut>(
     api: &Arc<AdminApi>,
     route: &'static str,
-    headers: &HeaderMap,
+    caller: Caller,
     request: Result<Req, HubError>,
     op: Op,
 ) -> Response
@@ -92,13 +183,9 @@ where
     Fut: Future<Output = Result<Resp, HubError>>,
 {
     let started = Instant::now();
-    // Authentication comes first: an anonymous caller learns nothing about the request.
-    let result = match authenticate(&api.node, headers, &Peer::Anonymous) {
+    let result = match request {
         Err(e) => Err(e),
-        Ok(caller) => match request {
-            Err(e) => Err(e),
-            Ok(req) => op(api.clone(), caller, req).await,
-        },
+        Ok(req) => op(api.clone(), caller, req).await,
     };
     let code = result
         .as_ref()
@@ -178,11 +265,11 @@ type Api = State<Arc<AdminApi>>;
 
 #[utoipa::path(get, path = "/api/v1/status", tag = "cluster",
     responses((status = 200, body = api::ClusterStatus), (status = 401, body = ApiError)))]
-async fn status(State(a): Api, h: HeaderMap) -> Response {
+async fn status(State(a): Api, Extension(c): Extension<Caller>) -> Response {
     answer(
         &a,
         "GET /status",
-        &h,
+        c,
         Ok(api::StatusRequest {}),
         |a, c, r| async move { a.status(&c, r).await },
     )
@@ -191,11 +278,11 @@ async fn status(State(a): Api, h: HeaderMap) -> Response {
 
 #[utoipa::path(get, path = "/api/v1/hubs", tag = "cluster",
     responses((status = 200, body = api::MemberList), (status = 401, body = ApiError)))]
-async fn members(State(a): Api, h: HeaderMap) -> Response {
+async fn members(State(a): Api, Extension(c): Extension<Caller>) -> Response {
     answer(
         &a,
         "GET /hubs",
-        &h,
+        c,
         Ok(api::MembersRequest {}),
         |a, c, r| async move { a.list_members(&c, r).await },
     )
@@ -204,8 +291,8 @@ async fn members(State(a): Api, h: HeaderMap) -> Response {
 
 #[utoipa::path(post, path = "/api/v1/hubs", tag = "cluster", request_body = api::AddHubRequest,
     responses((status = 200, body = api::MemberList), (status = 400, body = ApiError), (status = 403, body = ApiError)))]
-async fn add_hub(State(a): Api, h: HeaderMap, b: Bytes) -> Response {
-    answer(&a, "POST /hubs", &h, body(&b), |a, c, r| async move {
+async fn add_hub(State(a): Api, Extension(c): Extension<Caller>, b: Bytes) -> Response {
+    answer(&a, "POST /hubs", c, body(&b), |a, c, r| async move {
         a.add_hub(&c, r).await
     })
     .await
@@ -214,26 +301,30 @@ async fn add_hub(State(a): Api, h: HeaderMap, b: Bytes) -> Response {
 #[utoipa::path(delete, path = "/api/v1/hubs/{node_id}", tag = "cluster",
     params(("node_id" = u64, Path, description = "raft node id")),
     responses((status = 200, body = api::MemberList), (status = 404, body = ApiError)))]
-async fn remove_hub(State(a): Api, h: HeaderMap, Path(node_id): Path<String>) -> Response {
+async fn remove_hub(
+    State(a): Api,
+    Extension(c): Extension<Caller>,
+    Path(node_id): Path<String>,
+) -> Response {
     let req = node_id
         .parse()
         .map(|node_id| api::RemoveHubRequest { node_id })
         .map_err(|_| HubError::malformed("node_id", format!("{node_id:?} is not a number")));
-    answer(
-        &a,
-        "DELETE /hubs/{node_id}",
-        &h,
-        req,
-        |a, c, r| async move { a.remove_hub(&c, r).await },
-    )
+    answer(&a, "DELETE /hubs/{node_id}", c, req, |a, c, r| async move {
+        a.remove_hub(&c, r).await
+    })
     .await
 }
 
 #[utoipa::path(get, path = "/api/v1/envoys", tag = "envoys", params(EnvoyQuery),
     responses((status = 200, body = api::EnvoyPage), (status = 400, body = ApiError)))]
-async fn list_envoys(State(a): Api, h: HeaderMap, RawQuery(q): RawQuery) -> Response {
+async fn list_envoys(
+    State(a): Api,
+    Extension(c): Extension<Caller>,
+    RawQuery(q): RawQuery,
+) -> Response {
     let req = envoy_query(q.as_deref(), true);
-    answer(&a, "GET /envoys", &h, req, |a, c, r| async move {
+    answer(&a, "GET /envoys", c, req, |a, c, r| async move {
         a.list_envoys(&c, r).await
     })
     .await
@@ -242,11 +333,15 @@ async fn list_envoys(State(a): Api, h: HeaderMap, RawQuery(q): RawQuery) -> Resp
 #[utoipa::path(get, path = "/api/v1/envoys/{envoy_id}", tag = "envoys",
     params(("envoy_id" = String, Path, description = "16 hex digits")),
     responses((status = 200, body = api::EnvoyDetail), (status = 404, body = ApiError)))]
-async fn show_envoy(State(a): Api, h: HeaderMap, Path(envoy_id): Path<String>) -> Response {
+async fn show_envoy(
+    State(a): Api,
+    Extension(c): Extension<Caller>,
+    Path(envoy_id): Path<String>,
+) -> Response {
     answer(
         &a,
         "GET /envoys/{envoy_id}",
-        &h,
+        c,
         Ok(api::EnvoyRef { envoy_id }),
         |a, c, r| async move { a.show_envoy(&c, r).await },
     )
@@ -259,7 +354,7 @@ async fn show_envoy(State(a): Api, h: HeaderMap, Path(envoy_id): Path<String>) -
     responses((status = 200, body = api::RevokeEnvoyResult), (status = 404, body = ApiError)))]
 async fn revoke_envoy(
     State(a): Api,
-    h: HeaderMap,
+    Extension(c): Extension<Caller>,
     Path(envoy_id): Path<String>,
     b: Bytes,
 ) -> Response {
@@ -268,7 +363,7 @@ async fn revoke_envoy(
     answer(
         &a,
         "POST /envoys/{envoy_id}/revoke",
-        &h,
+        c,
         req,
         |a, c, r| async move { a.revoke_envoy(&c, r).await },
     )
@@ -281,7 +376,7 @@ async fn revoke_envoy(
     responses((status = 200, body = api::MoveResult), (status = 412, body = ApiError)))]
 async fn reassign_envoy(
     State(a): Api,
-    h: HeaderMap,
+    Extension(c): Extension<Caller>,
     Path(envoy_id): Path<String>,
     b: Bytes,
 ) -> Response {
@@ -290,7 +385,7 @@ async fn reassign_envoy(
     answer(
         &a,
         "POST /envoys/{envoy_id}/reassign",
-        &h,
+        c,
         req,
         |a, c, r| async move { a.reassign_envoy(&c, r).await },
     )
@@ -299,8 +394,8 @@ async fn reassign_envoy(
 
 #[utoipa::path(post, path = "/api/v1/push", tag = "envoys", request_body = api::PushRequest,
     responses((status = 200, body = api::PushResult), (status = 400, body = ApiError)))]
-async fn push(State(a): Api, h: HeaderMap, b: Bytes) -> Response {
-    answer(&a, "POST /push", &h, body(&b), |a, c, r| async move {
+async fn push(State(a): Api, Extension(c): Extension<Caller>, b: Bytes) -> Response {
+    answer(&a, "POST /push", c, body(&b), |a, c, r| async move {
         a.push(&c, r).await
     })
     .await
@@ -308,11 +403,11 @@ async fn push(State(a): Api, h: HeaderMap, b: Bytes) -> Response {
 
 #[utoipa::path(get, path = "/api/v1/compliance", tag = "compliance",
     responses((status = 200, body = api::ComplianceReport)))]
-async fn compliance(State(a): Api, h: HeaderMap) -> Response {
+async fn compliance(State(a): Api, Extension(c): Extension<Caller>) -> Response {
     answer(
         &a,
         "GET /compliance",
-        &h,
+        c,
         Ok(api::ComplianceRequest {}),
         |a, c, r| async move { a.compliance(&c, r).await },
     )
@@ -323,7 +418,7 @@ async fn compliance(State(a): Api, h: HeaderMap) -> Response {
     responses((status = 200, body = api::TraitCountReport)))]
 async fn trait_count(
     State(a): Api,
-    h: HeaderMap,
+    Extension(c): Extension<Caller>,
     Path(key): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Response {
@@ -331,7 +426,7 @@ async fn trait_count(
         key,
         filter: l.filter,
     });
-    answer(&a, "GET /traits/{key}", &h, req, |a, c, r| async move {
+    answer(&a, "GET /traits/{key}", c, req, |a, c, r| async move {
         a.trait_count(&c, r).await
     })
     .await
@@ -339,11 +434,11 @@ async fn trait_count(
 
 #[utoipa::path(get, path = "/api/v1/config", tag = "config",
     responses((status = 200, body = api::ConfigVersions)))]
-async fn config_history(State(a): Api, h: HeaderMap) -> Response {
+async fn config_history(State(a): Api, Extension(c): Extension<Caller>) -> Response {
     answer(
         &a,
         "GET /config",
-        &h,
+        c,
         Ok(api::ConfigHistoryRequest {}),
         |a, c, r| async move { a.config_history(&c, r).await },
     )
@@ -352,8 +447,8 @@ async fn config_history(State(a): Api, h: HeaderMap) -> Response {
 
 #[utoipa::path(post, path = "/api/v1/config", tag = "config", request_body = api::PublishConfigRequest,
     responses((status = 200, body = api::ConfigVersionInfo), (status = 400, body = ApiError)))]
-async fn publish_config(State(a): Api, h: HeaderMap, b: Bytes) -> Response {
-    answer(&a, "POST /config", &h, body(&b), |a, c, r| async move {
+async fn publish_config(State(a): Api, Extension(c): Extension<Caller>, b: Bytes) -> Response {
+    answer(&a, "POST /config", c, body(&b), |a, c, r| async move {
         a.publish_config(&c, r).await
     })
     .await
@@ -361,11 +456,11 @@ async fn publish_config(State(a): Api, h: HeaderMap, b: Bytes) -> Response {
 
 #[utoipa::path(post, path = "/api/v1/config/rollback", tag = "config", request_body = api::RollbackConfigRequest,
     responses((status = 200, body = api::ConfigVersionInfo), (status = 404, body = ApiError)))]
-async fn rollback_config(State(a): Api, h: HeaderMap, b: Bytes) -> Response {
+async fn rollback_config(State(a): Api, Extension(c): Extension<Caller>, b: Bytes) -> Response {
     answer(
         &a,
         "POST /config/rollback",
-        &h,
+        c,
         body(&b),
         |a, c, r| async move { a.rollback_config(&c, r).await },
     )
@@ -374,11 +469,11 @@ async fn rollback_config(State(a): Api, h: HeaderMap, b: Bytes) -> Response {
 
 #[utoipa::path(get, path = "/api/v1/spokes", tag = "spokes",
     responses((status = 200, body = api::SpokeList)))]
-async fn list_spokes(State(a): Api, h: HeaderMap) -> Response {
+async fn list_spokes(State(a): Api, Extension(c): Extension<Caller>) -> Response {
     answer(
         &a,
         "GET /spokes",
-        &h,
+        c,
         Ok(api::ListSpokesRequest {}),
         |a, c, r| async move { a.list_spokes(&c, r).await },
     )
@@ -387,8 +482,8 @@ async fn list_spokes(State(a): Api, h: HeaderMap) -> Response {
 
 #[utoipa::path(post, path = "/api/v1/spokes", tag = "spokes", request_body = api::AddSpokeRequest,
     responses((status = 200, body = api::SpokeInfo), (status = 400, body = ApiError)))]
-async fn add_spoke(State(a): Api, h: HeaderMap, b: Bytes) -> Response {
-    answer(&a, "POST /spokes", &h, body(&b), |a, c, r| async move {
+async fn add_spoke(State(a): Api, Extension(c): Extension<Caller>, b: Bytes) -> Response {
+    answer(&a, "POST /spokes", c, body(&b), |a, c, r| async move {
         a.add_spoke(&c, r).await
     })
     .await
@@ -396,11 +491,15 @@ async fn add_spoke(State(a): Api, h: HeaderMap, b: Bytes) -> Response {
 
 #[utoipa::path(get, path = "/api/v1/spokes/{spoke_id}", tag = "spokes", params(("spoke_id" = String, Path)),
     responses((status = 200, body = api::SpokeDetail), (status = 404, body = ApiError)))]
-async fn show_spoke(State(a): Api, h: HeaderMap, Path(spoke_id): Path<String>) -> Response {
+async fn show_spoke(
+    State(a): Api,
+    Extension(c): Extension<Caller>,
+    Path(spoke_id): Path<String>,
+) -> Response {
     answer(
         &a,
         "GET /spokes/{spoke_id}",
-        &h,
+        c,
         Ok(api::SpokeRef { spoke_id }),
         |a, c, r| async move { a.show_spoke(&c, r).await },
     )
@@ -409,11 +508,15 @@ async fn show_spoke(State(a): Api, h: HeaderMap, Path(spoke_id): Path<String>) -
 
 #[utoipa::path(delete, path = "/api/v1/spokes/{spoke_id}", tag = "spokes", params(("spoke_id" = String, Path)),
     responses((status = 200, body = api::SpokeInfo), (status = 412, body = ApiError)))]
-async fn remove_spoke(State(a): Api, h: HeaderMap, Path(spoke_id): Path<String>) -> Response {
+async fn remove_spoke(
+    State(a): Api,
+    Extension(c): Extension<Caller>,
+    Path(spoke_id): Path<String>,
+) -> Response {
     answer(
         &a,
         "DELETE /spokes/{spoke_id}",
-        &h,
+        c,
         Ok(api::SpokeRef { spoke_id }),
         |a, c, r| async move { a.remove_spoke(&c, r).await },
     )
@@ -422,11 +525,15 @@ async fn remove_spoke(State(a): Api, h: HeaderMap, Path(spoke_id): Path<String>)
 
 #[utoipa::path(post, path = "/api/v1/spokes/{spoke_id}/drain", tag = "spokes", params(("spoke_id" = String, Path)),
     responses((status = 200, body = api::MoveResult), (status = 503, body = ApiError)))]
-async fn drain_spoke(State(a): Api, h: HeaderMap, Path(spoke_id): Path<String>) -> Response {
+async fn drain_spoke(
+    State(a): Api,
+    Extension(c): Extension<Caller>,
+    Path(spoke_id): Path<String>,
+) -> Response {
     answer(
         &a,
         "POST /spokes/{spoke_id}/drain",
-        &h,
+        c,
         Ok(api::SpokeRef { spoke_id }),
         |a, c, r| async move { a.drain_spoke(&c, r).await },
     )
@@ -435,8 +542,8 @@ async fn drain_spoke(State(a): Api, h: HeaderMap, Path(spoke_id): Path<String>) 
 
 #[utoipa::path(put, path = "/api/v1/overrides", tag = "spokes", request_body = api::SetOverridesRequest,
     responses((status = 200, body = api::OverrideList), (status = 400, body = ApiError)))]
-async fn set_overrides(State(a): Api, h: HeaderMap, b: Bytes) -> Response {
-    answer(&a, "PUT /overrides", &h, body(&b), |a, c, r| async move {
+async fn set_overrides(State(a): Api, Extension(c): Extension<Caller>, b: Bytes) -> Response {
+    answer(&a, "PUT /overrides", c, body(&b), |a, c, r| async move {
         a.set_overrides(&c, r).await
     })
     .await
@@ -444,11 +551,11 @@ async fn set_overrides(State(a): Api, h: HeaderMap, b: Bytes) -> Response {
 
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens",
     responses((status = 200, body = api::TokenList), (status = 403, body = ApiError)))]
-async fn list_tokens(State(a): Api, h: HeaderMap) -> Response {
+async fn list_tokens(State(a): Api, Extension(c): Extension<Caller>) -> Response {
     answer(
         &a,
         "GET /tokens",
-        &h,
+        c,
         Ok(api::ListTokensRequest {}),
         |a, c, r| async move { a.list_tokens(&c, r).await },
     )
@@ -457,8 +564,8 @@ async fn list_tokens(State(a): Api, h: HeaderMap) -> Response {
 
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = api::CreateTokenRequest,
     responses((status = 200, body = api::CreatedToken), (status = 409, body = ApiError)))]
-async fn create_token(State(a): Api, h: HeaderMap, b: Bytes) -> Response {
-    answer(&a, "POST /tokens", &h, body(&b), |a, c, r| async move {
+async fn create_token(State(a): Api, Extension(c): Extension<Caller>, b: Bytes) -> Response {
+    answer(&a, "POST /tokens", c, body(&b), |a, c, r| async move {
         a.create_token(&c, r).await
     })
     .await
@@ -466,11 +573,15 @@ async fn create_token(State(a): Api, h: HeaderMap, b: Bytes) -> Response {
 
 #[utoipa::path(delete, path = "/api/v1/tokens/{name}", tag = "tokens", params(("name" = String, Path)),
     responses((status = 200, body = api::TokenInfo), (status = 404, body = ApiError)))]
-async fn revoke_token(State(a): Api, h: HeaderMap, Path(name): Path<String>) -> Response {
+async fn revoke_token(
+    State(a): Api,
+    Extension(c): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Response {
     answer(
         &a,
         "DELETE /tokens/{name}",
-        &h,
+        c,
         Ok(api::RevokeTokenRequest { name }),
         |a, c, r| async move { a.revoke_token(&c, r).await },
     )
@@ -523,10 +634,11 @@ pub fn router(api: Arc<AdminApi>) -> axum::Router {
         .routes(routes!(set_overrides))
         .routes(routes!(list_tokens, create_token))
         .routes(routes!(revoke_token))
-        .with_state(api)
+        .with_state(api.clone())
         .split_for_parts();
     let doc = Arc::new(doc);
     router
+        .route_layer(axum::middleware::from_fn_with_state(api, admit))
         .route(
             "/api/v1/openapi.json",
             axum::routing::get(move || {
@@ -539,5 +651,6 @@ pub fn router(api: Arc<AdminApi>) -> axum::Router {
                 "no such route; the API is described at /api/v1/openapi.json".into(),
             ))
         })
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        // `admit` read the body under the route's own limit already.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_CONFIG_MESSAGE))
 }

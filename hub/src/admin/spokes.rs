@@ -10,6 +10,9 @@ use crate::error::HubError;
 use crate::fanout::{self, QUERY_DEADLINE};
 use crate::state::{ApiRole, ClusterState, Command, Override, Spoke, SpokeState};
 
+/// Pattern overrides at most: every enrollment walks them in order.
+const MAX_OVERRIDES: usize = 1_000;
+
 /// A spoke whose last heartbeat is older than this is shown unhealthy.
 const HEALTHY_WITHIN_MS: u64 = 90_000;
 
@@ -250,11 +253,19 @@ impl AdminApi {
         req: api::SetOverridesRequest,
     ) -> Result<api::OverrideList, HubError> {
         caller.require(ApiRole::Operator, "SetOverrides")?;
+        if req.overrides.len() > MAX_OVERRIDES {
+            return Err(HubError::malformed(
+                "overrides",
+                format!(
+                    "{} overrides; at most {MAX_OVERRIDES} (every enrollment checks them in order)",
+                    req.overrides.len()
+                ),
+            ));
+        }
         let mut overrides = Vec::new();
         for o in &req.overrides {
-            globset::Glob::new(&o.pattern).map_err(|e| {
-                HubError::malformed("overrides.pattern", format!("{:?}: {e}", o.pattern))
-            })?;
+            vigo_common::hostname::Pattern::new(&o.pattern)
+                .map_err(|e| HubError::malformed("overrides.pattern", e))?;
             if !self.node.read(|s| s.spokes.contains_key(&o.spoke_id)) {
                 return Err(HubError::NotFound(format!(
                     "overrides.spoke_id: unknown spoke {:?}",

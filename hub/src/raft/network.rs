@@ -19,8 +19,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
+use vigo_common::net::PeerInfo;
 use vigo_common::pki::Role;
-use vigo_common::tls::{self, PeerInfo};
+use vigo_common::tls;
 use vigo_proto::v1 as pb;
 
 use super::{HubRaft, NodeId, TypeConfig};

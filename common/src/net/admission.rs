@@ -1,0 +1,312 @@
+//! Who may call what, decided before a request body is read.
+//!
+//! Every gRPC service is served [`Guarded`]: before the service sees a request, its
+//! [`Admit`] table looks at the method, the peer's certificate role (and, for services
+//! that take bearer tokens, the headers) and either refuses at once — the body is never
+//! read, the service never runs — or admits the call with the limits of that method: the
+//! largest message it may carry and its deadline. The message limit is enforced on the
+//! gRPC frame header as it arrives, so a frame that announces more than its method
+//! takes is refused with `RESOURCE_EXHAUSTED` before any of it is buffered. The deadline
+//! is the method's, or the caller's `grpc-timeout` when sooner.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Extensions, HeaderMap, Request, Response};
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::{Code, Status};
+
+use super::listen::PeerInfo;
+use crate::pki::Peer;
+
+/// What an admitted call may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request message, in bytes.
+    pub max_message: usize,
+    /// The call must be answered (for a server stream: started) within this.
+    pub deadline: Duration,
+}
+
+/// One call, as the admission table sees it.
+pub struct Call<'a> {
+    pub method: &'a str,
+    pub headers: &'a HeaderMap,
+    /// The request's extensions: the peer is there, and a table may add what it learnt
+    /// (the API caller a token names) for the service to read.
+    pub extensions: &'a mut Extensions,
+}
+
+static ANONYMOUS: Peer = Peer::Anonymous;
+
+impl Call<'_> {
+    pub fn peer(&self) -> &Peer {
+        self.extensions
+            .get::<PeerInfo>()
+            .map(|p| &p.peer)
+            .unwrap_or(&ANONYMOUS)
+    }
+}
+
+/// A service's admission table.
+pub trait Admit: Send + Sync + 'static {
+    /// Admits `call` with its limits, or refuses it with the status to answer.
+    fn admit(&self, call: &mut Call<'_>) -> Result<Limits, Status>;
+}
+
+/// Refuses a peer whose role is not among `roles`: UNAUTHENTICATED without a
+/// certificate, PERMISSION_DENIED with one of another role.
+pub fn require_role(peer: &Peer, roles: &[crate::pki::Role], method: &str) -> Result<(), Status> {
+    match peer {
+        Peer::Anonymous => Err(Status::unauthenticated(format!(
+            "{method} needs a client certificate"
+        ))),
+        Peer::Envoy { .. } if roles.contains(&crate::pki::Role::Envoy) => Ok(()),
+        Peer::Node { role, .. } if roles.contains(role) => Ok(()),
+        other => Err(Status::permission_denied(format!(
+            "{} may not call {method}",
+            an(other.role().map_or("anonymous", |r| r.as_str()))
+        ))),
+    }
+}
+
+/// "an admin", "a hub": the article a role name takes.
+pub fn an(word: &str) -> String {
+    let vowel = word.starts_with(['a', 'e', 'i', 'o', 'u']);
+    format!("{} {word} certificate", if vowel { "an" } else { "a" })
+}
+
+/// A gRPC service behind its admission table.
+pub struct Guarded<S> {
+    inner: S,
+    table: Arc<dyn Admit>,
+}
+
+impl<S: Clone> Clone for Guarded<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            table: self.table.clone(),
+        }
+    }
+}
+
+impl<S> Guarded<S> {
+    pub fn new(inner: S, table: Arc<dyn Admit>) -> Self {
+        Self { inner, table }
+    }
+}
+
+impl<S: NamedService> NamedService for Guarded<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S> tower::Service<Request<Body>> for Guarded<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + NamedService
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        let method = parts.uri.path().rsplit('/').next().unwrap_or("");
+        let admitted = self.table.admit(&mut Call {
+            method,
+            headers: &parts.headers,
+            extensions: &mut parts.extensions,
+        });
+        let limits = match admitted {
+            Ok(l) => l,
+            Err(status) => {
+                refused(S::NAME, status.code());
+                return Box::pin(std::future::ready(Ok(status.into_http())));
+            }
+        };
+        let deadline = match grpc_timeout(&parts.headers) {
+            Some(t) => t.min(limits.deadline),
+            None => limits.deadline,
+        };
+        let body = Body::new(FrameLimit::new(body, limits.max_message));
+        let req = Request::from_parts(parts, body);
+        // The clone that was made ready is the one called (tower's convention).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            match tokio::time::timeout(deadline, inner.call(req)).await {
+                Ok(response) => response,
+                Err(_) => {
+                    refused(S::NAME, Code::DeadlineExceeded);
+                    Ok(Status::deadline_exceeded(format!(
+                        "not answered within the deadline of {deadline:?}"
+                    ))
+                    .into_http())
+                }
+            }
+        })
+    }
+}
+
+fn refused(service: &'static str, code: Code) {
+    metrics::counter!(
+        "vigo_admission_refusals_total",
+        "service" => service,
+        "code" => crate::net::code_label(code)
+    )
+    .increment(1);
+}
+
+/// The caller's deadline from its `grpc-timeout` header ("<digits><unit>").
+fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// A request body whose gRPC frames may announce at most `limit` bytes each: the
+/// 5-byte frame headers are read as they pass, and one that announces more ends the
+/// body with RESOURCE_EXHAUSTED before the message is buffered.
+struct FrameLimit {
+    inner: Body,
+    limit: usize,
+    header: [u8; 5],
+    have: usize,
+    remaining: usize,
+}
+
+impl FrameLimit {
+    fn new(inner: Body, limit: usize) -> Self {
+        Self {
+            inner,
+            limit,
+            header: [0; 5],
+            have: 0,
+            remaining: 0,
+        }
+    }
+
+    /// Walks the frame headers in `data`; the first too-large announcement is an error.
+    fn check(&mut self, data: &[u8]) -> Result<(), Status> {
+        let mut i = 0;
+        while i < data.len() {
+            if self.remaining > 0 {
+                let take = self.remaining.min(data.len() - i);
+                self.remaining -= take;
+                i += take;
+                continue;
+            }
+            self.header[self.have] = data[i];
+            self.have += 1;
+            i += 1;
+            if self.have == self.header.len() {
+                self.have = 0;
+                let len = u32::from_be_bytes([
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ]) as usize;
+                if len > self.limit {
+                    return Err(Status::resource_exhausted(format!(
+                        "request message is {len} bytes; the limit for this call is {}",
+                        self.limit
+                    )));
+                }
+                self.remaining = len;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl http_body::Body for FrameLimit {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            other => return other,
+        };
+        if let Some(data) = frame.data_ref()
+            && let Err(status) = self.check(data)
+        {
+            return Poll::Ready(Some(Err(status)));
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_headers_are_read_across_chunks() {
+        let mut f = FrameLimit::new(Body::empty(), 10);
+        // A 4-byte message, then a header split over two chunks announcing 11 bytes.
+        let mut wire = vec![0, 0, 0, 0, 4, 1, 2, 3, 4, 0, 0];
+        assert!(f.check(&wire).is_ok());
+        wire = vec![0, 0, 11];
+        let err = f.check(&wire).unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted);
+        let mut ok = FrameLimit::new(Body::empty(), 10);
+        assert!(ok.check(&[0, 0, 0, 0, 10]).is_ok());
+        assert!(ok.check(&[7; 10]).is_ok());
+        assert!(ok.check(&[0, 0, 0, 0, 0]).is_ok());
+    }
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        let mut h = HeaderMap::new();
+        h.insert("grpc-timeout", "250m".parse().unwrap());
+        assert_eq!(grpc_timeout(&h), Some(Duration::from_millis(250)));
+        h.insert("grpc-timeout", "3S".parse().unwrap());
+        assert_eq!(grpc_timeout(&h), Some(Duration::from_secs(3)));
+        h.insert("grpc-timeout", "12x".parse().unwrap());
+        assert_eq!(grpc_timeout(&h), None);
+        h.insert("grpc-timeout", "9999999999S".parse().unwrap());
+        assert_eq!(grpc_timeout(&h), None, "at most 8 digits");
+    }
+}

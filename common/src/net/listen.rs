@@ -1,0 +1,362 @@
+//! Accepting TLS connections without letting anyone stall the door.
+//!
+//! The accept loop never waits: a connection is accepted at once and closed at once when
+//! the server holds its cap of connections. Otherwise it gets a task of its own that
+//! waits its turn — at most `max_handshakes_per_source` handshakes run for one source
+//! address, at most `max_handshakes` in all — and then handshakes; waiting and
+//! handshaking together must finish within the handshake timeout, or the connection is
+//! dropped. So connections that stall their handshake hold at most their source's share
+//! of the handshake slots, for at most the timeout, while other sources keep theirs.
+//! Only a finished handshake becomes a [`PeerConn`]: the connection with its peer's
+//! identity, read once from its certificate. Every connection holds a slot of the
+//! connection cap that it gives back when it closes, however it closes.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tracing::debug;
+
+use crate::pki::Peer;
+
+/// Who is calling, attached to every request of a connection.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    pub peer: Peer,
+    pub remote: SocketAddr,
+}
+
+/// Limits on the way in.
+#[derive(Clone, Copy, Debug)]
+pub struct AcceptLimits {
+    /// From accept to finished handshake, waiting for a slot included.
+    pub handshake_timeout: Duration,
+    /// Handshakes in progress at once; more connections wait their turn.
+    pub max_handshakes: usize,
+    /// Handshakes in progress at once from one source address.
+    pub max_handshakes_per_source: usize,
+    /// Open connections (waiting, handshaking or serving); a connection beyond is
+    /// closed at once.
+    pub max_connections: usize,
+}
+
+impl Default for AcceptLimits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(5),
+            max_handshakes: 256,
+            max_handshakes_per_source: 16,
+            max_connections: 50_000,
+        }
+    }
+}
+
+/// What the door holds now, shared by the accept loop and the connections.
+struct Gate {
+    connections: AtomicUsize,
+    handshakes: Arc<Semaphore>,
+    per_source: usize,
+    by_source: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
+}
+
+/// A connection's place in the count; given back on drop.
+pub struct ConnSlot(Arc<Gate>);
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A handshake's turn: its source's share and the server's; given back on drop.
+struct Turn {
+    gate: Arc<Gate>,
+    source: IpAddr,
+    mine: Arc<Semaphore>,
+    _source_permit: OwnedSemaphorePermit,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut by_source = self
+            .gate
+            .by_source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Ours and the map's: nobody else holds or waits for this source's semaphore.
+        if Arc::strong_count(&self.mine) <= 3
+            && self.mine.available_permits() + 1 >= self.gate.per_source
+        {
+            by_source.remove(&self.source);
+        }
+    }
+}
+
+impl Gate {
+    fn new(limits: &AcceptLimits) -> Arc<Self> {
+        Arc::new(Self {
+            connections: AtomicUsize::new(0),
+            handshakes: Arc::new(Semaphore::new(limits.max_handshakes.max(1))),
+            per_source: limits.max_handshakes_per_source.max(1),
+            by_source: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A slot of the connection cap, or `None` when the server is full.
+    fn connection(self: &Arc<Self>, max: usize) -> Option<ConnSlot> {
+        if self.connections.fetch_add(1, Ordering::AcqRel) >= max {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ConnSlot(self.clone()))
+    }
+
+    /// Waits for `source`'s turn to handshake: its own share first, then the server's.
+    async fn turn(self: &Arc<Self>, source: IpAddr) -> Turn {
+        let mine = {
+            let mut by_source = self.by_source.lock().unwrap_or_else(|p| p.into_inner());
+            by_source
+                .entry(source)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_source)))
+                .clone()
+        };
+        let source_permit = mine.clone().acquire_owned().await.expect("never closed");
+        let permit = self
+            .handshakes
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        Turn {
+            gate: self.clone(),
+            source,
+            mine,
+            _source_permit: source_permit,
+            _permit: permit,
+        }
+    }
+}
+
+/// A server-side connection whose peer is known: TLS, or plain TCP for the metrics
+/// listener (whose peers are anonymous).
+pub struct PeerConn {
+    stream: Stream,
+    pub info: PeerInfo,
+    _slot: ConnSlot,
+}
+
+enum Stream {
+    Tls(Box<TlsStream<TcpStream>>),
+    Plain(TcpStream),
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match &mut $self.get_mut().stream {
+            Stream::Tls($s) => {
+                let $s = Pin::new($s.as_mut());
+                $e
+            }
+            Stream::Plain($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+        }
+    };
+}
+
+impl AsyncRead for PeerConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for PeerConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, s => s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, s => s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.stream {
+            Stream::Tls(s) => s.is_write_vectored(),
+            Stream::Plain(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_shutdown(cx))
+    }
+}
+
+/// Accepts connections on `listener` and calls `serve` with each one whose handshake
+/// finished (at once for plain TCP, `tls` `None`), on a task of its own. Runs until the
+/// returned future is dropped.
+pub async fn accept_loop<F>(
+    listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
+    limits: AcceptLimits,
+    what: &'static str,
+    serve: F,
+) where
+    F: Fn(PeerConn) + Clone + Send + Sync + 'static,
+{
+    let acceptor = tls.map(TlsAcceptor::from);
+    let gate = Gate::new(&limits);
+    let full = metrics::counter!("vigo_connections_refused_total", "listener" => what);
+    let timed_out = metrics::counter!("vigo_handshakes_failed_total", "listener" => what, "reason" => "timeout");
+    let failed =
+        metrics::counter!("vigo_handshakes_failed_total", "listener" => what, "reason" => "error");
+    loop {
+        let (tcp, remote) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                debug!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let Some(conn) = gate.connection(limits.max_connections) else {
+            full.increment(1);
+            debug!(%remote, "connection refused: the server holds its cap of connections");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let Some(acceptor) = acceptor.clone() else {
+            serve(PeerConn {
+                stream: Stream::Plain(tcp),
+                info: PeerInfo {
+                    peer: Peer::Anonymous,
+                    remote,
+                },
+                _slot: conn,
+            });
+            continue;
+        };
+        let (gate, serve) = (gate.clone(), serve.clone());
+        let (failed, timed_out) = (failed.clone(), timed_out.clone());
+        tokio::spawn(async move {
+            let handshake = async {
+                let _turn = gate.turn(remote.ip()).await;
+                acceptor.accept(tcp).await
+            };
+            let stream = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    failed.increment(1);
+                    return debug!(%remote, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    timed_out.increment(1);
+                    return debug!(%remote, "TLS handshake not done within its timeout");
+                }
+            };
+            let peer = match stream.get_ref().1.peer_certificates() {
+                None | Some([]) => Peer::Anonymous,
+                Some([leaf, ..]) => match Peer::from_certificate(leaf) {
+                    Ok(p) => p,
+                    Err(e) => return debug!(%remote, error = %e, "unusable client certificate"),
+                },
+            };
+            serve(PeerConn {
+                stream: Stream::Tls(Box::new(stream)),
+                info: PeerInfo { peer, remote },
+                _slot: conn,
+            });
+        });
+    }
+}
+
+/// Describes the metric families of this module (once per process is enough).
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "vigo_connections_refused_total",
+        "Connections closed at once because the listener held its cap of open connections"
+    );
+    metrics::describe_counter!(
+        "vigo_handshakes_failed_total",
+        "TLS handshakes that failed (reason error) or did not finish, waiting for a slot included, within the handshake timeout (reason timeout), by listener"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> AcceptLimits {
+        AcceptLimits {
+            handshake_timeout: Duration::from_secs(1),
+            max_handshakes: 3,
+            max_handshakes_per_source: 2,
+            max_connections: 4,
+        }
+    }
+
+    #[test]
+    fn the_connection_cap_refuses_beyond_it_and_slots_come_back() {
+        let gate = Gate::new(&limits());
+        let held: Vec<_> = (0..4).map(|_| gate.connection(4).unwrap()).collect();
+        assert!(gate.connection(4).is_none());
+        drop(held);
+        assert!(gate.connection(4).is_some());
+    }
+
+    #[tokio::test]
+    async fn one_source_waits_for_its_share_others_go_ahead() {
+        let gate = Gate::new(&limits());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let first = gate.turn(a).await;
+        let second = gate.turn(a).await;
+        let soon = Duration::from_millis(50);
+        assert!(
+            tokio::time::timeout(soon, gate.turn(a)).await.is_err(),
+            "a third handshake from a waits"
+        );
+        let third = gate.turn(b).await;
+        assert!(
+            tokio::time::timeout(soon, gate.turn(b)).await.is_err(),
+            "the server's three are taken"
+        );
+        drop(first);
+        let fourth = tokio::time::timeout(soon, gate.turn(b))
+            .await
+            .expect("a slot came back");
+        drop((second, third, fourth));
+        assert!(
+            gate.by_source.lock().unwrap().is_empty(),
+            "sources forgotten"
+        );
+    }
+}

@@ -1,0 +1,53 @@
+//! The servers' side of the network, shared by spokes and hubs: accepting TLS
+//! connections under limits ([`listen`]), serving them over HTTP/2 or HTTP/1.1 and
+//! closing them when idle ([`serve`]), and deciding who may call what before a request
+//! body is read ([`admission`]).
+//!
+//! The order every request meets, cheapest refusal first: the connection cap and the
+//! handshake caps (per server and per source address), the handshake timeout, the first
+//! request timeout, then per call the admission table (peer role or token, message
+//! limit, deadline), and only then the service.
+
+pub mod admission;
+pub mod config;
+pub mod listen;
+pub mod serve;
+
+pub use admission::{Admit, Call, Guarded, Limits, require_role};
+pub use config::ConnectionsConfig;
+pub use listen::{AcceptLimits, PeerConn, PeerInfo};
+pub use serve::{Http1Limits, Http2Limits, Serving, serve_grpc, serve_http1};
+
+use tonic::Code;
+
+/// A gRPC code as metric labels spell it: snake case.
+pub fn code_label(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid_argument",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}
+
+/// Describes the metric families of the network layer.
+pub fn describe_metrics() {
+    listen::describe_metrics();
+    metrics::describe_counter!(
+        "vigo_admission_refusals_total",
+        "gRPC calls refused before their service ran (wrong or missing certificate, bad token, message too large, deadline passed), by service and code"
+    );
+}

@@ -1,0 +1,124 @@
+//! Who may call what on a hub node, with each call's message limit and deadline —
+//! decided before a request body is read. The admin API authenticates here too: its
+//! bearer token (or admin certificate, or a forwarding hub's stamp) becomes the
+//! [`Caller`] the operation reads.
+//!
+//! | service | methods | who | largest message |
+//! |---|---|---|---|
+//! | Enrollment | Enroll | anyone | 64 KiB |
+//! | HubLocate | Locate | anyone (the request is signed) | 4 KiB |
+//! | HubSpokes | RegisterSpoke, Heartbeat, GetConfig | spoke, hub | 64 KiB |
+//! | HubRaft | Vote | hub | 64 KiB |
+//! | HubRaft | AppendEntries, InstallSnapshot | hub | 32 MiB |
+//! | HubAdmin | PublishConfig | API caller | the largest policy (16 MiB) + 64 KiB |
+//! | HubAdmin | SetOverrides | API caller | 1 MiB |
+//! | HubAdmin | ListEnvoys, TraitCount, Push | API caller | 256 KiB |
+//! | HubAdmin | every other | API caller | 64 KiB |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::Status;
+use vigo_common::limits::MAX_CONFIG_MESSAGE;
+use vigo_common::net::{Admit, Call, Limits, require_role};
+use vigo_common::pki::Role;
+
+use crate::admin::authenticate;
+use crate::node::Node;
+
+/// Raft messages between hub nodes (log batches, snapshot chunks of 4 MiB).
+pub const MAX_RAFT_MESSAGE: usize = 32 << 20;
+
+const KIB: usize = 1 << 10;
+const MIB: usize = 1 << 20;
+
+fn limits(max_message: usize, seconds: u64) -> Limits {
+    Limits {
+        max_message,
+        deadline: Duration::from_secs(seconds),
+    }
+}
+
+fn unknown(method: &str) -> Status {
+    Status::unimplemented(format!("no method {method}"))
+}
+
+/// `vigo.v1.Enrollment`: anyone; the token is checked by the service.
+pub struct Enrollment;
+
+impl Admit for Enrollment {
+    fn admit(&self, call: &mut Call<'_>) -> Result<Limits, Status> {
+        match call.method {
+            // Registration on the spoke and a raft commit: not instant.
+            "Enroll" => Ok(limits(64 * KIB, 30)),
+            other => Err(unknown(other)),
+        }
+    }
+}
+
+/// `vigo.v1.HubLocate`: anyone; the request is signed by the envoy's key.
+pub struct Locate;
+
+impl Admit for Locate {
+    fn admit(&self, call: &mut Call<'_>) -> Result<Limits, Status> {
+        match call.method {
+            "Locate" => Ok(limits(4 * KIB, 10)),
+            other => Err(unknown(other)),
+        }
+    }
+}
+
+/// `vigo.v1.HubSpokes`: spokes, and hubs forwarding a spoke's call to the leader.
+pub struct Spokes;
+
+impl Admit for Spokes {
+    fn admit(&self, call: &mut Call<'_>) -> Result<Limits, Status> {
+        match call.method {
+            "RegisterSpoke" | "Heartbeat" | "GetConfig" => {
+                require_role(call.peer(), &[Role::Spoke, Role::Hub], call.method)?;
+                Ok(limits(64 * KIB, 30))
+            }
+            other => Err(unknown(other)),
+        }
+    }
+}
+
+/// `vigo.v1.HubRaft`: hub nodes only.
+pub struct Raft;
+
+impl Admit for Raft {
+    fn admit(&self, call: &mut Call<'_>) -> Result<Limits, Status> {
+        let max = match call.method {
+            "Vote" => 64 * KIB,
+            "AppendEntries" | "InstallSnapshot" => MAX_RAFT_MESSAGE,
+            other => return Err(unknown(other)),
+        };
+        require_role(call.peer(), &[Role::Hub], call.method)?;
+        Ok(limits(max, 60))
+    }
+}
+
+/// `vigo.admin.v1.HubAdmin`: a bearer token, an admin certificate, or a hub forwarding
+/// a call it authenticated; what the caller may do is each operation's check.
+pub struct HubAdmin(pub Arc<Node>);
+
+impl Admit for HubAdmin {
+    fn admit(&self, call: &mut Call<'_>) -> Result<Limits, Status> {
+        let admitted = match call.method {
+            "PublishConfig" => limits(MAX_CONFIG_MESSAGE, 120),
+            "SetOverrides" => limits(MIB, 30),
+            "ListEnvoys" | "TraitCount" | "Push" => limits(256 * KIB, 30),
+            // Moves take as long as the envoys they move.
+            "DrainSpoke" | "ReassignEnvoy" | "RemoveSpoke" => limits(64 * KIB, 600),
+            "Status" | "ShowEnvoy" | "Compliance" | "ConfigHistory" | "ListSpokes"
+            | "ShowSpoke" | "Members" | "RevokeEnvoy" | "RollbackConfig" | "AddSpoke"
+            | "CreateToken" | "ListTokens" | "RevokeToken" | "AddHub" | "RemoveHub" => {
+                limits(64 * KIB, 30)
+            }
+            other => return Err(unknown(other)),
+        };
+        let caller = authenticate(&self.0, call.headers, call.peer()).map_err(Status::from)?;
+        call.extensions.insert(caller);
+        Ok(admitted)
+    }
+}
