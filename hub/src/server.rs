@@ -120,6 +120,10 @@ impl HubNode {
                     api.clone(),
                     server_tls.clone(),
                     config.connections.accept_limits(),
+                    Http1Limits {
+                        header_read: config.connections.first_request_timeout,
+                        ..Default::default()
+                    },
                 )
                 .await?,
             ),
@@ -298,6 +302,7 @@ async fn serve_rest(
     api: Arc<AdminApi>,
     mut tls: rustls::ServerConfig,
     accept: vigo_common::net::AcceptLimits,
+    http: Http1Limits,
 ) -> Result<Serving, HubError> {
     let bind_err = |e: std::io::Error| {
         HubError::Common(vigo_common::Error::Bind {
@@ -313,7 +318,7 @@ async fn serve_rest(
         listener,
         Some(Arc::new(tls)),
         accept,
-        Http1Limits::default(),
+        http,
         app,
         "admin-api",
     )

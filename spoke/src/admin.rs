@@ -14,7 +14,7 @@ use crate::compliance::Compliance;
 use crate::enroll::{Registry, normalize_hostname};
 use crate::error::SpokeError;
 use crate::fleet::FleetIndex;
-use crate::grpc::detach;
+use crate::grpc::{detach, walk};
 use crate::handoff::Forwards;
 use crate::metrics::count_call;
 use crate::policy_cache::PolicyCache;
@@ -225,10 +225,8 @@ impl pb::spoke_admin_server::SpokeAdmin for AdminService {
     ) -> Result<Response<pb::SpokeListResponse>, Status> {
         let msg = request.into_inner();
         let admin = self.0.clone();
-        // A walk over the whole shard: off the async workers.
-        let page = tokio::task::spawn_blocking(move || admin.list_envoys(msg))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        // A walk over the whole shard: off the async workers, stopped at the deadline.
+        let page = walk(move |cancel| admin.list_envoys(msg, cancel)).await?;
         Ok(Response::new(page))
     }
 
@@ -245,9 +243,7 @@ impl pb::spoke_admin_server::SpokeAdmin for AdminService {
     ) -> Result<Response<pb::SpokeTraitCount>, Status> {
         let msg = request.into_inner();
         let admin = self.0.clone();
-        let counts = tokio::task::spawn_blocking(move || admin.trait_count(msg))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        let counts = walk(move |cancel| admin.trait_count(msg, cancel)).await?;
         Ok(Response::new(counts))
     }
 

@@ -58,6 +58,8 @@ pub enum SpokeError {
     Store(#[from] StoreError),
     #[error("the spoke is shutting down")]
     ShuttingDown,
+    #[error("the caller's deadline passed; the query was stopped")]
+    Abandoned,
     #[error(transparent)]
     Common(#[from] vigo_common::Error),
 }
@@ -85,6 +87,7 @@ impl SpokeError {
             EnrollmentInProgress(_) => Code::Aborted,
             Store(_) => Code::Internal,
             ShuttingDown => Code::Unavailable,
+            Abandoned => Code::DeadlineExceeded,
             Common(vigo_common::Error::Malformed { .. }) => Code::InvalidArgument,
             Common(vigo_common::Error::BadSignature) => Code::Unauthenticated,
             Common(_) => Code::Internal,
@@ -102,6 +105,7 @@ impl SpokeError {
             Code::FailedPrecondition => "failed_precondition",
             Code::Aborted => "aborted",
             Code::Unavailable => "unavailable",
+            Code::DeadlineExceeded => "deadline_exceeded",
             _ => "internal",
         }
     }

@@ -465,7 +465,16 @@ impl FleetIndex {
 
     /// Visits every record, one shard at a time (background sweeps only).
     pub fn for_each(&self, mut f: impl FnMut(&Arc<EnvoyRecord>)) {
+        self.until(|| false, |r| f(r));
+    }
+
+    /// Visits records, one shard at a time, until `stop` says so (it is asked once per
+    /// shard): queries stop when their caller's deadline passes. False if stopped.
+    pub fn until(&self, stop: impl Fn() -> bool, mut f: impl FnMut(&Arc<EnvoyRecord>)) -> bool {
         for shard in self.shards.iter() {
+            if stop() {
+                return false;
+            }
             let records: Vec<Arc<EnvoyRecord>> = shard
                 .records
                 .read()
@@ -475,6 +484,7 @@ impl FleetIndex {
                 .collect();
             records.iter().for_each(&mut f);
         }
+        true
     }
 }
 
@@ -581,5 +591,30 @@ mod tests {
         assert_eq!(fleet.len(), 1);
         assert_ne!(fleet.get(EnvoyId::new(7).unwrap()).unwrap().key, old_key);
         assert_eq!(fleet.counts().status(Compliance::NoData), 1);
+    }
+
+    #[test]
+    fn a_walk_stops_between_shards_when_told() {
+        let fleet = FleetIndex::new();
+        for n in 1..=1000 {
+            fleet.insert(record(n, &format!("h{n}")), EnvoyState::new(0));
+        }
+        let mut seen = 0;
+        assert!(fleet.until(|| false, |_| seen += 1));
+        assert_eq!(seen, 1000);
+        let asked = std::cell::Cell::new(0);
+        let mut partial = 0;
+        let finished = fleet.until(
+            || {
+                asked.set(asked.get() + 1);
+                asked.get() > 2
+            },
+            |_| partial += 1,
+        );
+        assert!(!finished);
+        assert!(
+            partial > 0 && partial < 1000,
+            "stopped after two shards: {partial}"
+        );
     }
 }

@@ -14,6 +14,7 @@ use crate::admin::Admin;
 use crate::compliance::Compliance;
 use crate::error::SpokeError;
 use crate::fleet::{EnvoyRecord, EnvoyState, REVOKED_SLOT};
+use crate::grpc::Cancel;
 use crate::policy_cache::PolicySnapshot;
 
 /// Largest page a spoke returns.
@@ -63,37 +64,51 @@ impl Admin {
         &policy.bundle(index).hostcrate
     }
 
-    /// Visits the envoys `filter` selects.
-    fn select(&self, filter: &Filter, want_traits: bool, mut visit: impl FnMut(Seen<'_>)) {
+    /// Visits the envoys `filter` selects; stops (an error) when `cancel` is set.
+    fn select(
+        &self,
+        filter: &Filter,
+        want_traits: bool,
+        cancel: &Cancel,
+        mut visit: impl FnMut(Seen<'_>),
+    ) -> Result<(), SpokeError> {
         let policy = self.policy.current();
         let need_traits = want_traits || !filter.traits.is_empty();
-        self.fleet.for_each(|record| {
-            if !filter.matches_hostname(&record.hostname) {
-                return;
-            }
-            let state = record.state();
-            if !filter.matches_status(status_word(&state)) {
-                return;
-            }
-            let hostcrate = Self::hostcrate_name(&policy, record, &state);
-            if !filter.matches_hostcrate(hostcrate) {
-                return;
-            }
-            let traits = need_traits
-                .then(|| self.traits.get(&state.traits_hash))
-                .flatten();
-            if !filter
-                .matches_traits(|k| traits.as_deref().and_then(|t| t.get(k)).map(String::as_str))
-            {
-                return;
-            }
-            visit(Seen {
-                record,
-                state,
-                hostcrate,
-                traits,
-            });
-        });
+        let done = self.fleet.until(
+            || cancel.is_set(),
+            |record| {
+                if !filter.matches_hostname(&record.hostname) {
+                    return;
+                }
+                let state = record.state();
+                if !filter.matches_status(status_word(&state)) {
+                    return;
+                }
+                let hostcrate = Self::hostcrate_name(&policy, record, &state);
+                if !filter.matches_hostcrate(hostcrate) {
+                    return;
+                }
+                let traits = need_traits
+                    .then(|| self.traits.get(&state.traits_hash))
+                    .flatten();
+                if !filter.matches_traits(|k| {
+                    traits.as_deref().and_then(|t| t.get(k)).map(String::as_str)
+                }) {
+                    return;
+                }
+                visit(Seen {
+                    record,
+                    state,
+                    hostcrate,
+                    traits,
+                });
+            },
+        );
+        if done {
+            Ok(())
+        } else {
+            Err(SpokeError::Abandoned)
+        }
     }
 
     /// One page of matching envoys after `after`, in `sort` order. Candidates carry
@@ -102,6 +117,7 @@ impl Admin {
     pub fn list_envoys(
         &self,
         req: pb::SpokeListRequest,
+        cancel: &Cancel,
     ) -> Result<pb::SpokeListResponse, SpokeError> {
         let filter = Filter::parse(req.filter.as_ref())?;
         let sort = Sort::parse(&req.sort)?;
@@ -110,7 +126,7 @@ impl Admin {
         let mut page: Vec<(pb::SortKey, Candidate)> = Vec::new();
         let by_order =
             |a: &(pb::SortKey, Candidate), b: &(pb::SortKey, Candidate)| sort.compare(&a.0, &b.0);
-        self.select(&filter, req.with_traits, |seen| {
+        self.select(&filter, req.with_traits, cancel, |seen| {
             matched += 1;
             let key = sort.key(
                 seen.record.id.get(),
@@ -136,7 +152,7 @@ impl Admin {
                 page.sort_unstable_by(by_order);
                 page.truncate(limit + 1);
             }
-        });
+        })?;
         page.sort_unstable_by(by_order);
         let more = page.len() > limit;
         page.truncate(limit);
@@ -197,6 +213,7 @@ impl Admin {
     pub fn trait_count(
         &self,
         req: pb::SpokeTraitCountRequest,
+        cancel: &Cancel,
     ) -> Result<pb::SpokeTraitCount, SpokeError> {
         if req.key.is_empty() {
             return Err(SpokeError::malformed("key", "is empty"));
@@ -204,7 +221,7 @@ impl Admin {
         let filter = Filter::parse(req.filter.as_ref())?;
         let mut values: BTreeMap<String, u64> = BTreeMap::new();
         let mut absent = 0;
-        self.select(&filter, true, |seen| {
+        self.select(&filter, true, cancel, |seen| {
             if seen.state.revoked {
                 return;
             }
@@ -212,7 +229,7 @@ impl Admin {
                 Some(v) => *values.entry(v.clone()).or_default() += 1,
                 None => absent += 1,
             }
-        });
+        })?;
         Ok(pb::SpokeTraitCount { values, absent })
     }
 
@@ -241,11 +258,11 @@ impl Admin {
         }
         let filter = Filter::parse(req.filter.as_ref())?;
         let mut out = Vec::new();
-        self.select(&filter, false, |seen| {
+        self.select(&filter, false, &Cancel::default(), |seen| {
             if !seen.state.revoked {
                 out.push(seen.record.clone());
             }
-        });
+        })?;
         Ok(out)
     }
 }

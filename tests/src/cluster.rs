@@ -153,7 +153,8 @@ impl Cluster {
             "node_id: {id}\nlisten: 127.0.0.1:{port}\nmetrics_listen: null\nadmin_listen: 127.0.0.1:0\ndata_dir: hub-{id}\n\
              tls: {{ca_cert: {p}/ca.pem, ca_key: {p}/ca.key, cert: {p}/hub-{id}.pem, key: {p}/hub-{id}.key}}\n\
              bundle_signing_key: {p}/bundle-signing.key\n\
-             raft: {raft}\n",
+             raft: {raft}\n\
+             connections: {{first_request_timeout: 2s}}\n",
             id = i + 1,
             port = self.hub_ports[i],
             p = pki.display(),

@@ -50,3 +50,32 @@ pub async fn request(
     };
     (status, json)
 }
+
+/// Opens a TLS connection to `addr` and sends `bytes` as they are (a request head
+/// without its body, half a head, nothing); then reads what comes back until the
+/// server answers a status line or closes. `Some(status)` if it answered, `None` if it
+/// closed without an answer.
+pub async fn send_raw(addr: std::net::SocketAddr, ca_pem: &str, bytes: &[u8]) -> Option<u16> {
+    let mut config = vigo_common::tls::client_config(ca_pem, None).expect("client tls");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let mut tls = TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("tls");
+    tls.write_all(bytes).await.expect("write");
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tls.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+        if raw.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&raw);
+    text.split_whitespace().nth(1).and_then(|s| s.parse().ok())
+}

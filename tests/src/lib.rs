@@ -21,6 +21,7 @@ use vigo_spoke::{Spoke, SpokeConfig};
 
 pub mod cluster;
 pub mod https;
+pub mod raw;
 
 pub use vigo_proto::v1;
 
@@ -155,6 +156,7 @@ impl SpokeHome {
              bundle_signing_key: pki/bundle-signing.key\n\
              checkin:\n  interval: {}ms\n  timestamp_window: 30s\n\
              flush:\n  interval: {}ms\n  flushers: 2\n\
+             connections:\n  first_request_timeout: 2s\n\
              reports:\n  keep_runs: 3\n\
              enrollment:\n  tokens:\n{}{}{}",
             options.allow_relay,

@@ -1,0 +1,318 @@
+//! What an anonymous or wrongly credentialed peer can try against a spoke and a hub over
+//! the network, and what it gets: refused before its request body is read (so a huge
+//! body costs the server nothing), RESOURCE_EXHAUSTED for what is too large, its stalled
+//! connections closed, and real envoys served all the while.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+use vigo_common::procfs::rss_kib;
+use vigo_common::tls::client_config;
+use vigo_tests::cluster::Cluster;
+use vigo_tests::https::{request, send_raw};
+use vigo_tests::raw::{call, frame};
+use vigo_tests::{SpokeHome, init};
+
+fn anonymous(ca: &str) -> Arc<rustls::ClientConfig> {
+    Arc::new(client_config(ca, None).unwrap())
+}
+
+fn with_cert(ca: &str, cert: &std::path::Path, key: &std::path::Path) -> Arc<rustls::ClientConfig> {
+    let cert = std::fs::read_to_string(cert).unwrap();
+    let key = std::fs::read_to_string(key).unwrap();
+    Arc::new(client_config(ca, Some((&cert, &key))).unwrap())
+}
+
+/// `EnvoyExport { envoys: [ExportedEnvoy::default(); n] }` as it is on the wire: two
+/// bytes per entry, each of which a server that decoded it would turn into a ~200-byte
+/// struct.
+fn empty_exports(n: usize) -> Vec<u8> {
+    [0x0a, 0x00].repeat(n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoke_admin_calls_are_refused_before_their_body_is_read() {
+    init();
+    let home = SpokeHome::new();
+    let spoke = home.spawn();
+    let addr = home.address();
+    let ca = home.ca_pem();
+    let import = "/vigo.v1.SpokeAdmin/ImportEnvoys";
+
+    // 4 million empty entries in 8 MB: decoded, gigabytes of heap. Refused unread.
+    let before = rss_kib(spoke.pid()).unwrap();
+    let payload = empty_exports(4_000_000);
+    let (code, message) = call(
+        &addr,
+        anonymous(&ca),
+        import,
+        frame(payload.len(), &payload),
+        true,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, Code::Unauthenticated, "{message}");
+    let grown = rss_kib(spoke.pid()).unwrap().saturating_sub(before);
+    assert!(
+        grown < 16 * 1024,
+        "an anonymous import cost the spoke {grown} KiB"
+    );
+
+    // A frame that announces 64 MiB and never sends it: the answer comes anyway, so the
+    // server did not wait for (or buffer) the body.
+    let (code, _) = call(
+        &addr,
+        anonymous(&ca),
+        import,
+        frame(64 << 20, &[0; 1024]),
+        false,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, Code::Unauthenticated);
+
+    // Certificates of the wrong role are refused the same way, by name.
+    let envoy = home.enroll(&addr, "web-1").await;
+    let envoy_tls = envoy.identity.tls_config().unwrap();
+    let (code, message) = call(
+        &addr,
+        envoy_tls.clone(),
+        import,
+        frame(64 << 20, &[]),
+        false,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, Code::PermissionDenied, "{message}");
+    assert!(
+        message.contains("an envoy certificate may not call ImportEnvoys"),
+        "{message}"
+    );
+    let admin = with_cert(
+        &ca,
+        &home.path("pki/admin.pem"),
+        &home.path("pki/admin.key"),
+    );
+    let (code, message) = call(
+        &addr,
+        admin.clone(),
+        import,
+        frame(64 << 20, &[]),
+        false,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        code,
+        Code::PermissionDenied,
+        "the hub's call, not an admin's: {message}"
+    );
+
+    // An admin call may carry what its method takes, and no more: the frame header says
+    // too much, and the answer is RESOURCE_EXHAUSTED before the rest is sent.
+    let (code, message) = call(
+        &addr,
+        admin,
+        "/vigo.v1.SpokeAdmin/ForcePush",
+        frame(2 << 20, &[0; 16]),
+        false,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, Code::ResourceExhausted, "{message}");
+
+    // An envoy's own check-in above the transport's old 1 MiB limit: RESOURCE_EXHAUSTED
+    // (it used to be OUT_OF_RANGE), through the ordinary client.
+    let mut envoy = envoy;
+    let mut body = envoy.body();
+    body.bundle_fingerprint = vec![0u8; 2 << 20].into();
+    let request = envoy.seal(vigo_common::signing::Domain::CheckIn, &body);
+    let refused = envoy.send(request).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Code::ResourceExhausted,
+        "{}",
+        refused.message()
+    );
+    envoy.check_in().await.expect("the envoy itself is fine");
+    drop(spoke);
+}
+
+/// Connections that never send a byte, and TLS connections that never start HTTP/2,
+/// do not keep an envoy from checking in; the latter are closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_connections_do_not_lock_out_envoys() {
+    init();
+    vigo_common::procfs::raise_fd_limit();
+    let home = SpokeHome::new();
+    let spoke = home.spawn();
+    let addr = home.address();
+    let target: SocketAddr = addr.parse().unwrap();
+    let mut envoy = home.enroll(&addr, "web-1").await;
+    envoy.check_in().await.unwrap();
+
+    // 1,000 connections from another address that never send a byte.
+    let attacker = SocketAddr::from((Ipv4Addr::new(127, 0, 0, 2), 0));
+    let mut stalled = Vec::new();
+    for _ in 0..1000 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(attacker).unwrap();
+        stalled.push(socket.connect(target).await.unwrap());
+    }
+    // A new connection of the real envoy is served within its own deadline.
+    let mut fresh = vigo_tests::TestEnvoy::new(envoy.identity.clone(), &addr);
+    fresh.sequence = envoy.sequence.clone();
+    let started = Instant::now();
+    fresh
+        .check_in()
+        .await
+        .expect("checked in past 1,000 stalled connections");
+    println!(
+        "check-in past 1,000 stalled connections: {:?}",
+        started.elapsed()
+    );
+
+    // TLS finished, HTTP/2 never started: closed after the first-request timeout (2s in
+    // the test config).
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        let tcp = tokio::net::TcpStream::connect(target).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(anonymous(&home.ca_pem()))
+            .connect(
+                rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
+        silent.push(tls);
+    }
+    for mut tls in silent {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match tls.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "a silent TLS connection is closed by the spoke"
+        );
+    }
+    drop(stalled);
+    drop(spoke);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_calls_are_refused_before_their_body_is_read() {
+    let cluster = Cluster::start(1, &["spoke-a"]).await;
+    let hub = cluster.hub_address(0);
+    let ca = cluster.ca_pem();
+
+    let (code, _) = call(
+        &hub,
+        anonymous(&ca),
+        "/vigo.admin.v1.HubAdmin/SetOverrides",
+        frame(32 << 20, &[0x0a, 0x00, 0x0a, 0x00]),
+        false,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, Code::Unauthenticated);
+    let (code, _) = call(
+        &hub,
+        anonymous(&ca),
+        "/vigo.admin.v1.HubAdmin/SetOverrides",
+        frame(32 << 20, &[]),
+        false,
+        &[("authorization", "Bearer vgt_wrong")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, Code::Unauthenticated, "a wrong token, refused unread");
+    let spoke_cert = with_cert(
+        &ca,
+        &cluster.pki("spoke-a.pem"),
+        &cluster.pki("spoke-a.key"),
+    );
+    let (code, message) = call(
+        &hub,
+        spoke_cert,
+        "/vigo.v1.HubRaft/AppendEntries",
+        frame(32 << 20, &[]),
+        false,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, Code::PermissionDenied, "{message}");
+    // A valid token, a message above what the method takes.
+    let token = cluster.api_token();
+    let bearer = format!("Bearer {token}");
+    let (code, _) = call(
+        &hub,
+        anonymous(&ca),
+        "/vigo.admin.v1.HubAdmin/Status",
+        frame(1 << 20, &[]),
+        false,
+        &[("authorization", &bearer)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, Code::ResourceExhausted);
+
+    // REST: no token, a 16 MiB body announced and not sent — 401 at once.
+    let rest = cluster.rest_address(0);
+    let head = format!(
+        "PUT /api/v1/overrides HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        16 << 20
+    );
+    assert_eq!(send_raw(rest, &ca, head.as_bytes()).await, Some(401));
+    // A token, a body above the route's limit: 413 without reading it.
+    let head = format!(
+        "PUT /api/v1/overrides HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-length: {}\r\n\r\n",
+        4 << 20
+    );
+    assert_eq!(send_raw(rest, &ca, head.as_bytes()).await, Some(413));
+    // Half a request head, then nothing: the connection is closed (header timeout, 2s
+    // in the test config), not held forever.
+    let started = Instant::now();
+    let answer = send_raw(rest, &ca, b"GET /api/v1/status HTTP/1.1\r\n").await;
+    assert!(
+        answer.is_none() || answer == Some(408),
+        "closed, or told it timed out: {answer:?}"
+    );
+    println!("half a head: closed after {:?}", started.elapsed());
+
+    // Viewer-level work is bounded: at most 32 trait predicates, hostname globs of at
+    // most 256 bytes; a glob the matcher cannot build is an error, not a panic.
+    let many: Vec<String> = (0..33).map(|i| format!("trait=k{i}")).collect();
+    let path = format!("/api/v1/envoys?{}", many.join("&"));
+    let (s, body) = request(rest, &ca, "GET", &path, Some(&token), None).await;
+    assert_eq!(s, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("at most 32"),
+        "{body}"
+    );
+    let path = format!("/api/v1/envoys?hostname={}", "%3F".repeat(300));
+    let (s, body) = request(rest, &ca, "GET", &path, Some(&token), None).await;
+    assert_eq!(s, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("at most 256"),
+        "{body}"
+    );
+    let (s, _) = request(rest, &ca, "GET", "/api/v1/status", Some(&token), None).await;
+    assert_eq!(s, 200, "the hub still serves");
+}
