@@ -120,6 +120,8 @@ pub async fn connect(cli: &Cli) -> Result<Client, CliError> {
                 let auth = Bearer(bearer.clone());
                 return Ok(
                     api::hub_admin_client::HubAdminClient::with_interceptor(channel, auth)
+                        .max_decoding_message_size(vigo_common::limits::MAX_ADMIN_ANSWER)
+                        .max_encoding_message_size(vigo_common::limits::MAX_CONFIG_MESSAGE)
                         .max_decoding_message_size(64 << 20)
                         .max_encoding_message_size(64 << 20),
                 );

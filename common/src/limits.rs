@@ -35,3 +35,12 @@ pub const MAX_TRAIT_PREDICATE: usize = 4096 + 128 + 2;
 /// A spoke's weight on the hash ring (its share of new envoys, relative to the others):
 /// the ring holds 256 points per unit of weight.
 pub const MAX_SPOKE_WEIGHT: u32 = 100;
+
+/// What a client decodes from calls whose answers are small (enrollment, registration,
+/// heartbeats, acknowledgements): set explicitly on both ends rather than left to the
+/// library's default.
+pub const MAX_SMALL_ANSWER: usize = 1 << 20;
+
+/// What an admin client (`vigocli`, a forwarding hub) decodes: pages of envoys with their
+/// traits, drains with their results.
+pub const MAX_ADMIN_ANSWER: usize = 64 << 20;

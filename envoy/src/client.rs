@@ -11,7 +11,7 @@ use tonic::transport::Channel;
 use vigo_common::signing::{self, Domain};
 use vigo_common::time::now_ms;
 use vigo_common::traits::{TraitMap, traits_hash};
-use vigo_common::{EnvoyId, pki, tls};
+use vigo_common::{EnvoyId, limits, pki, tls};
 use vigo_proto::v1 as pb;
 
 /// Deadline of one request.
@@ -75,7 +75,8 @@ pub async fn enroll_over(
     hostname: &str,
     key: SigningKey,
 ) -> Result<(Identity, pb::EnrollResponse), ClientError> {
-    let mut client = pb::enrollment_client::EnrollmentClient::new(channel);
+    let mut client = pb::enrollment_client::EnrollmentClient::new(channel)
+        .max_decoding_message_size(limits::MAX_SMALL_ANSWER);
     let mut request = tonic::Request::new(pb::EnrollRequest {
         token: token.to_string(),
         hostname: hostname.to_string(),
@@ -184,9 +185,16 @@ pub fn gateway(
     address: &str,
     tls: Arc<ClientConfig>,
 ) -> Result<pb::envoy_gateway_client::EnvoyGatewayClient<Channel>, ClientError> {
-    Ok(pb::envoy_gateway_client::EnvoyGatewayClient::new(
-        tls::channel(address, tls, CONNECT_TIMEOUT)?,
-    ))
+    // A check-in answer carries a whole bundle: the largest one validation lets through.
+    Ok(
+        pb::envoy_gateway_client::EnvoyGatewayClient::new(tls::channel(
+            address,
+            tls,
+            CONNECT_TIMEOUT,
+        )?)
+        .max_decoding_message_size(limits::MAX_CHECKIN_ANSWER)
+        .max_encoding_message_size(limits::MAX_CHECKIN_ANSWER),
+    )
 }
 
 /// Sends a check-in with the standard deadline.

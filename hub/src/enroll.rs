@@ -281,7 +281,8 @@ impl Enroller {
             why,
         };
         let channel = self.node.peers.channel(address)?;
-        let mut client = pb::spoke_admin_client::SpokeAdminClient::new(channel);
+        let mut client = pb::spoke_admin_client::SpokeAdminClient::new(channel)
+            .max_decoding_message_size(vigo_common::limits::MAX_SMALL_ANSWER);
         let mut request = tonic::Request::new(pb::RegisterEnvoyRequest {
             envoy_id,
             hostname: hostname.to_string(),
@@ -387,7 +388,8 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
             Ok(crate::node::Leader::Here) => self.enroller.enroll(req).await,
             Ok(crate::node::Leader::There(addr)) => {
                 let channel = self.enroller.node.peers.channel(&addr)?;
-                let mut client = pb::enrollment_client::EnrollmentClient::new(channel);
+                let mut client = pb::enrollment_client::EnrollmentClient::new(channel)
+                    .max_decoding_message_size(vigo_common::limits::MAX_SMALL_ANSWER);
                 let mut request = tonic::Request::new(req);
                 request.set_timeout(Duration::from_secs(15));
                 client

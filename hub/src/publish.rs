@@ -113,7 +113,9 @@ async fn push(node: &Arc<Node>, entry: &ConfigEntry) {
         };
         let version = version.clone();
         pushes.spawn(async move {
-            let mut client = pb::spoke_admin_client::SpokeAdminClient::new(channel);
+            let mut client = pb::spoke_admin_client::SpokeAdminClient::new(channel)
+                .max_encoding_message_size(vigo_common::limits::MAX_CONFIG_MESSAGE)
+                .max_decoding_message_size(vigo_common::limits::MAX_SMALL_ANSWER);
             let mut request = tonic::Request::new(version);
             request.set_timeout(PUSH_TIMEOUT);
             (id, client.apply_config(request).await)

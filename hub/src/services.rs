@@ -128,6 +128,7 @@ impl pb::hub_spokes_server::HubSpokes for SpokesService {
             },
             |c| async move {
                 pb::hub_spokes_client::HubSpokesClient::new(c)
+                    .max_decoding_message_size(vigo_common::limits::MAX_SMALL_ANSWER)
                     .register_spoke(with_spoke_id(fwd, &fwd_id))
                     .await
             },
@@ -167,6 +168,7 @@ impl pb::hub_spokes_server::HubSpokes for SpokesService {
                 },
                 |c| async move {
                     pb::hub_spokes_client::HubSpokesClient::new(c)
+                    .max_decoding_message_size(vigo_common::limits::MAX_SMALL_ANSWER)
                         .heartbeat(with_spoke_id(fwd, &fwd_id))
                         .await
                 },

@@ -35,7 +35,12 @@ impl Link {
             .iter()
             .filter_map(|a| {
                 tls::channel(a, self.tls.clone(), CALL_TIMEOUT)
-                    .map(|c| (a.clone(), pb::hub_spokes_client::HubSpokesClient::new(c)))
+                    .map(|c| {
+                        // GetConfig answers with a whole policy tree.
+                        let client = pb::hub_spokes_client::HubSpokesClient::new(c)
+                            .max_decoding_message_size(vigo_common::limits::MAX_CONFIG_MESSAGE);
+                        (a.clone(), client)
+                    })
                     .map_err(|e| warn!(hub = %a, error = %e, "bad hub address"))
                     .ok()
             })

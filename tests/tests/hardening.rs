@@ -316,3 +316,44 @@ async fn hub_calls_are_refused_before_their_body_is_read() {
     let (s, _) = request(rest, &ca, "GET", "/api/v1/status", Some(&token), None).await;
     assert_eq!(s, 200, "the hub still serves");
 }
+
+/// One size limit end to end: a policy whose bundle is above gRPC's customary 4 MiB
+/// (but within what validation accepts) is published, pulled by a spoke that missed the
+/// push, and delivered to an envoy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_above_four_mebibytes_reaches_its_envoy() {
+    let mut cluster = Cluster::start(1, &["spoke-a"]).await;
+    let policy = tempfile::tempdir().unwrap();
+    let write = |rel: &str, text: String| {
+        let path = policy.path().join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    write(
+        "hostcrates.yaml",
+        "hostcrates:\n  - {name: big, match: '*', roles: [r]}\n".into(),
+    );
+    write("roles/r.yaml", "configcrates: [blob]\n".into());
+    let content = "v".repeat(6 << 20);
+    write(
+        "configcrates/blob.yaml",
+        format!("resources:\n  - {{id: f, type: file, path: /tmp/vigo-blob, template: false, content: '{content}'}}\n"),
+    );
+
+    // The spoke is down during the publish: it must pull the 6 MiB version itself.
+    cluster.stop_spoke(0).await;
+    let published = cluster.publish(0, policy.path(), "big").await.unwrap();
+    cluster.start_spoke(0).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.spokes[0].as_ref().unwrap().policy.current().version_hex() != published.version {
+        assert!(Instant::now() < deadline, "the spoke never pulled the large version");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (identity, _) = cluster.enroll(0, "blob-1").await.unwrap();
+    let mut envoy = vigo_tests::TestEnvoy::new(identity.clone(), &identity.spoke_address);
+    envoy.check_in().await.expect("a 6 MiB check-in answer is decoded");
+    let bundle = envoy.bundle.as_ref().expect("the bundle arrived");
+    let size: usize = bundle.modules.iter().map(|(_, b)| b.len()).sum();
+    assert!(size > 6 << 20, "{size}");
+}

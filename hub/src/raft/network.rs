@@ -60,7 +60,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         Peer {
             target,
             client: tls::channel(&node.addr, self.tls.clone(), Duration::from_secs(3))
-                .map(Client::new)
+                .map(|c| {
+                    Client::new(c)
+                        .max_decoding_message_size(crate::admission::MAX_RAFT_MESSAGE)
+                        .max_encoding_message_size(crate::admission::MAX_RAFT_MESSAGE)
+                })
                 .map_err(|e| e.to_string()),
             isolation: self.isolation.clone(),
         }
