@@ -5,6 +5,7 @@
 //! first placement: once placed, the replicated pin is the truth.
 
 use std::hash::{Hash, Hasher};
+use vigo_common::limits::MAX_SPOKE_WEIGHT;
 
 use hashring::HashRing;
 
@@ -35,7 +36,10 @@ impl Ring {
         let points: Vec<Point> = spokes
             .into_iter()
             .flat_map(|(spoke, weight)| {
-                (0..VNODES * weight.max(1)).map(move |index| Point {
+                // Weights are bounded where they enter (config, registration, the admin
+                // API); clamping here keeps a bad entry from costing memory or wrapping.
+                let points = VNODES.saturating_mul(weight.clamp(1, MAX_SPOKE_WEIGHT));
+                (0..points).map(move |index| Point {
                     spoke: spoke.to_string(),
                     index,
                 })
@@ -82,6 +86,17 @@ mod tests {
         let weighted = Ring::new([("a", 2), ("b", 1), ("c", 1)]);
         let counts = spread(&weighted, 40_000);
         assert!(counts["a"] > counts["b"] + 5_000, "{counts:?}");
+    }
+
+    /// A weight that would once have built 2^32 points (or wrapped to none) is held to
+    /// the bound: the ring stays small and both spokes get envoys.
+    #[test]
+    fn hostile_weights_neither_explode_nor_wrap() {
+        let ring = Ring::new([("a", 1 << 24), ("b", u32::MAX)]);
+        let placed: std::collections::BTreeSet<_> = (0..2000)
+            .filter_map(|i| ring.place(&format!("h{i}")).map(str::to_string))
+            .collect();
+        assert_eq!(placed.len(), 2);
     }
 
     #[test]

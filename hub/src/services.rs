@@ -84,6 +84,21 @@ impl SpokesService {
     }
 }
 
+/// A spoke's weight as it asks for it (0: the default, 1), within the ring's bounds.
+pub fn spoke_weight(asked: u32) -> Result<u32, HubError> {
+    match asked {
+        0 => Ok(1),
+        w if w <= vigo_common::limits::MAX_SPOKE_WEIGHT => Ok(w),
+        w => Err(HubError::malformed(
+            "weight",
+            format!(
+                "{w}; a spoke's weight is 1..={}",
+                vigo_common::limits::MAX_SPOKE_WEIGHT
+            ),
+        )),
+    }
+}
+
 fn with_spoke_id<T>(msg: T, id: &str) -> Request<T> {
     let mut r = forwarded(msg);
     if let Ok(v) = MetadataValue::try_from(id) {
@@ -101,7 +116,7 @@ impl pb::hub_spokes_server::HubSpokes for SpokesService {
         let id = Self::spoke_id(&request)?;
         let msg = request.into_inner();
         vigo_common::tls::split_address(&msg.address).map_err(HubError::from)?;
-        let weight = msg.weight.max(1);
+        let weight = spoke_weight(msg.weight)?;
         let node = &self.node;
         let fwd = msg.clone();
         let fwd_id = id.clone();
@@ -168,7 +183,7 @@ impl pb::hub_spokes_server::HubSpokes for SpokesService {
                 },
                 |c| async move {
                     pb::hub_spokes_client::HubSpokesClient::new(c)
-                    .max_decoding_message_size(vigo_common::limits::MAX_SMALL_ANSWER)
+                        .max_decoding_message_size(vigo_common::limits::MAX_SMALL_ANSWER)
                         .heartbeat(with_spoke_id(fwd, &fwd_id))
                         .await
                 },
@@ -218,7 +233,7 @@ impl pb::hub_locate_server::HubLocate for LocateService {
                 })
             })
             .ok_or_else(|| HubError::NotFound(format!("envoy {id} is not pinned")))?;
-        let skew = body.timestamp_ms as i64 - now_ms() as i64;
+        let skew = vigo_common::time::skew_ms(body.timestamp_ms, now_ms());
         if skew.unsigned_abs() > LOCATE_WINDOW_MS {
             return Err(HubError::StaleTimestamp { skew_ms: skew }.into());
         }

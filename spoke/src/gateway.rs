@@ -163,7 +163,7 @@ impl Gateway {
             return Err(SpokeError::Revoked(id));
         }
         let now_ms = now_ms();
-        let skew_ms = timestamp_ms as i64 - now_ms as i64;
+        let skew_ms = vigo_common::time::skew_ms(timestamp_ms, now_ms);
         if skew_ms.unsigned_abs() > self.settings.timestamp_window_ms {
             return Err(SpokeError::StaleTimestamp {
                 skew_ms,

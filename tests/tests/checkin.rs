@@ -207,6 +207,20 @@ async fn every_rejection_has_its_status_and_writes_nothing() {
     )
     .await;
 
+    // A timestamp at the end of time: refused, not an arithmetic overflow.
+    let body = pb::CheckInBody {
+        timestamp_ms: 1 << 63,
+        ..a.body()
+    };
+    let req = a.seal(Domain::CheckIn, &body);
+    refused(
+        &mut a,
+        req,
+        Code::FailedPrecondition,
+        "off the spoke's clock",
+    )
+    .await;
+
     // Oversized body (over checkin.max_body, under the transport limit).
     let body = pb::CheckInBody {
         bundle_fingerprint: vec![0u8; 70 << 10].into(),

@@ -337,7 +337,9 @@ async fn a_bundle_above_four_mebibytes_reaches_its_envoy() {
     let content = "v".repeat(6 << 20);
     write(
         "configcrates/blob.yaml",
-        format!("resources:\n  - {{id: f, type: file, path: /tmp/vigo-blob, template: false, content: '{content}'}}\n"),
+        format!(
+            "resources:\n  - {{id: f, type: file, path: /tmp/vigo-blob, template: false, content: '{content}'}}\n"
+        ),
     );
 
     // The spoke is down during the publish: it must pull the 6 MiB version itself.
@@ -345,14 +347,27 @@ async fn a_bundle_above_four_mebibytes_reaches_its_envoy() {
     let published = cluster.publish(0, policy.path(), "big").await.unwrap();
     cluster.start_spoke(0).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while cluster.spokes[0].as_ref().unwrap().policy.current().version_hex() != published.version {
-        assert!(Instant::now() < deadline, "the spoke never pulled the large version");
+    while cluster.spokes[0]
+        .as_ref()
+        .unwrap()
+        .policy
+        .current()
+        .version_hex()
+        != published.version
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the spoke never pulled the large version"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     let (identity, _) = cluster.enroll(0, "blob-1").await.unwrap();
     let mut envoy = vigo_tests::TestEnvoy::new(identity.clone(), &identity.spoke_address);
-    envoy.check_in().await.expect("a 6 MiB check-in answer is decoded");
+    envoy
+        .check_in()
+        .await
+        .expect("a 6 MiB check-in answer is decoded");
     let bundle = envoy.bundle.as_ref().expect("the bundle arrived");
     let size: usize = bundle.modules.iter().map(|(_, b)| b.len()).sum();
     assert!(size > 6 << 20, "{size}");

@@ -443,6 +443,17 @@ async fn bad_input_gets_a_precise_error_and_leaves_no_trace() {
     assert_eq!(bad_override.code(), Code::NotFound);
     assert!(bad_override.message().contains("spoke-z"));
 
+    let heavy = cluster
+        .admin(0)
+        .add_spoke(api::AddSpokeRequest {
+            spoke_id: "spoke-z".into(),
+            address: "127.0.0.1:1".into(),
+            weight: 1 << 24,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(heavy.code(), Code::InvalidArgument, "{}", heavy.message());
+
     let bad_policy = cluster
         .admin(0)
         .publish_config(api::PublishConfigRequest {

@@ -129,7 +129,7 @@ impl AdminApi {
                 };
                 let weight = match req.weight {
                     0 => known.as_ref().map_or(1, |k| k.weight),
-                    w => w,
+                    w => crate::services::spoke_weight(w)?,
                 };
                 self.node
                     .propose_ok(Command::RegisterSpoke {
