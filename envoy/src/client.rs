@@ -197,6 +197,30 @@ pub fn gateway(
     )
 }
 
+/// How many times a shed request is sent again within one attempt.
+pub const SHED_RETRIES: u32 = 4;
+
+/// The retries of one request that a busy server sheds (RESOURCE_EXHAUSTED with a retry
+/// hint): each hint is waited out with jitter, at most [`SHED_RETRIES`] times. The caller
+/// signs the request anew for every attempt (a fresh sequence number and timestamp).
+#[derive(Debug, Default)]
+pub struct Patience {
+    retries: u32,
+}
+
+impl Patience {
+    /// After a failed attempt: how long to wait before the next one, or `None` when the
+    /// failure is not a shed request or the retries are spent.
+    pub fn wait_after(&mut self, status: &tonic::Status) -> Option<Duration> {
+        if self.retries >= SHED_RETRIES {
+            return None;
+        }
+        let hint = vigo_common::net::pushback::retry_after(status)?;
+        self.retries += 1;
+        Some(vigo_common::net::pushback::jittered(hint))
+    }
+}
+
 /// Sends a check-in with the standard deadline.
 pub async fn send_check_in(
     client: &mut pb::envoy_gateway_client::EnvoyGatewayClient<Channel>,
@@ -220,6 +244,21 @@ pub async fn send_report(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patience_waits_out_retry_hints_a_few_times_and_nothing_else() {
+        let shed = vigo_common::net::pushback::busy("busy", Duration::from_secs(2));
+        let mut patience = Patience::default();
+        for _ in 0..SHED_RETRIES {
+            let wait = patience.wait_after(&shed).expect("a retry");
+            assert!(wait >= Duration::from_secs(1) && wait <= Duration::from_secs(3));
+        }
+        assert_eq!(patience.wait_after(&shed), None, "retries are bounded");
+        let too_large = tonic::Status::resource_exhausted("too large");
+        assert_eq!(Patience::default().wait_after(&too_large), None);
+        let down = tonic::Status::unavailable("down");
+        assert_eq!(Patience::default().wait_after(&down), None);
+    }
 
     #[test]
     fn sequences_increase_and_follow_the_clock() {

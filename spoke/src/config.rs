@@ -46,6 +46,9 @@ pub struct SpokeConfig {
     pub verify: VerifyConfig,
     #[serde(default)]
     pub connections: ConnectionsConfig,
+    /// Admission control under herds: when to shed envoy requests with a retry hint.
+    #[serde(default)]
+    pub shedding: SheddingConfig,
     #[serde(default)]
     pub enrollment: EnrollmentConfig,
     /// Join a hub: envoys then enroll through the hub, and policy comes from the hub's
@@ -144,6 +147,42 @@ pub struct VerifyConfig {
     /// Concurrent check-ins are verified together, up to this many signatures at once.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SheddingConfig {
+    /// Envoy requests (check-ins, reports, stream opens) in progress at once; beyond
+    /// it they are shed before any signature work.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// A request that waited longer than this for a worker to start it is shed: the
+    /// spoke is behind, and answering it late helps no one.
+    #[serde(default = "default_max_queue_wait", with = "humantime_serde")]
+    pub max_queue_wait: Duration,
+    /// The retry hint shed requests carry; envoys wait half to one and a half of it.
+    #[serde(default = "default_retry_after", with = "humantime_serde")]
+    pub retry_after: Duration,
+}
+
+fn default_max_in_flight() -> usize {
+    2048
+}
+fn default_max_queue_wait() -> Duration {
+    Duration::from_millis(250)
+}
+fn default_retry_after() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl Default for SheddingConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: default_max_in_flight(),
+            max_queue_wait: default_max_queue_wait(),
+            retry_after: default_retry_after(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -322,6 +361,12 @@ impl SpokeConfig {
         }
         if self.verify.max_batch == 0 || self.verify.max_batch > 1024 {
             return Err(bad("verify.max_batch", "must be between 1 and 1024".into()));
+        }
+        if self.shedding.max_in_flight == 0 || self.shedding.retry_after.is_zero() {
+            return Err(bad(
+                "shedding",
+                "max_in_flight must be at least 1 and retry_after more than 0s".into(),
+            ));
         }
         if let Err((key, why)) = self.connections.check() {
             return Err(bad(key, why));

@@ -124,6 +124,11 @@ impl Spoke {
                 max_traits: config.checkin.max_traits,
                 allow_relay: config.tls.allow_relay_certificates,
                 keep_runs: config.reports.keep_runs,
+                shedding: crate::gateway::Shedding {
+                    max_in_flight: config.shedding.max_in_flight,
+                    max_queue_wait: config.shedding.max_queue_wait,
+                    retry_after: config.shedding.retry_after,
+                },
             },
             Reach {
                 streams: streams.clone(),

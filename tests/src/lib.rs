@@ -104,6 +104,8 @@ pub struct HomeOptions {
     pub flush_interval: Duration,
     pub interval: Duration,
     pub allow_relay: bool,
+    /// Top-level sections appended to the config as they are (YAML).
+    pub extra: String,
 }
 
 impl Default for HomeOptions {
@@ -112,6 +114,7 @@ impl Default for HomeOptions {
             flush_interval: Duration::from_secs(1),
             interval: Duration::from_secs(60),
             allow_relay: false,
+            extra: String::new(),
         }
     }
 }
@@ -158,13 +161,14 @@ impl SpokeHome {
              flush:\n  interval: {}ms\n  flushers: 2\n\
              connections:\n  first_request_timeout: 2s\n\
              reports:\n  keep_runs: 3\n\
-             enrollment:\n  tokens:\n{}{}{}",
+             enrollment:\n  tokens:\n{}{}{}{}",
             options.allow_relay,
             options.interval.as_millis(),
             options.flush_interval.as_millis(),
             entry("fleet", &tokens.fleet, 10_000, false),
             entry("one-shot", &tokens.one_shot, 1, false),
             entry("rekey", &tokens.rekey, 100, true),
+            options.extra,
         );
         std::fs::write(dir.path().join("spoke.yaml"), config).expect("write config");
         Self { dir, tokens, port }

@@ -372,3 +372,38 @@ async fn a_bundle_above_four_mebibytes_reaches_its_envoy() {
     let size: usize = bundle.modules.iter().map(|(_, b)| b.len()).sum();
     assert!(size > 6 << 20, "{size}");
 }
+
+/// A saturated spoke sheds envoy requests before any work, with a retry hint: here every
+/// request "waited too long" (the limit is zero), so every one is shed. Enrollment is
+/// not an envoy request and is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_spoke_sheds_with_a_retry_hint_before_any_work() {
+    init();
+    let home = SpokeHome::with(vigo_tests::HomeOptions {
+        extra: "shedding:\n  max_queue_wait: 0s\n  retry_after: 300ms\n".into(),
+        ..Default::default()
+    });
+    let spoke = home.start().await;
+    let addr = spoke.addr.to_string();
+    let mut envoy = home.enroll(&addr, "web-1").await;
+    let shed = envoy.check_in().await.unwrap_err();
+    assert_eq!(shed.code(), Code::ResourceExhausted, "{}", shed.message());
+    assert_eq!(
+        vigo_common::net::pushback::retry_after(&shed),
+        Some(Duration::from_millis(300))
+    );
+    let info = home
+        .admin(&addr)
+        .get_envoy(vigo_tests::v1::GetEnvoyRequest {
+            envoy_id: envoy.id().get(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (info.sequence, info.last_seen_ms),
+        (0, info.enrolled_at_ms),
+        "nothing was consumed"
+    );
+    spoke.shutdown().await.unwrap();
+}

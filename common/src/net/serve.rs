@@ -171,6 +171,8 @@ impl hyper::service::Service<Request<Incoming>> for GrpcConn {
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let in_flight = self.activity.begin();
         req.extensions_mut().insert(self.peer.clone());
+        req.extensions_mut()
+            .insert(super::Received(std::time::Instant::now()));
         let mut routes = self.routes.clone();
         Box::pin(async move {
             let response = match routes.call(req.map(tonic::body::Body::new)).await {

@@ -85,9 +85,12 @@ impl Backoff {
         }
     }
 
-    fn failed(&mut self) {
+    /// A failed attempt; a busy spoke's retry hint, if it gave one, is waited at least.
+    fn failed(&mut self, hint: Option<Duration>) {
         let jitter = 0.8 + rand::random::<f64>() * 0.4;
-        self.due = Some(Instant::now() + self.next.mul_f64(jitter));
+        let wait = self.next.mul_f64(jitter);
+        let wait = hint.map_or(wait, |h| wait.max(vigo_common::net::pushback::jittered(h)));
+        self.due = Some(Instant::now() + wait);
         self.next = (self.next * 2).min(Self::MAX);
     }
 
@@ -235,15 +238,28 @@ impl Agent {
     async fn check_in(&mut self, traits: &vigo_common::traits::TraitMap, summary: &mut RunSummary) {
         for _ in 0..2 {
             let held = self.held_fingerprint();
-            let request = client::check_in_request(
-                self.identity.envoy_id,
-                &self.identity.key,
-                self.sequence.advance(),
-                held.as_ref(),
-                traits,
-                !self.traits_known,
-            );
-            let response = match client::send_check_in(&mut self.gateway, request).await {
+            let mut patience = client::Patience::default();
+            let answer = loop {
+                let request = client::check_in_request(
+                    self.identity.envoy_id,
+                    &self.identity.key,
+                    self.sequence.advance(),
+                    held.as_ref(),
+                    traits,
+                    !self.traits_known,
+                );
+                match client::send_check_in(&mut self.gateway, request).await {
+                    Err(status) => match patience.wait_after(&status) {
+                        Some(wait) => {
+                            debug!(?wait, "the spoke is busy; checking in again shortly");
+                            tokio::time::sleep(wait).await;
+                        }
+                        None => break Err(status),
+                    },
+                    answered => break answered,
+                }
+            };
+            let response = match answer {
                 Ok(r) => r,
                 Err(status) => {
                     warn!(
@@ -357,15 +373,19 @@ impl Agent {
             let outcome = client::send_report(&mut self.gateway, request).await;
             let keep = match &outcome {
                 Ok(_) => false,
-                Err(s) if !permanent(s.code()) => true,
+                Err(s) if !permanent(s) => true,
                 Err(s) => {
                     error!(run_id, code = ?s.code(), "report refused for good: {}", s.message());
                     false
                 }
             };
             if keep {
-                debug!(run_id, "spoke unreachable; report stays queued");
-                self.backoff.failed();
+                debug!(run_id, "spoke unreachable or busy; report stays queued");
+                let hint = outcome
+                    .as_ref()
+                    .err()
+                    .and_then(vigo_common::net::pushback::retry_after);
+                self.backoff.failed(hint);
                 return Ok(sent);
             }
             let local = self.local.clone();
@@ -438,10 +458,13 @@ impl Agent {
 
 /// Refusals after which sending the same report again cannot succeed: it is malformed,
 /// too large, or this envoy is revoked. Everything else (unreachable spoke, a restart,
-/// a reassignment not yet followed) is worth another try.
-fn permanent(code: Code) -> bool {
+/// a reassignment not yet followed, a busy spoke's retry hint) is worth another try.
+fn permanent(status: &tonic::Status) -> bool {
+    if vigo_common::net::pushback::retry_after(status).is_some() {
+        return false;
+    }
     matches!(
-        code,
+        status.code(),
         Code::InvalidArgument
             | Code::PermissionDenied
             | Code::OutOfRange

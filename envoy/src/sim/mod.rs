@@ -210,6 +210,8 @@ pub async fn run(args: SimArgs) -> Result<Summary, SimError> {
         reports: stats.reports.load(Ordering::Relaxed),
         failed_reports: stats.failed_reports.load(Ordering::Relaxed),
         failed: stats.failures(),
+        shed: stats.shed.load(Ordering::Relaxed),
+        recovered_after_shed: stats.recovered.load(Ordering::Relaxed),
         window_seconds: window,
         window_checkins,
         checkins_per_second: window_checkins as f64 / window.max(1e-9),
@@ -380,6 +382,7 @@ async fn envoy(
     let mut fingerprint: Option<[u8; 32]> = None;
     let mut traits_known = false;
     let mut connected = false;
+    let mut was_shed = false;
     let mut next = plan.start;
     loop {
         if next >= plan.stop_at {
@@ -402,6 +405,9 @@ async fn envoy(
                     connected = true;
                     stats.connected.fetch_add(1, Ordering::Relaxed);
                 }
+                if std::mem::take(&mut was_shed) {
+                    stats.recovered.fetch_add(1, Ordering::Relaxed);
+                }
                 traits_known = !response.send_traits;
                 let bundle = matches!(
                     response.answer,
@@ -412,13 +418,24 @@ async fn envoy(
                     match apply(&identity, &delivery, &modules) {
                         Ok((fp, report)) => {
                             fingerprint = Some(fp);
-                            let request = client::report_request(
-                                identity.envoy_id,
-                                &identity.key,
-                                seq.advance(),
-                                report,
-                            );
-                            match client::send_report(&mut gateway, request).await {
+                            // Signed anew for every attempt: a shed report is sent again.
+                            let mut patience = client::Patience::default();
+                            let sent = loop {
+                                let request = client::report_request(
+                                    identity.envoy_id,
+                                    &identity.key,
+                                    seq.advance(),
+                                    report.clone(),
+                                );
+                                match client::send_report(&mut gateway, request).await {
+                                    Err(s) => match patience.wait_after(&s) {
+                                        Some(wait) => tokio::time::sleep(wait).await,
+                                        None => break Err(s),
+                                    },
+                                    done => break done,
+                                }
+                            };
+                            match sent {
                                 Ok(_) => stats.reports.fetch_add(1, Ordering::Relaxed),
                                 Err(_) => stats.failed_reports.fetch_add(1, Ordering::Relaxed),
                             };
@@ -427,7 +444,17 @@ async fn envoy(
                     }
                 }
             }
-            Err(status) => stats.failed(&format!("{:?}", status.code())),
+            Err(status) => {
+                if let Some(hint) = vigo_common::net::pushback::retry_after(&status) {
+                    // Shed before any work: come back after the hint, not a whole
+                    // interval later.
+                    stats.shed.fetch_add(1, Ordering::Relaxed);
+                    was_shed = true;
+                    next = Instant::now() + vigo_common::net::pushback::jittered(hint);
+                    continue;
+                }
+                stats.failed(&format!("{:?}", status.code()));
+            }
         }
         next = plan.next_after(next).max(Instant::now());
     }

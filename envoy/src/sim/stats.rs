@@ -15,6 +15,10 @@ pub struct Stats {
     pub reports: AtomicU64,
     pub failed_reports: AtomicU64,
     pub connected: AtomicU64,
+    /// Check-ins a busy spoke shed with a retry hint (not failures: they are retried).
+    pub shed: AtomicU64,
+    /// Check-ins answered after one or more of their attempts were shed.
+    pub recovered: AtomicU64,
     failed: Mutex<BTreeMap<String, u64>>,
     /// Latency of check-ins answered inside the measurement window, in microseconds.
     latency: Mutex<Histogram<u64>>,
@@ -32,6 +36,8 @@ impl Default for Stats {
             reports: AtomicU64::new(0),
             failed_reports: AtomicU64::new(0),
             connected: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
+            recovered: AtomicU64::new(0),
             failed: Mutex::new(BTreeMap::new()),
             latency: Mutex::new(
                 Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds"),
@@ -114,6 +120,10 @@ pub struct Summary {
     pub reports: u64,
     pub failed_reports: u64,
     pub failed: BTreeMap<String, u64>,
+    /// Attempts a busy spoke shed with a retry hint, and check-ins answered after
+    /// being shed (each retried after the hint, jittered).
+    pub shed: u64,
+    pub recovered_after_shed: u64,
     /// The steady-state window (after the ramp) the figures below cover.
     pub window_seconds: f64,
     pub window_checkins: u64,
@@ -145,6 +155,12 @@ impl Summary {
             self.reports,
             self.failed_reports
         );
+        if self.shed > 0 {
+            println!(
+                "  shed by the spoke {} attempt(s); {} check-in(s) answered on retry",
+                self.shed, self.recovered_after_shed
+            );
+        }
         if self.failed.is_empty() {
             println!("  failed: none");
         } else {
