@@ -123,6 +123,56 @@ impl TraitPredicate {
     }
 }
 
+/// Parses a REST query string (`hostname=web-*&trait=os%3Ddebian&sort=-last_seen`) into
+/// a listing request; unknown or malformed parameters are refused by name. Only a
+/// listing (`listing`) takes `sort`, `cursor`, `limit` and `with_traits`.
+pub fn listing_from_query(
+    raw: Option<&str>,
+    listing: bool,
+) -> Result<api::ListEnvoysRequest, QueryError> {
+    let mut req = api::ListEnvoysRequest::default();
+    let mut filter = api::EnvoyFilter::default();
+    for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        let value = value.into_owned();
+        match (key.as_ref(), listing) {
+            ("hostname", _) => filter.hostname = value,
+            ("spoke", _) => filter.spoke = value,
+            ("status", _) => filter.status = value,
+            ("hostcrate", _) => filter.hostcrate = value,
+            ("trait", _) => {
+                if filter.traits.len() == crate::limits::MAX_TRAIT_PREDICATES {
+                    return Err(bad(
+                        "filter.traits",
+                        format!(
+                            "more than {} predicates; a query takes at most {}",
+                            crate::limits::MAX_TRAIT_PREDICATES,
+                            crate::limits::MAX_TRAIT_PREDICATES
+                        ),
+                    ));
+                }
+                filter.traits.push(value)
+            }
+            ("sort", true) => req.sort = value,
+            ("cursor", true) => req.cursor = value,
+            ("limit", true) => {
+                req.limit = value
+                    .parse()
+                    .map_err(|_| bad("limit", format!("{value:?} is not a number")))?;
+            }
+            ("with_traits", true) => {
+                req.with_traits = value
+                    .parse()
+                    .map_err(|_| bad("with_traits", format!("{value:?}: true or false")))?;
+            }
+            (other, _) => return Err(bad("query", format!("unknown parameter {other:?}"))),
+        }
+    }
+    if filter != api::EnvoyFilter::default() {
+        req.filter = Some(filter);
+    }
+    Ok(req)
+}
+
 /// A checked [`api::EnvoyFilter`].
 #[derive(Debug, Clone, Default)]
 pub struct Filter {

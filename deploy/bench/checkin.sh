@@ -26,7 +26,7 @@ OUT=${OUT:-/tmp/vigo-bench/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 
 cargo build --release --bin vigo-spoke --bin vigo-sim 2>&1 | tail -1
-BIN=$(pwd)/${CARGO_TARGET_DIR:-target}/release
+BIN=${BIN:-$(pwd)/${CARGO_TARGET_DIR:-target}/release}
 if [ "$FLOOR" = 1 ]; then
     FLOOR_TARGET=${FLOOR_TARGET:-/tmp/grpc-floor-target}
     CARGO_TARGET_DIR=$FLOOR_TARGET cargo build --release --manifest-path "$FLOOR_DIR/Cargo.toml" 2>&1 | tail -1
@@ -35,45 +35,20 @@ if [ "$FLOOR" = 1 ]; then
 fi
 
 # A spoke home with a relay-free config and a many-use token.
+. deploy/bench/lib.sh
 HOME_DIR=$OUT/spoke
-mkdir -p "$HOME_DIR"
-"$BIN/vigo-spoke" pki init "$HOME_DIR/pki" >/dev/null
-"$BIN/vigo-spoke" token new --name bench --uses 1000000 > "$HOME_DIR/token.txt"
-SECRET=$(sed -n 's/^secret: //p' "$HOME_DIR/token.txt")
-cat > "$HOME_DIR/spoke.yaml" <<YAML
-listen: 127.0.0.1:7443
-metrics_listen: 127.0.0.1:9464
-data_dir: data
-policy_dir: $(pwd)/deploy/policy
-tls: {ca_cert: pki/ca.pem, ca_key: pki/ca.key, cert: pki/spoke.pem, key: pki/spoke.key}
-bundle_signing_key: pki/bundle-signing.key
-checkin:
-  interval: 60s
-  timestamp_window: 10m
-enrollment:
-  tokens:
-$(sed -n '/^- name/,$p' "$HOME_DIR/token.txt" | sed 's/^/    /')
-YAML
-
-SPOKE=
-trap '[ -n "$SPOKE" ] && kill $SPOKE 2>/dev/null; true' EXIT
-start_spoke() {
-    (cd "$HOME_DIR" && exec taskset -c 0 "$BIN/vigo-spoke" --config spoke.yaml 2>>spoke.log) &
-    SPOKE=$!
-    for _ in $(seq 100); do grep -q "spoke serving" "$HOME_DIR/spoke.log" 2>/dev/null && return; sleep 0.1; done
-    cat "$HOME_DIR/spoke.log"; exit 1
-}
-stop_spoke() { kill -TERM "$SPOKE"; wait "$SPOKE" 2>/dev/null || true; SPOKE=; }
+spoke_home "$HOME_DIR"
+SECRET=$(cat "$HOME_DIR/secret")
 
 # Enroll once (not measured).
-start_spoke
+start_spoke "$HOME_DIR"
 taskset -c 1 "$BIN/vigo-sim" --ca "$HOME_DIR/pki/ca.pem" --token "$SECRET" --envoys "$ENVOYS" \
     --identities "$HOME_DIR/ids.json" --interval 60s --duration 1s --ramp 0s --progress 0s >/dev/null
 stop_spoke
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 for round in $(seq "$ROUNDS"); do
-    start_spoke
+    start_spoke "$HOME_DIR"
     taskset -c 1 "$BIN/vigo-sim" --ca "$HOME_DIR/pki/ca.pem" --envoys "$ENVOYS" \
         --identities "$HOME_DIR/ids.json" --interval "$INTERVAL" --jitter 0% \
         --duration "$((SECS + RAMP))s" --ramp "${RAMP}s" --progress 0s \

@@ -450,3 +450,65 @@ impl SpokeConfig {
         self.data_dir.join("spoke.redb")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example states every default it shows: keep them in step.
+    #[test]
+    fn the_documented_example_loads_with_its_stated_defaults() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/spoke.example.yaml");
+        let c = SpokeConfig::load(&example).expect("deploy/spoke.example.yaml loads");
+        let d = ConnectionsConfig::default();
+        let (a, b) = (c.connections.accept_limits(), d.accept_limits());
+        assert_eq!(
+            (
+                a.max_connections,
+                a.max_handshakes,
+                a.max_handshakes_per_source,
+                a.handshake_timeout
+            ),
+            (
+                b.max_connections,
+                b.max_handshakes,
+                b.max_handshakes_per_source,
+                b.handshake_timeout
+            )
+        );
+        let with_defaults = SpokeConfig {
+            connections: d,
+            ..c.clone()
+        };
+        let (x, y) = (c.http2_limits(), with_defaults.http2_limits());
+        assert_eq!(
+            (
+                x.first_request,
+                x.idle,
+                x.anonymous_idle,
+                x.window,
+                x.max_concurrent_streams
+            ),
+            (
+                y.first_request,
+                y.idle,
+                y.anonymous_idle,
+                y.window,
+                y.max_concurrent_streams
+            )
+        );
+        assert_eq!(
+            c.connections.request_timeout,
+            ConnectionsConfig::default().request_timeout
+        );
+        let s = SheddingConfig::default();
+        assert_eq!(
+            (
+                c.shedding.max_in_flight,
+                c.shedding.max_queue_wait,
+                c.shedding.retry_after
+            ),
+            (s.max_in_flight, s.max_queue_wait, s.retry_after)
+        );
+    }
+}

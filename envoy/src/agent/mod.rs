@@ -176,7 +176,8 @@ impl Agent {
             return Ok(summary);
         };
         let hostname = self.identity.hostname.clone();
-        let applied = blocking(move || {
+        // A bug in an executor must fail this run, not stop the agent.
+        let applied = tokio::task::spawn_blocking(move || {
             let modules = bundle.decode_modules().map_err(|e| e.to_string())?;
             let facts = Facts {
                 hostname: &hostname,
@@ -185,7 +186,8 @@ impl Agent {
             let results = plan::apply(&modules, &bundle.manifest.variables, &facts, dry_run);
             Ok::<_, String>((bundle.fingerprint, results))
         })
-        .await;
+        .await
+        .unwrap_or_else(|e| Err(format!("the run stopped: {e}")));
         let (fingerprint, results, error) = match applied {
             Ok((fp, results)) => (Some(fp), results, String::new()),
             Err(e) => (None, Vec::new(), e),

@@ -28,6 +28,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+use vigo_common::fleet_query::listing_from_query;
 use vigo_common::limits::MAX_CONFIG_MESSAGE;
 use vigo_common::pki::Peer;
 use vigo_proto::admin::v1 as api;
@@ -198,7 +199,7 @@ where
 }
 
 /// Filter, order and page of a listing, as query parameters. Only documents them:
-/// `envoy_query` parses the query string itself, to refuse unknown parameters by name.
+/// `fleet_query::listing_from_query` parses the query string itself, to refuse unknown parameters by name.
 #[allow(dead_code)]
 #[derive(Debug, Default, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -220,45 +221,6 @@ pub struct EnvoyQuery {
     cursor: Option<String>,
     /// Include traits (listing only).
     with_traits: Option<bool>,
-}
-
-/// Parses a query string into a listing request; unknown or malformed parameters are
-/// refused by name.
-fn envoy_query(raw: Option<&str>, listing: bool) -> Result<api::ListEnvoysRequest, HubError> {
-    let mut req = api::ListEnvoysRequest::default();
-    let mut filter = api::EnvoyFilter::default();
-    for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
-        let value = value.into_owned();
-        match (key.as_ref(), listing) {
-            ("hostname", _) => filter.hostname = value,
-            ("spoke", _) => filter.spoke = value,
-            ("status", _) => filter.status = value,
-            ("hostcrate", _) => filter.hostcrate = value,
-            ("trait", _) => filter.traits.push(value),
-            ("sort", true) => req.sort = value,
-            ("cursor", true) => req.cursor = value,
-            ("limit", true) => {
-                req.limit = value.parse().map_err(|_| {
-                    HubError::malformed("limit", format!("{value:?} is not a number"))
-                })?;
-            }
-            ("with_traits", true) => {
-                req.with_traits = value.parse().map_err(|_| {
-                    HubError::malformed("with_traits", format!("{value:?}: true or false"))
-                })?;
-            }
-            (other, _) => {
-                return Err(HubError::Malformed {
-                    what: "query",
-                    why: format!("unknown parameter {other:?}"),
-                });
-            }
-        }
-    }
-    if filter != api::EnvoyFilter::default() {
-        req.filter = Some(filter);
-    }
-    Ok(req)
 }
 
 type Api = State<Arc<AdminApi>>;
@@ -323,7 +285,7 @@ async fn list_envoys(
     Extension(c): Extension<Caller>,
     RawQuery(q): RawQuery,
 ) -> Response {
-    let req = envoy_query(q.as_deref(), true);
+    let req = listing_from_query(q.as_deref(), true).map_err(HubError::from);
     answer(&a, "GET /envoys", c, req, |a, c, r| async move {
         a.list_envoys(&c, r).await
     })
@@ -422,10 +384,12 @@ async fn trait_count(
     Path(key): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Response {
-    let req = envoy_query(q.as_deref(), false).map(|l| api::TraitCountRequest {
-        key,
-        filter: l.filter,
-    });
+    let req = listing_from_query(q.as_deref(), false)
+        .map_err(HubError::from)
+        .map(|l| api::TraitCountRequest {
+            key,
+            filter: l.filter,
+        });
     answer(&a, "GET /traits/{key}", c, req, |a, c, r| async move {
         a.trait_count(&c, r).await
     })

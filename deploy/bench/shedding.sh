@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Admission control under a herd: offered load at twice what the spoke can answer.
+#
+# The spoke runs pinned to core 0 under a CPU quota (QUOTA % of that core, through the
+# cgroup v1 cpu controller), so the simulator on core 1 can offer more than it answers.
+# First the spoke's capacity is measured (closed loop: every envoy checks in again as
+# soon as it is answered); then ENVOYS envoys check in on an interval that offers twice
+# that rate, once with shedding as configured and once with shedding off. Printed per
+# run: answered check-ins/s, latency p50/p99/p99.9 of answered check-ins, failures by
+# status (timeouts included), attempts shed, and check-ins answered on retry after being
+# shed.
+#
+#   deploy/bench/shedding.sh
+#   ENVOYS=20000 QUOTA=25 SECS=40 deploy/bench/shedding.sh
+#
+# Needs root (the cgroup). Env: ENVOYS (20000), QUOTA (25), SECS (measured seconds, 40),
+# RAMP (10), OUT (/tmp/vigo-bench/shedding-<UTC>).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ENVOYS=${ENVOYS:-20000}
+QUOTA=${QUOTA:-25}
+SECS=${SECS:-40}
+RAMP=${RAMP:-10}
+OUT=${OUT:-/tmp/vigo-bench/shedding-$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$OUT"
+cargo build --release --bin vigo-spoke --bin vigo-sim 2>&1 | tail -1
+BIN=${BIN:-$(pwd)/${CARGO_TARGET_DIR:-target}/release}
+. deploy/bench/lib.sh
+vigo_common_fd() { ulimit -n 65536 2>/dev/null || true; }
+vigo_common_fd
+
+CG=/sys/fs/cgroup/cpu/vigo-bench
+mkdir -p "$CG"
+echo 100000 > "$CG/cpu.cfs_period_us"
+echo $((QUOTA * 1000)) > "$CG/cpu.cfs_quota_us"
+confine() { echo "$1" > "$CG/cgroup.procs"; for t in /proc/"$1"/task/*; do echo "${t##*/}" > "$CG/tasks"; done; }
+
+SHED="shedding:\n  max_queue_wait: 250ms\n  retry_after: 2s"
+NO_SHED="shedding:\n  max_in_flight: 100000000\n  max_queue_wait: 1h\n  retry_after: 2s"
+spoke_home "$OUT/spoke" "$(printf "$SHED")"
+SECRET=$(cat "$OUT/spoke/secret")
+
+sim() { # sim INTERVAL LABEL: a run against the confined spoke, JSON to OUT/LABEL.json
+    taskset -c 1 "$BIN/vigo-sim" --ca "$OUT/spoke/pki/ca.pem" --envoys "$ENVOYS" \
+        --identities "$OUT/ids.json" --interval "$1" --jitter 0% \
+        --duration "$((SECS + RAMP))s" --ramp "${RAMP}s" --progress 0s \
+        --spoke-pid "$SPOKE" --json > "$OUT/$2.json"
+}
+report() {
+    python3 - "$OUT/$1.json" "$1" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+print(f"RESULT run={sys.argv[2]} answered_per_s={s['checkins_per_second']:.0f} "
+      f"p50_ms={s['latency_p50_us']/1000:.1f} p99_ms={s['latency_p99_us']/1000:.1f} "
+      f"p999_ms={s['latency_p999_us']/1000:.1f} failed={sum(s['failed'].values())} "
+      f"failed_by={json.dumps(s['failed'])} shed={s['shed']} "
+      f"answered_after_shed={s['recovered_after_shed']} "
+      f"spoke_cpu_pct={s['spoke_cpu_percent'] or 0:.0f}")
+PY
+}
+
+# Enroll once, unconfined (not measured).
+start_spoke "$OUT/spoke"
+taskset -c 1 "$BIN/vigo-sim" --ca "$OUT/spoke/pki/ca.pem" --token "$SECRET" --envoys "$ENVOYS" \
+    --identities "$OUT/ids.json" --interval 60s --duration 1s --ramp 0s --progress 0s >/dev/null
+stop_spoke
+
+# Capacity: closed loop against the confined spoke.
+start_spoke "$OUT/spoke"; confine "$SPOKE"
+sim 1ms capacity
+stop_spoke
+capacity=$(python3 -c "import json; print(json.load(open('$OUT/capacity.json'))['checkins_per_second'])")
+interval_ms=$(python3 -c "print(max(1, round($ENVOYS / (2 * $capacity) * 1000)))")
+report capacity | tee -a "$OUT/results.txt"
+echo "capacity ${capacity%.*}/s under a ${QUOTA}% quota: offering twice that (${ENVOYS} envoys every ${interval_ms} ms)" | tee -a "$OUT/results.txt"
+
+for run in shedding no-shedding; do
+    if [ "$run" = no-shedding ]; then
+        spoke_home_yaml=$(printf "$NO_SHED")
+    else
+        spoke_home_yaml=$(printf "$SHED")
+    fi
+    python3 - "$OUT/spoke/spoke.yaml" "$spoke_home_yaml" <<'PY'
+import re, sys
+path, block = sys.argv[1], sys.argv[2]
+text = open(path).read()
+text = re.sub(r"shedding:\n(  .*\n)+", block + "\n", text)
+open(path, "w").write(text)
+PY
+    start_spoke "$OUT/spoke"; confine "$SPOKE"
+    sim "${interval_ms}ms" "$run"
+    stop_spoke
+    report "$run" | tee -a "$OUT/results.txt"
+done
+rmdir "$CG" 2>/dev/null || true
+echo "results in $OUT"
