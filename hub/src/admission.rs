@@ -6,7 +6,7 @@
 //! | service | methods | who | largest message |
 //! |---|---|---|---|
 //! | Enrollment | Enroll | anyone | 64 KiB |
-//! | HubLocate | Locate | anyone (the request is signed) | 4 KiB |
+//! | HubLocate | Locate | envoy (its own; the request is signed) | 4 KiB |
 //! | HubSpokes | RegisterSpoke, Heartbeat, GetConfig | spoke, hub | 64 KiB |
 //! | HubRaft | Vote | hub | 64 KiB |
 //! | HubRaft | AppendEntries, InstallSnapshot | hub | 32 MiB |
@@ -56,13 +56,17 @@ impl Admit for Enrollment {
     }
 }
 
-/// `vigo.v1.HubLocate`: anyone; the request is signed by the envoy's key.
+/// `vigo.v1.HubLocate`: envoys, with their own certificate (the service checks it is
+/// the envoy the signed body names).
 pub struct Locate;
 
 impl Admit for Locate {
     fn admit(&self, call: &mut Call<'_>) -> Result<Limits, Status> {
         match call.method {
-            "Locate" => Ok(limits(4 * KIB, 10)),
+            "Locate" => {
+                require_role(call.peer(), &[Role::Envoy], call.method)?;
+                Ok(limits(4 * KIB, 10))
+            }
             other => Err(unknown(other)),
         }
     }

@@ -218,12 +218,19 @@ impl pb::hub_locate_server::HubLocate for LocateService {
         &self,
         request: Request<pb::SignedRequest>,
     ) -> Result<Response<pb::LocateResponse>, Status> {
+        let caller = peer(&request);
         let signed = request.into_inner();
         let body: pb::LocateBody = prost::Message::decode(signed.body.clone())
             .map_err(|e| HubError::malformed("locate body", e))?;
         let signature = signing::parse_signature(&signed.signature).map_err(HubError::from)?;
         let id = EnvoyId::new(body.envoy_id)
             .ok_or_else(|| HubError::malformed("envoy_id", "is zero"))?;
+        // Only the envoy itself asks where it is pinned.
+        if !matches!(caller, Peer::Envoy { id: cert, .. } if cert == id) {
+            return Err(Status::permission_denied(format!(
+                "only envoy {id}'s own certificate may locate it"
+            )));
+        }
         let (key, spoke) = self
             .node
             .read(|s| {

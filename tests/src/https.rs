@@ -7,6 +7,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+/// A TLS connection to `addr` speaking HTTP/1.1, verified against `ca_pem`.
+async fn connect(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut config = vigo_common::tls::client_config(ca_pem, None).expect("client tls");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("tls")
+}
+
 /// Sends `method path` with an optional bearer token and JSON body to `addr`.
 pub async fn request(
     addr: std::net::SocketAddr,
@@ -16,14 +31,7 @@ pub async fn request(
     token: Option<&str>,
     body: Option<&str>,
 ) -> (u16, serde_json::Value) {
-    let mut config = vigo_common::tls::client_config(ca_pem, None).expect("client tls");
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
-    let mut tls = TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .expect("tls");
+    let mut tls = connect(addr, ca_pem).await;
     let body = body.unwrap_or("");
     let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
     let head = format!(
@@ -56,14 +64,7 @@ pub async fn request(
 /// server answers a status line or closes. `Some(status)` if it answered, `None` if it
 /// closed without an answer.
 pub async fn send_raw(addr: std::net::SocketAddr, ca_pem: &str, bytes: &[u8]) -> Option<u16> {
-    let mut config = vigo_common::tls::client_config(ca_pem, None).expect("client tls");
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
-    let mut tls = TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .expect("tls");
+    let mut tls = connect(addr, ca_pem).await;
     tls.write_all(bytes).await.expect("write");
     let mut raw = Vec::new();
     let mut buf = [0u8; 4096];

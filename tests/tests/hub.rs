@@ -637,6 +637,33 @@ async fn envoys_locate_their_spoke_and_retries_keep_their_pin() {
         locate.locate(forged).await.unwrap_err().code(),
         Code::Unauthenticated
     );
+    // Only the envoy itself may ask, with its own certificate.
+    let (other, _) = cluster.enroll(0, "app-2").await.unwrap();
+    let mut as_other = pb::hub_locate_client::HubLocateClient::new(
+        vigo_common::tls::channel(
+            &cluster.hub_address(1),
+            other.tls_config().unwrap(),
+            Duration::from_secs(5),
+        )
+        .unwrap(),
+    );
+    let signed = vigo_envoy::client::seal(&key, vigo_common::signing::Domain::Locate, &body);
+    assert_eq!(
+        as_other.locate(signed.clone()).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    let mut anonymous = pb::hub_locate_client::HubLocateClient::new(
+        vigo_common::tls::channel(
+            &cluster.hub_address(1),
+            Arc::new(vigo_common::tls::client_config(&cluster.ca_pem(), None).unwrap()),
+            Duration::from_secs(5),
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        anonymous.locate(signed).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
 
     let mut envoy = vigo_tests::TestEnvoy::new(first.clone(), &first.spoke_address);
     assert!(

@@ -37,7 +37,7 @@ pub struct PeerInfo {
 }
 
 /// Limits on the way in.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AcceptLimits {
     /// From accept to finished handshake, waiting for a slot included.
     pub handshake_timeout: Duration,

@@ -35,7 +35,7 @@ use super::listen::{AcceptLimits, PeerConn, PeerInfo, accept_loop};
 use crate::pki::Peer;
 
 /// How HTTP/2 connections of a gRPC server behave.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Http2Limits {
     /// Requests one connection may have in flight at once.
     pub max_concurrent_streams: u32,
@@ -343,6 +343,15 @@ where
     })
 }
 
+/// The next stop signal. A server whose handle was dropped serves on: its connections
+/// wait for a signal that never comes.
+async fn next_stop(stop: &mut watch::Receiver<Stop>) -> Stop {
+    match stop.changed().await {
+        Ok(()) => *stop.borrow(),
+        Err(_) => std::future::pending().await,
+    }
+}
+
 type H2Connection =
     hyper::server::conn::http2::Connection<TokioIo<PeerConn>, GrpcConn, TokioExecutor>;
 
@@ -357,8 +366,6 @@ async fn drive(
 ) {
     let mut connection = pin!(connection);
     let mut closing = false;
-    // A server whose handle was dropped serves on, unstoppable.
-    let mut watching = true;
     let mut check = Instant::now() + first_request;
     loop {
         tokio::select! {
@@ -385,10 +392,9 @@ async fn drive(
                     Some(at) => check = at,
                 }
             }
-            changed = stop.changed(), if watching => match changed.map(|()| *stop.borrow()) {
-                Ok(Stop::Finish) => connection.as_mut().graceful_shutdown(),
-                Ok(_) => return,
-                Err(_) => watching = false,
+            signal = next_stop(&mut stop) => match signal {
+                Stop::Finish => connection.as_mut().graceful_shutdown(),
+                _ => return,
             },
         }
     }

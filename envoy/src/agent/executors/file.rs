@@ -6,16 +6,34 @@ use nix::sys::stat::SFlag;
 use vigo_proto::v1 as pb;
 
 use super::fsops::{Owner, Target};
-use super::{Applied, Outcome, act, combine};
+use super::{Applied, Failure, Outcome, act, combine};
+
+/// The target of a resource with an owner: its parent opened and checked against the
+/// user the file belongs to (the one the resource names, else the current owner), the
+/// resolved owner, and what is at the path now.
+fn open_owned(
+    path: &str,
+    owner: &str,
+    group: &str,
+    allow_unsafe_parent: bool,
+) -> Result<(Target, Owner, Option<nix::sys::stat::FileStat>), Failure> {
+    let target = Target::open(path)?;
+    let owner = Owner::named(owner, group)?;
+    let current = target.stat()?;
+    target.check_parent(
+        owner.uid.or(current.as_ref().map(|st| st.st_uid)),
+        allow_unsafe_parent,
+    )?;
+    Ok((target, owner, current))
+}
 
 /// A file with exactly `content` (already rendered), then mode and ownership. A file
 /// that is replaced keeps its owner, group and mode unless the resource sets them.
 pub fn apply_file(spec: &pb::FileSpec, content: &str, dry_run: bool) -> Outcome {
-    let target = Target::open(&spec.path)?;
-    let owner = Owner::named(&spec.owner, &spec.group)?;
-    let current = target.stat()?;
-    target.check_parent(
-        owner.uid.or(current.as_ref().map(|st| st.st_uid)),
+    let (target, owner, current) = open_owned(
+        &spec.path,
+        &spec.owner,
+        &spec.group,
         spec.allow_unsafe_parent,
     )?;
     // Only a file of the same size can hold the same content: no need to read others.
@@ -56,11 +74,10 @@ pub fn apply_file(spec: &pb::FileSpec, content: &str, dry_run: bool) -> Outcome 
 
 /// A directory (its parent must exist), then mode and ownership.
 pub fn apply_directory(spec: &pb::DirectorySpec, dry_run: bool) -> Outcome {
-    let target = Target::open(&spec.path)?;
-    let owner = Owner::named(&spec.owner, &spec.group)?;
-    let current = target.stat()?;
-    target.check_parent(
-        owner.uid.or(current.as_ref().map(|st| st.st_uid)),
+    let (target, owner, current) = open_owned(
+        &spec.path,
+        &spec.owner,
+        &spec.group,
         spec.allow_unsafe_parent,
     )?;
     let created = match &current {
