@@ -14,7 +14,7 @@ spoke_home() {
 listen: 127.0.0.1:7443
 metrics_listen: 127.0.0.1:9464
 data_dir: data
-policy_dir: $(pwd)/deploy/policy
+policy_dir: ${POLICY:-$(pwd)/deploy/policy}
 tls: {ca_cert: pki/ca.pem, ca_key: pki/ca.key, cert: pki/spoke.pem, key: pki/spoke.key}
 bundle_signing_key: pki/bundle-signing.key
 checkin:

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Admission control under a herd: offered load at twice what the spoke can answer.
 #
-# The spoke runs pinned to core 0 under a CPU quota (QUOTA % of that core, through the
-# cgroup v1 cpu controller), so the simulator on core 1 can offer more than it answers.
-# First the spoke's capacity is measured (closed loop: every envoy checks in again as
-# soon as it is answered); then ENVOYS envoys check in on an interval that offers twice
-# that rate, once with shedding as configured and once with shedding off. Printed per
+# The spoke runs pinned to core 0, and once every envoy has connected (the ramp) under a
+# CPU quota (QUOTA % of that core, through the cgroup v1 cpu controller), so the
+# simulator on core 1 can offer more than it answers.
+# First the spoke's capacity is measured (500 envoys in a closed loop: each checks in
+# again as soon as it is answered); then ENVOYS envoys check in on an interval that
+# offers twice that rate, once with shedding as configured and once with shedding off. Printed per
 # run: answered check-ins/s, latency p50/p99/p99.9 of answered check-ins, failures by
 # status (timeouts included), attempts shed, and check-ins answered on retry after being
 # shed.
@@ -40,11 +41,16 @@ NO_SHED="shedding:\n  max_in_flight: 100000000\n  max_queue_wait: 1h\n  retry_af
 spoke_home "$OUT/spoke" "$(printf "$SHED")"
 SECRET=$(cat "$OUT/spoke/secret")
 
-sim() { # sim INTERVAL LABEL: a run against the confined spoke, JSON to OUT/LABEL.json
-    taskset -c 1 "$BIN/vigo-sim" --ca "$OUT/spoke/pki/ca.pem" --envoys "$ENVOYS" \
+sim() { # sim INTERVAL LABEL [ENVOYS]: a run against the spoke, confined once every
+        # envoy has connected (the ramp); JSON to OUT/LABEL.json
+    taskset -c 1 "$BIN/vigo-sim" --ca "$OUT/spoke/pki/ca.pem" --envoys "${3:-$ENVOYS}" \
         --identities "$OUT/ids.json" --interval "$1" --jitter 0% \
         --duration "$((SECS + RAMP))s" --ramp "${RAMP}s" --progress 0s \
-        --spoke-pid "$SPOKE" --json > "$OUT/$2.json"
+        --spoke-pid "$SPOKE" --json > "$OUT/$2.json" &
+    local sim=$!
+    sleep "$RAMP"
+    confine "$SPOKE"
+    wait "$sim"
 }
 report() {
     python3 - "$OUT/$1.json" "$1" <<'PY'
@@ -65,9 +71,10 @@ taskset -c 1 "$BIN/vigo-sim" --ca "$OUT/spoke/pki/ca.pem" --token "$SECRET" --en
     --identities "$OUT/ids.json" --interval 60s --duration 1s --ramp 0s --progress 0s >/dev/null
 stop_spoke
 
-# Capacity: closed loop against the confined spoke.
-start_spoke "$OUT/spoke"; confine "$SPOKE"
-sim 1ms capacity
+# Capacity: 500 envoys in a closed loop against the confined spoke (enough to keep it
+# busy; more would only queue).
+start_spoke "$OUT/spoke"
+sim 1ms capacity 500
 stop_spoke
 capacity=$(python3 -c "import json; print(json.load(open('$OUT/capacity.json'))['checkins_per_second'])")
 interval_ms=$(python3 -c "print(max(1, round($ENVOYS / (2 * $capacity) * 1000)))")
@@ -87,7 +94,7 @@ text = open(path).read()
 text = re.sub(r"shedding:\n(  .*\n)+", block + "\n", text)
 open(path, "w").write(text)
 PY
-    start_spoke "$OUT/spoke"; confine "$SPOKE"
+    start_spoke "$OUT/spoke"
     sim "${interval_ms}ms" "$run"
     stop_spoke
     report "$run" | tee -a "$OUT/results.txt"

@@ -215,9 +215,9 @@ impl Patience {
         if self.retries >= SHED_RETRIES {
             return None;
         }
-        let hint = vigo_common::net::pushback::retry_after(status)?;
+        let hint = vigo_common::net::shedding::retry_after(status)?;
         self.retries += 1;
-        Some(vigo_common::net::pushback::jittered(hint))
+        Some(vigo_common::net::shedding::jittered(hint))
     }
 }
 
@@ -247,7 +247,7 @@ mod tests {
 
     #[test]
     fn patience_waits_out_retry_hints_a_few_times_and_nothing_else() {
-        let shed = vigo_common::net::pushback::busy("busy", Duration::from_secs(2));
+        let shed = vigo_common::net::shedding::busy("busy", Duration::from_secs(2));
         let mut patience = Patience::default();
         for _ in 0..SHED_RETRIES {
             let wait = patience.wait_after(&shed).expect("a retry");

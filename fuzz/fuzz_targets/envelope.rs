@@ -18,7 +18,7 @@ use vigo_common::pki::{CertAuthority, Peer};
 use vigo_common::signing::{self, Domain};
 use vigo_proto::v1 as pb;
 use vigo_spoke::fleet::{EnvoyRecord, EnvoyState, FleetIndex};
-use vigo_spoke::gateway::{Gateway, GatewaySettings, Shedding};
+use vigo_spoke::gateway::{Gateway, GatewaySettings};
 
 struct Harness {
     runtime: tokio::runtime::Runtime,
@@ -71,11 +71,6 @@ fn harness() -> &'static Harness {
                     max_traits: 256,
                     allow_relay: false,
                     keep_runs: 3,
-                    shedding: Shedding {
-                        max_in_flight: 1 << 20,
-                        max_queue_wait: std::time::Duration::from_secs(3600),
-                        retry_after: std::time::Duration::from_secs(1),
-                    },
                 },
                 Default::default(),
             ))

@@ -33,10 +33,7 @@ const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
 
 fn limits(max_message: usize, seconds: u64) -> Limits {
-    Limits {
-        max_message,
-        deadline: Duration::from_secs(seconds),
-    }
+    Limits::new(max_message, Duration::from_secs(seconds))
 }
 
 fn unknown(method: &str) -> Status {

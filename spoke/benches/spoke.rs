@@ -139,11 +139,6 @@ fn hot_path(store: &Store, dir: &std::path::Path) {
             max_traits: 256,
             allow_relay: false,
             keep_runs: 10,
-            shedding: vigo_spoke::gateway::Shedding {
-                max_in_flight: 2048,
-                max_queue_wait: std::time::Duration::from_millis(250),
-                retry_after: std::time::Duration::from_secs(2),
-            },
         },
         Default::default(),
     );

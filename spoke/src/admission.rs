@@ -17,13 +17,18 @@
 //! Every call is answered within `connections.request_timeout`, but for the hub's bulk
 //! calls (ApplyConfig, ExportEnvoys, ImportEnvoys, HandOff): two minutes. A caller's
 //! own `grpc-timeout` applies when sooner.
+//!
+//! Admission control under herds is here too: envoy calls beyond `shedding.max_in_flight`
+//! in progress, or that waited longer than `shedding.max_queue_wait` since they reached
+//! the spoke, are refused RESOURCE_EXHAUSTED with a retry hint — before their body is read
+//! or any signature checked.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::Status;
 use vigo_common::limits::MAX_CONFIG_MESSAGE;
-use vigo_common::net::{Admit, Call, Limits, require_role};
+use vigo_common::net::{Admit, Call, Limits, Received, Shedder, SheddingLimits, require_role};
 use vigo_common::pki::Role;
 
 /// The largest envoy import the hub sends: a batch of envoys with their run histories.
@@ -45,10 +50,7 @@ pub struct Settings {
 
 impl Settings {
     fn limits(&self, max_message: usize) -> Limits {
-        Limits {
-            max_message,
-            deadline: self.request_timeout,
-        }
+        Limits::new(max_message, self.request_timeout)
     }
 
     fn envoys(&self) -> &'static [Role] {
@@ -76,19 +78,26 @@ impl Admit for Enrollment {
     }
 }
 
-/// `vigo.v1.EnvoyGateway`: envoys' own certificates (and relays where allowed).
-pub struct Gateway(pub Settings);
+/// `vigo.v1.EnvoyGateway`: envoys' own certificates (and relays where allowed); a
+/// saturated spoke sheds these calls here, with a retry hint, before their body is read.
+pub struct Gateway {
+    pub settings: Settings,
+    pub shedder: Shedder,
+}
 
 impl Admit for Gateway {
     fn admit(&self, call: &mut Call<'_>) -> Result<Limits, Status> {
-        let s = &self.0;
+        let s = &self.settings;
         let max = match call.method {
             "CheckIn" | "OpenStream" => s.max_checkin_body + KIB,
             "ReportRun" => s.max_report_body + KIB,
             other => return Err(unknown(other)),
         };
         require_role(call.peer(), s.envoys(), call.method)?;
-        Ok(s.limits(max))
+        let received = call.extensions.get::<Received>().map(|r| r.0);
+        let mut limits = s.limits(max);
+        limits.ticket = Some(self.shedder.admit(received)?);
+        Ok(limits)
     }
 }
 
@@ -116,10 +125,7 @@ impl Admit for SpokeAdmin {
 }
 
 fn bulk(max_message: usize) -> Limits {
-    Limits {
-        max_message,
-        deadline: BULK_DEADLINE,
-    }
+    Limits::new(max_message, BULK_DEADLINE)
 }
 
 /// The largest message any method of the admin service takes (the services' own decode
@@ -127,10 +133,16 @@ fn bulk(max_message: usize) -> Limits {
 pub const MAX_ADMIN_MESSAGE: usize = MAX_IMPORT;
 
 /// The three tables, shared.
-pub fn tables(s: Settings) -> (Arc<dyn Admit>, Arc<dyn Admit>, Arc<dyn Admit>) {
+pub fn tables(
+    s: Settings,
+    shedding: SheddingLimits,
+) -> (Arc<dyn Admit>, Arc<dyn Admit>, Arc<dyn Admit>) {
     (
         Arc::new(Enrollment(s)),
-        Arc::new(Gateway(s)),
+        Arc::new(Gateway {
+            settings: s,
+            shedder: Shedder::new(shedding, "envoy"),
+        }),
         Arc::new(SpokeAdmin(s)),
     )
 }

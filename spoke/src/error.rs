@@ -60,8 +60,7 @@ pub enum SpokeError {
     ShuttingDown,
     #[error("the caller's deadline passed; the query was stopped")]
     Abandoned,
-    #[error("the spoke is saturated; retry in about {retry_after:?}")]
-    Busy { retry_after: std::time::Duration },
+
     #[error(transparent)]
     Common(#[from] vigo_common::Error),
 }
@@ -90,7 +89,6 @@ impl SpokeError {
             Store(_) => Code::Internal,
             ShuttingDown => Code::Unavailable,
             Abandoned => Code::DeadlineExceeded,
-            Busy { .. } => Code::ResourceExhausted,
             Common(vigo_common::Error::Malformed { .. }) => Code::InvalidArgument,
             Common(vigo_common::Error::BadSignature) => Code::Unauthenticated,
             Common(_) => Code::Internal,
@@ -123,11 +121,6 @@ impl SpokeError {
 
 impl From<SpokeError> for Status {
     fn from(e: SpokeError) -> Status {
-        match e {
-            SpokeError::Busy { retry_after } => {
-                vigo_common::net::pushback::busy(e.to_string(), retry_after)
-            }
-            e => Status::new(e.code(), e.to_string()),
-        }
+        Status::new(e.code(), e.to_string())
     }
 }

@@ -1,12 +1,13 @@
 //! Check-ins and run reports: the envoy-facing hot path.
 //!
-//! A check-in touches only memory. In order, cheapest refusal first: admission (a
-//! saturated spoke sheds the request with a retry hint), the body's size, its decoding,
-//! the client certificate against the envoy id, the FleetIndex lookup, the certificate's
-//! key against the enrolled key, the timestamp window — then the (batched) signature
-//! check — and finally, under the envoy's own lock, the replay check and the state
-//! update. Nothing changes unless every check passed. (Who may call at all, and how large
-//! a message may be, was decided before the body was read: `crate::admission`.)
+//! A check-in touches only memory. Before it gets here, the admission table
+//! (`crate::admission`) has checked the caller's certificate role, held the message to
+//! its limit and shed the call if the spoke is saturated — all before the body was read.
+//! Then, in order, cheapest refusal first: the body's size, its decoding, the client
+//! certificate against the envoy id, the FleetIndex lookup, the certificate's key
+//! against the enrolled key, the timestamp window — then the (batched) signature check —
+//! and finally, under the envoy's own lock, the replay check and the state update.
+//! Nothing changes unless every check passed.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,7 +25,7 @@ use vigo_proto::v1 as pb;
 use crate::compliance::{self, bundle_prefix};
 use crate::error::SpokeError;
 use crate::fleet::{EnvoyRecord, EnvoyState, FleetIndex};
-use crate::grpc::{detach, peer, received};
+use crate::grpc::{detach, peer};
 use crate::handoff::Forwards;
 use crate::metrics::{CheckinMetrics, CheckinResult, count_call};
 use crate::policy_cache::PolicyCache;
@@ -46,18 +47,6 @@ pub struct GatewaySettings {
     pub max_traits: usize,
     pub allow_relay: bool,
     pub keep_runs: usize,
-    pub shedding: Shedding,
-}
-
-/// When the spoke sheds envoy requests instead of queueing them: more of them in
-/// progress than `max_in_flight`, or one that waited longer than `max_queue_wait` for a
-/// worker to start it. Shed requests are answered RESOURCE_EXHAUSTED with a retry hint
-/// of about `retry_after`, before any signature work.
-#[derive(Clone, Copy, Debug)]
-pub struct Shedding {
-    pub max_in_flight: usize,
-    pub max_queue_wait: std::time::Duration,
-    pub retry_after: std::time::Duration,
 }
 
 pub struct Gateway {
@@ -70,17 +59,6 @@ pub struct Gateway {
     pub streams: Arc<Streams>,
     pub forwards: Arc<Forwards>,
     checkins: CheckinMetrics,
-    in_flight: std::sync::atomic::AtomicUsize,
-    shed: [metrics::Counter; 3],
-}
-
-/// An envoy request being worked on; leaves the count when dropped.
-pub struct InProgress<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl Drop for InProgress<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 /// How envoys not reachable through their check-ins are reached: the open streams (to
@@ -150,36 +128,7 @@ impl Gateway {
             streams: reach.streams,
             forwards: reach.forwards,
             checkins: CheckinMetrics::default(),
-            in_flight: std::sync::atomic::AtomicUsize::new(0),
-            shed: [
-                <pb::CheckInBody as SignedBody>::CALL,
-                <pb::RunReportBody as SignedBody>::CALL,
-                <pb::StreamBody as SignedBody>::CALL,
-            ]
-            .map(|call| metrics::counter!("vigo_envoy_requests_shed_total", "call" => call)),
         }
-    }
-
-    /// Admission: the first step of every envoy request, before its body is decoded.
-    /// `received` is when the request reached the spoke; `call` indexes the shed
-    /// counters (check-in, report, stream).
-    pub fn admit(
-        &self,
-        received: Option<std::time::Instant>,
-        call: usize,
-    ) -> Result<InProgress<'_>, SpokeError> {
-        use std::sync::atomic::Ordering;
-        let shed = &self.settings.shedding;
-        let busy = self.in_flight.fetch_add(1, Ordering::Relaxed) >= shed.max_in_flight;
-        let slot = InProgress(&self.in_flight);
-        let waited = received.map_or(std::time::Duration::ZERO, |r| r.elapsed());
-        if busy || waited > shed.max_queue_wait {
-            self.shed[call].increment(1);
-            return Err(SpokeError::Busy {
-                retry_after: shed.retry_after,
-            });
-        }
-        Ok(slot)
     }
 
     async fn authenticate<B: SignedBody>(
@@ -560,10 +509,7 @@ impl pb::envoy_gateway_server::EnvoyGateway for GatewayService {
     ) -> Result<Response<pb::CheckInResponse>, Status> {
         let started = Instant::now();
         let (_, extensions, message) = request.into_parts();
-        let result = match self.0.admit(received(&extensions), 0) {
-            Ok(_in_progress) => self.0.check_in(peer(&extensions), message).await,
-            Err(shed) => Err(shed),
-        };
+        let result = self.0.check_in(peer(&extensions), message).await;
         let outcome = match &result {
             Ok(r) if matches!(r.answer, Some(pb::check_in_response::Answer::NoChange(_))) => {
                 CheckinResult::NoChange
@@ -582,10 +528,7 @@ impl pb::envoy_gateway_server::EnvoyGateway for GatewayService {
         request: Request<pb::SignedRequest>,
     ) -> Result<Response<EnvoyStream>, Status> {
         let (_, extensions, message) = request.into_parts();
-        let result = match self.0.admit(received(&extensions), 2) {
-            Ok(_in_progress) => self.0.open_stream(peer(&extensions), message).await,
-            Err(shed) => Err(shed),
-        };
+        let result = self.0.open_stream(peer(&extensions), message).await;
         count_call("vigo_streams_opened_total", result.as_ref().map(|_| ()));
         result.map(Response::new).map_err(Status::from)
     }
@@ -595,10 +538,7 @@ impl pb::envoy_gateway_server::EnvoyGateway for GatewayService {
         request: Request<pb::SignedRequest>,
     ) -> Result<Response<pb::ReportRunResponse>, Status> {
         let (_, extensions, message) = request.into_parts();
-        let result = match self.0.admit(received(&extensions), 1) {
-            Ok(_in_progress) => self.0.report_run(peer(&extensions), message).await,
-            Err(shed) => Err(shed),
-        };
+        let result = self.0.report_run(peer(&extensions), message).await;
         count_call("vigo_reports_total", result.as_ref().map(|_| ()));
         result.map(Response::new).map_err(Status::from)
     }

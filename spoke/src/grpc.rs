@@ -18,11 +18,6 @@ pub fn peer(extensions: &Extensions) -> &Peer {
         .unwrap_or(&ANONYMOUS)
 }
 
-/// When the request reached the spoke (stamped by the connection before any service ran).
-pub fn received(extensions: &Extensions) -> Option<std::time::Instant> {
-    extensions.get::<vigo_common::net::Received>().map(|r| r.0)
-}
-
 /// Runs `work` to completion on its own task even if the caller goes away: work that
 /// writes durably and then updates memory must never stop between the two.
 pub async fn detach<T: Send + 'static>(

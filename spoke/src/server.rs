@@ -11,7 +11,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
-use vigo_common::net::{Guarded, Serving, serve_grpc};
+use vigo_common::net::{Guarded, Serving, SheddingLimits, serve_grpc};
 use vigo_common::pki::CertAuthority;
 use vigo_common::tls::{self, ClientAuth};
 use vigo_common::{EnvoyId, fsutil, signing};
@@ -124,11 +124,6 @@ impl Spoke {
                 max_traits: config.checkin.max_traits,
                 allow_relay: config.tls.allow_relay_certificates,
                 keep_runs: config.reports.keep_runs,
-                shedding: crate::gateway::Shedding {
-                    max_in_flight: config.shedding.max_in_flight,
-                    max_queue_wait: config.shedding.max_queue_wait,
-                    retry_after: config.shedding.retry_after,
-                },
             },
             Reach {
                 streams: streams.clone(),
@@ -222,12 +217,19 @@ impl Spoke {
         let conns = &config.connections;
         let accept = conns.accept_limits();
         let http2 = config.http2_limits();
-        let (enroll_table, gateway_table, admin_table) = admission::tables(admission::Settings {
-            request_timeout: conns.request_timeout,
-            max_checkin_body: config.checkin.max_body.0,
-            max_report_body: config.reports.max_body.0,
-            allow_relay: config.tls.allow_relay_certificates,
-        });
+        let (enroll_table, gateway_table, admin_table) = admission::tables(
+            admission::Settings {
+                request_timeout: conns.request_timeout,
+                max_checkin_body: config.checkin.max_body.0,
+                max_report_body: config.reports.max_body.0,
+                allow_relay: config.tls.allow_relay_certificates,
+            },
+            SheddingLimits {
+                max_in_flight: config.shedding.max_in_flight,
+                max_queue_wait: config.shedding.max_queue_wait,
+                retry_after: config.shedding.retry_after,
+            },
+        );
         // Each service decodes up to its largest method's limit; the admission table
         // holds every method to its own, and refuses wrong peers before the body is read.
         let gateway_limit = config.checkin.max_body.0.max(config.reports.max_body.0) + (1 << 10);

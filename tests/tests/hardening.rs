@@ -389,7 +389,7 @@ async fn a_saturated_spoke_sheds_with_a_retry_hint_before_any_work() {
     let shed = envoy.check_in().await.unwrap_err();
     assert_eq!(shed.code(), Code::ResourceExhausted, "{}", shed.message());
     assert_eq!(
-        vigo_common::net::pushback::retry_after(&shed),
+        vigo_common::net::shedding::retry_after(&shed),
         Some(Duration::from_millis(300))
     );
     let info = home

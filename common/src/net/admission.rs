@@ -26,12 +26,27 @@ use super::listen::PeerInfo;
 use crate::pki::Peer;
 
 /// What an admitted call may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Limits {
     /// Largest request message, in bytes.
     pub max_message: usize,
     /// The call must be answered (for a server stream: started) within this.
     pub deadline: Duration,
+    /// Held until the call is answered: its place among the requests a [`Shedder`]
+    /// counts, when its kind is counted.
+    ///
+    /// [`Shedder`]: super::Shedder
+    pub ticket: Option<super::Ticket>,
+}
+
+impl Limits {
+    pub fn new(max_message: usize, deadline: Duration) -> Self {
+        Self {
+            max_message,
+            deadline,
+            ticket: None,
+        }
+    }
 }
 
 /// One call, as the admission table sees it.
@@ -150,7 +165,9 @@ where
         // The clone that was made ready is the one called (tower's convention).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        let ticket = limits.ticket;
         Box::pin(async move {
+            let _ticket = ticket;
             match tokio::time::timeout(deadline, inner.call(req)).await {
                 Ok(response) => response,
                 Err(_) => {

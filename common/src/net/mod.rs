@@ -11,14 +11,14 @@
 pub mod admission;
 pub mod config;
 pub mod listen;
-pub mod pushback;
 pub mod serve;
+pub mod shedding;
 
 pub use admission::{Admit, Call, Guarded, Limits, require_role};
 pub use config::ConnectionsConfig;
 pub use listen::{AcceptLimits, PeerConn, PeerInfo};
-pub use pushback::Received;
 pub use serve::{Http1Limits, Http2Limits, Serving, serve_grpc, serve_http1};
+pub use shedding::{Received, Shedder, SheddingLimits, Ticket};
 
 use tonic::Code;
 

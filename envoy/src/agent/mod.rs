@@ -89,7 +89,7 @@ impl Backoff {
     fn failed(&mut self, hint: Option<Duration>) {
         let jitter = 0.8 + rand::random::<f64>() * 0.4;
         let wait = self.next.mul_f64(jitter);
-        let wait = hint.map_or(wait, |h| wait.max(vigo_common::net::pushback::jittered(h)));
+        let wait = hint.map_or(wait, |h| wait.max(vigo_common::net::shedding::jittered(h)));
         self.due = Some(Instant::now() + wait);
         self.next = (self.next * 2).min(Self::MAX);
     }
@@ -386,7 +386,7 @@ impl Agent {
                 let hint = outcome
                     .as_ref()
                     .err()
-                    .and_then(vigo_common::net::pushback::retry_after);
+                    .and_then(vigo_common::net::shedding::retry_after);
                 self.backoff.failed(hint);
                 return Ok(sent);
             }
@@ -462,7 +462,7 @@ impl Agent {
 /// too large, or this envoy is revoked. Everything else (unreachable spoke, a restart,
 /// a reassignment not yet followed, a busy spoke's retry hint) is worth another try.
 fn permanent(status: &tonic::Status) -> bool {
-    if vigo_common::net::pushback::retry_after(status).is_some() {
+    if vigo_common::net::shedding::retry_after(status).is_some() {
         return false;
     }
     matches!(

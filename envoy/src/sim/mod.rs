@@ -445,19 +445,32 @@ async fn envoy(
                 }
             }
             Err(status) => {
-                if let Some(hint) = vigo_common::net::pushback::retry_after(&status) {
+                if let Some(hint) = vigo_common::net::shedding::retry_after(&status) {
                     // Shed before any work: come back after the hint, not a whole
                     // interval later.
                     stats.shed.fetch_add(1, Ordering::Relaxed);
                     was_shed = true;
-                    next = Instant::now() + vigo_common::net::pushback::jittered(hint);
+                    next = Instant::now() + vigo_common::net::shedding::jittered(hint);
                     continue;
                 }
-                stats.failed(&format!("{:?}", status.code()));
+                stats.failed(&failure(&status));
             }
         }
         next = plan.next_after(next).max(Instant::now());
     }
+}
+
+/// A failure as the summary counts it: the code and the start of the message (which
+/// tells a timeout from a reset connection).
+fn failure(status: &tonic::Status) -> String {
+    let mut message = status.message().to_string();
+    let mut source = std::error::Error::source(status);
+    while let Some(s) = source {
+        message = format!("{message}: {s}");
+        source = s.source();
+    }
+    let message: String = message.chars().take(96).collect();
+    format!("{:?}: {message}", status.code())
 }
 
 /// Verifies a bundle as an envoy would and builds the report of its (simulated) run.
