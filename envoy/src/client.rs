@@ -199,25 +199,33 @@ pub fn gateway(
 
 /// How many times a shed request is sent again within one attempt.
 pub const SHED_RETRIES: u32 = 4;
+/// How long one attempt waits out retry hints in all. A spoke that asks for longer is
+/// overloaded for a while: the attempt gives up (a run converges from its cached
+/// bundle, a report stays queued) and the next one comes at its usual time.
+pub const SHED_PATIENCE: Duration = Duration::from_secs(30);
 
 /// The retries of one request that a busy server sheds (RESOURCE_EXHAUSTED with a retry
-/// hint): each hint is waited out with jitter, at most [`SHED_RETRIES`] times. The caller
-/// signs the request anew for every attempt (a fresh sequence number and timestamp).
+/// hint): each hint is waited out with jitter, at most [`SHED_RETRIES`] times and
+/// [`SHED_PATIENCE`] in all. The caller signs the request anew for every attempt (a
+/// fresh sequence number and timestamp).
 #[derive(Debug, Default)]
 pub struct Patience {
     retries: u32,
+    waited: Duration,
 }
 
 impl Patience {
     /// After a failed attempt: how long to wait before the next one, or `None` when the
-    /// failure is not a shed request or the retries are spent.
+    /// failure is not a shed request or the patience is spent.
     pub fn wait_after(&mut self, status: &tonic::Status) -> Option<Duration> {
-        if self.retries >= SHED_RETRIES {
+        let hint = vigo_common::net::shedding::retry_after(status)?;
+        let wait = vigo_common::net::shedding::jittered(hint);
+        if self.retries >= SHED_RETRIES || self.waited + wait > SHED_PATIENCE {
             return None;
         }
-        let hint = vigo_common::net::shedding::retry_after(status)?;
         self.retries += 1;
-        Some(vigo_common::net::shedding::jittered(hint))
+        self.waited += wait;
+        Some(wait)
     }
 }
 
@@ -258,6 +266,9 @@ mod tests {
         assert_eq!(Patience::default().wait_after(&too_large), None);
         let down = tonic::Status::unavailable("down");
         assert_eq!(Patience::default().wait_after(&down), None);
+        // A hint beyond the patience (a spoke overloaded for a while): give up at once.
+        let long = vigo_common::net::shedding::busy("busy", Duration::from_secs(60));
+        assert_eq!(Patience::default().wait_after(&long), None);
     }
 
     #[test]

@@ -18,10 +18,10 @@
 //! calls (ApplyConfig, ExportEnvoys, ImportEnvoys, HandOff): two minutes. A caller's
 //! own `grpc-timeout` applies when sooner.
 //!
-//! Admission control under herds is here too: envoy calls beyond `shedding.max_in_flight`
-//! in progress, or that waited longer than `shedding.max_queue_wait` since they reached
-//! the spoke, are refused RESOURCE_EXHAUSTED with a retry hint — before their body is read
-//! or any signature checked.
+//! Admission control under herds is here too: envoy calls beyond the in-flight limit
+//! (adaptive, at most `shedding.max_in_flight`), or arriving while the spoke is behind by
+//! more than `shedding.max_queue_wait`, are refused RESOURCE_EXHAUSTED with a retry hint
+//! — before their body is read or any signature checked (`vigo_common::net::shedding`).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -160,9 +160,14 @@ pub struct SheddingConfig {
     /// spoke is behind, and answering it late helps no one.
     #[serde(default = "default_max_queue_wait", with = "humantime_serde")]
     pub max_queue_wait: Duration,
-    /// The retry hint shed requests carry; envoys wait half to one and a half of it.
+    /// The retry hint shed requests carry while few are shed; envoys wait half to one
+    /// and a half of it.
     #[serde(default = "default_retry_after", with = "humantime_serde")]
     pub retry_after: Duration,
+    /// The hint grows with the share shed (`retry_after / (1 - share)`) up to this: in a
+    /// lasting overload, envoys check in less often rather than all failing.
+    #[serde(default = "default_max_retry_after", with = "humantime_serde")]
+    pub max_retry_after: Duration,
 }
 
 fn default_max_in_flight() -> usize {
@@ -174,6 +179,9 @@ fn default_max_queue_wait() -> Duration {
 fn default_retry_after() -> Duration {
     Duration::from_secs(2)
 }
+fn default_max_retry_after() -> Duration {
+    Duration::from_secs(300)
+}
 
 impl Default for SheddingConfig {
     fn default() -> Self {
@@ -181,6 +189,7 @@ impl Default for SheddingConfig {
             max_in_flight: default_max_in_flight(),
             max_queue_wait: default_max_queue_wait(),
             retry_after: default_retry_after(),
+            max_retry_after: default_max_retry_after(),
         }
     }
 }
@@ -362,10 +371,17 @@ impl SpokeConfig {
         if self.verify.max_batch == 0 || self.verify.max_batch > 1024 {
             return Err(bad("verify.max_batch", "must be between 1 and 1024".into()));
         }
-        if self.shedding.max_in_flight == 0 || self.shedding.retry_after.is_zero() {
+        let shed = &self.shedding;
+        if shed.max_in_flight == 0
+            || shed.retry_after.is_zero()
+            || shed.max_retry_after < shed.retry_after
+            || shed.max_retry_after > Duration::from_secs(3600)
+        {
             return Err(bad(
                 "shedding",
-                "max_in_flight must be at least 1 and retry_after more than 0s".into(),
+                "max_in_flight must be at least 1, retry_after more than 0s, and \
+                 max_retry_after between retry_after and 1h"
+                    .into(),
             ));
         }
         if let Err((key, why)) = self.connections.check() {
@@ -478,9 +494,15 @@ mod tests {
             (
                 c.shedding.max_in_flight,
                 c.shedding.max_queue_wait,
-                c.shedding.retry_after
+                c.shedding.retry_after,
+                c.shedding.max_retry_after
             ),
-            (s.max_in_flight, s.max_queue_wait, s.retry_after)
+            (
+                s.max_in_flight,
+                s.max_queue_wait,
+                s.retry_after,
+                s.max_retry_after
+            )
         );
     }
 }

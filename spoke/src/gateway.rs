@@ -507,8 +507,11 @@ impl pb::envoy_gateway_server::EnvoyGateway for GatewayService {
         &self,
         request: Request<pb::SignedRequest>,
     ) -> Result<Response<pb::CheckInResponse>, Status> {
-        let started = Instant::now();
         let (_, extensions, message) = request.into_parts();
+        // Timed from when the request reached the spoke: its wait for a worker counts.
+        let started = extensions
+            .get::<vigo_common::net::Received>()
+            .map_or_else(Instant::now, |r| r.0);
         let result = self.0.check_in(peer(&extensions), message).await;
         let outcome = match &result {
             Ok(r) if matches!(r.answer, Some(pb::check_in_response::Answer::NoChange(_))) => {

@@ -228,6 +228,7 @@ impl Spoke {
                 max_in_flight: config.shedding.max_in_flight,
                 max_queue_wait: config.shedding.max_queue_wait,
                 retry_after: config.shedding.retry_after,
+                max_retry_after: config.shedding.max_retry_after,
             },
         );
         // Each service decodes up to its largest method's limit; the admission table

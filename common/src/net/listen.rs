@@ -64,6 +64,8 @@ impl Default for AcceptLimits {
 /// What the door holds now, shared by the accept loop and the connections.
 struct Gate {
     connections: AtomicUsize,
+    /// `connections`, as the `vigo_connections_open` gauge shows it.
+    open: metrics::Gauge,
     handshakes: Arc<Semaphore>,
     per_source: usize,
     by_source: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
@@ -75,6 +77,7 @@ pub struct ConnSlot(Arc<Gate>);
 impl Drop for ConnSlot {
     fn drop(&mut self) {
         self.0.connections.fetch_sub(1, Ordering::AcqRel);
+        self.0.open.decrement(1.0);
     }
 }
 
@@ -104,9 +107,10 @@ impl Drop for Turn {
 }
 
 impl Gate {
-    fn new(limits: &AcceptLimits) -> Arc<Self> {
+    fn new(limits: &AcceptLimits, what: &'static str) -> Arc<Self> {
         Arc::new(Self {
             connections: AtomicUsize::new(0),
+            open: metrics::gauge!("vigo_connections_open", "listener" => what),
             handshakes: Arc::new(Semaphore::new(limits.max_handshakes.max(1))),
             per_source: limits.max_handshakes_per_source.max(1),
             by_source: Mutex::new(HashMap::new()),
@@ -119,6 +123,7 @@ impl Gate {
             self.connections.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
+        self.open.increment(1.0);
         Some(ConnSlot(self.clone()))
     }
 
@@ -232,7 +237,7 @@ pub async fn accept_loop<F>(
     F: Fn(PeerConn) + Clone + Send + Sync + 'static,
 {
     let acceptor = tls.map(TlsAcceptor::from);
-    let gate = Gate::new(&limits);
+    let gate = Gate::new(&limits, what);
     let full = metrics::counter!("vigo_connections_refused_total", "listener" => what);
     let timed_out = metrics::counter!("vigo_handshakes_failed_total", "listener" => what, "reason" => "timeout");
     let failed =
@@ -300,6 +305,10 @@ pub async fn accept_loop<F>(
 
 /// Describes the metric families of this module (once per process is enough).
 pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        "vigo_connections_open",
+        "Connections open now (waiting to handshake, handshaking or serving), by listener"
+    );
     metrics::describe_counter!(
         "vigo_connections_refused_total",
         "Connections closed at once because the listener held its cap of open connections"
@@ -325,7 +334,7 @@ mod tests {
 
     #[test]
     fn the_connection_cap_refuses_beyond_it_and_slots_come_back() {
-        let gate = Gate::new(&limits());
+        let gate = Gate::new(&limits(), "test");
         let held: Vec<_> = (0..4).map(|_| gate.connection(4).unwrap()).collect();
         assert!(gate.connection(4).is_none());
         drop(held);
@@ -334,7 +343,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_source_waits_for_its_share_others_go_ahead() {
-        let gate = Gate::new(&limits());
+        let gate = Gate::new(&limits(), "test");
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let first = gate.turn(a).await;

@@ -68,9 +68,13 @@ pub struct SimArgs {
     /// Total run time, ramp included.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
     pub duration: Duration,
-    /// Envoys start spread over this time; measurement starts after it.
+    /// Envoys start spread over this time; measurement starts after it (and --settle).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub ramp: Duration,
+    /// Measurement starts this long after the ramp (time for the last connections to
+    /// finish their handshakes, or for a bench to change the spoke's conditions).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    pub settle: Duration,
     /// HTTP/2 connections the envoys share (default: one per envoy). Fewer connections
     /// than envoys needs --relay-cert/--relay-key and a spoke that allows relays.
     #[arg(long)]
@@ -152,7 +156,7 @@ pub async fn run(args: SimArgs) -> Result<Summary, SimError> {
     let modules: ModuleCache = Arc::default();
     let started = Instant::now();
     let stop_at = started + args.duration;
-    let measure_from = started + args.ramp.min(args.duration);
+    let measure_from = started + (args.ramp + args.settle).min(args.duration);
     let mut tasks = JoinSet::new();
     for (i, identity) in identities.into_iter().enumerate() {
         let client = clients[i % clients.len()].clone();
