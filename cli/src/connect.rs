@@ -98,7 +98,8 @@ pub async fn connect(cli: &Cli) -> Result<Client, CliError> {
     })?;
     let ca = read_trimmed(&ca_path, "CA certificate")?;
     let tls = Arc::new(
-        vigo_common::tls::client_config(&ca, None).map_err(|e| CliError::Setup(e.to_string()))?,
+        vigo_common::tls::client_config(&ca, None, &[vigo_common::pki::Role::Hub])
+            .map_err(|e| CliError::Setup(e.to_string()))?,
     );
     let bearer: MetadataValue<_> = format!("Bearer {token}")
         .parse()

@@ -15,6 +15,7 @@ pub mod hostname;
 pub mod ids;
 pub mod limits;
 pub mod net;
+pub mod pem;
 pub mod pki;
 pub mod policy;
 pub mod procfs;

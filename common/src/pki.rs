@@ -81,6 +81,12 @@ pub enum Peer {
     },
 }
 
+/// "an admin certificate", "a hub certificate": a role's certificate with its article.
+pub fn a_certificate(role: &str) -> String {
+    let vowel = role.starts_with(['a', 'e', 'i', 'o', 'u']);
+    format!("{} {role} certificate", if vowel { "an" } else { "a" })
+}
+
 impl Peer {
     /// Reads the identity out of a leaf certificate that TLS already verified against
     /// our CA.
@@ -205,7 +211,7 @@ impl CertAuthority {
             why,
         };
         let key = KeyPair::from_pem(&key_pem).map_err(|e| file_err(key_path, e.to_string()))?;
-        let cert_der = crate::tls::parse_pem_certs(&cert_pem)
+        let cert_der = crate::pem::parse_certs(&cert_pem)
             .map_err(|e| file_err(cert_path, e.to_string()))?
             .into_iter()
             .next()
@@ -447,7 +453,7 @@ mod tests {
     fn node_certificate_carries_its_role() {
         let (ca, _) = CertAuthority::create("test CA").unwrap();
         let issued = ca.issue_node(Role::Admin, "ops", &[]).unwrap();
-        let der = crate::tls::parse_pem_certs(&issued.cert_pem).unwrap();
+        let der = crate::pem::parse_certs(&issued.cert_pem).unwrap();
         assert_eq!(
             Peer::from_certificate(&der[0]).unwrap(),
             Peer::Node {
@@ -462,7 +468,7 @@ mod tests {
         let (ca, _) = CertAuthority::create("test CA").unwrap();
         let pem = cert_der_to_pem(ca.cert_der());
         assert_eq!(
-            crate::tls::parse_pem_certs(&pem).unwrap()[0].as_ref(),
+            crate::pem::parse_certs(&pem).unwrap()[0].as_ref(),
             ca.cert_der()
         );
     }

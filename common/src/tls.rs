@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::Error;
+use crate::pki::{Peer, Role};
+use crate::{Error, pem};
 
 /// The one crypto provider of every Vigo binary.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -29,32 +29,9 @@ pub fn install_default_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-pub fn parse_pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| Error::Malformed {
-            what: "PEM certificates",
-            why: e.to_string(),
-        })?;
-    if certs.is_empty() {
-        return Err(Error::Malformed {
-            what: "PEM certificates",
-            why: "no certificate found".into(),
-        });
-    }
-    Ok(certs)
-}
-
-pub fn parse_pem_key(pem: &str) -> Result<PrivateKeyDer<'static>, Error> {
-    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| Error::Malformed {
-        what: "PEM private key",
-        why: e.to_string(),
-    })
-}
-
 fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, Error> {
     let mut roots = RootCertStore::empty();
-    for cert in parse_pem_certs(ca_pem)? {
+    for cert in pem::parse_certs(ca_pem)? {
         roots.add(cert).map_err(|e| Error::Malformed {
             what: "CA certificate",
             why: e.to_string(),
@@ -101,7 +78,7 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err("server protocol versions"))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(parse_pem_certs(cert_pem)?, parse_pem_key(key_pem)?)
+        .with_single_cert(pem::parse_certs(cert_pem)?, pem::parse_key(key_pem)?)
         .map_err(tls_err("server certificate"))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     // Stateless resumption: a reconnecting envoy skips the certificate exchange and the
@@ -111,20 +88,101 @@ pub fn server_config(
     Ok(config)
 }
 
-/// A TLS 1.3 client config trusting our CA, with an optional client identity.
-pub fn client_config(ca_pem: &str, identity: Option<(&str, &str)>) -> Result<ClientConfig, Error> {
-    let builder = ClientConfig::builder_with_provider(provider())
+/// A TLS 1.3 client config trusting our CA, with an optional client identity, that
+/// talks only to servers whose certificate names one of `servers` (a role check after
+/// the chain check: an envoy will not send its check-ins to a hub or another envoy's
+/// certificate, a spoke takes its policy only from a hub).
+pub fn client_config(
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+    servers: &'static [Role],
+) -> Result<ClientConfig, Error> {
+    let provider = provider();
+    let chain = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        roots(ca_pem)?,
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| Error::Tls {
+        what: "server verifier",
+        why: e.to_string(),
+    })?;
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err("client protocol versions"))?
-        .with_root_certificates(roots(ca_pem)?);
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(RoleVerifier { chain, servers }));
     let mut config = match identity {
         Some((cert_pem, key_pem)) => builder
-            .with_client_auth_cert(parse_pem_certs(cert_pem)?, parse_pem_key(key_pem)?)
+            .with_client_auth_cert(pem::parse_certs(cert_pem)?, pem::parse_key(key_pem)?)
             .map_err(tls_err("client certificate"))?,
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
+}
+
+/// The usual chain and name checks, then the role the server's certificate names.
+#[derive(Debug)]
+struct RoleVerifier {
+    chain: Arc<rustls::client::WebPkiServerVerifier>,
+    servers: &'static [Role],
+}
+
+impl rustls::client::danger::ServerCertVerifier for RoleVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let verified = self.chain.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        let role = Peer::from_certificate(end_entity.as_ref())
+            .ok()
+            .and_then(|p| p.role());
+        match role {
+            Some(r) if self.servers.contains(&r) => Ok(verified),
+            other => Err(rustls::Error::General(format!(
+                "the server presented {} where {} was expected",
+                crate::pki::a_certificate(other.map_or("unknown", |r| r.as_str())),
+                self.servers
+                    .iter()
+                    .map(|r| crate::pki::a_certificate(r.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
 }
 
 /// Whether a server accepts connections on `addr` (an unspecified address means this

@@ -8,6 +8,7 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use prost::Message;
 use rustls::ClientConfig;
 use tonic::transport::Channel;
+use vigo_common::pki::Role;
 use vigo_common::signing::{self, Domain};
 use vigo_common::time::now_ms;
 use vigo_common::traits::{TraitMap, traits_hash};
@@ -44,15 +45,25 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// TLS client config presenting this envoy's certificate.
+    /// TLS client config presenting this envoy's certificate to spokes (and only to
+    /// spokes).
     pub fn tls_config(&self) -> Result<Arc<ClientConfig>, ClientError> {
+        self.tls_config_for(&[Role::Spoke])
+    }
+
+    /// The same, to servers of `roles` (a hub, to locate its spoke).
+    pub fn tls_config_for(&self, roles: &'static [Role]) -> Result<Arc<ClientConfig>, ClientError> {
         let key_pem = signing::key_to_pkcs8_pem(&self.key);
         Ok(Arc::new(tls::client_config(
             &self.ca_pem,
             Some((&self.cert_pem, &key_pem)),
+            roles,
         )?))
     }
 }
+
+/// Who may answer an enrollment: a hub (which routes it to a spoke) or a standalone spoke.
+pub const ENROLL_AT: &[Role] = &[Role::Hub, Role::Spoke];
 
 /// Enrolls `hostname` with `key` at `server` (TLS, server authentication only).
 pub async fn enroll(
@@ -62,7 +73,7 @@ pub async fn enroll(
     hostname: &str,
     key: SigningKey,
 ) -> Result<(Identity, pb::EnrollResponse), ClientError> {
-    let config = Arc::new(tls::client_config(ca_pem, None)?);
+    let config = Arc::new(tls::client_config(ca_pem, None, ENROLL_AT)?);
     let channel = tls::channel(server, config, CONNECT_TIMEOUT)?;
     enroll_over(channel, ca_pem, token, hostname, key).await
 }

@@ -280,7 +280,7 @@ impl Enroller {
             spoke: spoke.to_string(),
             why,
         };
-        let channel = self.node.peers.channel(address)?;
+        let channel = self.node.peers.spoke(address)?;
         let mut client = pb::spoke_admin_client::SpokeAdminClient::new(channel)
             .max_decoding_message_size(vigo_common::limits::MAX_SMALL_ANSWER);
         let mut request = tonic::Request::new(pb::RegisterEnvoyRequest {
@@ -387,7 +387,7 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
         let result = match self.enroller.node.leader() {
             Ok(crate::node::Leader::Here) => self.enroller.enroll(req).await,
             Ok(crate::node::Leader::There(addr)) => {
-                let channel = self.enroller.node.peers.channel(&addr)?;
+                let channel = self.enroller.node.peers.hub(&addr)?;
                 let mut client = pb::enrollment_client::EnrollmentClient::new(channel)
                     .max_decoding_message_size(vigo_common::limits::MAX_SMALL_ANSWER);
                 let mut request = tonic::Request::new(req);

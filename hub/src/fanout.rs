@@ -57,7 +57,7 @@ pub fn within<T>(msg: T, deadline: Duration) -> tonic::Request<T> {
 
 /// A client for one spoke over this hub's mTLS channel.
 pub fn client(node: &Node, address: &str) -> Result<SpokeClient, HubError> {
-    Ok(SpokeClient::new(node.peers.channel(address)?)
+    Ok(SpokeClient::new(node.peers.spoke(address)?)
         .max_decoding_message_size(MAX_SPOKE_MESSAGE)
         .max_encoding_message_size(MAX_SPOKE_MESSAGE))
 }

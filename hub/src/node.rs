@@ -33,30 +33,45 @@ pub enum Leader {
 /// Cached gRPC channels to peers (hub nodes and spokes), over mTLS with this node's
 /// hub certificate.
 pub struct Peers {
-    tls: Arc<ClientConfig>,
+    to_hubs: Arc<ClientConfig>,
+    to_spokes: Arc<ClientConfig>,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
 impl Peers {
-    pub fn new(tls: Arc<ClientConfig>) -> Self {
+    /// `to_hubs` and `to_spokes` each accept only that role's server certificates.
+    pub fn new(to_hubs: Arc<ClientConfig>, to_spokes: Arc<ClientConfig>) -> Self {
         Self {
-            tls,
+            to_hubs,
+            to_spokes,
             channels: Mutex::new(HashMap::new()),
         }
     }
 
-    pub fn channel(&self, address: &str) -> Result<Channel, HubError> {
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = channels.get(address) {
-            return Ok(c.clone());
-        }
-        let c = tls::channel(address, self.tls.clone(), Duration::from_secs(3))?;
-        channels.insert(address.to_string(), c.clone());
-        Ok(c)
+    /// A channel to the hub node at `address` (the leader, to forward to).
+    pub fn hub(&self, address: &str) -> Result<Channel, HubError> {
+        self.channel(address, &self.to_hubs, "hub")
     }
 
-    pub fn tls(&self) -> Arc<ClientConfig> {
-        self.tls.clone()
+    /// A channel to the spoke at `address`.
+    pub fn spoke(&self, address: &str) -> Result<Channel, HubError> {
+        self.channel(address, &self.to_spokes, "spoke")
+    }
+
+    fn channel(
+        &self,
+        address: &str,
+        tls: &Arc<ClientConfig>,
+        role: &str,
+    ) -> Result<Channel, HubError> {
+        let key = format!("{role} {address}");
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = channels.get(&key) {
+            return Ok(c.clone());
+        }
+        let c = tls::channel(address, tls.clone(), Duration::from_secs(3))?;
+        channels.insert(key, c.clone());
+        Ok(c)
     }
 }
 
@@ -121,7 +136,7 @@ impl Node {
         match self.leader()? {
             Leader::Here => here.await,
             Leader::There(addr) => {
-                let response = there(self.peers.channel(&addr)?)
+                let response = there(self.peers.hub(&addr)?)
                     .await
                     .map_err(HubError::Forward)?;
                 self.catch_up(response.metadata()).await;

@@ -104,7 +104,7 @@ async fn push(node: &Arc<Node>, entry: &ConfigEntry) {
     let version = to_proto(entry, true);
     let mut pushes = JoinSet::new();
     for (id, address) in spokes {
-        let channel = match node.peers.channel(&address) {
+        let channel = match node.peers.spoke(&address) {
             Ok(c) => c,
             Err(e) => {
                 warn!(spoke = %id, error = %e, "cannot push config");

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::info;
 use vigo_common::net::{Guarded, Http1Limits, Serving, serve_grpc};
-use vigo_common::pki::CertAuthority;
+use vigo_common::pki::{CertAuthority, Role};
 use vigo_common::tls::{self, ClientAuth};
 use vigo_common::{fsutil, signing};
 use vigo_proto::v1 as pb;
@@ -83,11 +83,13 @@ impl HubNode {
         let ca_pem = fsutil::read_to_string(&config.tls.ca_cert)?;
         let cert_pem = fsutil::read_to_string(&config.tls.cert)?;
         let key_pem = fsutil::read_to_string(&config.tls.key)?;
-        let client_tls = Arc::new(tls::client_config(&ca_pem, Some((&cert_pem, &key_pem)))?);
+        let identity = Some((cert_pem.as_str(), key_pem.as_str()));
+        let to_hubs = Arc::new(tls::client_config(&ca_pem, identity, &[Role::Hub])?);
+        let to_spokes = Arc::new(tls::client_config(&ca_pem, identity, &[Role::Spoke])?);
         let server_tls = tls::server_config(&ca_pem, &cert_pem, &key_pem, ClientAuth::Optional)?;
         let isolation = Isolation::default();
         let network = Network {
-            tls: client_tls.clone(),
+            tls: to_hubs.clone(),
             isolation: isolation.clone(),
         };
         let raft = HubRaft::new(config.node_id, raft_config(&config)?, network, log, sm)
@@ -98,7 +100,7 @@ impl HubNode {
             advertise: config.advertise_address(),
             raft: raft.clone(),
             view,
-            peers: Peers::new(client_tls),
+            peers: Peers::new(to_hubs, to_spokes),
             ca: CertAuthority::load(&config.tls.ca_cert, &config.tls.ca_key)?,
             isolation: isolation.clone(),
             commit_timeout: config.raft.commit_timeout,

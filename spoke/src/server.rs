@@ -161,6 +161,7 @@ impl Spoke {
                         &fsutil::read_to_string(&config.tls.cert)?,
                         &fsutil::read_to_string(&config.tls.key)?,
                     )),
+                    &[vigo_common::pki::Role::Hub],
                 )?;
                 let link = Link {
                     hub: hub.clone(),

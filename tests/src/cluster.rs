@@ -248,7 +248,12 @@ impl Cluster {
     pub fn admin(&self, i: usize) -> Admin {
         let cert = std::fs::read_to_string(self.pki("admin.pem")).expect("admin.pem");
         let key = std::fs::read_to_string(self.pki("admin.key")).expect("admin.key");
-        let config = tls::client_config(&self.ca_pem(), Some((&cert, &key))).expect("admin tls");
+        let config = tls::client_config(
+            &self.ca_pem(),
+            Some((&cert, &key)),
+            &[vigo_common::pki::Role::Hub],
+        )
+        .expect("admin tls");
         api::hub_admin_client::HubAdminClient::new(
             tls::channel(
                 &self.hub_address(i),

@@ -12,7 +12,8 @@ async fn connect(
     addr: std::net::SocketAddr,
     ca_pem: &str,
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut config = vigo_common::tls::client_config(ca_pem, None).expect("client tls");
+    let mut config = vigo_common::tls::client_config(ca_pem, None, &[vigo_common::pki::Role::Hub])
+        .expect("client tls");
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");

@@ -25,6 +25,11 @@ pub mod raw;
 
 pub use vigo_proto::v1;
 
+/// Server roles a test client accepts when it talks to hubs and spokes alike (product
+/// clients each name the one role they expect).
+pub const ANY_SERVER: &[vigo_common::pki::Role] =
+    &[vigo_common::pki::Role::Hub, vigo_common::pki::Role::Spoke];
+
 /// A built binary of this workspace (`vigo-spoke`, `vigo-sim`). `cargo test --workspace`
 /// builds them (their crates have integration tests); a narrower run builds them here.
 pub fn binary(name: &str) -> PathBuf {
@@ -252,7 +257,12 @@ impl SpokeHome {
     pub fn admin(&self, address: &str) -> pb::spoke_admin_client::SpokeAdminClient<Channel> {
         let cert = std::fs::read_to_string(self.path("pki/admin.pem")).expect("admin.pem");
         let key = std::fs::read_to_string(self.path("pki/admin.key")).expect("admin.key");
-        let config = tls::client_config(&self.ca_pem(), Some((&cert, &key))).expect("admin tls");
+        let config = tls::client_config(
+            &self.ca_pem(),
+            Some((&cert, &key)),
+            &[vigo_common::pki::Role::Spoke],
+        )
+        .expect("admin tls");
         pb::spoke_admin_client::SpokeAdminClient::new(
             tls::channel(address, Arc::new(config), Duration::from_secs(5)).expect("channel"),
         )

@@ -593,7 +593,14 @@ async fn rest_roles_and_malformed_requests_get_precise_answers() {
     let mut grpc = api::hub_admin_client::HubAdminClient::new(
         vigo_common::tls::channel(
             &cluster.hub_address(2),
-            Arc::new(vigo_common::tls::client_config(&cluster.ca_pem(), None).unwrap()),
+            Arc::new(
+                vigo_common::tls::client_config(
+                    &cluster.ca_pem(),
+                    None,
+                    &[vigo_common::pki::Role::Hub],
+                )
+                .unwrap(),
+            ),
             Duration::from_secs(5),
         )
         .unwrap(),

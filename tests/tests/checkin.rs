@@ -292,7 +292,9 @@ async fn every_rejection_has_its_status_and_writes_nothing() {
     );
 
     // No client certificate at all: the enrollment-only TLS identity.
-    let anonymous = vigo_common::tls::client_config(&home.ca_pem(), None).unwrap();
+    let anonymous =
+        vigo_common::tls::client_config(&home.ca_pem(), None, &[vigo_common::pki::Role::Spoke])
+            .unwrap();
     let mut anon = client::gateway(&addr, std::sync::Arc::new(anonymous)).unwrap();
     let status = client::send_check_in(&mut anon, a.check_in_request())
         .await
@@ -371,7 +373,10 @@ async fn enrollment_rejections_have_their_status_and_spend_nothing() {
     let mut raw = vigo_proto::v1::enrollment_client::EnrollmentClient::new(
         vigo_common::tls::channel(
             &addr,
-            std::sync::Arc::new(vigo_common::tls::client_config(&ca, None).unwrap()),
+            std::sync::Arc::new(
+                vigo_common::tls::client_config(&ca, None, &[vigo_common::pki::Role::Spoke])
+                    .unwrap(),
+            ),
             Duration::from_secs(5),
         )
         .unwrap(),

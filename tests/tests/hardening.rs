@@ -16,13 +16,13 @@ use vigo_tests::raw::{call, frame};
 use vigo_tests::{SpokeHome, init};
 
 fn anonymous(ca: &str) -> Arc<rustls::ClientConfig> {
-    Arc::new(client_config(ca, None).unwrap())
+    Arc::new(client_config(ca, None, vigo_tests::ANY_SERVER).unwrap())
 }
 
 fn with_cert(ca: &str, cert: &std::path::Path, key: &std::path::Path) -> Arc<rustls::ClientConfig> {
     let cert = std::fs::read_to_string(cert).unwrap();
     let key = std::fs::read_to_string(key).unwrap();
-    Arc::new(client_config(ca, Some((&cert, &key))).unwrap())
+    Arc::new(client_config(ca, Some((&cert, &key)), vigo_tests::ANY_SERVER).unwrap())
 }
 
 /// `EnvoyExport { envoys: [ExportedEnvoy::default(); n] }` as it is on the wire: two

@@ -392,7 +392,14 @@ async fn bad_input_gets_a_precise_error_and_leaves_no_trace() {
     let mut raw = pb::enrollment_client::EnrollmentClient::new(
         vigo_common::tls::channel(
             &cluster.hub_address(2),
-            Arc::new(vigo_common::tls::client_config(&cluster.ca_pem(), None).unwrap()),
+            Arc::new(
+                vigo_common::tls::client_config(
+                    &cluster.ca_pem(),
+                    None,
+                    &[vigo_common::pki::Role::Hub],
+                )
+                .unwrap(),
+            ),
             Duration::from_secs(5),
         )
         .unwrap(),
@@ -521,7 +528,9 @@ async fn bad_input_gets_a_precise_error_and_leaves_no_trace() {
     let mut as_envoy = api::hub_admin_client::HubAdminClient::new(
         vigo_common::tls::channel(
             &cluster.hub_address(0),
-            identity.tls_config().unwrap(),
+            identity
+                .tls_config_for(&[vigo_common::pki::Role::Hub])
+                .unwrap(),
             Duration::from_secs(5),
         )
         .unwrap(),
@@ -619,7 +628,9 @@ async fn envoys_locate_their_spoke_and_retries_keep_their_pin() {
     let mut locate = pb::hub_locate_client::HubLocateClient::new(
         vigo_common::tls::channel(
             &cluster.hub_address(1),
-            first.tls_config().unwrap(),
+            first
+                .tls_config_for(&[vigo_common::pki::Role::Hub])
+                .unwrap(),
             Duration::from_secs(5),
         )
         .unwrap(),
@@ -642,7 +653,9 @@ async fn envoys_locate_their_spoke_and_retries_keep_their_pin() {
     let mut as_other = pb::hub_locate_client::HubLocateClient::new(
         vigo_common::tls::channel(
             &cluster.hub_address(1),
-            other.tls_config().unwrap(),
+            other
+                .tls_config_for(&[vigo_common::pki::Role::Hub])
+                .unwrap(),
             Duration::from_secs(5),
         )
         .unwrap(),
@@ -655,7 +668,14 @@ async fn envoys_locate_their_spoke_and_retries_keep_their_pin() {
     let mut anonymous = pb::hub_locate_client::HubLocateClient::new(
         vigo_common::tls::channel(
             &cluster.hub_address(1),
-            Arc::new(vigo_common::tls::client_config(&cluster.ca_pem(), None).unwrap()),
+            Arc::new(
+                vigo_common::tls::client_config(
+                    &cluster.ca_pem(),
+                    None,
+                    &[vigo_common::pki::Role::Hub],
+                )
+                .unwrap(),
+            ),
             Duration::from_secs(5),
         )
         .unwrap(),

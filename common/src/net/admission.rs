@@ -86,15 +86,9 @@ pub fn require_role(peer: &Peer, roles: &[crate::pki::Role], method: &str) -> Re
         Peer::Node { role, .. } if roles.contains(role) => Ok(()),
         other => Err(Status::permission_denied(format!(
             "{} may not call {method}",
-            an(other.role().map_or("anonymous", |r| r.as_str()))
+            crate::pki::a_certificate(other.role().map_or("anonymous", |r| r.as_str()))
         ))),
     }
-}
-
-/// "an admin", "a hub": the article a role name takes.
-pub fn an(word: &str) -> String {
-    let vowel = word.starts_with(['a', 'e', 'i', 'o', 'u']);
-    format!("{} {word} certificate", if vowel { "an" } else { "a" })
 }
 
 /// A gRPC service behind its admission table.

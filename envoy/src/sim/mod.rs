@@ -260,7 +260,7 @@ async fn ensure_enrolled(args: &SimArgs, ca_pem: &str) -> Result<(Vec<Identity>,
         )));
     }
     // A few shared connections carry the enrollments (they need no client certificate).
-    let tls_config = Arc::new(tls::client_config(ca_pem, None)?);
+    let tls_config = Arc::new(tls::client_config(ca_pem, None, client::ENROLL_AT)?);
     let enroll_at = args.hub.as_deref().unwrap_or(&args.target);
     let channels: Vec<Channel> = (0..4)
         .map(|_| tls::channel(enroll_at, tls_config.clone(), client::CONNECT_TIMEOUT))
@@ -318,7 +318,11 @@ fn build_clients(
         let cert =
             fsutil::read_to_string(args.relay_cert.as_deref().unwrap_or_else(|| "".as_ref()))?;
         let key = fsutil::read_to_string(args.relay_key.as_deref().unwrap_or_else(|| "".as_ref()))?;
-        let config = Arc::new(tls::client_config(ca_pem, Some((&cert, &key)))?);
+        let config = Arc::new(tls::client_config(
+            ca_pem,
+            Some((&cert, &key)),
+            &[vigo_common::pki::Role::Spoke],
+        )?);
         return (0..connections)
             .map(|_| Ok(client::gateway(&args.target, config.clone())?))
             .collect();
