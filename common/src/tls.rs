@@ -195,15 +195,17 @@ pub fn probe(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
     std::net::TcpStream::connect_timeout(&target, timeout).map(|_| ())
 }
 
-/// Splits `host:port` and checks the host can be a TLS server name.
+/// Splits `host:port` and checks the host can be a TLS server name (at most 253 bytes)
+/// and the port is one.
 pub fn split_address(address: &str) -> Result<(ServerName<'static>, &str), Error> {
     let bad = |why: &str| Error::Malformed {
         what: "server address",
         why: format!("{address:?}: {why}"),
     };
-    let (host, _port) = address
+    let (host, port) = address
         .rsplit_once(':')
         .ok_or_else(|| bad("expected host:port"))?;
+    port.parse::<u16>().map_err(|_| bad("bad port"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let name = ServerName::try_from(host.to_string()).map_err(|_| bad("bad host name"))?;
     Ok((name, address))

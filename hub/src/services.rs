@@ -99,6 +99,20 @@ pub fn spoke_weight(asked: u32) -> Result<u32, HubError> {
     }
 }
 
+/// The policy version a heartbeat reports: none yet (empty) or a version as the hub
+/// publishes them (64 hex digits). Anything else would be written through raft as is.
+fn config_version(version: &str) -> Result<(), HubError> {
+    let is_version = version.len() == 64 && version.bytes().all(|b| b.is_ascii_hexdigit());
+    if version.is_empty() || is_version {
+        return Ok(());
+    }
+    let shown: String = version.chars().take(16).collect();
+    Err(HubError::malformed(
+        "config_version",
+        format!("{shown:?}… ({} bytes) is no policy version", version.len()),
+    ))
+}
+
 fn with_spoke_id<T>(msg: T, id: &str) -> Request<T> {
     let mut r = forwarded(msg);
     if let Ok(v) = MetadataValue::try_from(id) {
@@ -158,6 +172,7 @@ impl pb::hub_spokes_server::HubSpokes for SpokesService {
     ) -> Result<Response<pb::SpokeDirective>, Status> {
         let id = Self::spoke_id(&request)?;
         let msg = request.into_inner();
+        config_version(&msg.config_version)?;
         let node = &self.node;
         let fwd = msg.clone();
         let fwd_id = id.clone();

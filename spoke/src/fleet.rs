@@ -52,6 +52,9 @@ pub struct EnvoyState {
     pub policy_generation: u32,
     pub hostcrate: u32,
     dirty: bool,
+    /// The record left the index (replaced by a re-key, or removed): changes made
+    /// through a reference taken before no longer count anywhere.
+    detached: bool,
 }
 
 impl EnvoyState {
@@ -70,6 +73,7 @@ impl EnvoyState {
             policy_generation: u32::MAX,
             hostcrate: 0,
             dirty: false,
+            detached: false,
         }
     }
 
@@ -186,6 +190,10 @@ impl FleetCounts {
     }
 }
 
+/// Lock order, everywhere: `hostnames` → a shard's `records` → an envoy's state →
+/// `tally` → a shard's `dirty` list. A path may skip any of them but never take one
+/// while holding a later one (a re-key replacing a record while a check-in updates it
+/// must not deadlock).
 pub struct FleetIndex {
     shards: Box<[Shard]>,
     /// Hostname → envoy, keyed by a 64-bit hash of the hostname so the index costs
@@ -266,6 +274,9 @@ impl FleetIndex {
         let placed = place_of(&st, before);
         let was_dirty = st.dirty;
         let out = f(&mut st);
+        if st.detached {
+            return out;
+        }
         let after = st.effective_status();
         if before != after {
             self.count(before, -1);
@@ -339,7 +350,10 @@ impl FleetIndex {
         let id = record.id;
         let status = state.effective_status();
         let place = tally_place(&state);
-        *record.lock() = state;
+        *record.lock() = EnvoyState {
+            detached: false,
+            ..state
+        };
         let record = Arc::new(record);
         let hostname_hash = self.hostname_hash(&record.hostname);
         let previous = self
@@ -348,19 +362,20 @@ impl FleetIndex {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.get(), record.clone());
-        {
-            let mut tally = self.lock_tally();
-            if let Some(old) = &previous {
-                tally.add(tally_place(&old.lock()), -1);
-            }
-            tally.add(place, 1);
-        }
         match &previous {
-            Some(old) => self.count(old.lock().effective_status(), -1),
+            Some(old) => {
+                // The replaced record leaves the counts as it stands, under its lock:
+                // an update running on it meanwhile moves it first or after, not between.
+                let mut st = old.lock();
+                st.detached = true;
+                self.lock_tally().add(tally_place(&st), -1);
+                self.count(st.effective_status(), -1);
+            }
             None => {
                 self.total.fetch_add(1, Ordering::Relaxed);
             }
         }
+        self.lock_tally().add(place, 1);
         self.count(status, 1);
         let mut names = self.hostnames.write().unwrap_or_else(|p| p.into_inner());
         match names.primary.get(&hostname_hash) {
@@ -389,9 +404,12 @@ impl FleetIndex {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id.get())?;
-        let st = record.state();
-        self.count(st.effective_status(), -1);
-        self.lock_tally().add(tally_place(&st), -1);
+        {
+            let mut st = record.lock();
+            st.detached = true;
+            self.count(st.effective_status(), -1);
+            self.lock_tally().add(tally_place(&st), -1);
+        }
         self.total.fetch_sub(1, Ordering::Relaxed);
         let hash = self.hostname_hash(&record.hostname);
         let mut names = self.hostnames.write().unwrap_or_else(|p| p.into_inner());
@@ -517,6 +535,51 @@ mod tests {
         assert_eq!(c.total, 10);
         fleet.update(&r, |s| s.offline = false);
         assert_eq!(fleet.counts().status(Compliance::Converged), 1);
+    }
+
+    /// A re-key (insert over the same id) racing updates of the record it replaces: no
+    /// deadlock (the lock order is one), and the counts add up afterwards (updates
+    /// through a reference to the replaced record no longer count).
+    #[test]
+    fn replacing_a_record_while_it_is_updated_keeps_one_lock_order() {
+        let fleet = Arc::new(FleetIndex::new());
+        fleet.reset_tally(0);
+        let id = EnvoyId::new(7).unwrap();
+        fleet.insert(record(7, "h7"), EnvoyState::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let updater = {
+            let (fleet, stop) = (fleet.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(r) = fleet.get(id) {
+                        fleet.update(&r, |s| {
+                            s.run_status = if n.is_multiple_of(2) {
+                                Compliance::Failed
+                            } else {
+                                Compliance::Converged
+                            };
+                            s.policy_generation = 0;
+                        });
+                    }
+                    n += 1;
+                }
+            })
+        };
+        for _ in 0..20_000 {
+            fleet.insert(record(7, "h7"), EnvoyState::new(0));
+        }
+        stop.store(true, Ordering::Relaxed);
+        updater.join().unwrap();
+        assert_eq!(fleet.len(), 1);
+        let c = fleet.counts();
+        let by_status: u64 = Compliance::ALL.iter().map(|s| c.status(*s)).sum();
+        assert_eq!(by_status + c.revoked, 1, "one envoy, counted once");
+        // The tally counts it iff its last update (not a fresh insert) placed it.
+        let placed = fleet.get(id).unwrap().read(|s| s.policy_generation == 0);
+        let rows = fleet.hostcrate_counts().1;
+        let tallied: u64 = rows.iter().map(|r| r.1.iter().sum::<u64>()).sum();
+        assert_eq!(tallied, u64::from(placed));
     }
 
     #[test]
