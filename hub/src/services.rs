@@ -136,6 +136,17 @@ impl pb::hub_spokes_server::HubSpokes for SpokesService {
         let fwd_id = id.clone();
         let result = node.on_leader(
             async {
+                let removed = node.read(|s| {
+                    s.spokes
+                        .get(&id)
+                        .is_some_and(|sp| sp.state == SpokeState::Removed)
+                });
+                if removed {
+                    return Err(HubError::Precondition(format!(
+                        "spoke {id} was removed from the cluster; an operator adds it again \
+                         with `vigocli spokes add {id}`"
+                    )));
+                }
                 let unchanged = node.read(|s| {
                     s.spokes.get(&id).is_some_and(|sp| {
                         sp.address == msg.address

@@ -224,9 +224,8 @@ impl ClusterState {
                 spoke.address = address;
                 spoke.weight = weight.max(1);
                 spoke.last_heartbeat_ms = at_ms;
-                if spoke.state == SpokeState::Removed {
-                    spoke.state = SpokeState::Active;
-                }
+                // A removed spoke stays removed: only an operator's AddSpoke (which sets
+                // the state itself) brings it back.
                 Applied::Done
             }
             Command::Heartbeat {
