@@ -38,6 +38,15 @@ pub struct HubConfig {
     /// `deploy/hub.example.yaml`).
     #[serde(default)]
     pub connections: vigo_common::net::ConnectionsConfig,
+    /// Published config versions the cluster keeps, with their files, for listing and
+    /// rollback: the ones made current most recently (1..=10000). Every snapshot holds
+    /// them all.
+    #[serde(default = "default_keep_config_versions")]
+    pub keep_config_versions: u32,
+}
+
+fn default_keep_config_versions() -> u32 {
+    100
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -159,6 +168,9 @@ impl HubConfig {
         if c.raft.enroll_batch == 0 {
             return Err(bad("raft.enroll_batch", "must be at least 1"));
         }
+        if !(1..=10_000).contains(&c.keep_config_versions) {
+            return Err(bad("keep_config_versions", "must be between 1 and 10000"));
+        }
         if let Err((key, why)) = c.connections.check() {
             return Err(bad(key, &why));
         }
@@ -199,6 +211,7 @@ mod tests {
         assert_eq!(c.raft.keep_logs, d.keep_logs);
         assert_eq!(c.raft.enroll_batch, d.enroll_batch);
         assert_eq!(c.raft.commit_timeout, d.commit_timeout);
+        assert_eq!(c.keep_config_versions, default_keep_config_versions());
         let defaults = HubConfig {
             connections: Default::default(),
             ..c.clone()

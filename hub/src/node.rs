@@ -84,6 +84,8 @@ pub struct Node {
     pub ca: CertAuthority,
     pub isolation: Isolation,
     pub commit_timeout: Duration,
+    /// Config versions the replicated state keeps (`keep_config_versions`).
+    pub keep_configs: u32,
 }
 
 impl Node {

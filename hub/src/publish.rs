@@ -65,8 +65,11 @@ pub async fn publish(
         files,
         generation: node.read(|s| s.next_config_generation(now_ms())),
     };
-    node.propose_ok(Command::PublishConfig(entry.clone()))
-        .await?;
+    node.propose_ok(Command::PublishConfig {
+        entry: entry.clone(),
+        keep: node.keep_configs,
+    })
+    .await?;
     info!(version = %entry.version, author = %entry.author, "config version published");
     push(node, &entry).await;
     Ok(to_proto(&entry, false))
@@ -80,7 +83,13 @@ pub async fn rollback(node: &Arc<Node>, version: String) -> Result<pb::ConfigVer
                 .cloned()
                 .map(|e| (e, s.next_config_generation(now_ms())))
         })
-        .ok_or_else(|| HubError::NotFound(format!("no config version {version}")))?;
+        .ok_or_else(|| {
+            HubError::NotFound(format!(
+                "no config version {version}: the hub keeps the {} versions made current \
+                 last (keep_config_versions); older ones are pruned",
+                node.keep_configs
+            ))
+        })?;
     node.propose_ok(Command::Rollback {
         version: entry.version.clone(),
         generation,

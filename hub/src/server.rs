@@ -104,6 +104,7 @@ impl HubNode {
             ca: CertAuthority::load(&config.tls.ca_cert, &config.tls.ca_key)?,
             isolation: isolation.clone(),
             commit_timeout: config.raft.commit_timeout,
+            keep_configs: config.keep_config_versions,
         });
         let enroller = Arc::new(Enroller::new(
             node.clone(),

@@ -148,7 +148,11 @@ pub enum Command {
     SetOverrides(Vec<Override>),
     /// Enrollments proposed together (one raft entry for many envoys).
     Enroll(Vec<EnrollEntry>),
-    PublishConfig(ConfigEntry),
+    /// Makes `entry` current; then only the `keep` most recently current versions stay.
+    PublishConfig {
+        entry: ConfigEntry,
+        keep: u32,
+    },
     /// Makes a published version current again, with a new (higher) generation.
     Rollback {
         version: String,
@@ -316,12 +320,13 @@ impl ClusterState {
             Command::Enroll(entries) => {
                 Applied::Enrolled(entries.into_iter().map(|e| self.enroll(e)).collect())
             }
-            Command::PublishConfig(entry) => {
+            Command::PublishConfig { entry, keep } => {
                 self.current_config = entry.version.clone();
                 match self.configs.iter_mut().find(|c| c.version == entry.version) {
                     Some(known) => known.generation = entry.generation,
                     None => self.configs.push(entry),
                 }
+                self.prune_configs(keep.max(1) as usize);
                 Applied::Done
             }
             Command::Rollback {
@@ -419,6 +424,23 @@ impl ClusterState {
                 Some(o.spoke.clone())
             }
             _ => ring.place(hostname).map(str::to_string),
+        }
+    }
+
+    /// Drops the versions made current longest ago (lowest generation) until `keep`
+    /// remain; the current one has the highest generation and always stays.
+    fn prune_configs(&mut self, keep: usize) {
+        while self.configs.len() > keep {
+            let oldest = self
+                .configs
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, c)| c.generation)
+                .map(|(i, _)| i);
+            match oldest {
+                Some(i) => self.configs.remove(i),
+                None => break,
+            };
         }
     }
 
@@ -597,6 +619,50 @@ mod tests {
             s.overrides.is_empty(),
             "overrides to a removed spoke go with it"
         );
+    }
+
+    #[test]
+    fn config_history_keeps_the_versions_made_current_last() {
+        let mut s = ClusterState::default();
+        let publish = |s: &mut ClusterState, v: &str| {
+            let generation = s.next_config_generation(0);
+            s.apply(Command::PublishConfig {
+                entry: ConfigEntry {
+                    version: v.into(),
+                    author: "me".into(),
+                    published_ms: 0,
+                    message: String::new(),
+                    files: BTreeMap::new(),
+                    generation,
+                },
+                keep: 3,
+            })
+        };
+        for v in ["v1", "v2", "v3", "v4", "v5"] {
+            publish(&mut s, v);
+        }
+        let kept = |s: &ClusterState| {
+            s.configs
+                .iter()
+                .map(|c| c.version.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kept(&s), ["v3", "v4", "v5"]);
+        assert!(s.config("v1").is_none(), "pruned");
+        let refused = s.apply(Command::Rollback {
+            version: "v1".into(),
+            generation: s.next_config_generation(0),
+        });
+        assert!(matches!(refused, Applied::Refused(_)));
+        // A rollback makes v3 the most recent; the next publish prunes v4.
+        let generation = s.next_config_generation(0);
+        s.apply(Command::Rollback {
+            version: "v3".into(),
+            generation,
+        });
+        publish(&mut s, "v6");
+        assert_eq!(kept(&s), ["v3", "v5", "v6"]);
+        assert_eq!(s.current_config, "v6");
     }
 
     #[test]
