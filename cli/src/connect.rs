@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+use tonic::Code;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -75,6 +76,27 @@ impl tonic::service::Interceptor for Bearer {
 
 pub type Client = api::hub_admin_client::HubAdminClient<InterceptedService<Channel, Bearer>>;
 
+/// How long a hub node has to answer before the next address is tried.
+const PROBE: Duration = Duration::from_secs(2);
+
+/// Whether the node answers a cheap call (its member list, read locally) within
+/// [`PROBE`]. Any answer counts, a refusal included: the command that follows reports
+/// it. Only silence and transport failures move on to the next node.
+async fn probe(client: &mut Client) -> Result<(), String> {
+    let mut request = tonic::Request::new(api::MembersRequest {});
+    request.set_timeout(PROBE);
+    match tokio::time::timeout(PROBE, client.members(request)).await {
+        Err(_) => Err(format!("no answer within {PROBE:?}")),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(status)) => match status.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+                Err(status.message().to_string())
+            }
+            _ => Ok(()),
+        },
+    }
+}
+
 /// Connects to the first hub address that answers.
 pub async fn connect(cli: &Cli) -> Result<Client, CliError> {
     let file = load_file(cli)?;
@@ -106,29 +128,24 @@ pub async fn connect(cli: &Cli) -> Result<Client, CliError> {
         .map_err(|_| CliError::Setup("the token has characters a header cannot carry".into()))?;
     let mut last = None;
     for address in hubs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-        let channel = match vigo_common::tls::channel(address, tls.clone(), Duration::from_secs(5))
-        {
+        let channel = match vigo_common::tls::channel(address, tls.clone(), PROBE) {
             Ok(c) => c,
             Err(e) => {
                 last = Some(format!("{address}: {e}"));
                 continue;
             }
         };
-        // The channel connects lazily: reach the port first so a dead node is skipped.
-        let reachable = tokio::net::TcpStream::connect(address);
-        match tokio::time::timeout(Duration::from_secs(5), reachable).await {
-            Ok(Ok(_)) => {
-                let auth = Bearer(bearer.clone());
-                return Ok(
-                    api::hub_admin_client::HubAdminClient::with_interceptor(channel, auth)
-                        .max_decoding_message_size(vigo_common::limits::MAX_ADMIN_ANSWER)
-                        .max_encoding_message_size(vigo_common::limits::MAX_CONFIG_MESSAGE)
-                        .max_decoding_message_size(64 << 20)
-                        .max_encoding_message_size(64 << 20),
-                );
-            }
-            Ok(Err(e)) => last = Some(format!("{address}: {e}")),
-            Err(_) => last = Some(format!("{address}: no answer within 5s")),
+        let mut client = api::hub_admin_client::HubAdminClient::with_interceptor(
+            channel,
+            Bearer(bearer.clone()),
+        )
+        .max_decoding_message_size(vigo_common::limits::MAX_ADMIN_ANSWER)
+        .max_encoding_message_size(vigo_common::limits::MAX_CONFIG_MESSAGE);
+        // A port that accepts is not a hub that answers (a frozen node's kernel still
+        // completes the TCP handshake): ask it something cheap, briefly.
+        match probe(&mut client).await {
+            Ok(()) => return Ok(client),
+            Err(why) => last = Some(format!("{address}: {why}")),
         }
     }
     Err(CliError::Setup(format!(

@@ -1,0 +1,57 @@
+//! vigocli against a cluster, as an operator runs it: a real process.
+
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::Duration;
+
+use vigo_tests::binary;
+use vigo_tests::cluster::Cluster;
+
+/// A port that accepts connections and never says a word: a frozen hub node (its
+/// kernel still completes TCP handshakes).
+fn frozen_node() -> (String, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let held = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        listener.set_nonblocking(true).unwrap();
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < until {
+            match listener.accept() {
+                Ok((s, _)) => open.push(s),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    (address, held)
+}
+
+/// With a frozen node first in its list, vigocli moves on to one that answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vigocli_skips_a_hub_that_accepts_but_does_not_answer() {
+    let cluster = Cluster::start(1, &["spoke-a"]).await;
+    let (frozen, _held) = frozen_node();
+    let token = cluster.dir.path().join("hub-1").join("admin.token");
+    let ca = cluster.pki("ca.pem");
+    let hubs = format!("{frozen},{}", cluster.hub_address(0));
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(binary("vigocli"))
+            .args(["--hub", &hubs, "--ca"])
+            .arg(&ca)
+            .arg("--token-file")
+            .arg(&token)
+            .args(["--timeout", "10s", "hub", "members", "--json"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "vigocli failed: {stderr}");
+    let members: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        members.to_string().contains(&cluster.hub_address(0)),
+        "{members}"
+    );
+    drop(cluster);
+}
