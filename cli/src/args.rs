@@ -220,6 +220,10 @@ pub enum TokenCmd {
         /// Enrollment tokens: may re-enroll a known hostname with a new key.
         #[arg(long)]
         allow_rekey: bool,
+        /// Enrollment tokens: only hostnames matching PATTERN enroll (a glob, as
+        /// hostcrates match; repeat for several, at most 32). Default: any hostname.
+        #[arg(long = "hostname", value_name = "PATTERN")]
+        hostnames: Vec<String>,
         /// Write the secret to FILE (0600) instead of printing it; when FILE exists
         /// already, do nothing (a deployment step that runs at every start).
         #[arg(long, value_name = "FILE")]

@@ -672,10 +672,18 @@ async fn token(cli: &Cli, c: &mut Client, cmd: &TokenCmd) -> Result<u8, CliError
                     } else {
                         "valid".into()
                     },
+                    if t.hostnames.is_empty() {
+                        "-".into()
+                    } else {
+                        t.hostnames.join(",")
+                    },
                 ]
             })
             .collect::<Vec<_>>();
-        table(&["NAME", "ROLE", "USED", "EXPIRES IN", "STATE"], &rows)
+        table(
+            &["NAME", "ROLE", "USED", "EXPIRES IN", "STATE", "HOSTNAMES"],
+            &rows,
+        )
     };
     match cmd {
         TokenCmd::Create {
@@ -684,6 +692,7 @@ async fn token(cli: &Cli, c: &mut Client, cmd: &TokenCmd) -> Result<u8, CliError
             uses,
             expires_in,
             allow_rekey,
+            hostnames,
             write_secret,
         } => {
             if let Some(file) = write_secret
@@ -704,6 +713,7 @@ async fn token(cli: &Cli, c: &mut Client, cmd: &TokenCmd) -> Result<u8, CliError
                         uses: uses.unwrap_or(0),
                         expires_ms: expires_in.map_or(0, |d| now_ms() + d.as_millis() as u64),
                         allow_rekey: *allow_rekey,
+                        hostnames: hostnames.clone(),
                     },
                 ))
                 .await?

@@ -63,6 +63,57 @@ impl Pattern {
     }
 }
 
+/// The hostnames an enrollment token may enroll: any (no patterns), or those matching
+/// one of its patterns. Hub and standalone spokes check tokens with it alike.
+#[derive(Clone, Default)]
+pub struct Scope {
+    patterns: Vec<String>,
+    set: Option<globset::GlobSet>,
+}
+
+impl Scope {
+    /// Patterns one token may carry.
+    pub const MAX_PATTERNS: usize = 32;
+
+    pub fn new(patterns: &[String]) -> Result<Self, String> {
+        if patterns.len() > Self::MAX_PATTERNS {
+            return Err(format!(
+                "{} patterns; a token carries at most {}",
+                patterns.len(),
+                Self::MAX_PATTERNS
+            ));
+        }
+        if patterns.is_empty() {
+            return Ok(Self::default());
+        }
+        let mut set = globset::GlobSetBuilder::new();
+        for p in patterns {
+            set.add(glob(p)?);
+        }
+        let set = set
+            .build()
+            .map_err(|e| format!("the patterns do not compile: {e}"))?;
+        Ok(Self {
+            patterns: patterns.to_vec(),
+            set: Some(set),
+        })
+    }
+
+    pub fn admits(&self, hostname: &str) -> bool {
+        self.set.as_ref().is_none_or(|s| s.is_match(hostname))
+    }
+
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+}
+
+impl std::fmt::Debug for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(&self.patterns).finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::normalize;
@@ -84,5 +135,15 @@ mod tests {
         for bad in ["", "a..b", ".a", "a b", "a/b", &"x".repeat(64)] {
             assert!(normalize(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn a_scope_admits_what_its_patterns_match_and_no_pattern_admits_all() {
+        use super::Scope;
+        assert!(Scope::new(&[]).unwrap().admits("db-1"));
+        let web = Scope::new(&["web-*".into(), "www".into()]).unwrap();
+        assert!(web.admits("web-1") && web.admits("WWW") && !web.admits("db-1"));
+        assert!(Scope::new(&["web-[".into()]).is_err());
+        assert!(Scope::new(&vec!["a".to_string(); 33]).is_err());
     }
 }

@@ -344,6 +344,13 @@ fn plan(
             t.name
         )));
     }
+    if !t.admits(hostname) {
+        return Err(HubError::TokenRefused(format!(
+            "token {:?} enrolls only hostnames matching {}",
+            t.name,
+            t.hostnames.join(", ")
+        )));
+    }
     let spoke_of = |id: &str| {
         s.spokes
             .get(id)

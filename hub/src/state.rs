@@ -54,6 +54,17 @@ pub struct Token {
     pub expires_ms: u64,
     pub allow_rekey: bool,
     pub revoked: bool,
+    /// Hostname patterns a hostname must match one of to enroll; empty = any.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+}
+
+impl Token {
+    /// Whether this token may enroll `hostname`. Patterns were checked when the token
+    /// was created; one that no longer compiles matches nothing.
+    pub fn admits(&self, hostname: &str) -> bool {
+        vigo_common::hostname::Scope::new(&self.hostnames).is_ok_and(|s| s.admits(hostname))
+    }
 }
 
 /// What an admin API token may do; each role includes the ones below it.
@@ -501,6 +512,7 @@ mod tests {
                 expires_ms: 100,
                 allow_rekey: false,
                 revoked: false,
+                hostnames: Vec::new(),
             },
         });
         s

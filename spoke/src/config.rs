@@ -216,6 +216,10 @@ pub struct TokenConfig {
     /// Allow re-enrolling an already enrolled hostname with a new key (machine rebuilt).
     #[serde(default)]
     pub allow_rekey: bool,
+    /// Only hostnames matching one of these patterns enroll with the token (globs, as
+    /// hostcrates match; at most 32); none: any hostname.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
 }
 
 fn default_name() -> String {
@@ -432,6 +436,9 @@ impl SpokeConfig {
             }
             if t.uses == 0 {
                 return Err(bad(&format!("{key}.uses"), "must be at least 1".into()));
+            }
+            if let Err(why) = vigo_common::hostname::Scope::new(&t.hostnames) {
+                return Err(bad(&format!("{key}.hostnames"), why));
             }
         }
         Ok(())

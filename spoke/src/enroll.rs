@@ -186,13 +186,13 @@ impl Enroller {
             let revoked = existing.read(|st| st.revoked);
             if existing.key == key && !revoked {
                 // A retry of an enrollment that succeeded: same envoy, fresh certificate.
-                self.tokens.check(&req.token, now)?;
+                self.tokens.check(&req.token, &hostname, now)?;
                 let cert = self
                     .ca
                     .issue_envoy(existing.id, key.as_bytes(), &req.csr_der)?;
                 return Ok(self.response(existing.id, cert, true));
             }
-            let token = self.tokens.check(&req.token, now)?;
+            let token = self.tokens.check(&req.token, &hostname, now)?;
             if !token.allow_rekey {
                 return Err(SpokeError::HostnameTaken {
                     hostname,
@@ -203,7 +203,7 @@ impl Enroller {
         }
 
         let pending = self.registry.hold(&hostname)?;
-        let token = self.tokens.reserve(&req.token, now)?;
+        let token = self.tokens.reserve(&req.token, &hostname, now)?;
         let this = self.clone();
         // The enrollment runs to its end even if the caller leaves; the hostname stays
         // held until then.

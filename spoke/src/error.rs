@@ -44,6 +44,8 @@ pub enum SpokeError {
     TokenSpent(String),
     #[error("enrollment token {0:?} has expired")]
     TokenExpired(String),
+    #[error("enrollment token {name:?} enrolls only hostnames matching {patterns}")]
+    TokenScope { name: String, patterns: String },
     #[error(
         "hostname {hostname:?} is enrolled as envoy {id} with another key; re-enrolling it needs a token with allow_rekey"
     )]
@@ -77,7 +79,8 @@ impl SpokeError {
             | Revoked(_)
             | StaleCertificate(_)
             | TokenSpent(_)
-            | TokenExpired(_) => Code::PermissionDenied,
+            | TokenExpired(_)
+            | TokenScope { .. } => Code::PermissionDenied,
             UnknownEnvoy(_) => Code::NotFound,
             Moved { .. } => Code::FailedPrecondition,
             StaleTimestamp { .. }

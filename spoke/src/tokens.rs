@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
+use vigo_common::hostname::Scope;
+
 use crate::config::TokenConfig;
 use crate::error::SpokeError;
 
@@ -25,6 +27,7 @@ struct Token {
     uses: u64,
     expires: Option<SystemTime>,
     allow_rekey: bool,
+    scope: Option<Scope>,
 }
 
 #[derive(Default)]
@@ -61,6 +64,9 @@ impl TokenBook {
                         uses: t.uses,
                         expires: t.expires,
                         allow_rekey: t.allow_rekey,
+                        // Checked when the config loaded; a scope that does not build
+                        // (None) admits nothing rather than everything.
+                        scope: Scope::new(&t.hostnames).ok(),
                     },
                 ))
             })
@@ -78,14 +84,28 @@ impl TokenBook {
         self.book.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Checks the token is known and unexpired, without spending a use (a retried
-    /// enrollment of an already enrolled envoy).
-    pub fn check(&self, secret: &str, now: SystemTime) -> Result<Reservation, SpokeError> {
+    /// Checks the token is known, unexpired and may enroll `hostname`, without spending
+    /// a use (a retried enrollment of an already enrolled envoy).
+    pub fn check(
+        &self,
+        secret: &str,
+        hostname: &str,
+        now: SystemTime,
+    ) -> Result<Reservation, SpokeError> {
         let hash = hash_secret(secret);
         let book = self.lock();
         let token = book.tokens.get(&hash).ok_or(SpokeError::UnknownToken)?;
         if token.expires.is_some_and(|e| now >= e) {
             return Err(SpokeError::TokenExpired(token.name.clone()));
+        }
+        if !token.scope.as_ref().is_some_and(|s| s.admits(hostname)) {
+            return Err(SpokeError::TokenScope {
+                name: token.name.clone(),
+                patterns: token
+                    .scope
+                    .as_ref()
+                    .map_or("(none that compile)".into(), |s| s.patterns().join(", ")),
+            });
         }
         Ok(Reservation {
             hash,
@@ -95,8 +115,13 @@ impl TokenBook {
     }
 
     /// Reserves one use of the token.
-    pub fn reserve(&self, secret: &str, now: SystemTime) -> Result<Reservation, SpokeError> {
-        let r = self.check(secret, now)?;
+    pub fn reserve(
+        &self,
+        secret: &str,
+        hostname: &str,
+        now: SystemTime,
+    ) -> Result<Reservation, SpokeError> {
+        let r = self.check(secret, hostname, now)?;
         let mut book = self.lock();
         let limit = book.tokens[&r.hash].uses;
         let taken = book.used.get(&r.hash).copied().unwrap_or(0)
@@ -139,6 +164,7 @@ mod tests {
             uses,
             expires,
             allow_rekey: false,
+            hostnames: Vec::new(),
         }
     }
 
@@ -146,22 +172,22 @@ mod tests {
     fn uses_are_counted_across_reservations() {
         let book = TokenBook::new(&[config("s", 2, None)], HashMap::new());
         let now = SystemTime::now();
-        let a = book.reserve("s", now).unwrap();
-        let b = book.reserve("s", now).unwrap();
+        let a = book.reserve("s", "h1", now).unwrap();
+        let b = book.reserve("s", "h1", now).unwrap();
         assert!(matches!(
-            book.reserve("s", now),
+            book.reserve("s", "h1", now),
             Err(SpokeError::TokenSpent(_))
         ));
         book.release(&b);
         book.commit(&a);
-        let c = book.reserve("s", now).unwrap();
+        let c = book.reserve("s", "h1", now).unwrap();
         book.commit(&c);
         assert!(matches!(
-            book.reserve("s", now),
+            book.reserve("s", "h1", now),
             Err(SpokeError::TokenSpent(_))
         ));
         assert!(matches!(
-            book.reserve("x", now),
+            book.reserve("x", "h1", now),
             Err(SpokeError::UnknownToken)
         ));
     }
@@ -171,15 +197,37 @@ mod tests {
         let past = SystemTime::now() - Duration::from_secs(1);
         let book = TokenBook::new(&[config("old", 5, Some(past))], HashMap::new());
         assert!(matches!(
-            book.reserve("old", SystemTime::now()),
+            book.reserve("old", "h1", SystemTime::now()),
             Err(SpokeError::TokenExpired(_))
         ));
         let used = HashMap::from([(hash_secret("s"), 1)]);
         let book = TokenBook::new(&[config("s", 1, None)], used);
         assert!(matches!(
-            book.reserve("s", SystemTime::now()),
+            book.reserve("s", "h1", SystemTime::now()),
             Err(SpokeError::TokenSpent(_))
         ));
-        assert!(book.check("s", SystemTime::now()).is_ok());
+        assert!(book.check("s", "h1", SystemTime::now()).is_ok());
+    }
+
+    #[test]
+    fn a_scoped_token_enrolls_only_matching_hostnames() {
+        let scoped = TokenConfig {
+            hostnames: vec!["web-*".into()],
+            ..config("s", 5, None)
+        };
+        let book = TokenBook::new(&[scoped], HashMap::new());
+        let now = SystemTime::now();
+        assert!(matches!(
+            book.reserve("s", "db-1", now),
+            Err(SpokeError::TokenScope { .. })
+        ));
+        assert!(book.reserve("s", "web-1", now).is_ok());
+        // A scope that does not build admits nothing.
+        let broken = TokenConfig {
+            hostnames: vec!["web-[".into()],
+            ..config("b", 5, None)
+        };
+        let book = TokenBook::new(&[broken], HashMap::new());
+        assert!(book.check("b", "web-1", now).is_err());
     }
 }

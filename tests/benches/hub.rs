@@ -63,6 +63,7 @@ async fn snapshot_at(pins: u64) {
                 expires_ms: 0,
                 allow_rekey: false,
                 revoked: false,
+                hostnames: Vec::new(),
             },
         });
         for chunk in (1..=pins).collect::<Vec<_>>().chunks(256) {

@@ -1,5 +1,6 @@
-//! Spoke membership is the hub's decision: a removed spoke stays removed when it
-//! restarts and asks to register, until an operator adds it again.
+//! Who may join, as the hub decides it: a removed spoke stays removed when it restarts
+//! and asks to register, until an operator adds it again; an enrollment token scoped to
+//! hostname patterns enrolls those hostnames only.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,4 +99,78 @@ async fn a_removed_spoke_stays_removed_until_an_operator_adds_it() {
         .await
         .expect("an added spoke registers");
     assert_eq!(state_of(&cluster, "spoke-b"), "active");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_scoped_to_hostnames_enrolls_only_those() {
+    let cluster = Cluster::start(1, SPOKES).await;
+    let bad_pattern = cluster
+        .admin(0)
+        .create_token(api::CreateTokenRequest {
+            name: "broken".into(),
+            role: "enroll".into(),
+            hostnames: vec!["web-[".into()],
+            ..Default::default()
+        })
+        .await
+        .expect_err("a pattern that does not compile");
+    assert_eq!(bad_pattern.code(), Code::InvalidArgument);
+    let secret = cluster
+        .admin(0)
+        .create_token(api::CreateTokenRequest {
+            name: "web-only".into(),
+            role: "enroll".into(),
+            uses: 10,
+            hostnames: vec!["web-*".into(), "www".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let enroll = |hostname: &'static str| {
+        let (ca, secret, hub) = (cluster.ca_pem(), secret.clone(), cluster.hub_address(0));
+        async move {
+            vigo_envoy::client::enroll(
+                &hub,
+                &ca,
+                &secret,
+                hostname,
+                vigo_common::signing::generate_key(),
+            )
+            .await
+        }
+    };
+    let before = cluster.state(0);
+    let Err(refused) = enroll("db-1").await else {
+        panic!("db-1 is not web-*");
+    };
+    match refused {
+        vigo_envoy::client::ClientError::Rpc { status, .. } => {
+            assert_eq!(
+                status.code(),
+                Code::PermissionDenied,
+                "{}",
+                status.message()
+            );
+            assert!(status.message().contains("web-*"), "{}", status.message());
+        }
+        other => panic!("{other:?}"),
+    }
+    let after = cluster.state(0);
+    assert_eq!(after.pins, before.pins, "nothing pinned");
+    assert_eq!(after.tokens, before.tokens, "no use spent");
+    enroll("web-1").await.expect("web-1 matches");
+    enroll("www").await.expect("www matches");
+    let listed = cluster
+        .admin(0)
+        .list_tokens(api::ListTokensRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let web = listed.tokens.iter().find(|t| t.name == "web-only").unwrap();
+    assert_eq!(
+        (web.used, web.hostnames.clone()),
+        (2, vec!["web-*".to_string(), "www".to_string()])
+    );
 }

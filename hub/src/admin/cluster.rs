@@ -175,12 +175,14 @@ impl AdminApi {
                 )
             })?),
         };
-        if api_role.is_some() && (req.uses != 0 || req.allow_rekey) {
+        if api_role.is_some() && (req.uses != 0 || req.allow_rekey || !req.hostnames.is_empty()) {
             return Err(HubError::malformed(
                 "uses",
-                "uses and allow_rekey are for enroll tokens",
+                "uses, allow_rekey and hostnames are for enroll tokens",
             ));
         }
+        vigo_common::hostname::Scope::new(&req.hostnames)
+            .map_err(|why| HubError::malformed("hostnames", why))?;
         if self.token_exists(&req.name) {
             return Err(HubError::AlreadyExists(format!(
                 "a token named {:?} exists",
@@ -211,6 +213,7 @@ impl AdminApi {
                             expires_ms: req.expires_ms,
                             allow_rekey: req.allow_rekey,
                             revoked: false,
+                            hostnames: req.hostnames.clone(),
                         },
                     },
                 };
@@ -245,6 +248,7 @@ impl AdminApi {
                     used: t.used,
                     expires_ms: t.expires_ms,
                     revoked: t.revoked,
+                    hostnames: t.hostnames.clone(),
                 })
                 .chain(s.api_tokens.values().map(|t| api::TokenInfo {
                     name: t.name.clone(),
@@ -253,6 +257,7 @@ impl AdminApi {
                     used: 0,
                     expires_ms: t.expires_ms,
                     revoked: t.revoked,
+                    hostnames: Vec::new(),
                 }))
                 .collect();
             out.sort_by(|a, b| a.name.cmp(&b.name));
