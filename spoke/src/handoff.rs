@@ -4,10 +4,8 @@
 //! keeps a durable forwarding address, so an envoy's next check-in is redirected and
 //! it never re-enrolls. Every step is idempotent, so the hub can simply retry.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use ed25519_dalek::VerifyingKey;
 use tracing::info;
 use vigo_common::EnvoyId;
 use vigo_common::signing::parse_public_key;
@@ -25,54 +23,6 @@ use crate::traits_store;
 
 /// Largest batch of envoys one export, import or hand-off carries.
 pub const MAX_BATCH: usize = 2000;
-
-/// Envoys that moved away: where they went, and the key their redirected check-ins
-/// are verified with.
-#[derive(Default)]
-pub struct Forwards {
-    map: RwLock<HashMap<u64, (VerifyingKey, Arc<str>)>>,
-}
-
-impl Forwards {
-    pub fn get(&self, id: EnvoyId) -> Option<(VerifyingKey, Arc<str>)> {
-        self.map
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id.get())
-            .cloned()
-    }
-
-    fn set(&self, id: u64, key: VerifyingKey, address: &str) {
-        self.map
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, (key, address.into()));
-    }
-
-    fn clear(&self, id: u64) {
-        self.map
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-    }
-
-    /// Loads the forwarding rows at start-up.
-    pub fn restore(&self, rows: HashMap<u64, StoredForward>) {
-        for (id, row) in rows {
-            if let Ok(key) = parse_public_key(&row.public_key) {
-                self.set(id, key, &row.address);
-            }
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.read().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 fn batch_size(n: usize) -> Result<(), SpokeError> {
     if n > MAX_BATCH {

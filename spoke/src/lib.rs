@@ -16,6 +16,7 @@ pub mod enroll;
 pub mod error;
 pub mod fleet;
 pub mod flusher;
+pub mod forwards;
 pub mod gateway;
 mod grpc;
 pub mod handoff;
