@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
-use vigo_common::pki::PkiLayout;
+use vigo_common::pki::{PkiLayout, Role};
 use vigo_common::signing::generate_key;
 use vigo_common::tls;
 use vigo_envoy::client::{self, ClientError, Identity};
@@ -263,6 +263,29 @@ impl Cluster {
             .expect("channel"),
         )
         .max_decoding_message_size(32 << 20)
+    }
+
+    /// A channel to hub `i` without a client certificate (what an envoy enrolling, or
+    /// an API client with a bearer token, opens).
+    pub fn anonymous_channel(&self, i: usize) -> Channel {
+        let tls = tls::client_config(&self.ca_pem(), None, &[Role::Hub]).expect("client tls");
+        tls::channel(&self.hub_address(i), Arc::new(tls), Duration::from_secs(5)).expect("channel")
+    }
+
+    /// The hub's spoke service on hub `i`, called with `spoke`'s own certificate.
+    pub fn as_spoke(
+        &self,
+        spoke: &str,
+        i: usize,
+    ) -> pb::hub_spokes_client::HubSpokesClient<Channel> {
+        let cert = std::fs::read_to_string(self.pki(&format!("{spoke}.pem"))).expect("cert");
+        let key = std::fs::read_to_string(self.pki(&format!("{spoke}.key"))).expect("key");
+        let tls = tls::client_config(&self.ca_pem(), Some((&cert, &key)), &[Role::Hub])
+            .expect("client tls");
+        pb::hub_spokes_client::HubSpokesClient::new(
+            tls::channel(&self.hub_address(i), Arc::new(tls), Duration::from_secs(5))
+                .expect("channel"),
+        )
     }
 
     /// Enrolls `hostname` through hub `i`.

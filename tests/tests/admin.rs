@@ -590,21 +590,7 @@ async fn rest_roles_and_malformed_requests_get_precise_answers() {
     }
 
     // gRPC with the same tokens: the same roles.
-    let mut grpc = api::hub_admin_client::HubAdminClient::new(
-        vigo_common::tls::channel(
-            &cluster.hub_address(2),
-            Arc::new(
-                vigo_common::tls::client_config(
-                    &cluster.ca_pem(),
-                    None,
-                    &[vigo_common::pki::Role::Hub],
-                )
-                .unwrap(),
-            ),
-            Duration::from_secs(5),
-        )
-        .unwrap(),
-    );
+    let mut grpc = api::hub_admin_client::HubAdminClient::new(cluster.anonymous_channel(2));
     let mut push = tonic::Request::new(api::PushRequest {
         all: true,
         ..Default::default()

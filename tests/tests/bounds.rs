@@ -2,38 +2,16 @@
 //! size and shape before it is proposed, so no spoke can grow the raft log or every
 //! snapshot with what it chooses to send.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use tonic::Code;
-use vigo_common::pki::Role;
 use vigo_tests::cluster::Cluster;
 use vigo_tests::v1 as pb;
 
 const SPOKES: &[&str] = &["spoke-a"];
 
-/// A client of the hub's spoke service holding spoke-a's certificate.
-fn as_spoke_a(
-    cluster: &Cluster,
-) -> pb::hub_spokes_client::HubSpokesClient<tonic::transport::Channel> {
-    let cert = std::fs::read_to_string(cluster.pki("spoke-a.pem")).unwrap();
-    let key = std::fs::read_to_string(cluster.pki("spoke-a.key")).unwrap();
-    let tls = vigo_common::tls::client_config(&cluster.ca_pem(), Some((&cert, &key)), &[Role::Hub])
-        .unwrap();
-    pb::hub_spokes_client::HubSpokesClient::new(
-        vigo_common::tls::channel(
-            &cluster.hub_address(0),
-            Arc::new(tls),
-            Duration::from_secs(5),
-        )
-        .unwrap(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heartbeat_reports_a_policy_version_or_nothing() {
     let cluster = Cluster::start(1, SPOKES).await;
-    let mut hub = as_spoke_a(&cluster);
+    let mut hub = cluster.as_spoke("spoke-a", 0);
     let before = cluster.state(0).spokes["spoke-a"].clone();
 
     for junk in ["x".repeat(60_000), "ab".into(), "g".repeat(64)] {
@@ -73,7 +51,7 @@ async fn a_heartbeat_reports_a_policy_version_or_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spoke_registers_with_an_address_that_is_one() {
     let cluster = Cluster::start(1, SPOKES).await;
-    let mut hub = as_spoke_a(&cluster);
+    let mut hub = cluster.as_spoke("spoke-a", 0);
     let before = cluster.state(0).spokes["spoke-a"].clone();
     // The host part is a DNS name (at most 253 bytes); the port is a port.
     let long = format!("spoke.example:{}", "7".repeat(4000));

@@ -389,21 +389,7 @@ async fn bad_input_gets_a_precise_error_and_leaves_no_trace() {
     .await;
     assert_eq!(code(unknown), Code::Unauthenticated);
 
-    let mut raw = pb::enrollment_client::EnrollmentClient::new(
-        vigo_common::tls::channel(
-            &cluster.hub_address(2),
-            Arc::new(
-                vigo_common::tls::client_config(
-                    &cluster.ca_pem(),
-                    None,
-                    &[vigo_common::pki::Role::Hub],
-                )
-                .unwrap(),
-            ),
-            Duration::from_secs(5),
-        )
-        .unwrap(),
-    );
+    let mut raw = pb::enrollment_client::EnrollmentClient::new(cluster.anonymous_channel(2));
     let short_key = raw
         .enroll(pb::EnrollRequest {
             token: cluster.token.clone(),
@@ -665,21 +651,7 @@ async fn envoys_locate_their_spoke_and_retries_keep_their_pin() {
         as_other.locate(signed.clone()).await.unwrap_err().code(),
         Code::PermissionDenied
     );
-    let mut anonymous = pb::hub_locate_client::HubLocateClient::new(
-        vigo_common::tls::channel(
-            &cluster.hub_address(1),
-            Arc::new(
-                vigo_common::tls::client_config(
-                    &cluster.ca_pem(),
-                    None,
-                    &[vigo_common::pki::Role::Hub],
-                )
-                .unwrap(),
-            ),
-            Duration::from_secs(5),
-        )
-        .unwrap(),
-    );
+    let mut anonymous = pb::hub_locate_client::HubLocateClient::new(cluster.anonymous_channel(1));
     assert_eq!(
         anonymous.locate(signed).await.unwrap_err().code(),
         Code::Unauthenticated

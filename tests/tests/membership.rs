@@ -2,34 +2,12 @@
 //! and asks to register, until an operator adds it again; an enrollment token scoped to
 //! hostname patterns enrolls those hostnames only.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use tonic::Code;
-use vigo_common::pki::Role;
 use vigo_proto::admin::v1 as api;
 use vigo_tests::cluster::Cluster;
 use vigo_tests::v1 as pb;
 
 const SPOKES: &[&str] = &["spoke-a", "spoke-b"];
-
-/// The hub's spoke service, as spoke-b (its own certificate).
-fn as_spoke_b(
-    cluster: &Cluster,
-) -> pb::hub_spokes_client::HubSpokesClient<tonic::transport::Channel> {
-    let cert = std::fs::read_to_string(cluster.pki("spoke-b.pem")).unwrap();
-    let key = std::fs::read_to_string(cluster.pki("spoke-b.key")).unwrap();
-    let tls = vigo_common::tls::client_config(&cluster.ca_pem(), Some((&cert, &key)), &[Role::Hub])
-        .unwrap();
-    pb::hub_spokes_client::HubSpokesClient::new(
-        vigo_common::tls::channel(
-            &cluster.hub_address(0),
-            Arc::new(tls),
-            Duration::from_secs(5),
-        )
-        .unwrap(),
-    )
-}
 
 fn state_of(cluster: &Cluster, spoke: &str) -> String {
     cluster.state(0).spokes[spoke].state.as_str().to_string()
@@ -53,7 +31,8 @@ async fn a_removed_spoke_stays_removed_until_an_operator_adds_it() {
     cluster.stop_spoke(1).await;
     cluster.start_spoke(1).await;
     let address = cluster.spoke_address(1);
-    let refused = as_spoke_b(&cluster)
+    let refused = cluster
+        .as_spoke("spoke-b", 0)
         .register_spoke(pb::RegisterSpokeRequest {
             address: address.clone(),
             weight: 1,
@@ -94,7 +73,8 @@ async fn a_removed_spoke_stays_removed_until_an_operator_adds_it() {
         .unwrap()
         .into_inner();
     assert_eq!(added.state, "active");
-    as_spoke_b(&cluster)
+    cluster
+        .as_spoke("spoke-b", 0)
         .register_spoke(pb::RegisterSpokeRequest { address, weight: 1 })
         .await
         .expect("an added spoke registers");
