@@ -4,23 +4,12 @@
 use std::time::Duration;
 
 use tonic::Code;
+use vigo_common::net::status_chain;
 use vigo_common::pki::Role;
 use vigo_envoy::client;
 use vigo_tests::cluster::Cluster;
 
 const SPOKES: &[&str] = &["spoke-a"];
-
-/// The source chain of a status, as one line (the TLS refusal sits under the transport
-/// error).
-fn chain(status: &tonic::Status) -> String {
-    let mut line = status.message().to_string();
-    let mut source = std::error::Error::source(status);
-    while let Some(s) = source {
-        line = format!("{line}: {s}");
-        source = s.source();
-    }
-    line
-}
 
 /// An envoy's certificate-holding client accepts only a spoke: pointed at a hub (a
 /// server the same CA vouches for), it refuses the handshake and sends nothing. The
@@ -45,11 +34,16 @@ async fn an_envoy_talks_only_to_a_spoke_certificate() {
     let refused = client::send_check_in(&mut at_hub, request())
         .await
         .expect_err("a hub's certificate is not a spoke's");
-    assert_eq!(refused.code(), Code::Unavailable, "{}", chain(&refused));
-    assert!(
-        chain(&refused).contains("a hub certificate where a spoke certificate was expected"),
+    assert_eq!(
+        refused.code(),
+        Code::Unavailable,
         "{}",
-        chain(&refused)
+        status_chain(&refused)
+    );
+    assert!(
+        status_chain(&refused).contains("a hub certificate where a spoke certificate was expected"),
+        "{}",
+        status_chain(&refused)
     );
 
     let mut at_spoke = client::gateway(&identity.spoke_address, tls).unwrap();
@@ -81,10 +75,15 @@ async fn a_client_for_hubs_refuses_a_spoke() {
         .enroll(vigo_tests::v1::EnrollRequest::default())
         .await
         .expect_err("a spoke is not a hub");
-    assert_eq!(refused.code(), Code::Unavailable, "{}", chain(&refused));
-    assert!(
-        chain(&refused).contains("a spoke certificate where a hub certificate was expected"),
+    assert_eq!(
+        refused.code(),
+        Code::Unavailable,
         "{}",
-        chain(&refused)
+        status_chain(&refused)
+    );
+    assert!(
+        status_chain(&refused).contains("a spoke certificate where a hub certificate was expected"),
+        "{}",
+        status_chain(&refused)
     );
 }

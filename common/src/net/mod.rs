@@ -45,6 +45,18 @@ pub fn code_label(code: Code) -> &'static str {
     }
 }
 
+/// A status's message followed by its sources, as one line: what a transport failure
+/// really was (a TLS refusal, a reset connection) sits in the sources.
+pub fn status_chain(status: &tonic::Status) -> String {
+    let mut line = status.message().to_string();
+    let mut source = std::error::Error::source(status);
+    while let Some(s) = source {
+        line = format!("{line}: {s}");
+        source = s.source();
+    }
+    line
+}
+
 /// Describes the metric families of the network layer.
 pub fn describe_metrics() {
     listen::describe_metrics();

@@ -471,13 +471,10 @@ async fn envoy(
 /// A failure as the summary counts it: the code and the start of the message (which
 /// tells a timeout from a reset connection).
 fn failure(status: &tonic::Status) -> String {
-    let mut message = status.message().to_string();
-    let mut source = std::error::Error::source(status);
-    while let Some(s) = source {
-        message = format!("{message}: {s}");
-        source = s.source();
-    }
-    let message: String = message.chars().take(96).collect();
+    let message: String = vigo_common::net::status_chain(status)
+        .chars()
+        .take(96)
+        .collect();
     format!("{:?}: {message}", status.code())
 }
 
