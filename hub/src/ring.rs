@@ -5,6 +5,7 @@
 //! first placement: once placed, the replicated pin is the truth.
 
 use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
 use vigo_common::limits::MAX_SPOKE_WEIGHT;
 
 use hashring::HashRing;
@@ -27,6 +28,41 @@ impl Hash for Point {
 
 pub struct Ring {
     ring: HashRing<Point>,
+}
+
+/// The ring of a replicated state, built when first asked for after the spokes changed
+/// (a ring of heavy spokes is tens of thousands of points: not rebuilt per enrollment).
+/// It is derived data: never serialized, equal to any other cache, empty when cloned.
+#[derive(Default)]
+pub struct RingCache(Mutex<Option<Arc<Ring>>>);
+
+impl RingCache {
+    pub fn get(&self, build: impl FnOnce() -> Ring) -> Arc<Ring> {
+        let mut cached = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        cached.get_or_insert_with(|| Arc::new(build())).clone()
+    }
+
+    pub fn clear(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+impl Clone for RingCache {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for RingCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for RingCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RingCache")
+    }
 }
 
 impl Ring {

@@ -5,10 +5,11 @@
 //! command, so every hub node reaches the same state from the same log.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ring::Ring;
+use crate::ring::{Ring, RingCache};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SpokeState {
@@ -207,10 +208,23 @@ pub struct ClusterState {
     /// Published versions, oldest first.
     pub configs: Vec<ConfigEntry>,
     pub current_config: String,
+    /// Derived from `spokes`, rebuilt after they change.
+    #[serde(skip)]
+    ring: RingCache,
 }
 
 impl ClusterState {
     pub fn apply(&mut self, command: Command) -> Applied {
+        if matches!(
+            command,
+            Command::RegisterSpoke { .. } | Command::SetSpokeState { .. }
+        ) {
+            self.ring.clear();
+        }
+        self.apply_command(command)
+    }
+
+    fn apply_command(&mut self, command: Command) -> Applied {
         match command {
             Command::Found {
                 ca_cert_pem,
@@ -471,14 +485,16 @@ impl ClusterState {
         self.configs.iter().rev().find(|c| c.version == version)
     }
 
-    /// The ring over active spokes.
-    pub fn ring(&self) -> Ring {
-        Ring::new(
-            self.spokes
-                .values()
-                .filter(|s| s.state == SpokeState::Active)
-                .map(|s| (s.id.as_str(), s.weight)),
-        )
+    /// The ring over active spokes (built once per change of the spokes).
+    pub fn ring(&self) -> Arc<Ring> {
+        self.ring.get(|| {
+            Ring::new(
+                self.spokes
+                    .values()
+                    .filter(|s| s.state == SpokeState::Active)
+                    .map(|s| (s.id.as_str(), s.weight)),
+            )
+        })
     }
 
     /// Pins per spoke.
@@ -631,6 +647,31 @@ mod tests {
             s.overrides.is_empty(),
             "overrides to a removed spoke go with it"
         );
+    }
+
+    #[test]
+    fn the_ring_is_built_once_per_change_of_the_spokes() {
+        let mut s = state_with_spoke();
+        let first = s.ring();
+        s.apply(Command::Heartbeat {
+            id: "a".into(),
+            config_version: String::new(),
+            at_ms: 2,
+        });
+        assert!(Arc::ptr_eq(&first, &s.ring()), "a heartbeat keeps the ring");
+        s.apply(Command::RegisterSpoke {
+            id: "b".into(),
+            address: "127.0.0.1:2".into(),
+            weight: 100,
+            at_ms: 2,
+        });
+        let second = s.ring();
+        assert!(!Arc::ptr_eq(&first, &second), "a new spoke rebuilds it");
+        let placed: std::collections::BTreeSet<_> = (0..200)
+            .filter_map(|i| s.place(&format!("h{i}"), &second))
+            .collect();
+        assert!(placed.contains("b"), "the new spoke takes envoys");
+        assert!(Arc::ptr_eq(&second, &s.ring()));
     }
 
     #[test]
