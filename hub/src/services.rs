@@ -144,7 +144,7 @@ impl pb::hub_spokes_server::HubSpokes for SpokesService {
                 if removed {
                     return Err(HubError::Precondition(format!(
                         "spoke {id} was removed from the cluster; an operator adds it again \
-                         with `vigocli spokes add {id}`"
+                         with `vigocli spoke add {id}`"
                     )));
                 }
                 let unchanged = node.read(|s| {

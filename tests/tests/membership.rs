@@ -46,7 +46,7 @@ async fn a_removed_spoke_stays_removed_until_an_operator_adds_it() {
         refused.message()
     );
     assert!(
-        refused.message().contains("vigocli spokes add spoke-b"),
+        refused.message().contains("vigocli spoke add spoke-b"),
         "{}",
         refused.message()
     );
