@@ -1,0 +1,234 @@
+//! Tests of the replicated state machine: every command applied to a state in memory.
+
+use super::*;
+
+fn state_with_spoke() -> ClusterState {
+    let mut s = ClusterState::default();
+    s.apply(Command::RegisterSpoke {
+        id: "a".into(),
+        address: "127.0.0.1:1".into(),
+        weight: 1,
+        at_ms: 1,
+    });
+    s.apply(Command::CreateToken {
+        hash: [1; 32],
+        token: Token {
+            name: "t".into(),
+            uses: 2,
+            used: 0,
+            expires_ms: 100,
+            allow_rekey: false,
+            revoked: false,
+            hostnames: Vec::new(),
+        },
+    });
+    s
+}
+
+fn entry(id: u64, host: &str, key: u8, at_ms: u64) -> EnrollEntry {
+    EnrollEntry {
+        envoy_id: id,
+        hostname: host.into(),
+        key: [key; 32],
+        spoke: "a".into(),
+        token: [1; 32],
+        at_ms,
+    }
+}
+
+#[test]
+fn enrollment_counts_uses_and_is_idempotent() {
+    let mut s = state_with_spoke();
+    let r = s.apply(Command::Enroll(vec![
+        entry(10, "h1", 7, 5),
+        entry(11, "h1", 7, 5),
+        entry(12, "h2", 8, 5),
+        entry(13, "h3", 9, 5),
+        entry(14, "h1", 6, 5),
+    ]));
+    let Applied::Enrolled(results) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(results[0], Ok(10));
+    assert_eq!(results[1], Ok(10), "retry: same hostname and key, same pin");
+    assert_eq!(results[2], Ok(12));
+    assert!(results[3].as_ref().unwrap_err().contains("used up"));
+    assert!(results[4].as_ref().unwrap_err().contains("used up"));
+    assert_eq!(s.pins.len(), 2);
+    assert_eq!(s.tokens[&[1; 32]].used, 2);
+}
+
+#[test]
+fn refused_enrollments_leave_no_trace() {
+    let mut s = state_with_spoke();
+    let before = s.clone();
+    let mut late = entry(20, "h9", 1, 100);
+    let Applied::Enrolled(r) = s.apply(Command::Enroll(vec![late.clone()])) else {
+        panic!()
+    };
+    assert!(r[0].as_ref().unwrap_err().contains("expired"));
+    late.at_ms = 1;
+    late.token = [2; 32];
+    late.envoy_id = 21;
+    s.apply(Command::Enroll(vec![late]));
+    let mut elsewhere = entry(22, "h9", 1, 1);
+    elsewhere.spoke = "nowhere".into();
+    s.apply(Command::Enroll(vec![elsewhere]));
+    assert_eq!(s, before);
+    assert!(matches!(
+        s.apply(Command::SetOverrides(vec![Override {
+            pattern: "db-*".into(),
+            spoke: "nowhere".into()
+        }])),
+        Applied::Refused(_)
+    ));
+    assert_eq!(s, before);
+}
+
+#[test]
+fn moves_are_all_or_nothing_and_a_spoke_with_pins_stays() {
+    let mut s = state_with_spoke();
+    s.apply(Command::RegisterSpoke {
+        id: "b".into(),
+        address: "127.0.0.1:2".into(),
+        weight: 1,
+        at_ms: 1,
+    });
+    s.apply(Command::Enroll(vec![
+        entry(10, "h1", 7, 5),
+        entry(12, "h2", 8, 5),
+    ]));
+    let before = s.clone();
+    let partly_unknown = s.apply(Command::MovePins(vec![(10, "b".into()), (99, "b".into())]));
+    assert!(matches!(partly_unknown, Applied::Refused(_)));
+    assert_eq!(s, before, "nothing moved");
+    let refused = s.apply(Command::SetSpokeState {
+        id: "a".into(),
+        state: SpokeState::Removed,
+    });
+    assert!(matches!(refused, Applied::Refused(_)));
+    s.apply(Command::MovePins(vec![(10, "b".into()), (12, "b".into())]));
+    assert!(s.pins.values().all(|p| p.spoke == "b"));
+    s.apply(Command::SetOverrides(vec![Override {
+        pattern: "H*".into(),
+        spoke: "a".into(),
+    }]));
+    assert_eq!(
+        s.place("h9", &s.ring()).as_deref(),
+        Some("a"),
+        "overrides ignore case"
+    );
+    s.apply(Command::SetSpokeState {
+        id: "a".into(),
+        state: SpokeState::Draining,
+    });
+    assert_eq!(
+        s.place("h9", &s.ring()).as_deref(),
+        Some("b"),
+        "an override to a draining spoke falls back to the ring"
+    );
+    assert_eq!(
+        s.apply(Command::SetSpokeState {
+            id: "a".into(),
+            state: SpokeState::Removed,
+        }),
+        Applied::Done
+    );
+    assert!(
+        s.overrides.is_empty(),
+        "overrides to a removed spoke go with it"
+    );
+}
+
+#[test]
+fn the_ring_is_built_once_per_change_of_the_spokes() {
+    let mut s = state_with_spoke();
+    let first = s.ring();
+    s.apply(Command::Heartbeat {
+        id: "a".into(),
+        config_version: String::new(),
+        at_ms: 2,
+    });
+    assert!(Arc::ptr_eq(&first, &s.ring()), "a heartbeat keeps the ring");
+    s.apply(Command::RegisterSpoke {
+        id: "b".into(),
+        address: "127.0.0.1:2".into(),
+        weight: 100,
+        at_ms: 2,
+    });
+    let second = s.ring();
+    assert!(!Arc::ptr_eq(&first, &second), "a new spoke rebuilds it");
+    let placed: std::collections::BTreeSet<_> = (0..200)
+        .filter_map(|i| s.place(&format!("h{i}"), &second))
+        .collect();
+    assert!(placed.contains("b"), "the new spoke takes envoys");
+    assert!(Arc::ptr_eq(&second, &s.ring()));
+}
+
+#[test]
+fn config_history_keeps_the_versions_made_current_last() {
+    let mut s = ClusterState::default();
+    let publish = |s: &mut ClusterState, v: &str| {
+        let generation = s.next_config_generation(0);
+        s.apply(Command::PublishConfig {
+            entry: ConfigEntry {
+                version: v.into(),
+                author: "me".into(),
+                published_ms: 0,
+                message: String::new(),
+                files: BTreeMap::new(),
+                generation,
+            },
+            keep: 3,
+        })
+    };
+    for v in ["v1", "v2", "v3", "v4", "v5"] {
+        publish(&mut s, v);
+    }
+    let kept = |s: &ClusterState| {
+        s.configs
+            .iter()
+            .map(|c| c.version.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(kept(&s), ["v3", "v4", "v5"]);
+    assert!(s.config("v1").is_none(), "pruned");
+    let refused = s.apply(Command::Rollback {
+        version: "v1".into(),
+        generation: s.next_config_generation(0),
+    });
+    assert!(matches!(refused, Applied::Refused(_)));
+    // A rollback makes v3 the most recent; the next publish prunes v4.
+    let generation = s.next_config_generation(0);
+    s.apply(Command::Rollback {
+        version: "v3".into(),
+        generation,
+    });
+    publish(&mut s, "v6");
+    assert_eq!(kept(&s), ["v3", "v5", "v6"]);
+    assert_eq!(s.current_config, "v6");
+}
+
+#[test]
+fn revoked_and_duplicate_tokens() {
+    let mut s = state_with_spoke();
+    let dup = s.apply(Command::CreateApiToken {
+        hash: [9; 32],
+        token: ApiToken {
+            name: "t".into(),
+            role: ApiRole::Viewer,
+            expires_ms: 0,
+            revoked: false,
+        },
+    });
+    assert!(
+        matches!(dup, Applied::Refused(_)),
+        "names are unique across kinds"
+    );
+    s.apply(Command::RevokeToken { name: "t".into() });
+    let Applied::Enrolled(r) = s.apply(Command::Enroll(vec![entry(10, "h1", 7, 5)])) else {
+        panic!()
+    };
+    assert!(r[0].as_ref().unwrap_err().contains("revoked"));
+    assert!(s.pins.is_empty());
+}
