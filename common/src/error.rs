@@ -35,3 +35,19 @@ pub enum Error {
     #[error(transparent)]
     Policy(#[from] PolicyErrors),
 }
+
+impl crate::refusal::Refusal for Error {
+    fn kind(&self) -> crate::refusal::Kind {
+        use crate::refusal::Kind;
+        match self {
+            Error::Malformed { .. } | Error::Policy(_) => Kind::Malformed,
+            Error::BadSignature => Kind::Unauthenticated,
+            Error::File { .. }
+            | Error::Config { .. }
+            | Error::Pki { .. }
+            | Error::Tls { .. }
+            | Error::Bind { .. }
+            | Error::Telemetry(_) => Kind::Internal,
+        }
+    }
+}

@@ -8,6 +8,7 @@
 //! call what decided before a body is read) that spokes and hubs serve on.
 
 pub mod config;
+pub mod enrollment;
 mod error;
 pub mod fleet_query;
 pub mod fsutil;
@@ -19,6 +20,7 @@ pub mod pem;
 pub mod pki;
 pub mod policy;
 pub mod procfs;
+pub mod refusal;
 pub mod signing;
 pub mod telemetry;
 pub mod templates;

@@ -1,11 +1,15 @@
 //! Enrollment through the hub, run by the leader.
 //!
-//! In order: check the request and the token (reserving one use), pick the spoke (the
-//! first matching pattern override, else the ring), sign the envoy's certificate,
-//! register the envoy on that spoke, and only then commit the pin. A spoke that cannot
-//! be reached fails the enrollment with UNAVAILABLE before any pin exists; a retry with
-//! the same hostname and key lands on the same envoy. Pins from concurrent enrollments
-//! are committed together, one raft entry for a whole batch.
+//! In order: the shared request checks (`vigo_common::enrollment`), hold the hostname,
+//! check the token and the hostname guard against the replicated state (reserving one
+//! use), pick the spoke (the first matching pattern override, else the ring), commit
+//! the pin — the state machine applies the same rules again, so a refusal there leaves
+//! every state as it was — then register the envoy on its spoke and sign its
+//! certificate. Nothing outside raft changes before the commit: a refused enrollment
+//! changes nothing anywhere. A spoke that cannot be reached after the commit fails the
+//! enrollment with UNAVAILABLE; the envoy's retry (same hostname and key) is the same
+//! pinned envoy, registers it and spends no second token use. Pins from concurrent
+//! enrollments are committed together, one raft entry for a whole batch.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -14,17 +18,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
-use vigo_common::signing::parse_public_key;
+use vigo_common::enrollment::{Checked, Denied, Terms, check_request, guard_hostname};
 use vigo_common::time::now_ms;
 use vigo_common::{EnvoyId, hostname};
 use vigo_proto::v1 as pb;
 
 use crate::error::HubError;
 use crate::node::Node;
-use crate::state::{Applied, ClusterState, Command, EnrollEntry};
+use crate::state::{Applied, ClusterState, Command, EnrollEntry, Rejection};
 
-const MAX_TOKEN: usize = 256;
-const MAX_CSR: usize = 16 << 10;
 const SPOKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 type PinReply = oneshot::Sender<Result<u64, HubError>>;
@@ -54,19 +56,18 @@ impl Proposer {
                 match node.propose(Command::Enroll(entries)).await {
                     Ok(Applied::Enrolled(results)) => {
                         for (reply, result) in replies.into_iter().zip(results) {
-                            let _ = reply.send(result.map_err(classify));
+                            let _ = reply.send(result.map_err(HubError::Rejected));
                         }
                     }
                     Ok(other) => {
                         for reply in replies {
-                            let _ =
-                                reply.send(Err(HubError::Raft(format!("unexpected {other:?}"))));
+                            let _ = reply
+                                .send(Err(HubError::Internal(format!("unexpected {other:?}"))));
                         }
                     }
                     Err(e) => {
-                        let why = e.to_string();
                         for reply in replies {
-                            let _ = reply.send(Err(HubError::Raft(why.clone())));
+                            let _ = reply.send(Err(e.relay()));
                         }
                     }
                 }
@@ -80,22 +81,9 @@ impl Proposer {
         self.tx
             .send((entry, reply))
             .await
-            .map_err(|_| HubError::Raft("proposer stopped".into()))?;
+            .map_err(|_| HubError::Internal("proposer stopped".into()))?;
         rx.await
-            .map_err(|_| HubError::Raft("proposer stopped".into()))?
-    }
-}
-
-/// Maps a refusal from the state machine to the error an envoy sees.
-fn classify(why: String) -> HubError {
-    if why == "unknown token" {
-        HubError::UnknownToken
-    } else if why.contains("expired") || why.contains("used up") {
-        HubError::TokenRefused(why)
-    } else if why.contains("another key") {
-        HubError::HostnameTaken(why)
-    } else {
-        HubError::Raft(why)
+            .map_err(|_| HubError::Internal("proposer stopped".into()))?
     }
 }
 
@@ -151,48 +139,49 @@ impl Enroller {
 
     /// Runs an enrollment on the leader.
     pub async fn enroll(&self, req: pb::EnrollRequest) -> Result<pb::EnrollResponse, HubError> {
-        if req.token.is_empty() || req.token.len() > MAX_TOKEN {
-            return Err(HubError::malformed(
-                "token",
-                format!("must be 1..{MAX_TOKEN} bytes"),
-            ));
-        }
-        if req.csr_der.len() > MAX_CSR {
-            return Err(HubError::malformed(
-                "certificate signing request",
-                "too large",
-            ));
-        }
-        let hostname = hostname::normalize(&req.hostname)?;
-        let key = parse_public_key(&req.public_key)?;
-        let token = vigo_common::traits::sha256(req.token.as_bytes());
+        let Checked {
+            hostname,
+            key,
+            token,
+        } = check_request(&req.token, &req.hostname, &req.public_key, &req.csr_der)?;
         let now = now_ms();
 
         let mut held = self.hold(&hostname)?;
+        let reserved = self.reserved(&token);
         let plan = self
             .node
-            .read(|s| plan(s, &hostname, key.as_bytes(), &token, now))?;
+            .read(|s| plan(s, &hostname, key.as_bytes(), &token, reserved, now))?;
         let retry = matches!(plan, Plan::Retry { .. });
-        let (envoy_id, spoke) = match plan {
-            Plan::Retry { envoy_id, spoke } => (envoy_id, spoke),
-            Plan::New { spoke } => {
-                self.reserve(&token, &mut held)?;
+        let (envoy_id, (spoke_id, address), token_name) = match plan {
+            Plan::Retry {
+                envoy_id,
+                spoke,
+                token_name,
+            } => (envoy_id, spoke, token_name),
+            Plan::New { spoke, token_name } => {
+                self.reserve(&token, &mut held);
                 let id = loop {
                     let id = EnvoyId::random().get();
                     if !self.node.read(|s| s.pins.contains_key(&id)) {
                         break id;
                     }
                 };
-                (id, spoke)
+                let pinned = self
+                    .proposer
+                    .commit(EnrollEntry {
+                        envoy_id: id,
+                        hostname: hostname.clone(),
+                        key: key.to_bytes(),
+                        spoke: spoke.0.clone(),
+                        token,
+                        at_ms: now,
+                    })
+                    .await?;
+                (pinned, spoke, token_name)
             }
         };
-        let (spoke_id, address) = spoke;
-        let token_name = self
-            .node
-            .read(|s| s.tokens.get(&token).map(|t| t.name.clone()))
-            .unwrap_or_default();
-        // Registered on the spoke first: no pin may point at a spoke that does not know
-        // the envoy. The spoke answers with the envoy it already has for a retry.
+        let id =
+            EnvoyId::new(envoy_id).ok_or_else(|| HubError::Internal("envoy id zero".into()))?;
         let registered = self
             .register_on_spoke(
                 &spoke_id,
@@ -203,21 +192,14 @@ impl Enroller {
                 &token_name,
             )
             .await?;
-        let pinned = self
-            .proposer
-            .commit(EnrollEntry {
-                envoy_id: registered,
-                hostname: hostname.clone(),
-                key: key.to_bytes(),
-                spoke: spoke_id.clone(),
-                token,
-                at_ms: now,
-            })
-            .await?;
-        let id = EnvoyId::new(pinned).ok_or_else(|| HubError::Raft("envoy id zero".into()))?;
+        if registered != envoy_id {
+            return Err(HubError::Internal(format!(
+                "spoke {spoke_id} holds hostname {hostname} with this key as envoy {registered:016x}, the hub pinned it as {envoy_id:016x}"
+            )));
+        }
         let cert = self.node.ca.issue_envoy(id, key.as_bytes(), &req.csr_der)?;
         metrics::counter!("vigo_hub_enrollments_total").increment(1);
-        info!(envoy = %id, %hostname, spoke = %spoke_id, "envoy enrolled");
+        info!(envoy = %id, %hostname, spoke = %spoke_id, retry, "envoy enrolled");
         let bundle_keys = self.node.read(|s| {
             s.bundle_keys
                 .iter()
@@ -232,7 +214,7 @@ impl Enroller {
             bundle_signing_keys: bundle_keys,
             interval_ms: self.interval_ms,
             jitter_ms: self.jitter_ms,
-            already_enrolled: registered != envoy_id || retry,
+            already_enrolled: retry,
         })
     }
 
@@ -248,23 +230,19 @@ impl Enroller {
         })
     }
 
-    /// Holds one use of the token for this enrollment: concurrent enrollments can never
-    /// spend more uses than the token has.
-    fn reserve(&self, token: &[u8; 32], held: &mut Held<'_>) -> Result<(), HubError> {
-        let (uses, used, name) = self.node.read(|s| {
-            s.tokens
-                .get(token)
-                .map(|t| (t.uses, t.used, t.name.clone()))
-                .ok_or(HubError::UnknownToken)
-        })?;
+    /// Uses of `token` held by enrollments in flight.
+    fn reserved(&self, token: &[u8; 32]) -> u64 {
+        let reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        reserved.get(token).copied().unwrap_or(0)
+    }
+
+    /// Holds one use of the token for this enrollment (the plan saw one left counting
+    /// those held; the hostname hold keeps this enrollment's own count stable), so
+    /// concurrent enrollments can never spend more uses than the token has.
+    fn reserve(&self, token: &[u8; 32], held: &mut Held<'_>) {
         let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
-        let taken = used + reserved.get(token).copied().unwrap_or(0);
-        if taken >= uses {
-            return Err(HubError::TokenRefused(format!("token {name:?} is used up")));
-        }
         *reserved.entry(*token).or_default() += 1;
         held.token = Some(*token);
-        Ok(())
     }
 
     async fn register_on_spoke(
@@ -313,69 +291,81 @@ impl Enroller {
 }
 
 enum Plan {
-    /// This hostname is pinned with this key already: the same envoy again.
+    /// This hostname's active envoy has this key: the same envoy again.
     Retry {
         envoy_id: u64,
         spoke: (String, String),
+        token_name: String,
     },
     New {
         spoke: (String, String),
+        token_name: String,
     },
 }
 
-/// Decides, from the replicated state, what an enrollment will do.
+/// Decides, from the replicated state, what an enrollment will do: the same rules the
+/// state machine applies at commit (`ClusterState::enroll`).
 fn plan(
     s: &ClusterState,
     hostname: &str,
     key: &[u8; 32],
     token: &[u8; 32],
+    reserved: u64,
     now: u64,
 ) -> Result<Plan, HubError> {
-    let t = s.tokens.get(token).ok_or(HubError::UnknownToken)?;
-    if t.revoked {
-        return Err(HubError::TokenRefused(format!(
-            "token {:?} is revoked",
-            t.name
-        )));
-    }
-    if t.expires_ms != 0 && now >= t.expires_ms {
-        return Err(HubError::TokenRefused(format!(
-            "token {:?} has expired",
-            t.name
-        )));
-    }
-    if !t.admits(hostname) {
-        return Err(HubError::TokenRefused(format!(
-            "token {:?} enrolls only hostnames matching {}",
-            t.name,
-            t.hostnames.join(", ")
-        )));
-    }
     let spoke_of = |id: &str| {
         s.spokes
             .get(id)
             .map(|sp| (sp.id.clone(), sp.address.clone()))
             .ok_or(HubError::NoActiveSpoke)
     };
-    if let Some(&id) = s.hostnames.get(hostname) {
-        let pin = &s.pins[&id];
-        if &pin.key == key {
-            return Ok(Plan::Retry {
-                envoy_id: id,
-                spoke: spoke_of(&pin.spoke)?,
-            });
-        }
-        if !t.allow_rekey {
-            return Err(HubError::HostnameTaken(format!(
-                "hostname {hostname} is enrolled as envoy {id:016x} with another key; re-enrolling it needs a token with allow_rekey"
-            )));
-        }
+    let active = s
+        .hostnames
+        .get(hostname)
+        .copied()
+        .filter(|id| !s.is_envoy_revoked(*id));
+    if let Some(id) = active
+        && &s.pins[&id].key == key
+    {
+        return Ok(Plan::Retry {
+            envoy_id: id,
+            spoke: spoke_of(&s.pins[&id].spoke)?,
+            token_name: s
+                .tokens
+                .get(token)
+                .map(|t| t.name.clone())
+                .unwrap_or_default(),
+        });
     }
+    if let Some(&id) = s.hostnames.get(hostname)
+        && s.is_envoy_revoked(id)
+        && &s.pins[&id].key == key
+    {
+        return Err(Rejection::EnvoyRevoked(id).into());
+    }
+    let t = s.tokens.get(token).ok_or(Denied::UnknownToken)?;
+    let scope = hostname::Scope::new(&t.hostnames).ok();
+    Terms {
+        name: &t.name,
+        uses: t.uses,
+        taken: t.used + reserved,
+        expires_ms: t.expires_ms,
+        revoked: t.revoked,
+        scope: scope.as_ref(),
+    }
+    .admit_new(hostname, now)?;
+    guard_hostname(
+        hostname,
+        active.map(|id| (id, &s.pins[&id].key)),
+        key,
+        t.allow_rekey,
+    )?;
     let chosen = s
         .place(hostname, &s.ring())
         .ok_or(HubError::NoActiveSpoke)?;
     Ok(Plan::New {
         spoke: spoke_of(&chosen)?,
+        token_name: t.name.clone(),
     })
 }
 

@@ -1,17 +1,21 @@
-//! Every way a hub call can fail, and — in one place — the gRPC status each maps to.
+//! Every way a hub call can fail. What each case means to the caller is its refusal
+//! kind (`vigo_common::refusal`), which alone fixes the gRPC code, HTTP status and
+//! metric label.
 
 use tonic::{Code, Status};
+use vigo_common::enrollment::Denied;
+use vigo_common::refusal::{Kind, Refusal};
+
+use crate::state::Rejection;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
     #[error("malformed {what}: {why}")]
     Malformed { what: &'static str, why: String },
-    #[error("unknown enrollment token")]
-    UnknownToken,
-    #[error("{0}")]
-    TokenRefused(String),
-    #[error("{0}")]
-    HostnameTaken(String),
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
     #[error("no active spoke to place the envoy on")]
     NoActiveSpoke,
     #[error("spoke {spoke} is unreachable: {why}")]
@@ -22,6 +26,10 @@ pub enum HubError {
     NoLeader,
     #[error("raft: {0}")]
     Raft(String),
+    #[error(
+        "the write was sent for commit and no answer came within {waited_ms} ms: it may or may not have taken effect; retry with the same request id to learn which"
+    )]
+    OutcomeUnknown { waited_ms: u64 },
     #[error("{0}")]
     NotFound(String),
     #[error("a {role} certificate may not call {call}")]
@@ -57,28 +65,47 @@ pub enum HubError {
     Common(#[from] vigo_common::Error),
 }
 
-impl HubError {
-    pub fn code(&self) -> Code {
+impl Refusal for HubError {
+    fn kind(&self) -> Kind {
         use HubError::*;
         match self {
-            Malformed { .. } => Code::InvalidArgument,
-            UnknownToken | NoClientCertificate | BadSignature | Unauthenticated(_) => {
-                Code::Unauthenticated
-            }
-            TokenRefused(_) | WrongRole { .. } | Forbidden { .. } => Code::PermissionDenied,
-            HostnameTaken(_) | StaleTimestamp { .. } | SpokeRefused { .. } | Precondition(_) => {
-                Code::FailedPrecondition
-            }
-            AlreadyExists(_) => Code::AlreadyExists,
-            NoActiveSpoke | SpokeUnreachable { .. } | NoLeader | Raft(_) => Code::Unavailable,
-            NotFound(_) => Code::NotFound,
-            InProgress(_) => Code::Aborted,
-            Forward(status) => status.code(),
-            Common(vigo_common::Error::Malformed { .. } | vigo_common::Error::Policy(_)) => {
-                Code::InvalidArgument
-            }
-            Common(vigo_common::Error::BadSignature) => Code::Unauthenticated,
-            Internal(_) | Common(_) => Code::Internal,
+            Malformed { .. } => Kind::Malformed,
+            NoClientCertificate | BadSignature | Unauthenticated(_) => Kind::Unauthenticated,
+            WrongRole { .. } | Forbidden { .. } => Kind::Forbidden,
+            StaleTimestamp { .. } | SpokeRefused { .. } | Precondition(_) => Kind::Precondition,
+            AlreadyExists(_) => Kind::Exists,
+            NoActiveSpoke | SpokeUnreachable { .. } | NoLeader | Raft(_) => Kind::Unavailable,
+            OutcomeUnknown { .. } => Kind::OutcomeUnknown,
+            NotFound(_) => Kind::NotFound,
+            InProgress(_) => Kind::Conflict,
+            Denied(d) => d.kind(),
+            Rejected(r) => r.kind(),
+            Forward(status) => Kind::of_code(status.code()),
+            Common(e) => e.kind(),
+            Internal(_) => Kind::Internal,
+        }
+    }
+}
+
+impl HubError {
+    pub fn code(&self) -> Code {
+        match self {
+            // A relayed answer keeps the exact code the leader gave.
+            HubError::Forward(status) => status.code(),
+            other => other.kind().grpc_code(),
+        }
+    }
+
+    /// The same failure again, for each of the callers a batched write answers.
+    pub fn relay(&self) -> HubError {
+        match self {
+            HubError::NoLeader => HubError::NoLeader,
+            HubError::Raft(why) => HubError::Raft(why.clone()),
+            HubError::OutcomeUnknown { waited_ms } => HubError::OutcomeUnknown {
+                waited_ms: *waited_ms,
+            },
+            HubError::Rejected(r) => HubError::Rejected(r.clone()),
+            other => HubError::Internal(other.to_string()),
         }
     }
 
@@ -90,29 +117,11 @@ impl HubError {
     }
 }
 
-/// The HTTP status of a gRPC code, for the REST face of the admin API.
-pub fn http_status(code: Code) -> u16 {
-    match code {
-        Code::Ok => 200,
-        Code::InvalidArgument | Code::OutOfRange => 400,
-        Code::Unauthenticated => 401,
-        Code::PermissionDenied => 403,
-        Code::NotFound => 404,
-        Code::AlreadyExists | Code::Aborted => 409,
-        Code::FailedPrecondition => 412,
-        Code::ResourceExhausted => 429,
-        Code::Unimplemented => 501,
-        Code::Unavailable => 503,
-        Code::DeadlineExceeded => 504,
-        _ => 500,
-    }
-}
-
 impl From<HubError> for Status {
     fn from(e: HubError) -> Status {
         match e {
             HubError::Forward(status) => status,
-            other => Status::new(other.code(), other.to_string()),
+            other => other.to_status(),
         }
     }
 }

@@ -118,10 +118,10 @@ impl Node {
                 Err(HubError::NoLeader)
             }
             Ok(Err(e)) => Err(HubError::Raft(e.to_string())),
-            Err(_) => Err(HubError::Raft(format!(
-                "not committed within {:?}: this node cannot reach a quorum",
-                self.commit_timeout
-            ))),
+            // Proposed and not answered: the entry may still commit.
+            Err(_) => Err(HubError::OutcomeUnknown {
+                waited_ms: self.commit_timeout.as_millis() as u64,
+            }),
         }
     }
 
@@ -177,7 +177,7 @@ impl Node {
     /// As [`Node::propose`], expecting plain success.
     pub async fn propose_ok(&self, command: Command) -> Result<(), HubError> {
         match self.propose(command).await? {
-            Applied::Refused(why) => Err(HubError::malformed("request", why)),
+            Applied::Refused(why) => Err(HubError::Rejected(why)),
             _ => Ok(()),
         }
     }

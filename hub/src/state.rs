@@ -9,7 +9,14 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use vigo_common::enrollment::{Denied, Guard, Terms, guard_hostname};
+
 use crate::ring::{Ring, RingCache};
+
+mod rejection;
+mod revocations;
+pub use rejection::Rejection;
+pub use revocations::{Revocation, Revocations, Revoked};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SpokeState {
@@ -184,14 +191,22 @@ pub enum Command {
         id: String,
         state: SpokeState,
     },
+    /// Revokes an envoy or a certificate for good; revoking again changes nothing.
+    Revoke {
+        target: Revoked,
+        at_ms: u64,
+        reason: String,
+        /// Who revoked (an API token's name, or what did it).
+        by: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Applied {
     Done,
-    Refused(String),
+    Refused(Rejection),
     /// Per entry of an `Enroll`: the envoy id pinned (an earlier one for a retry), or why not.
-    Enrolled(Vec<Result<u64, String>>),
+    Enrolled(Vec<Result<u64, Rejection>>),
 }
 
 /// Everything the hub replicates.
@@ -208,6 +223,9 @@ pub struct ClusterState {
     /// Published versions, oldest first.
     pub configs: Vec<ConfigEntry>,
     pub current_config: String,
+    /// Envoys and certificates revoked, in the order they were.
+    #[serde(default)]
+    pub revocations: Revocations,
     /// Derived from `spokes`, rebuilt after they change.
     #[serde(skip)]
     ring: RingCache,
@@ -267,18 +285,18 @@ impl ClusterState {
                     s.config_version = config_version;
                     Applied::Done
                 }
-                None => Applied::Refused(format!("unknown spoke {id}")),
+                None => Applied::Refused(Rejection::UnknownSpoke(id)),
             },
             Command::CreateToken { hash, token } => {
                 if self.token_name_taken(&token.name) {
-                    return Applied::Refused(format!("a token named {:?} exists", token.name));
+                    return Applied::Refused(Rejection::TokenNameTaken(token.name));
                 }
                 self.tokens.insert(hash, token);
                 Applied::Done
             }
             Command::CreateApiToken { hash, token } => {
                 if self.token_name_taken(&token.name) {
-                    return Applied::Refused(format!("a token named {:?} exists", token.name));
+                    return Applied::Refused(Rejection::TokenNameTaken(token.name));
                 }
                 self.api_tokens.insert(hash, token);
                 Applied::Done
@@ -294,20 +312,20 @@ impl ClusterState {
                         t.revoked = true;
                         Applied::Done
                     }
-                    None => Applied::Refused(format!("no token named {name:?}")),
+                    None => Applied::Refused(Rejection::NoSuchToken(name)),
                 }
             }
             Command::MovePins(moves) => {
                 for (envoy, spoke) in &moves {
                     if !self.pins.contains_key(envoy) {
-                        return Applied::Refused(format!("envoy {envoy:016x} is not pinned"));
+                        return Applied::Refused(Rejection::NotPinned(*envoy));
                     }
                     if !self
                         .spokes
                         .get(spoke)
                         .is_some_and(|s| s.state == SpokeState::Active)
                     {
-                        return Applied::Refused(format!("spoke {spoke} is not active"));
+                        return Applied::Refused(Rejection::SpokeNotActive(spoke.clone()));
                     }
                 }
                 for (envoy, spoke) in moves {
@@ -319,7 +337,7 @@ impl ClusterState {
             }
             Command::SetSpokeState { id, state } => {
                 if state == SpokeState::Removed && self.pins.values().any(|p| p.spoke == id) {
-                    return Applied::Refused(format!("spoke {id} still has envoys pinned"));
+                    return Applied::Refused(Rejection::SpokeHasEnvoys(id));
                 }
                 if state == SpokeState::Removed {
                     self.overrides.retain(|o| o.spoke != id);
@@ -329,7 +347,7 @@ impl ClusterState {
                         s.state = state;
                         Applied::Done
                     }
-                    None => Applied::Refused(format!("unknown spoke {id}")),
+                    None => Applied::Refused(Rejection::UnknownSpoke(id)),
                 }
             }
             Command::SetOverrides(overrides) => {
@@ -337,9 +355,24 @@ impl ClusterState {
                     .iter()
                     .find(|o| !self.spokes.contains_key(&o.spoke))
                 {
-                    return Applied::Refused(format!("unknown spoke {}", o.spoke));
+                    return Applied::Refused(Rejection::UnknownSpoke(o.spoke.clone()));
                 }
                 self.overrides = overrides;
+                Applied::Done
+            }
+            Command::Revoke {
+                target,
+                at_ms,
+                reason,
+                by,
+            } => {
+                if let Revoked::Envoy(id) = target
+                    && !self.pins.contains_key(&id)
+                    && !self.is_envoy_revoked(id)
+                {
+                    return Applied::Refused(Rejection::NotPinned(id));
+                }
+                self.revoke(target, at_ms, reason, &by);
                 Applied::Done
             }
             Command::Enroll(entries) => {
@@ -363,47 +396,64 @@ impl ClusterState {
                     self.current_config = version;
                     Applied::Done
                 }
-                None => Applied::Refused(format!("no config version {version}")),
+                None => Applied::Refused(Rejection::NoConfigVersion(version)),
             },
         }
     }
 
-    fn enroll(&mut self, e: EnrollEntry) -> Result<u64, String> {
-        if let Some(&existing) = self.hostnames.get(&e.hostname) {
-            let pin = &self.pins[&existing];
-            if pin.key == e.key {
-                return Ok(existing);
-            }
+    /// The shared enrollment rules (`vigo_common::enrollment`) against the replicated
+    /// state: a retry of a pinned hostname and key is the same envoy; otherwise the
+    /// token's terms, the hostname guard, an active spoke and a free id. A re-key
+    /// revokes the envoy it replaces, in the same entry.
+    fn enroll(&mut self, e: EnrollEntry) -> Result<u64, Rejection> {
+        let active = self
+            .hostnames
+            .get(&e.hostname)
+            .copied()
+            .filter(|id| !self.is_envoy_revoked(*id));
+        if let Some(id) = active
+            && self.pins[&id].key == e.key
+        {
+            return Ok(id);
         }
-        let token = self.tokens.get(&e.token).ok_or("unknown token")?;
-        if token.revoked {
-            return Err(format!("token {:?} is revoked", token.name));
+        if self.revoked_key(&e.hostname, &e.key) {
+            return Err(Rejection::EnvoyRevoked(self.hostnames[&e.hostname]));
         }
-        if token.expires_ms != 0 && e.at_ms >= token.expires_ms {
-            return Err(format!("token {:?} has expired", token.name));
+        let token = self.tokens.get(&e.token).ok_or(Denied::UnknownToken)?;
+        let scope = vigo_common::hostname::Scope::new(&token.hostnames).ok();
+        Terms {
+            name: &token.name,
+            uses: token.uses,
+            taken: token.used,
+            expires_ms: token.expires_ms,
+            revoked: token.revoked,
+            scope: scope.as_ref(),
         }
-        if token.used >= token.uses {
-            return Err(format!("token {:?} is used up", token.name));
-        }
-        let replaced = self.hostnames.get(&e.hostname).copied();
-        if replaced.is_some() && !token.allow_rekey {
-            return Err(format!(
-                "hostname {} is enrolled with another key",
-                e.hostname
-            ));
-        }
+        .admit_new(&e.hostname, e.at_ms)?;
+        let guard = guard_hostname(
+            &e.hostname,
+            active.map(|id| (id, &self.pins[&id].key)),
+            &e.key,
+            token.allow_rekey,
+        )?;
         if !self
             .spokes
             .get(&e.spoke)
             .is_some_and(|s| s.state == SpokeState::Active)
         {
-            return Err(format!("spoke {} is not active", e.spoke));
+            return Err(Rejection::SpokeNotActive(e.spoke));
         }
         if self.pins.contains_key(&e.envoy_id) {
-            return Err(format!("envoy id {:016x} is taken", e.envoy_id));
+            return Err(Rejection::EnvoyIdTaken(e.envoy_id));
         }
-        if let Some(old) = replaced {
+        if let Guard::Rekey(old) = guard {
             self.pins.remove(&old);
+            self.revoke(
+                Revoked::Envoy(old),
+                e.at_ms,
+                format!("re-enrolled with a new key as {:016x}", e.envoy_id),
+                "enrollment",
+            );
         }
         if let Some(t) = self.tokens.get_mut(&e.token) {
             t.used += 1;
@@ -418,6 +468,14 @@ impl ClusterState {
             },
         );
         Ok(e.envoy_id)
+    }
+
+    /// Whether `hostname`'s last envoy had `key` and was revoked: that key never
+    /// enrolls again.
+    fn revoked_key(&self, hostname: &str, key: &[u8; 32]) -> bool {
+        self.hostnames
+            .get(hostname)
+            .is_some_and(|id| self.is_envoy_revoked(*id) && &self.pins[id].key == key)
     }
 
     fn token_name_taken(&self, name: &str) -> bool {

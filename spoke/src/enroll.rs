@@ -15,8 +15,8 @@ use bytes::Bytes;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 use vigo_common::EnvoyId;
+use vigo_common::enrollment::{Checked, Guard, check_request, guard_hostname};
 use vigo_common::pki::CertAuthority;
-use vigo_common::signing::parse_public_key;
 use vigo_common::time::now_ms;
 use vigo_proto::v1 as pb;
 
@@ -26,9 +26,6 @@ use crate::grpc::detach;
 use crate::metrics::count_call;
 use crate::store::{Store, StoredEnvoy, WriteOp};
 use crate::tokens::TokenBook;
-
-const MAX_TOKEN: usize = 256;
-const MAX_CSR: usize = 16 << 10;
 
 /// Records envoys: durable first, then published in the FleetIndex. Standalone
 /// enrollment and the hub's registrations both go through here.
@@ -159,50 +156,44 @@ pub fn normalize_hostname(raw: &str) -> Result<String, SpokeError> {
 }
 
 impl Enroller {
+    /// The order of checks is the shared one (`vigo_common::enrollment`); the hostname
+    /// is held before its envoy is looked up, so two enrollments of one hostname with
+    /// different keys can never both pass the guard.
     pub async fn enroll(
         self: &Arc<Self>,
         req: pb::EnrollRequest,
     ) -> Result<pb::EnrollResponse, SpokeError> {
-        if req.token.is_empty() || req.token.len() > MAX_TOKEN {
-            return Err(SpokeError::malformed(
-                "token",
-                format!("must be 1..{MAX_TOKEN} bytes"),
-            ));
-        }
-        if req.csr_der.len() > MAX_CSR {
-            return Err(SpokeError::TooLarge {
-                what: "certificate signing request",
-                size: req.csr_der.len(),
-                limit: MAX_CSR,
-            });
-        }
-        let hostname = normalize_hostname(&req.hostname)?;
-        let key = parse_public_key(&req.public_key)?;
+        let Checked { hostname, key, .. } =
+            check_request(&req.token, &req.hostname, &req.public_key, &req.csr_der)?;
         let now = SystemTime::now();
+        let pending = self.registry.hold(&hostname)?;
 
-        let fleet = &self.registry.fleet;
-        let mut replaces = None;
-        if let Some(existing) = fleet.by_hostname(&hostname) {
-            let revoked = existing.read(|st| st.revoked);
-            if existing.key == key && !revoked {
+        let existing = self.registry.fleet.by_hostname(&hostname);
+        if let Some(e) = existing.as_ref().filter(|e| e.key == key)
+            && e.read(|st| st.revoked)
+        {
+            // That key was revoked: it never enrolls again, under any token.
+            return Err(SpokeError::Revoked(e.id));
+        }
+        let active = existing.as_ref().filter(|e| !e.read(|st| st.revoked));
+        let terms = self.tokens.check(&req.token, &hostname, now)?;
+        let replaces = match guard_hostname(
+            &hostname,
+            active.map(|e| (e.id.get(), e.key.as_bytes())),
+            key.as_bytes(),
+            terms.allow_rekey,
+        )? {
+            Guard::Retry(_) => {
                 // A retry of an enrollment that succeeded: same envoy, fresh certificate.
-                self.tokens.check(&req.token, &hostname, now)?;
+                let existing = active.expect("a retry has an active envoy");
                 let cert = self
                     .ca
                     .issue_envoy(existing.id, key.as_bytes(), &req.csr_der)?;
                 return Ok(self.response(existing.id, cert, true));
             }
-            let token = self.tokens.check(&req.token, &hostname, now)?;
-            if !token.allow_rekey {
-                return Err(SpokeError::HostnameTaken {
-                    hostname,
-                    id: existing.id,
-                });
-            }
-            replaces = Some(existing);
-        }
-
-        let pending = self.registry.hold(&hostname)?;
+            Guard::Rekey(_) => active.cloned(),
+            Guard::Fresh => None,
+        };
         let token = self.tokens.reserve(&req.token, &hostname, now)?;
         let this = self.clone();
         // The enrollment runs to its end even if the caller leaves; the hostname stays

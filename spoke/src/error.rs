@@ -2,6 +2,7 @@
 
 use tonic::{Code, Status};
 use vigo_common::EnvoyId;
+use vigo_common::refusal::{Kind, Refusal};
 
 use crate::store::StoreError;
 
@@ -38,18 +39,8 @@ pub enum SpokeError {
     StaleTimestamp { skew_ms: i64, window_ms: u64 },
     #[error("sequence {got} is not above {last}: replayed or reordered request")]
     Replay { got: u64, last: u64 },
-    #[error("unknown enrollment token")]
-    UnknownToken,
-    #[error("enrollment token {0:?} is used up")]
-    TokenSpent(String),
-    #[error("enrollment token {0:?} has expired")]
-    TokenExpired(String),
-    #[error("enrollment token {name:?} enrolls only hostnames matching {patterns}")]
-    TokenScope { name: String, patterns: String },
-    #[error(
-        "hostname {hostname:?} is enrolled as envoy {id} with another key; re-enrolling it needs a token with allow_rekey"
-    )]
-    HostnameTaken { hostname: String, id: EnvoyId },
+    #[error(transparent)]
+    Enroll(#[from] vigo_common::enrollment::Denied),
     #[error("an enrollment for hostname {0:?} is in progress; retry")]
     EnrollmentInProgress(String),
     #[error("this spoke enrolls envoys through its hub: enroll at {0}")]
@@ -67,51 +58,40 @@ pub enum SpokeError {
     Common(#[from] vigo_common::Error),
 }
 
-impl SpokeError {
-    pub fn code(&self) -> Code {
+impl Refusal for SpokeError {
+    fn kind(&self) -> Kind {
         use SpokeError::*;
         match self {
-            Malformed { .. } => Code::InvalidArgument,
-            TooLarge { .. } => Code::ResourceExhausted,
-            NoClientCertificate | BadSignature | UnknownToken => Code::Unauthenticated,
-            WrongRole { .. }
-            | CertificateMismatch { .. }
-            | Revoked(_)
-            | StaleCertificate(_)
-            | TokenSpent(_)
-            | TokenExpired(_)
-            | TokenScope { .. } => Code::PermissionDenied,
-            UnknownEnvoy(_) => Code::NotFound,
-            Moved { .. } => Code::FailedPrecondition,
-            StaleTimestamp { .. }
+            Malformed { .. } => Kind::Malformed,
+            TooLarge { .. } => Kind::TooLarge,
+            NoClientCertificate | BadSignature => Kind::Unauthenticated,
+            WrongRole { .. } | CertificateMismatch { .. } | Revoked(_) | StaleCertificate(_) => {
+                Kind::Forbidden
+            }
+            UnknownEnvoy(_) => Kind::NotFound,
+            Moved { .. }
+            | StaleTimestamp { .. }
             | Replay { .. }
-            | HostnameTaken { .. }
             | EnrollThroughHub(_)
-            | IdTaken { .. } => Code::FailedPrecondition,
-            EnrollmentInProgress(_) => Code::Aborted,
-            Store(_) => Code::Internal,
-            ShuttingDown => Code::Unavailable,
-            Abandoned => Code::DeadlineExceeded,
-            Common(vigo_common::Error::Malformed { .. }) => Code::InvalidArgument,
-            Common(vigo_common::Error::BadSignature) => Code::Unauthenticated,
-            Common(_) => Code::Internal,
+            | IdTaken { .. } => Kind::Precondition,
+            EnrollmentInProgress(_) => Kind::Conflict,
+            Enroll(denied) => denied.kind(),
+            Store(_) => Kind::Internal,
+            ShuttingDown => Kind::Unavailable,
+            Abandoned => Kind::DeadlineExceeded,
+            Common(e) => e.kind(),
         }
     }
+}
 
-    /// A short label for metrics: the status code in snake case.
+impl SpokeError {
+    pub fn code(&self) -> Code {
+        self.kind().grpc_code()
+    }
+
+    /// The metric label of this refusal (`vigo_common::refusal::Kind::label`).
     pub fn label(&self) -> &'static str {
-        match self.code() {
-            Code::InvalidArgument => "invalid_argument",
-            Code::ResourceExhausted => "resource_exhausted",
-            Code::Unauthenticated => "unauthenticated",
-            Code::PermissionDenied => "permission_denied",
-            Code::NotFound => "not_found",
-            Code::FailedPrecondition => "failed_precondition",
-            Code::Aborted => "aborted",
-            Code::Unavailable => "unavailable",
-            Code::DeadlineExceeded => "deadline_exceeded",
-            _ => "internal",
-        }
+        self.kind().label()
     }
 
     pub fn malformed(what: &'static str, why: impl std::fmt::Display) -> Self {
@@ -124,6 +104,6 @@ impl SpokeError {
 
 impl From<SpokeError> for Status {
     fn from(e: SpokeError) -> Status {
-        Status::new(e.code(), e.to_string())
+        e.to_status()
     }
 }

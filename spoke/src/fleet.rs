@@ -380,13 +380,17 @@ impl FleetIndex {
         let mut names = self.hostnames.write().unwrap_or_else(|p| p.into_inner());
         match names.primary.get(&hostname_hash) {
             Some(other) if *other != id => {
-                let other_is_same_name = self
-                    .get(*other)
-                    .is_some_and(|o| o.hostname == record.hostname);
-                if other_is_same_name {
-                    names.primary.insert(hostname_hash, id);
-                } else {
-                    names.overflow.insert(record.hostname.clone(), id);
+                let same_name = self.get(*other).filter(|o| o.hostname == record.hostname);
+                match same_name {
+                    // One hostname, one active envoy: a revoked record (loaded after
+                    // the envoy that replaced it) never hides the active one.
+                    Some(o) if status.is_none() && !o.read(|st| st.revoked) => {}
+                    Some(_) => {
+                        names.primary.insert(hostname_hash, id);
+                    }
+                    None => {
+                        names.overflow.insert(record.hostname.clone(), id);
+                    }
                 }
             }
             _ => {
@@ -654,6 +658,25 @@ mod tests {
         assert_eq!(fleet.len(), 1);
         assert_ne!(fleet.get(EnvoyId::new(7).unwrap()).unwrap().key, old_key);
         assert_eq!(fleet.counts().status(Compliance::NoData), 1);
+    }
+
+    /// At start-up records load in id order: a revoked envoy with a higher id than the
+    /// envoy that replaced it must not take its hostname back.
+    #[test]
+    fn a_revoked_record_never_hides_the_active_envoy() {
+        let fleet = FleetIndex::new();
+        fleet.insert(record(7, "web-1"), EnvoyState::new(0));
+        let revoked = EnvoyState {
+            revoked: true,
+            ..EnvoyState::new(0)
+        };
+        fleet.insert(record(900, "web-1"), revoked.clone());
+        assert_eq!(fleet.by_hostname("web-1").unwrap().id.get(), 7);
+        // Loaded the other way round, the active one takes the name.
+        let fleet = FleetIndex::new();
+        fleet.insert(record(900, "web-1"), revoked);
+        fleet.insert(record(7, "web-1"), EnvoyState::new(0));
+        assert_eq!(fleet.by_hostname("web-1").unwrap().id.get(), 7);
     }
 
     #[test]

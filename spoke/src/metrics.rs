@@ -6,23 +6,18 @@ use std::time::Duration;
 use metrics::{Counter, Histogram, counter, gauge, histogram};
 
 use crate::compliance::Compliance;
+use vigo_common::refusal::{Kind, Refusal};
+
 use crate::error::SpokeError;
 use crate::fleet::FleetCounts;
 
-/// Outcomes of a check-in, as the `result` label of `vigo_checkins_total`.
-const CHECKIN_RESULTS: &[&str] = &[
-    "no_change",
-    "bundle",
-    "invalid_argument",
-    "resource_exhausted",
-    "unauthenticated",
-    "permission_denied",
-    "not_found",
-    "failed_precondition",
-    "aborted",
-    "unavailable",
-    "internal",
-];
+/// Outcomes of a check-in, as the `result` label of `vigo_checkins_total`: the two
+/// answers, then every refusal kind's label.
+fn checkin_results() -> impl Iterator<Item = &'static str> {
+    ["no_change", "bundle"]
+        .into_iter()
+        .chain(Kind::ALL.iter().map(|k| k.label()))
+}
 
 pub struct CheckinMetrics {
     results: Vec<Counter>,
@@ -38,9 +33,8 @@ pub enum CheckinResult<'a> {
 impl Default for CheckinMetrics {
     fn default() -> Self {
         Self {
-            results: CHECKIN_RESULTS
-                .iter()
-                .map(|r| counter!("vigo_checkins_total", "result" => *r))
+            results: checkin_results()
+                .map(|r| counter!("vigo_checkins_total", "result" => r))
                 .collect(),
             latency: histogram!("vigo_checkin_duration_seconds"),
         }
@@ -53,10 +47,12 @@ impl CheckinMetrics {
         let slot = match result {
             CheckinResult::NoChange => 0,
             CheckinResult::Bundle => 1,
-            CheckinResult::Rejected(e) => CHECKIN_RESULTS
-                .iter()
-                .position(|r| *r == e.label())
-                .unwrap_or(CHECKIN_RESULTS.len() - 1),
+            CheckinResult::Rejected(e) => {
+                2 + Kind::ALL
+                    .iter()
+                    .position(|k| *k == e.kind())
+                    .unwrap_or(Kind::ALL.len() - 1)
+            }
         };
         self.results[slot].increment(1);
         self.latency.record(elapsed.as_secs_f64());

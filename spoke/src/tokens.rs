@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
+use vigo_common::enrollment::{Denied, Terms};
 use vigo_common::hostname::Scope;
 
 use crate::config::TokenConfig;
@@ -92,26 +93,7 @@ impl TokenBook {
         hostname: &str,
         now: SystemTime,
     ) -> Result<Reservation, SpokeError> {
-        let hash = hash_secret(secret);
-        let book = self.lock();
-        let token = book.tokens.get(&hash).ok_or(SpokeError::UnknownToken)?;
-        if token.expires.is_some_and(|e| now >= e) {
-            return Err(SpokeError::TokenExpired(token.name.clone()));
-        }
-        if !token.scope.as_ref().is_some_and(|s| s.admits(hostname)) {
-            return Err(SpokeError::TokenScope {
-                name: token.name.clone(),
-                patterns: token
-                    .scope
-                    .as_ref()
-                    .map_or("(none that compile)".into(), |s| s.patterns().join(", ")),
-            });
-        }
-        Ok(Reservation {
-            hash,
-            name: token.name.clone(),
-            allow_rekey: token.allow_rekey,
-        })
+        self.admit(secret, hostname, now, false)
     }
 
     /// Reserves one use of the token.
@@ -121,16 +103,46 @@ impl TokenBook {
         hostname: &str,
         now: SystemTime,
     ) -> Result<Reservation, SpokeError> {
-        let r = self.check(secret, hostname, now)?;
+        self.admit(secret, hostname, now, true)
+    }
+
+    /// The shared token rules (`vigo_common::enrollment::Terms`) over this book.
+    fn admit(
+        &self,
+        secret: &str,
+        hostname: &str,
+        now: SystemTime,
+        spend: bool,
+    ) -> Result<Reservation, SpokeError> {
+        let hash = hash_secret(secret);
         let mut book = self.lock();
-        let limit = book.tokens[&r.hash].uses;
-        let taken = book.used.get(&r.hash).copied().unwrap_or(0)
-            + book.reserved.get(&r.hash).copied().unwrap_or(0);
-        if taken >= limit {
-            return Err(SpokeError::TokenSpent(r.name));
+        let token = book.tokens.get(&hash).ok_or(Denied::UnknownToken)?;
+        let terms = Terms {
+            name: &token.name,
+            uses: token.uses,
+            taken: book.used.get(&hash).copied().unwrap_or(0)
+                + book.reserved.get(&hash).copied().unwrap_or(0),
+            expires_ms: token
+                .expires
+                .map_or(0, |e| vigo_common::time::unix_ms(e).max(1)),
+            revoked: false,
+            scope: token.scope.as_ref(),
+        };
+        let now_ms = vigo_common::time::unix_ms(now);
+        if spend {
+            terms.admit_new(hostname, now_ms)?;
+        } else {
+            terms.admit(hostname, now_ms)?;
         }
-        *book.reserved.entry(r.hash).or_default() += 1;
-        Ok(r)
+        let reservation = Reservation {
+            hash,
+            name: token.name.clone(),
+            allow_rekey: token.allow_rekey,
+        };
+        if spend {
+            *book.reserved.entry(hash).or_default() += 1;
+        }
+        Ok(reservation)
     }
 
     /// The enrollment is durable: the use is spent.
@@ -176,7 +188,7 @@ mod tests {
         let b = book.reserve("s", "h1", now).unwrap();
         assert!(matches!(
             book.reserve("s", "h1", now),
-            Err(SpokeError::TokenSpent(_))
+            Err(SpokeError::Enroll(Denied::TokenSpent(_)))
         ));
         book.release(&b);
         book.commit(&a);
@@ -184,11 +196,11 @@ mod tests {
         book.commit(&c);
         assert!(matches!(
             book.reserve("s", "h1", now),
-            Err(SpokeError::TokenSpent(_))
+            Err(SpokeError::Enroll(Denied::TokenSpent(_)))
         ));
         assert!(matches!(
             book.reserve("x", "h1", now),
-            Err(SpokeError::UnknownToken)
+            Err(SpokeError::Enroll(Denied::UnknownToken))
         ));
     }
 
@@ -198,13 +210,13 @@ mod tests {
         let book = TokenBook::new(&[config("old", 5, Some(past))], HashMap::new());
         assert!(matches!(
             book.reserve("old", "h1", SystemTime::now()),
-            Err(SpokeError::TokenExpired(_))
+            Err(SpokeError::Enroll(Denied::TokenExpired(_)))
         ));
         let used = HashMap::from([(hash_secret("s"), 1)]);
         let book = TokenBook::new(&[config("s", 1, None)], used);
         assert!(matches!(
             book.reserve("s", "h1", SystemTime::now()),
-            Err(SpokeError::TokenSpent(_))
+            Err(SpokeError::Enroll(Denied::TokenSpent(_)))
         ));
         assert!(book.check("s", "h1", SystemTime::now()).is_ok());
     }
@@ -219,7 +231,7 @@ mod tests {
         let now = SystemTime::now();
         assert!(matches!(
             book.reserve("s", "db-1", now),
-            Err(SpokeError::TokenScope { .. })
+            Err(SpokeError::Enroll(Denied::TokenScope { .. }))
         ));
         assert!(book.reserve("s", "web-1", now).is_ok());
         // A scope that does not build admits nothing.

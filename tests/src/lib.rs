@@ -80,12 +80,27 @@ fn newest_source() -> Option<std::time::SystemTime> {
 }
 
 /// A port free right now on loopback (for processes that must keep their port across
-/// restarts).
+/// restarts). Taken below the kernel's ephemeral range (32768 up on Linux): a port from
+/// that range can be handed to another test's outgoing connection between this check
+/// and the server's bind. Each test process walks its own stretch of ports.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 211) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on loopback between {LOW} and {}", LOW + SPAN)
 }
 
 /// Token secrets the harness configures.

@@ -42,8 +42,8 @@ async fn hub_metrics_cover_raft_rollup_fanout_and_admin_calls() {
         "vigo_hub_enrollments_total 6",
         "vigo_fleet_envoys{status=\"no_data\"} 6",
         "vigo_hub_fanout_seconds_bucket{spoke=\"spoke-a\"",
-        "vigo_hub_admin_requests_total{route=\"grpc:status\",code=\"Ok\"} 1",
-        "vigo_hub_admin_requests_total{route=\"grpc:list_envoys\",code=\"InvalidArgument\"} 1",
+        "vigo_hub_admin_requests_total{route=\"grpc:status\",code=\"ok\"} 1",
+        "vigo_hub_admin_requests_total{route=\"grpc:list_envoys\",code=\"malformed\"} 1",
         "vigo_hub_admin_request_seconds_bucket{route=\"grpc:compliance\"",
     ] {
         assert!(text.contains(needle), "metrics lack {needle:?}:\n{text}");

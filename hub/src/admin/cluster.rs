@@ -217,7 +217,7 @@ impl AdminApi {
                         },
                     },
                 };
-                self.node.propose_ok(command).await.map_err(|e| HubError::AlreadyExists(e.to_string()))?;
+                self.node.propose_ok(command).await?;
                 tracing::info!(token = %req.name, role = %req.role, by = %caller.name, "token created");
                 Ok(api::CreatedToken {
                     token: self.token_info(&req.name),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tonic::{Request, Response, Status};
+use vigo_common::refusal::{Kind, Refusal};
 use vigo_proto::admin::v1 as api;
 
 use super::{AdminApi, Caller};
@@ -40,10 +41,11 @@ impl AdminGrpc {
     }
 }
 
-/// Counts an admin call by route and outcome, and times it.
-pub fn record(route: impl Into<metrics::SharedString>, code: tonic::Code, started: Instant) {
+/// Counts an admin call by route and outcome (`ok`, or the refusal kind's label), and
+/// times it.
+pub fn record(route: impl Into<metrics::SharedString>, outcome: Option<Kind>, started: Instant) {
     let route = route.into();
-    let code = format!("{code:?}");
+    let code = outcome.map_or("ok", Kind::label);
     metrics::counter!("vigo_hub_admin_requests_total", "route" => route.clone(), "code" => code)
         .increment(1);
     metrics::histogram!("vigo_hub_admin_request_seconds", "route" => route)
@@ -64,10 +66,9 @@ macro_rules! rpcs {
                         Ok(caller) => self.api.$op(&caller, request.into_inner()).await,
                         Err(e) => Err(e),
                     };
-                    let result = result.map(|r| self.answer(r)).map_err(Status::from);
-                    let code = result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
-                    record(concat!("grpc:", stringify!($rpc)), code, started);
-                    result
+                    let outcome = result.as_ref().err().map(Refusal::kind);
+                    record(concat!("grpc:", stringify!($rpc)), outcome, started);
+                    result.map(|r| self.answer(r)).map_err(Status::from)
                 }
             )*
         }

@@ -3,7 +3,7 @@
 //! from the same declarations, so the document describes exactly what is served.
 //!
 //! Errors are `{"error": "...", "code": "..."}` with the HTTP status of the operation's
-//! gRPC code (`crate::error::http_status`): 400 for a malformed request (the message
+//! refusal kind (`vigo_common::refusal::Kind::http_status`): 400 for a malformed request (the message
 //! names the field), 401 without a valid token, 403 for a role too low, 413 for a body
 //! above its route's limit, 408 for a body that does not arrive in time.
 //!
@@ -34,7 +34,9 @@ use vigo_common::pki::Peer;
 use vigo_proto::admin::v1 as api;
 
 use super::{AdminApi, Caller, authenticate};
-use crate::error::{HubError, http_status};
+use vigo_common::refusal::{Kind, Refusal};
+
+use crate::error::HubError;
 
 /// How long a request body may take to arrive once its headers have.
 const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -65,15 +67,15 @@ async fn admit(
         request.method(),
         matched.as_str().trim_start_matches("/api/v1")
     );
-    let refuse = |route: String, status: StatusCode, code: tonic::Code, error: String| {
-        super::grpc::record(route, code, started);
-        let code = format!("{code:?}");
+    let refuse = |route: String, status: StatusCode, kind: Kind, error: String| {
+        super::grpc::record(route, Some(kind), started);
+        let code = format!("{:?}", kind.grpc_code());
         (status, Json(ApiError { error, code })).into_response()
     };
     let caller = match authenticate(&api.node, request.headers(), &Peer::Anonymous) {
         Ok(c) => c,
         Err(e) => {
-            super::grpc::record(route, e.code(), started);
+            super::grpc::record(route, Some(e.kind()), started);
             return Failure(e).into_response();
         }
     };
@@ -88,7 +90,7 @@ async fn admit(
         refuse(
             route,
             StatusCode::PAYLOAD_TOO_LARGE,
-            tonic::Code::ResourceExhausted,
+            Kind::TooLarge,
             format!("the request body is larger than this route takes ({limit} bytes)"),
         )
     };
@@ -103,7 +105,7 @@ async fn admit(
             return refuse(
                 route,
                 StatusCode::BAD_REQUEST,
-                tonic::Code::InvalidArgument,
+                Kind::Malformed,
                 format!("reading the request body: {e}"),
             );
         }
@@ -111,7 +113,7 @@ async fn admit(
             return refuse(
                 route,
                 StatusCode::REQUEST_TIMEOUT,
-                tonic::Code::DeadlineExceeded,
+                Kind::DeadlineExceeded,
                 format!("the request body did not arrive within {BODY_DEADLINE:?}"),
             );
         }
@@ -135,8 +137,8 @@ struct Failure(HubError);
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         let code = self.0.code();
-        let status =
-            StatusCode::from_u16(http_status(code)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(self.0.kind().http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let message = match &self.0 {
             HubError::Forward(s) => s.message().to_string(),
             e => e.to_string(),
@@ -188,10 +190,7 @@ where
         Err(e) => Err(e),
         Ok(req) => op(api.clone(), caller, req).await,
     };
-    let code = result
-        .as_ref()
-        .map_or_else(HubError::code, |_| tonic::Code::Ok);
-    super::grpc::record(route, code, started);
+    super::grpc::record(route, result.as_ref().err().map(Refusal::kind), started);
     match result {
         Ok(v) => Json(v).into_response(),
         Err(e) => Failure(e).into_response(),

@@ -195,8 +195,7 @@ impl AdminApi {
                         id: req.spoke_id.clone(),
                         state: SpokeState::Removed,
                     })
-                    .await
-                    .map_err(|e| HubError::Precondition(e.to_string()))?;
+                    .await?;
                 tracing::info!(spoke = %req.spoke_id, by = %caller.name, "spoke removed");
                 self.spoke_info(&req.spoke_id)
             },

@@ -1,0 +1,47 @@
+//! Why the state machine refused a command: a typed answer carried back through raft
+//! (serialized in the response, never parsed from text), with its refusal kind.
+
+use serde::{Deserialize, Serialize};
+use vigo_common::enrollment::Denied;
+use vigo_common::refusal::{Kind, Refusal};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("unknown spoke {0:?}")]
+    UnknownSpoke(String),
+    #[error("spoke {0} is not active")]
+    SpokeNotActive(String),
+    #[error("spoke {0} still has envoys pinned: drain it first")]
+    SpokeHasEnvoys(String),
+    #[error("a token named {0:?} exists")]
+    TokenNameTaken(String),
+    #[error("no token named {0:?}")]
+    NoSuchToken(String),
+    #[error("envoy {0:016x} is not pinned")]
+    NotPinned(u64),
+    #[error("envoy id {0:016x} is taken")]
+    EnvoyIdTaken(u64),
+    #[error("no config version {0}")]
+    NoConfigVersion(String),
+    #[error("envoy {0:016x} is revoked")]
+    EnvoyRevoked(u64),
+    #[error(transparent)]
+    Enroll(#[from] Denied),
+}
+
+impl Refusal for Rejection {
+    fn kind(&self) -> Kind {
+        match self {
+            Rejection::UnknownSpoke(_)
+            | Rejection::NoSuchToken(_)
+            | Rejection::NotPinned(_)
+            | Rejection::NoConfigVersion(_) => Kind::NotFound,
+            Rejection::SpokeNotActive(_) | Rejection::SpokeHasEnvoys(_) => Kind::Precondition,
+            Rejection::TokenNameTaken(_) => Kind::Exists,
+            // The leader drew an id another envoy has: a retry draws another.
+            Rejection::EnvoyIdTaken(_) => Kind::Conflict,
+            Rejection::EnvoyRevoked(_) => Kind::Forbidden,
+            Rejection::Enroll(d) => d.kind(),
+        }
+    }
+}
