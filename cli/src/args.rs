@@ -75,6 +75,33 @@ pub enum Command {
     /// Hub cluster membership.
     #[command(subcommand)]
     Hub(HubCmd),
+    /// Revoke hub, spoke and admin certificates; list the cluster's revocations.
+    #[command(subcommand)]
+    Cert(CertCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCmd {
+    /// Revoke a hub, spoke or admin certificate (admin role). Every hub and spoke
+    /// refuses it within seconds, on connections already open too; it cannot be undone
+    /// (issue a new certificate instead). Envoys are revoked with `envoys revoke`.
+    #[command(group = clap::ArgGroup::new("which").required(true).args(["serial", "file"]))]
+    Revoke {
+        /// The serial, as `openssl x509 -serial -noout` prints it.
+        serial: Option<String>,
+        /// Read the serial from this PEM certificate instead.
+        #[arg(long, value_name = "CERT_PEM")]
+        file: Option<PathBuf>,
+        /// Why, for the record (at most 512 bytes).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// The cluster's revocations (envoys and certificates), oldest first.
+    Revocations {
+        /// Only those after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
 }
 
 /// Which envoys.

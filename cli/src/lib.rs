@@ -6,6 +6,7 @@
 //! protocol.
 
 mod args;
+mod cert;
 mod connect;
 mod render;
 mod run;

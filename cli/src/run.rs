@@ -15,7 +15,7 @@ use crate::render::{age, short, table};
 
 /// Prints `value` as JSON or with `human`; the exit status says whether spokes were
 /// missing from it.
-fn emit<T: Serialize>(
+pub(crate) fn emit<T: Serialize>(
     json: bool,
     value: &T,
     missing: &[api::MissingSpoke],
@@ -38,7 +38,7 @@ fn emit<T: Serialize>(
     if missing.is_empty() { 0 } else { EXIT_PARTIAL }
 }
 
-fn request<T>(cli: &Cli, msg: T) -> tonic::Request<T> {
+pub(crate) fn request<T>(cli: &Cli, msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.set_timeout(cli.timeout);
     r
@@ -267,6 +267,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             }))
         }
         Command::Token(cmd) => token(&cli, &mut c, cmd).await,
+        Command::Cert(cmd) => crate::cert::run(&cli, &mut c, cmd).await,
         Command::Hub(cmd) => {
             let m = match cmd {
                 HubCmd::Members => c.members(request(&cli, api::MembersRequest {})).await?,

@@ -81,6 +81,42 @@ pub enum Peer {
     },
 }
 
+/// A certificate serial number as the product spells it: lowercase hex without leading
+/// zeros. Accepts what operators paste: `openssl x509 -serial` output
+/// (`serial=0A1B...`), colon-separated bytes, either case.
+pub fn serial_hex(raw: &str) -> Result<String, Error> {
+    let bad = |why: &str| Error::Malformed {
+        what: "certificate serial",
+        why: format!("{raw:?} {why}"),
+    };
+    let trimmed = raw.trim();
+    let trimmed = trimmed.strip_prefix("serial=").unwrap_or(trimmed);
+    let digits: String = trimmed
+        .chars()
+        .filter(|c| *c != ':')
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if digits.is_empty() || digits.len() > 64 {
+        return Err(bad("must be 1..64 hex digits"));
+    }
+    if !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(bad("is not hexadecimal"));
+    }
+    let serial = digits.trim_start_matches('0');
+    Ok(if serial.is_empty() { "0" } else { serial }.to_string())
+}
+
+/// The serial of a PEM certificate (`vigocli cert revoke --file`).
+pub fn serial_of_pem(pem: &str) -> Result<String, Error> {
+    let certs = crate::pem::parse_certs(pem)?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&certs[0]).map_err(|e| Error::Malformed {
+            what: "certificate",
+            why: e.to_string(),
+        })?;
+    Ok(cert.tbs_certificate.serial.to_str_radix(16))
+}
+
 /// "an admin certificate", "a hub certificate": a role's certificate with its article.
 pub fn a_certificate(role: &str) -> String {
     let vowel = role.starts_with(['a', 'e', 'i', 'o', 'u']);
@@ -91,6 +127,12 @@ impl Peer {
     /// Reads the identity out of a leaf certificate that TLS already verified against
     /// our CA.
     pub fn from_certificate(der: &[u8]) -> Result<Peer, Error> {
+        Self::identify(der).map(|(peer, _)| peer)
+    }
+
+    /// The identity and the serial number (as [`serial_hex`] spells it) of a verified
+    /// leaf certificate: what a server checks revocations against.
+    pub fn identify(der: &[u8]) -> Result<(Peer, String), Error> {
         let bad = |why: String| Error::Malformed {
             what: "peer certificate",
             why,
@@ -112,11 +154,13 @@ impl Peer {
             .split_once(':')
             .ok_or_else(|| bad(format!("malformed identity {uri:?}")))?;
         let role = Role::parse(role).ok_or_else(|| bad(format!("unknown role in {uri:?}")))?;
+        let serial = cert.tbs_certificate.serial.to_str_radix(16);
         if role != Role::Envoy {
-            return Ok(Peer::Node {
+            let peer = Peer::Node {
                 role,
                 name: name.into(),
-            });
+            };
+            return Ok((peer, serial));
         }
         let id: EnvoyId = name.parse().map_err(|e| bad(format!("{e}")))?;
         let spki = cert.public_key();
@@ -129,7 +173,7 @@ impl Peer {
             .as_ref()
             .try_into()
             .map_err(|_| bad("Ed25519 key is not 32 bytes".into()))?;
-        Ok(Peer::Envoy { id, key })
+        Ok((Peer::Envoy { id, key }, serial))
     }
 
     pub fn role(&self) -> Option<Role> {

@@ -124,7 +124,7 @@ impl Kind {
             Code::Aborted => Kind::Conflict,
             Code::FailedPrecondition => Kind::Precondition,
             Code::Unavailable | Code::Cancelled => Kind::Unavailable,
-            Code::DeadlineExceeded => Kind::OutcomeUnknown,
+            Code::DeadlineExceeded => Kind::DeadlineExceeded,
             _ => Kind::Internal,
         }
     }
@@ -200,6 +200,9 @@ mod tests {
             assert_eq!(back.grpc_code(), kind.grpc_code(), "{kind:?}");
         }
         assert_eq!(Kind::of_code(Code::Unavailable), Kind::Unavailable);
-        assert_eq!(Kind::of_code(Code::DeadlineExceeded), Kind::OutcomeUnknown);
+        assert_eq!(
+            Kind::of_code(Code::DeadlineExceeded),
+            Kind::DeadlineExceeded
+        );
     }
 }

@@ -7,7 +7,7 @@
 //! |---|---|---|---|
 //! | Enrollment | Enroll | anyone | 64 KiB |
 //! | HubLocate | Locate | envoy (its own; the request is signed) | 4 KiB |
-//! | HubSpokes | RegisterSpoke, Heartbeat, GetConfig | spoke, hub | 64 KiB |
+//! | HubSpokes | RegisterSpoke, Heartbeat, GetConfig, GetRevocations | spoke, hub | 64 KiB |
 //! | HubRaft | Vote | hub | 64 KiB |
 //! | HubRaft | AppendEntries, InstallSnapshot | hub | 32 MiB |
 //! | HubAdmin | PublishConfig | API caller | the largest policy (16 MiB) + 64 KiB |
@@ -75,7 +75,7 @@ pub struct Spokes;
 impl Admit for Spokes {
     fn admit(&self, call: &mut Call<'_>) -> Result<Limits, Status> {
         match call.method {
-            "RegisterSpoke" | "Heartbeat" | "GetConfig" => {
+            "RegisterSpoke" | "Heartbeat" | "GetConfig" | "GetRevocations" => {
                 require_role(call.peer(), &[Role::Spoke, Role::Hub], call.method)?;
                 Ok(limits(64 * KIB, 30))
             }
@@ -113,9 +113,8 @@ impl Admit for HubAdmin {
             "DrainSpoke" | "ReassignEnvoy" | "RemoveSpoke" => limits(64 * KIB, 600),
             "Status" | "ShowEnvoy" | "Compliance" | "ConfigHistory" | "ListSpokes"
             | "ShowSpoke" | "Members" | "RevokeEnvoy" | "RollbackConfig" | "AddSpoke"
-            | "CreateToken" | "ListTokens" | "RevokeToken" | "AddHub" | "RemoveHub" => {
-                limits(64 * KIB, 30)
-            }
+            | "CreateToken" | "ListTokens" | "RevokeToken" | "AddHub" | "RemoveHub"
+            | "ListRevocations" | "RevokeCertificate" => limits(64 * KIB, 30),
             other => return Err(unknown(other)),
         };
         let caller = authenticate(&self.0, call.headers, call.peer()).map_err(Status::from)?;

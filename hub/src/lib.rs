@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod node;
 pub mod publish;
 pub mod raft;
+pub mod revocations;
 pub mod ring;
 pub mod server;
 pub mod services;

@@ -86,6 +86,8 @@ pub struct Node {
     pub commit_timeout: Duration,
     /// Config versions the replicated state keeps (`keep_config_versions`).
     pub keep_configs: u32,
+    /// Certificates this node's servers refuse (kept by the state machine).
+    pub revoked: Arc<vigo_common::net::RevokedCerts>,
 }
 
 impl Node {

@@ -10,6 +10,7 @@ use openraft::{BasicNode, Config, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::info;
+use vigo_common::net::RevokedCerts;
 use vigo_common::net::{Guarded, Http1Limits, Serving, serve_grpc};
 use vigo_common::pki::{CertAuthority, Role};
 use vigo_common::tls::{self, ClientAuth};
@@ -77,8 +78,10 @@ impl HubNode {
         })?;
         let log = LogStore::open(&config.data_dir.join("raft-log.redb"))
             .map_err(|e| HubError::Raft(e.to_string()))?;
-        let (sm, view) = StateMachineStore::open(&config.data_dir.join("raft-snapshot.redb"))
-            .map_err(HubError::Raft)?;
+        let revoked = Arc::new(RevokedCerts::default());
+        let (sm, view) =
+            StateMachineStore::open(&config.data_dir.join("raft-snapshot.redb"), revoked.clone())
+                .map_err(HubError::Raft)?;
 
         let ca_pem = fsutil::read_to_string(&config.tls.ca_cert)?;
         let cert_pem = fsutil::read_to_string(&config.tls.cert)?;
@@ -105,6 +108,7 @@ impl HubNode {
             isolation: isolation.clone(),
             commit_timeout: config.raft.commit_timeout,
             keep_configs: config.keep_config_versions,
+            revoked: revoked.clone(),
         });
         let enroller = Arc::new(Enroller::new(
             node.clone(),
@@ -155,36 +159,55 @@ impl HubNode {
         let admin_table: Arc<dyn vigo_common::net::Admit> =
             Arc::new(admission::HubAdmin(node.clone()));
         let routes = tonic::service::Routes::builder()
-            .add_service(Guarded::new(
-                pb::hub_raft_server::HubRaftServer::new(RaftService {
-                    raft: raft.clone(),
-                    isolation,
-                })
-                .max_decoding_message_size(admission::MAX_RAFT_MESSAGE),
-                Arc::new(admission::Raft),
-            ))
-            .add_service(Guarded::new(
-                pb::enrollment_server::EnrollmentServer::new(EnrollmentService { enroller })
-                    .max_decoding_message_size(64 << 10),
-                Arc::new(admission::Enrollment),
-            ))
-            .add_service(Guarded::new(
-                pb::hub_locate_server::HubLocateServer::new(LocateService { node: node.clone() })
+            .add_service(
+                Guarded::new(
+                    pb::hub_raft_server::HubRaftServer::new(RaftService {
+                        raft: raft.clone(),
+                        isolation,
+                    })
+                    .max_decoding_message_size(admission::MAX_RAFT_MESSAGE),
+                    Arc::new(admission::Raft),
+                )
+                .refusing(revoked.clone()),
+            )
+            .add_service(
+                Guarded::new(
+                    pb::enrollment_server::EnrollmentServer::new(EnrollmentService { enroller })
+                        .max_decoding_message_size(64 << 10),
+                    Arc::new(admission::Enrollment),
+                )
+                .refusing(revoked.clone()),
+            )
+            .add_service(
+                Guarded::new(
+                    pb::hub_locate_server::HubLocateServer::new(LocateService {
+                        node: node.clone(),
+                    })
                     .max_decoding_message_size(4 << 10),
-                Arc::new(admission::Locate),
-            ))
-            .add_service(Guarded::new(
-                pb::hub_spokes_server::HubSpokesServer::new(SpokesService { node: node.clone() })
+                    Arc::new(admission::Locate),
+                )
+                .refusing(revoked.clone()),
+            )
+            .add_service(
+                Guarded::new(
+                    pb::hub_spokes_server::HubSpokesServer::new(SpokesService {
+                        node: node.clone(),
+                    })
                     .max_decoding_message_size(64 << 10),
-                Arc::new(admission::Spokes),
-            ))
-            .add_service(Guarded::new(
-                vigo_proto::admin::v1::hub_admin_server::HubAdminServer::new(AdminGrpc {
-                    api: api.clone(),
-                })
-                .max_decoding_message_size(vigo_common::limits::MAX_CONFIG_MESSAGE),
-                admin_table,
-            ))
+                    Arc::new(admission::Spokes),
+                )
+                .refusing(revoked.clone()),
+            )
+            .add_service(
+                Guarded::new(
+                    vigo_proto::admin::v1::hub_admin_server::HubAdminServer::new(AdminGrpc {
+                        api: api.clone(),
+                    })
+                    .max_decoding_message_size(vigo_common::limits::MAX_CONFIG_MESSAGE),
+                    admin_table,
+                )
+                .refusing(revoked.clone()),
+            )
             .clone()
             .routes();
         let serving = serve_grpc(

@@ -72,14 +72,15 @@ impl SpokesService {
     }
 
     fn directive(&self, spoke_id: String) -> pb::SpokeDirective {
-        let (config_version, config_generation) = self.node.read(|s| {
+        let (config_version, config_generation, revocation_seq) = self.node.read(|s| {
             let generation = s.config("").map_or(0, |c| c.generation);
-            (s.current_config.clone(), generation)
+            (s.current_config.clone(), generation, s.revocations.seq())
         });
         pb::SpokeDirective {
             config_version,
             spoke_id,
             config_generation,
+            revocation_seq,
         }
     }
 }
@@ -229,6 +230,17 @@ impl pb::hub_spokes_server::HubSpokes for SpokesService {
             .read(|s| s.config(&version).cloned())
             .ok_or_else(|| HubError::NotFound(format!("no config version {version:?}")))?;
         Ok(Response::new(publish::to_proto(&entry, true)))
+    }
+
+    async fn get_revocations(
+        &self,
+        request: Request<pb::GetRevocationsRequest>,
+    ) -> Result<Response<pb::RevocationList>, Status> {
+        Self::spoke_id(&request)?;
+        let after = request.into_inner().after;
+        Ok(Response::new(
+            self.node.read(|s| crate::revocations::list(s, after)),
+        ))
     }
 }
 

@@ -18,6 +18,7 @@ use crate::forwards::Forwards;
 use crate::grpc::{detach, walk};
 use crate::metrics::count_call;
 use crate::policy_cache::PolicyCache;
+use crate::revocations::Revocations;
 use crate::store::{Store, StoredEnvoy, WriteOp};
 use crate::streams::Streams;
 use crate::traits_store::TraitsStore;
@@ -30,6 +31,9 @@ pub struct Admin {
     pub registry: Arc<Registry>,
     pub streams: Arc<Streams>,
     pub forwards: Arc<Forwards>,
+    pub revocations: Arc<Revocations>,
+    /// Envoys are enrolled and revoked through the hub.
+    pub through_hub: bool,
 }
 
 fn envoy_id(raw: u64) -> Result<EnvoyId, SpokeError> {
@@ -71,8 +75,13 @@ impl Admin {
         })
     }
 
-    /// Revokes an envoy: durable first, then refused on its next request.
+    /// Revokes an envoy: durable first, then refused on its next request. A spoke under
+    /// a hub refuses: there a revocation is the cluster's, so that a move or a restored
+    /// backup cannot undo it.
     pub async fn revoke(self: &Arc<Self>, id: EnvoyId, reason: String) -> Result<bool, SpokeError> {
+        if self.through_hub {
+            return Err(SpokeError::RevokeThroughHub(id));
+        }
         let record = self.fleet.get(id).ok_or(SpokeError::UnknownEnvoy(id))?;
         if record.read(|st| st.revoked) {
             return Ok(false);
@@ -133,6 +142,9 @@ impl Admin {
         let id = envoy_id(req.envoy_id)?;
         let hostname = normalize_hostname(&req.hostname)?;
         let key = parse_public_key(&req.public_key)?;
+        if self.revocations.is_envoy_revoked(id) {
+            return Err(SpokeError::Revoked(id));
+        }
         if let Some(same_id) = self.fleet.get(id) {
             if same_id.hostname.as_ref() == hostname && same_id.key == key {
                 return Ok(pb::RegisterEnvoyResponse {
@@ -283,6 +295,15 @@ impl pb::spoke_admin_server::SpokeAdmin for AdminService {
         let result = self.0.register_envoy(msg).await;
         count_call("vigo_enrollments_total", result.as_ref().map(|_| ()));
         Ok(Response::new(result?))
+    }
+
+    async fn apply_revocations(
+        &self,
+        request: Request<pb::RevocationList>,
+    ) -> Result<Response<pb::ApplyRevocationsResponse>, Status> {
+        let list = request.into_inner();
+        let seq = self.0.revocations.apply(&list).await?;
+        Ok(Response::new(pb::ApplyRevocationsResponse { seq }))
     }
 
     async fn apply_config(

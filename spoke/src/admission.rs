@@ -10,7 +10,7 @@
 //! | SpokeAdmin | ListEnvoys, TraitCount | admin, hub | 256 KiB |
 //! | SpokeAdmin | ForcePush | admin, hub | 1 MiB |
 //! | SpokeAdmin | RegisterEnvoy | hub | 64 KiB |
-//! | SpokeAdmin | ExportEnvoys, HandOff | hub | 1 MiB |
+//! | SpokeAdmin | ExportEnvoys, HandOff, ApplyRevocations | hub | 1 MiB |
 //! | SpokeAdmin | ApplyConfig | hub | the largest policy (16 MiB) + 64 KiB |
 //! | SpokeAdmin | ImportEnvoys | hub | 64 MiB |
 //!
@@ -115,6 +115,7 @@ impl Admit for SpokeAdmin {
             "ForcePush" => (ADMINS, s.limits(MIB)),
             "RegisterEnvoy" => (HUB, s.limits(64 * KIB)),
             "ExportEnvoys" | "HandOff" => (HUB, bulk(MIB)),
+            "ApplyRevocations" => (HUB, s.limits(MIB)),
             "ApplyConfig" => (HUB, bulk(MAX_CONFIG_MESSAGE)),
             "ImportEnvoys" => (HUB, bulk(MAX_IMPORT)),
             other => return Err(unknown(other)),

@@ -31,6 +31,10 @@ pub enum SpokeError {
     Moved { id: EnvoyId, address: String },
     #[error("envoy {0} is revoked")]
     Revoked(EnvoyId),
+    #[error(
+        "this spoke's envoys are revoked through the hub (vigocli envoys revoke {0}), so that the revocation holds on every spoke"
+    )]
+    RevokeThroughHub(EnvoyId),
     #[error("the client certificate of envoy {0} was issued for a key it no longer has")]
     StaleCertificate(EnvoyId),
     #[error("signature does not verify")]
@@ -73,6 +77,7 @@ impl Refusal for SpokeError {
             | StaleTimestamp { .. }
             | Replay { .. }
             | EnrollThroughHub(_)
+            | RevokeThroughHub(_)
             | IdTaken { .. } => Kind::Precondition,
             EnrollmentInProgress(_) => Kind::Conflict,
             Enroll(denied) => denied.kind(),

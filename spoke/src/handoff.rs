@@ -97,6 +97,9 @@ impl Admin {
             let id = envoy_id(e.envoy_id)?;
             let key = parse_public_key(&e.public_key)?;
             let hostname = crate::enroll::normalize_hostname(&e.hostname)?;
+            // The cluster's list wins over the export: a revocation that crossed the
+            // move holds here.
+            let revoked = e.revoked || self.revocations.is_envoy_revoked(id);
             let status = Compliance::from_index(e.run_status as u8).unwrap_or(Compliance::NoData);
             let sequence = self
                 .fleet
@@ -118,7 +121,7 @@ impl Admin {
                     hostname: hostname.clone(),
                     public_key: key.as_bytes().to_vec(),
                     enrolled_at_ms: e.enrolled_at_ms,
-                    revoked: e.revoked,
+                    revoked,
                     revoked_reason: e.revoked_reason.clone(),
                     token_name: e.token_name.clone(),
                     ..Default::default()
@@ -152,7 +155,7 @@ impl Admin {
             st.run_status = status;
             st.last_run_id = e.last_run_id;
             st.last_run_bundle = e.last_run_bundle;
-            st.revoked = e.revoked;
+            st.revoked = revoked;
             records.push((
                 EnvoyRecord::new(id, key, &hostname, e.enrolled_at_ms),
                 st,
@@ -177,7 +180,15 @@ impl Admin {
                 if let Some(old) = this.fleet.get(record.id) {
                     this.traits.release(&old.read(|s| s.traits_hash));
                 }
+                let id = record.id;
                 this.fleet.insert(record, st);
+                // A revocation applied while this import was being written found no
+                // record to mark: mark it now.
+                if this.revocations.is_envoy_revoked(id)
+                    && let Some(r) = this.fleet.get(id)
+                {
+                    this.fleet.update(&r, |st| st.revoked = true);
+                }
             }
             info!(envoys = count, "envoys taken over from another spoke");
             Ok(count)

@@ -1,6 +1,8 @@
 //! A spoke's tie to its hub: it registers (its certificate says which spoke it is),
 //! heartbeats, and serves the policy version the hub says every spoke should serve —
-//! pulling it when it missed a push (it was down, or the push failed).
+//! pulling it when it missed a push (it was down, or the push failed). The same for the
+//! cluster's revocations: when the hub's last one is above the spoke's, the spoke
+//! fetches the rest.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +24,8 @@ pub struct Link {
     pub advertise: String,
     pub tls: Arc<ClientConfig>,
     pub admin: Arc<Admin>,
+    /// Set once the spoke holds every revocation the hub had at a heartbeat.
+    pub synced: tokio::sync::watch::Sender<bool>,
 }
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -65,6 +69,14 @@ impl Link {
                         info!(hub = %address, spoke = %d.spoke_id, "registered with the hub");
                         registered = true;
                     }
+                    match self.catch_up(client, d.revocation_seq).await {
+                        Ok(()) => {
+                            self.synced.send_replace(true);
+                        }
+                        Err(e) => {
+                            warn!(hub = %address, error = %e, "cannot take the hub's revocations")
+                        }
+                    }
                     if let Err(e) = self.follow(client, &d).await {
                         warn!(hub = %address, error = %e, "cannot take the hub's policy version");
                     }
@@ -97,6 +109,28 @@ impl Link {
         });
         req.set_timeout(CALL_TIMEOUT);
         client.heartbeat(req).await.map(|r| r.into_inner())
+    }
+
+    /// Fetches and applies revocations until the spoke holds the hub's `last`.
+    async fn catch_up(&self, client: &mut HubClient, last: u64) -> Result<(), String> {
+        let book = &self.admin.revocations;
+        while book.seq() < last {
+            let held = book.seq();
+            let mut req = tonic::Request::new(pb::GetRevocationsRequest { after: held });
+            req.set_timeout(CALL_TIMEOUT);
+            let list = client
+                .get_revocations(req)
+                .await
+                .map_err(|s| s.message().to_string())?
+                .into_inner();
+            let now = book.apply(&list).await.map_err(|e| e.to_string())?;
+            if now == held {
+                // This hub node is behind the leader: the next heartbeat tries again.
+                return Err(format!("the hub sent nothing after revocation {held}"));
+            }
+            info!(from = held, to = now, "revocations taken from the hub");
+        }
+        Ok(())
     }
 
     /// Pulls and applies the version the hub wants, if it is not the one in force.

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod policy_cache;
 pub mod policy_feed;
 pub mod query;
+pub mod revocations;
 pub mod server;
 pub mod store;
 pub mod streams;

@@ -30,6 +30,7 @@ use crate::gateway::{Gateway, GatewayService, GatewaySettings, Reach};
 use crate::hub_link::Link;
 use crate::policy_cache::{PolicyCache, SwapObserver};
 use crate::policy_feed;
+use crate::revocations::Revocations;
 use crate::store::{Loaded, Store};
 use crate::streams::Streams;
 use crate::tokens::TokenBook;
@@ -55,6 +56,23 @@ pub struct Spoke {
     writer: Option<thread::JoinHandle<()>>,
 }
 
+/// How long a spoke that holds envoys waits at start-up for the hub's revocations.
+const REVOCATION_SYNC: Duration = Duration::from_secs(10);
+
+/// A spoke with envoys serves only once it holds the cluster's revocations (its data may
+/// be an old copy that predates some): it waits for its first catch-up with the hub, up
+/// to [`REVOCATION_SYNC`], then serves with what it has.
+async fn wait_for_revocations(mut synced: tokio::sync::watch::Receiver<bool>) {
+    let started = std::time::Instant::now();
+    match tokio::time::timeout(REVOCATION_SYNC, synced.wait_for(|s| *s)).await {
+        Ok(Ok(_)) => info!(elapsed = ?started.elapsed(), "revocations caught up with the hub"),
+        _ => tracing::warn!(
+            waited = ?REVOCATION_SYNC,
+            "no hub answered with its revocations; serving with the ones stored here"
+        ),
+    }
+}
+
 /// What rebuilding the FleetIndex found.
 #[derive(Debug, Clone, Copy)]
 pub struct RehydrateStats {
@@ -78,7 +96,13 @@ impl Spoke {
         let published = loaded.config.take();
         let forwards = Arc::new(Forwards::default());
         forwards.restore(std::mem::take(&mut loaded.forwards));
+        let revocation_list = std::mem::take(&mut loaded.revocations);
         let stats = rehydrate(loaded, &fleet, &traits, &store, config.offline_after())?;
+        let revocations = Arc::new(Revocations::load(
+            fleet.clone(),
+            store.clone(),
+            &revocation_list,
+        ));
         info!(
             envoys = stats.envoys,
             trait_sets = stats.trait_sets,
@@ -152,7 +176,10 @@ impl Spoke {
             registry,
             streams: streams.clone(),
             forwards,
+            revocations: revocations.clone(),
+            through_hub: config.hub.is_some(),
         });
+        let (synced_tx, synced) = tokio::sync::watch::channel(false);
         let hub_link = match &config.hub {
             Some(hub) => {
                 let client_tls = tls::client_config(
@@ -168,6 +195,7 @@ impl Spoke {
                     advertise: config.advertise_address(),
                     tls: Arc::new(client_tls),
                     admin: admin.clone(),
+                    synced: synced_tx,
                 };
                 Some(tokio::spawn(link.run()))
             }
@@ -235,24 +263,37 @@ impl Spoke {
         // Each service decodes up to its largest method's limit; the admission table
         // holds every method to its own, and refuses wrong peers before the body is read.
         let gateway_limit = config.checkin.max_body.0.max(config.reports.max_body.0) + (1 << 10);
+        let refused = revocations.certs.clone();
         let routes = tonic::service::Routes::builder()
-            .add_service(Guarded::new(
-                pb::enrollment_server::EnrollmentServer::new(enrollment)
-                    .max_decoding_message_size(64 << 10),
-                enroll_table,
-            ))
-            .add_service(Guarded::new(
-                pb::envoy_gateway_server::EnvoyGatewayServer::new(GatewayService(gateway))
-                    .max_decoding_message_size(gateway_limit),
-                gateway_table,
-            ))
-            .add_service(Guarded::new(
-                pb::spoke_admin_server::SpokeAdminServer::new(AdminService(admin))
-                    .max_decoding_message_size(admission::MAX_ADMIN_MESSAGE),
-                admin_table,
-            ))
+            .add_service(
+                Guarded::new(
+                    pb::enrollment_server::EnrollmentServer::new(enrollment)
+                        .max_decoding_message_size(64 << 10),
+                    enroll_table,
+                )
+                .refusing(refused.clone()),
+            )
+            .add_service(
+                Guarded::new(
+                    pb::envoy_gateway_server::EnvoyGatewayServer::new(GatewayService(gateway))
+                        .max_decoding_message_size(gateway_limit),
+                    gateway_table,
+                )
+                .refusing(refused.clone()),
+            )
+            .add_service(
+                Guarded::new(
+                    pb::spoke_admin_server::SpokeAdminServer::new(AdminService(admin))
+                        .max_decoding_message_size(admission::MAX_ADMIN_MESSAGE),
+                    admin_table,
+                )
+                .refusing(refused),
+            )
             .clone()
             .routes();
+        if config.hub.is_some() && stats.envoys > 0 {
+            wait_for_revocations(synced).await;
+        }
         let serving = serve_grpc(
             listener,
             Arc::new(server_tls),

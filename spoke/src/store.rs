@@ -9,7 +9,8 @@
 //! `envoys` (identity, write-through), `envoy_states` (last seen, sequence, traits hash:
 //! the flushers), `last_runs` and `runs` (reports, write-through), `traits`
 //! (content-addressed, with the flushers), `token_uses` (with enrollments), `forwards`
-//! (envoys handed off to another spoke: where to redirect them).
+//! (envoys handed off to another spoke: where to redirect them), `revocations` (the
+//! cluster's revocation list by sequence number, as the hub sent it).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -30,6 +31,7 @@ const TOKEN_USES: TableDefinition<&[u8], u64> = TableDefinition::new("token_uses
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const CONFIG: TableDefinition<&str, &[u8]> = TableDefinition::new("config");
 const FORWARDS: TableDefinition<u64, &[u8]> = TableDefinition::new("forwards");
+const REVOCATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("revocations");
 
 const SCHEMA_VERSION: u64 = 1;
 /// Jobs folded into one transaction at most.
@@ -158,6 +160,11 @@ pub enum WriteOp {
     Import { envoys: Vec<ImportedEnvoy> },
     /// Envoys given up to another spoke: their rows go, a forwarding row stays.
     HandOff { forwards: Vec<(u64, StoredForward)> },
+    /// Revocations from the hub, and the rows of the envoys here they revoke.
+    PutRevocations {
+        revocations: Vec<vigo_proto::v1::Revocation>,
+        envoys: Vec<StoredEnvoy>,
+    },
     /// Dirty states from a flusher, with trait sets not yet on disk.
     Flush {
         states: Vec<(u64, StoredState)>,
@@ -195,6 +202,8 @@ pub struct Loaded {
     /// The last policy version the hub published, if any.
     pub config: Option<vigo_proto::v1::ConfigVersion>,
     pub forwards: HashMap<u64, StoredForward>,
+    /// The cluster's revocations this spoke has, in order.
+    pub revocations: Vec<vigo_proto::v1::Revocation>,
 }
 
 impl Store {
@@ -235,6 +244,7 @@ impl Store {
             txn.open_table(TOKEN_USES).map_err(db_err)?;
             txn.open_table(CONFIG).map_err(db_err)?;
             txn.open_table(FORWARDS).map_err(db_err)?;
+            txn.open_table(REVOCATIONS).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)
     }
@@ -314,6 +324,16 @@ impl Store {
             let (k, v) = row.map_err(db_err)?;
             out.forwards
                 .insert(k.value(), decode("forwards", k.value(), v.value())?);
+        }
+        for row in txn
+            .open_table(REVOCATIONS)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
+            let (k, v) = row.map_err(db_err)?;
+            out.revocations
+                .push(decode("revocations", k.value(), v.value())?);
         }
         if let Some(current) = txn
             .open_table(CONFIG)
@@ -431,6 +451,7 @@ fn commit_group(db: &Database, group: &[Job]) -> Result<Vec<WriteOutcome>, Store
         let mut token_uses = txn.open_table(TOKEN_USES).map_err(db_err)?;
         let mut config = txn.open_table(CONFIG).map_err(db_err)?;
         let mut forwards = txn.open_table(FORWARDS).map_err(db_err)?;
+        let mut revocations = txn.open_table(REVOCATIONS).map_err(db_err)?;
         for job in group {
             let outcome = match &job.op {
                 WriteOp::PutEnvoys {
@@ -541,6 +562,22 @@ fn commit_group(db: &Database, group: &[Job]) -> Result<Vec<WriteOutcome>, Store
                         }
                         forwards
                             .insert(*id, forward.encode_to_vec().as_slice())
+                            .map_err(db_err)?;
+                    }
+                    WriteOutcome::Done
+                }
+                WriteOp::PutRevocations {
+                    revocations: list,
+                    envoys: rows,
+                } => {
+                    for r in list {
+                        revocations
+                            .insert(r.seq, r.encode_to_vec().as_slice())
+                            .map_err(db_err)?;
+                    }
+                    for envoy in rows {
+                        envoys
+                            .insert(envoy.id, envoy.encode_to_vec().as_slice())
                             .map_err(db_err)?;
                     }
                     WriteOutcome::Done

@@ -45,7 +45,8 @@ fn log_bytes(dir: &std::path::Path) -> (u64, u64) {
 
 async fn snapshot_at(pins: u64) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut sm, view) = StateMachineStore::open(&dir.path().join("snap.redb")).unwrap();
+    let (mut sm, view) =
+        StateMachineStore::open(&dir.path().join("snap.redb"), Default::default()).unwrap();
     {
         let mut v = view.write().unwrap();
         v.state.apply(Command::RegisterSpoke {
@@ -86,7 +87,8 @@ async fn snapshot_at(pins: u64) {
     let snap = builder.build_snapshot().await.unwrap();
     let built = started.elapsed();
     let bytes = snap.snapshot.get_ref().len();
-    let (mut sm2, _) = StateMachineStore::open(&dir.path().join("snap2.redb")).unwrap();
+    let (mut sm2, _) =
+        StateMachineStore::open(&dir.path().join("snap2.redb"), Default::default()).unwrap();
     let started = Instant::now();
     sm2.install_snapshot(&snap.meta, snap.snapshot)
         .await

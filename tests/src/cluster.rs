@@ -272,6 +272,28 @@ impl Cluster {
         tls::channel(&self.hub_address(i), Arc::new(tls), Duration::from_secs(5)).expect("channel")
     }
 
+    /// A channel to `address` with the certificate `pki/{cert}.pem` (e.g. "admin",
+    /// "hub-1", "spoke-a"), to a server of role `server`.
+    pub fn channel_as(&self, cert: &str, address: &str, server: Role) -> Channel {
+        let pem = std::fs::read_to_string(self.pki(&format!("{cert}.pem"))).expect("cert");
+        let key = std::fs::read_to_string(self.pki(&format!("{cert}.key"))).expect("key");
+        let roles: &'static [Role] = match server {
+            Role::Hub => &[Role::Hub],
+            Role::Spoke => &[Role::Spoke],
+            other => panic!("no server has the {other:?} role"),
+        };
+        let tls =
+            tls::client_config(&self.ca_pem(), Some((&pem, &key)), roles).expect("client tls");
+        tls::channel(address, Arc::new(tls), Duration::from_secs(5)).expect("channel")
+    }
+
+    /// The redb file of spoke `j`.
+    pub fn spoke_db(&self, j: usize) -> PathBuf {
+        SpokeConfig::load(&self.spoke_config_path(j))
+            .expect("spoke config")
+            .db_path()
+    }
+
     /// The hub's spoke service on hub `i`, called with `spoke`'s own certificate.
     pub fn as_spoke(
         &self,

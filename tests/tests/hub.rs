@@ -228,9 +228,11 @@ async fn a_cut_off_minority_cannot_commit_and_catches_up_when_back() {
     let leader = cluster.leader().await;
     cluster.hub(leader).isolate(true);
 
-    // The cut-off node still believes it leads, but nothing it proposes commits.
+    // The cut-off node still believes it leads, but nothing it proposes commits; what it
+    // proposed might still commit (were it to reach a quorum as leader), so the caller
+    // is told the outcome is unknown, not that nothing happened.
     let r = cluster.enroll(leader, "on-the-minority").await;
-    assert_eq!(code(r), Code::Unavailable);
+    assert_eq!(code(r), Code::DeadlineExceeded);
     // The majority elects a leader and commits.
     let majority: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -539,7 +541,7 @@ async fn bad_input_gets_a_precise_error_and_leaves_no_trace() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_spoke_fails_the_enrollment_and_leaves_no_pin() {
+async fn an_unreachable_spoke_fails_the_enrollment_and_the_retry_completes_it() {
     let mut cluster = Cluster::start(3, SPOKES).await;
     cluster
         .admin(0)
@@ -559,24 +561,37 @@ async fn an_unreachable_spoke_fails_the_enrollment_and_leaves_no_pin() {
         "the override wins over the ring"
     );
 
+    // The pin commits first (the hub's decision), then the spoke is told: with the
+    // spoke down the envoy gets no certificate, and its retry is the same envoy.
     cluster.stop_spoke(1).await;
-    let before = cluster.state(0).pins.len();
-    let r = cluster.enroll(2, "db-2").await;
-    assert_eq!(code(r), Code::Unavailable);
-    assert_eq!(
-        cluster.state(0).pins.len(),
-        before,
-        "no pin without its spoke"
+    let key = vigo_common::signing::generate_key();
+    let (hub, ca, token) = (
+        cluster.hub_address(2),
+        cluster.ca_pem(),
+        cluster.token.clone(),
     );
-    assert!(!cluster.state(0).hostnames.contains_key("db-2"));
+    let enroll = || {
+        let (hub, ca, token, key) = (hub.clone(), ca.clone(), token.clone(), key.clone());
+        async move { vigo_envoy::client::enroll(&hub, &ca, &token, "db-2", key).await }
+    };
+    let r = enroll().await;
+    assert_eq!(code(r), Code::Unavailable);
+    let used = |c: &Cluster| c.state(0).tokens.values().map(|t| t.used).sum::<u64>();
+    let pinned = vigo_tests::eventually(Duration::from_secs(5), || async {
+        cluster.state(0).hostnames.get("db-2").copied().ok_or(())
+    })
+    .await;
+    let used_before = used(&cluster);
 
     cluster.start_spoke(1).await;
-    let (again, _) =
-        vigo_tests::eventually(Duration::from_secs(20), || cluster.enroll(1, "db-2")).await;
+    let (again, _) = vigo_tests::eventually(Duration::from_secs(20), enroll).await;
     assert_eq!(
-        cluster.state(0).pins[&again.envoy_id.get()].spoke,
-        "spoke-b"
+        again.envoy_id.get(),
+        pinned,
+        "the retry is the pinned envoy"
     );
+    assert_eq!(cluster.state(0).pins[&pinned].spoke, "spoke-b");
+    assert_eq!(used(&cluster), used_before, "the retry spends no token use");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

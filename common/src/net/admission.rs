@@ -23,6 +23,7 @@ use tonic::server::NamedService;
 use tonic::{Code, Status};
 
 use super::listen::PeerInfo;
+use super::revoked::RevokedCerts;
 use crate::pki::Peer;
 
 /// What an admitted call may do.
@@ -91,10 +92,12 @@ pub fn require_role(peer: &Peer, roles: &[crate::pki::Role], method: &str) -> Re
     }
 }
 
-/// A gRPC service behind its admission table.
+/// A gRPC service behind its admission table (and, when given, the node's revoked
+/// certificates: a call from one is refused before the table looks at it).
 pub struct Guarded<S> {
     inner: S,
     table: Arc<dyn Admit>,
+    revoked: Option<Arc<RevokedCerts>>,
 }
 
 impl<S: Clone> Clone for Guarded<S> {
@@ -102,13 +105,38 @@ impl<S: Clone> Clone for Guarded<S> {
         Self {
             inner: self.inner.clone(),
             table: self.table.clone(),
+            revoked: self.revoked.clone(),
         }
     }
 }
 
 impl<S> Guarded<S> {
     pub fn new(inner: S, table: Arc<dyn Admit>) -> Self {
-        Self { inner, table }
+        Self {
+            inner,
+            table,
+            revoked: None,
+        }
+    }
+
+    /// Refuses calls made with a certificate in `revoked`.
+    pub fn refusing(mut self, revoked: Arc<RevokedCerts>) -> Self {
+        self.revoked = Some(revoked);
+        self
+    }
+
+    fn check_revoked(&self, extensions: &Extensions) -> Result<(), Status> {
+        let (Some(revoked), Some(info)) = (&self.revoked, extensions.get::<PeerInfo>()) else {
+            return Ok(());
+        };
+        if revoked.contains(&info.serial) {
+            return Err(Status::permission_denied(format!(
+                "{} with serial {} is revoked",
+                crate::pki::a_certificate(info.peer.role().map_or("anonymous", |r| r.as_str())),
+                info.serial
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -138,10 +166,12 @@ where
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
         let method = parts.uri.path().rsplit('/').next().unwrap_or("");
-        let admitted = self.table.admit(&mut Call {
-            method,
-            headers: &parts.headers,
-            extensions: &mut parts.extensions,
+        let admitted = self.check_revoked(&parts.extensions).and_then(|()| {
+            self.table.admit(&mut Call {
+                method,
+                headers: &parts.headers,
+                extensions: &mut parts.extensions,
+            })
         });
         let limits = match admitted {
             Ok(l) => l,
@@ -180,7 +210,7 @@ fn refused(service: &'static str, code: Code) {
     metrics::counter!(
         "vigo_admission_refusals_total",
         "service" => service,
-        "code" => crate::net::code_label(code)
+        "code" => crate::refusal::Kind::of_code(code).label()
     )
     .increment(1);
 }

@@ -34,6 +34,8 @@ use crate::pki::Peer;
 pub struct PeerInfo {
     pub peer: Peer,
     pub remote: SocketAddr,
+    /// The client certificate's serial (`pki::serial_hex`); empty without one.
+    pub serial: Arc<str>,
 }
 
 /// Limits on the way in.
@@ -264,6 +266,7 @@ pub async fn accept_loop<F>(
                 info: PeerInfo {
                     peer: Peer::Anonymous,
                     remote,
+                    serial: Arc::from(""),
                 },
                 _slot: conn,
             });
@@ -287,16 +290,20 @@ pub async fn accept_loop<F>(
                     return debug!(%remote, "TLS handshake not done within its timeout");
                 }
             };
-            let peer = match stream.get_ref().1.peer_certificates() {
-                None | Some([]) => Peer::Anonymous,
-                Some([leaf, ..]) => match Peer::from_certificate(leaf) {
+            let (peer, serial) = match stream.get_ref().1.peer_certificates() {
+                None | Some([]) => (Peer::Anonymous, String::new()),
+                Some([leaf, ..]) => match Peer::identify(leaf) {
                     Ok(p) => p,
                     Err(e) => return debug!(%remote, error = %e, "unusable client certificate"),
                 },
             };
             serve(PeerConn {
                 stream: Stream::Tls(Box::new(stream)),
-                info: PeerInfo { peer, remote },
+                info: PeerInfo {
+                    peer,
+                    remote,
+                    serial: serial.into(),
+                },
                 _slot: conn,
             });
         });

@@ -5,45 +5,22 @@
 //!
 //! The order every request meets, cheapest refusal first: the connection cap and the
 //! handshake caps (per server and per source address), the handshake timeout, the first
-//! request timeout, then per call the admission table (peer role or token, message
+//! request timeout, then per call the revoked certificates, the admission table (peer role or token, message
 //! limit, deadline), and only then the service.
 
 pub mod admission;
 pub mod config;
 pub mod listen;
+pub mod revoked;
 pub mod serve;
 pub mod shedding;
 
 pub use admission::{Admit, Call, Guarded, Limits, require_role};
 pub use config::ConnectionsConfig;
 pub use listen::{AcceptLimits, PeerConn, PeerInfo};
+pub use revoked::RevokedCerts;
 pub use serve::{Http1Limits, Http2Limits, Serving, serve_grpc, serve_http1};
 pub use shedding::{Received, Shedder, SheddingLimits, Ticket};
-
-use tonic::Code;
-
-/// A gRPC code as metric labels spell it: snake case.
-pub fn code_label(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "ok",
-        Code::Cancelled => "cancelled",
-        Code::Unknown => "unknown",
-        Code::InvalidArgument => "invalid_argument",
-        Code::DeadlineExceeded => "deadline_exceeded",
-        Code::NotFound => "not_found",
-        Code::AlreadyExists => "already_exists",
-        Code::PermissionDenied => "permission_denied",
-        Code::ResourceExhausted => "resource_exhausted",
-        Code::FailedPrecondition => "failed_precondition",
-        Code::Aborted => "aborted",
-        Code::OutOfRange => "out_of_range",
-        Code::Unimplemented => "unimplemented",
-        Code::Internal => "internal",
-        Code::Unavailable => "unavailable",
-        Code::DataLoss => "data_loss",
-        Code::Unauthenticated => "unauthenticated",
-    }
-}
 
 /// A status's message followed by its sources, as one line: what a transport failure
 /// really was (a TLS refusal, a reset connection) sits in the sources.

@@ -1,5 +1,5 @@
 //! Envoy queries and actions across the fleet: listings merged from every spoke with a
-//! cursor that stays correct across them, one envoy's detail, revocation, force-push,
+//! cursor that stays correct across them, one envoy's detail, force-push,
 //! the compliance roll-up and trait distributions.
 
 use std::collections::BTreeMap;
@@ -176,38 +176,6 @@ impl AdminApi {
             traits_hash: hex::encode(&info.traits_hash),
             stored_runs: info.stored_runs,
             spoke_address: spoke.address,
-        })
-    }
-
-    pub async fn revoke_envoy(
-        &self,
-        caller: &Caller,
-        req: api::RevokeEnvoyRequest,
-    ) -> Result<api::RevokeEnvoyResult, HubError> {
-        caller.require(ApiRole::Operator, "RevokeEnvoy")?;
-        let (id, spoke) = self.pinned(&req.envoy_id)?;
-        let reason = if req.reason.is_empty() {
-            format!("revoked by {}", caller.name)
-        } else {
-            format!("{} (by {})", req.reason, caller.name)
-        };
-        let mut client = fanout::client(&self.node, &spoke.address)?;
-        let revoked_now = client
-            .revoke_envoy(fanout::within(
-                pb::RevokeEnvoyRequest {
-                    envoy_id: id,
-                    reason,
-                },
-                QUERY_DEADLINE,
-            ))
-            .await
-            .map_err(|s| Self::spoke_call_error(&spoke.id, s))?
-            .into_inner()
-            .revoked_now;
-        tracing::warn!(envoy = %req.envoy_id, spoke = %spoke.id, by = %caller.name, "envoy revoked");
-        Ok(api::RevokeEnvoyResult {
-            envoy_id: req.envoy_id.to_lowercase(),
-            revoked_now,
         })
     }
 

@@ -85,6 +85,7 @@ rpcs! {
     list_spokes(ListSpokesRequest) -> SpokeList = list_spokes;
     show_spoke(SpokeRef) -> SpokeDetail = show_spoke;
     members(MembersRequest) -> MemberList = list_members;
+    list_revocations(ListRevocationsRequest) -> RevocationPage = list_revocations;
     revoke_envoy(RevokeEnvoyRequest) -> RevokeEnvoyResult = revoke_envoy;
     reassign_envoy(ReassignEnvoyRequest) -> MoveResult = reassign_envoy;
     push(PushRequest) -> PushResult = push;
@@ -99,4 +100,5 @@ rpcs! {
     revoke_token(RevokeTokenRequest) -> TokenInfo = revoke_token;
     add_hub(AddHubRequest) -> MemberList = add_hub;
     remove_hub(RemoveHubRequest) -> MemberList = remove_hub;
+    revoke_certificate(RevokeCertificateRequest) -> RevocationInfo = revoke_certificate;
 }

@@ -13,6 +13,8 @@ mod envoys;
 pub mod grpc;
 pub mod moves;
 pub mod rest;
+mod rest_revocations;
+mod revocations;
 mod spokes;
 
 use std::future::Future;

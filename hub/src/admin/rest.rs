@@ -155,7 +155,7 @@ impl IntoResponse for Failure {
 }
 
 /// Decodes a JSON body; an error names the field at fault.
-fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, HubError> {
+pub(super) fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, HubError> {
     if bytes.is_empty() {
         return serde_json::from_str("{}").map_err(|e| HubError::malformed("body", e));
     }
@@ -173,7 +173,7 @@ fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, HubError> {
 
 /// Runs one operation for the caller [`admit`] authenticated and answers in JSON,
 /// counting the call.
-async fn answer<Req, Resp, Op, Fut>(
+pub(super) async fn answer<Req, Resp, Op, Fut>(
     api: &Arc<AdminApi>,
     route: &'static str,
     caller: Caller,
@@ -222,7 +222,7 @@ pub struct EnvoyQuery {
     with_traits: Option<bool>,
 }
 
-type Api = State<Arc<AdminApi>>;
+pub(super) type Api = State<Arc<AdminApi>>;
 
 #[utoipa::path(get, path = "/api/v1/status", tag = "cluster",
     responses((status = 200, body = api::ClusterStatus), (status = 401, body = ApiError)))]
@@ -597,6 +597,10 @@ pub fn router(api: Arc<AdminApi>) -> axum::Router {
         .routes(routes!(set_overrides))
         .routes(routes!(list_tokens, create_token))
         .routes(routes!(revoke_token))
+        .routes(routes!(
+            super::rest_revocations::list_revocations,
+            super::rest_revocations::revoke_certificate
+        ))
         .with_state(api.clone())
         .split_for_parts();
     let doc = Arc::new(doc);

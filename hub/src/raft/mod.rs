@@ -53,7 +53,8 @@ mod suite {
             let dir = tempfile::tempdir().expect("temp dir");
             let log = LogStore::open(&dir.path().join("raft-log.redb")).expect("log store");
             let (sm, _) =
-                StateMachineStore::open(&dir.path().join("raft-snapshot.redb")).expect("sm store");
+                StateMachineStore::open(&dir.path().join("raft-snapshot.redb"), Default::default())
+                    .expect("sm store");
             Ok((dir, log, sm))
         }
     }

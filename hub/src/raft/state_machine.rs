@@ -15,6 +15,7 @@ use openraft::{
 };
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
+use vigo_common::net::RevokedCerts;
 
 use super::{NodeId, TypeConfig, put};
 use crate::state::{Applied, ClusterState};
@@ -44,6 +45,8 @@ pub struct StateMachineStore {
     view: SharedView,
     db: Arc<Database>,
     snapshot_seq: Arc<std::sync::atomic::AtomicU64>,
+    /// The revoked certificates this node's servers refuse, kept equal to the state's.
+    revoked: Arc<RevokedCerts>,
 }
 
 fn sm_err(verb: ErrorVerb) -> impl Fn(String) -> StorageError<NodeId> {
@@ -52,7 +55,11 @@ fn sm_err(verb: ErrorVerb) -> impl Fn(String) -> StorageError<NodeId> {
 
 impl StateMachineStore {
     /// Opens the snapshot file and loads the last snapshot into a fresh view.
-    pub fn open(path: &Path) -> std::result::Result<(Self, SharedView), String> {
+    /// `revoked` is kept equal to the state's revoked certificates from now on.
+    pub fn open(
+        path: &Path,
+        revoked: Arc<RevokedCerts>,
+    ) -> std::result::Result<(Self, SharedView), String> {
         let db = Database::create(path).map_err(|e| e.to_string())?;
         let txn = db.begin_write().map_err(|e| e.to_string())?;
         txn.open_table(SNAPSHOT).map_err(|e| e.to_string())?;
@@ -61,6 +68,7 @@ impl StateMachineStore {
             view: SharedView::default(),
             db: Arc::new(db),
             snapshot_seq: Arc::default(),
+            revoked,
         };
         if let Some(snap) = store.stored()? {
             let state: ClusterState =
@@ -69,6 +77,7 @@ impl StateMachineStore {
             v.state = state;
             v.last_applied = snap.meta.last_log_id;
             v.membership = snap.meta.last_membership;
+            store.revoked.replace(v.state.revocations.certificates());
         }
         let view = store.view.clone();
         Ok((store, view))
@@ -160,6 +169,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let mut v = self.view();
+        let revocations = v.state.revocations.seq();
         let mut out = Vec::new();
         for entry in entries {
             v.last_applied = Some(entry.log_id);
@@ -171,6 +181,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     Applied::Done
                 }
             });
+        }
+        if v.state.revocations.seq() != revocations {
+            self.revoked.replace(v.state.revocations.certificates());
         }
         Ok(out)
     }
@@ -203,6 +216,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         .await
         .map_err(sm_err(ErrorVerb::Write))?;
         let mut v = self.view();
+        self.revoked.replace(state.revocations.certificates());
         v.state = state;
         v.last_applied = meta.last_log_id;
         v.membership = meta.last_membership.clone();

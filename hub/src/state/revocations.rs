@@ -71,6 +71,10 @@ impl Revocations {
         &self.list[from..to]
     }
 
+    pub fn find(&self, target: &Revoked) -> Option<&Revocation> {
+        self.list.iter().rev().find(|r| &r.target == target)
+    }
+
     /// Serials of the revoked certificates.
     pub fn certificates(&self) -> impl Iterator<Item = &str> {
         self.list.iter().filter_map(|r| match &r.target {
