@@ -39,7 +39,13 @@ pub struct Cli {
     /// Print the answer as JSON (the admin API's messages) instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Deadline of one call.
+    /// The request id writes are made once under (default: a fresh one per command). A
+    /// command sent again with the same id gets the first outcome: use it to retry a
+    /// script's write safely after "outcome unknown".
+    #[arg(long, global = true, value_name = "ID")]
+    pub request_id: Option<String>,
+    /// Deadline of one call. A command whose call found no leader, or got no answer in
+    /// time, is sent again (same request id) until this much time has passed.
     #[arg(long, global = true, value_parser = humantime::parse_duration, default_value = "30s")]
     pub timeout: Duration,
     #[command(subcommand)]

@@ -63,14 +63,35 @@ fn read_trimmed(path: &Path, what: &str) -> Result<String, CliError> {
         .map_err(|e| CliError::Setup(format!("{what} {}: {e}", path.display())))
 }
 
-/// Adds the bearer token to every call.
+/// Adds the bearer token, and this command's request id, to every call: the hub makes
+/// a write once per request id, so a command retried after "outcome unknown" gets the
+/// first outcome instead of doing it twice.
 #[derive(Clone)]
-pub struct Bearer(MetadataValue<tonic::metadata::Ascii>);
+pub struct Bearer {
+    token: MetadataValue<tonic::metadata::Ascii>,
+    request_id: MetadataValue<tonic::metadata::Ascii>,
+}
 
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        r.metadata_mut().insert("authorization", self.0.clone());
+        r.metadata_mut().insert("authorization", self.token.clone());
+        r.metadata_mut()
+            .insert("vigo-request-id", self.request_id.clone());
         Ok(r)
+    }
+}
+
+impl CliError {
+    /// Whether the same command may be sent again: nothing was done (no leader, a node
+    /// down), or the outcome is unknown and the request id makes a retry safe.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            CliError::Refused {
+                code: Code::Unavailable | Code::DeadlineExceeded,
+                ..
+            }
+        )
     }
 }
 
@@ -97,8 +118,8 @@ async fn probe(client: &mut Client) -> Result<(), String> {
     }
 }
 
-/// Connects to the first hub address that answers.
-pub async fn connect(cli: &Cli) -> Result<Client, CliError> {
+/// Connects to the first hub address that answers; every call carries `request_id`.
+pub async fn connect(cli: &Cli, request_id: &str) -> Result<Client, CliError> {
     let file = load_file(cli)?;
     let hubs = cli.hub.clone().or(file.hub).ok_or_else(|| {
         CliError::Setup("no hub address: --hub, VIGO_HUB or `hub:` in the config file".into())
@@ -135,12 +156,16 @@ pub async fn connect(cli: &Cli) -> Result<Client, CliError> {
                 continue;
             }
         };
-        let mut client = api::hub_admin_client::HubAdminClient::with_interceptor(
-            channel,
-            Bearer(bearer.clone()),
-        )
-        .max_decoding_message_size(vigo_common::limits::MAX_ADMIN_ANSWER)
-        .max_encoding_message_size(vigo_common::limits::MAX_CONFIG_MESSAGE);
+        let interceptor = Bearer {
+            token: bearer.clone(),
+            request_id: request_id
+                .parse()
+                .map_err(|_| CliError::Setup("the request id must be ASCII".into()))?,
+        };
+        let mut client =
+            api::hub_admin_client::HubAdminClient::with_interceptor(channel, interceptor)
+                .max_decoding_message_size(vigo_common::limits::MAX_ADMIN_ANSWER)
+                .max_encoding_message_size(vigo_common::limits::MAX_CONFIG_MESSAGE);
         // A port that accepts is not a hub that answers (a frozen node's kernel still
         // completes the TCP handshake): ask it something cheap, briefly.
         match probe(&mut client).await {

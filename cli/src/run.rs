@@ -157,8 +157,29 @@ fn envoy_rows(envoys: &[api::EnvoySummary], with_traits: bool) -> Vec<Vec<String
         .collect()
 }
 
+/// Runs the command; a command that failed with "unavailable" or "outcome unknown" is
+/// sent again (to whichever hub answers, with the same request id) until `--timeout`.
 pub async fn run(cli: Cli) -> Result<u8, CliError> {
-    let mut c = connect(&cli).await?;
+    let request_id = match &cli.request_id {
+        Some(id) => id.clone(),
+        None => format!("cli-{}", hex::encode(rand::random::<[u8; 12]>())),
+    };
+    let deadline = std::time::Instant::now() + cli.timeout;
+    let mut pause = std::time::Duration::from_millis(250);
+    loop {
+        match run_once(&cli, &request_id).await {
+            Err(e) if e.retryable() && std::time::Instant::now() + pause < deadline => {
+                eprintln!("warning: {e}; retrying (request id {request_id})");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(4));
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn run_once(cli: &Cli, request_id: &str) -> Result<u8, CliError> {
+    let mut c = connect(cli, request_id).await?;
     let json = cli.json;
     match &cli.command {
         Command::Status => {

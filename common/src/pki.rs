@@ -224,6 +224,19 @@ pub struct CertAuthority {
 }
 
 impl CertAuthority {
+    /// A secret derived from the CA's private key and `context` (HMAC-SHA256): every
+    /// node holding the CA key derives the same one, nobody else can. The hub derives a
+    /// token's secret from its request id this way, so a retried creation answers the
+    /// secret the first attempt stored the hash of.
+    pub fn derive_secret(&self, context: &[u8]) -> [u8; 32] {
+        let key_der = self.issuer.key().serialize_der();
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &crate::traits::sha256(&key_der));
+        let tag = ring::hmac::sign(&key, context);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
     /// A new self-signed Ed25519 CA.
     pub fn create(common_name: &str) -> Result<(Self, String), Error> {
         let key = KeyPair::generate_for(&PKCS_ED25519).map_err(rcgen_err("CA key"))?;

@@ -90,7 +90,7 @@ pub struct Raft;
 impl Admit for Raft {
     fn admit(&self, call: &mut Call<'_>) -> Result<Limits, Status> {
         let max = match call.method {
-            "Vote" => 64 * KIB,
+            "Vote" | "ReadIndex" => 64 * KIB,
             "AppendEntries" | "InstallSnapshot" => MAX_RAFT_MESSAGE,
             other => return Err(unknown(other)),
         };
@@ -117,7 +117,9 @@ impl Admit for HubAdmin {
             | "ListRevocations" | "RevokeCertificate" => limits(64 * KIB, 30),
             other => return Err(unknown(other)),
         };
-        let caller = authenticate(&self.0, call.headers, call.peer()).map_err(Status::from)?;
+        let serial = call.serial().to_string();
+        let caller =
+            authenticate(&self.0, call.headers, call.peer(), &serial).map_err(Status::from)?;
         call.extensions.insert(caller);
         Ok(admitted)
     }

@@ -16,11 +16,14 @@ use crate::raft::network::Isolation;
 use crate::raft::state_machine::SharedView;
 use crate::raft::{HubRaft, NodeId};
 use crate::state::{Applied, ClusterState, Command};
+use vigo_proto::v1 as pb;
 
 /// Response header of a write answered by the leader: the log index it had applied.
 pub const APPLIED_INDEX_HEADER: &str = "vigo-applied-index";
 /// How long a follower waits to apply a write it forwarded before answering anyway.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause before asking again when the node taken for the leader says it is not.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// Where writes go.
 pub enum Leader {
@@ -128,23 +131,81 @@ impl Node {
     }
 
     /// Runs `here` when this node leads; otherwise calls `there` with a channel to the
-    /// leader (the caller sends the same request there) and returns its answer.
+    /// leader (the caller sends the same request there) and returns its answer — all
+    /// within `budget`, the caller's own deadline.
+    ///
+    /// The leader may change while a forward is in flight (a frozen or cut-off leader
+    /// answers nothing): when this node sees a new leader, it drops the forward and
+    /// sends the request to the new one, or runs `here` if it leads now. That is safe
+    /// because admin writes are applied once per request id. Without a leader, it waits
+    /// for one until the budget runs out.
     pub async fn on_leader<T, ThereFut>(
         &self,
+        budget: Duration,
         here: impl std::future::Future<Output = Result<T, HubError>>,
-        there: impl FnOnce(Channel) -> ThereFut,
+        mut there: impl FnMut(Channel, Duration) -> ThereFut,
     ) -> Result<T, HubError>
     where
         ThereFut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        match self.leader()? {
-            Leader::Here => here.await,
-            Leader::There(addr) => {
-                let response = there(self.peers.hub(&addr)?)
-                    .await
-                    .map_err(HubError::Forward)?;
-                self.catch_up(response.metadata()).await;
-                Ok(response.into_inner())
+        let deadline = tokio::time::Instant::now() + budget;
+        let mut metrics = self.raft.metrics();
+        loop {
+            let seen = metrics.borrow_and_update().current_leader;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let leader = match self.leader() {
+                Ok(l) => l,
+                Err(HubError::NoLeader) if !left.is_zero() => {
+                    let _ = tokio::time::timeout(left, metrics.changed()).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let addr = match leader {
+                Leader::Here => return here.await,
+                Leader::There(addr) => addr,
+            };
+            if left.is_zero() {
+                return Err(HubError::OutcomeUnknown {
+                    waited_ms: budget.as_millis() as u64,
+                });
+            }
+            let forward = there(self.peers.hub(&addr)?, left);
+            let changed = async {
+                loop {
+                    if metrics.changed().await.is_err() {
+                        return std::future::pending().await;
+                    }
+                    if metrics.borrow_and_update().current_leader != seen {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                answer = forward => match answer {
+                    Ok(response) => {
+                        self.catch_up(response.metadata()).await;
+                        return Ok(response.into_inner());
+                    }
+                    // The node we took for the leader is not (any more), or could not
+                    // commit in time: ask again, of whoever leads — the request id makes
+                    // a write that did commit answer its first outcome.
+                    Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded)
+                        && tokio::time::Instant::now() < deadline =>
+                    {
+                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        let _ = tokio::time::timeout(left.min(RETRY_PAUSE), metrics.changed()).await;
+                    }
+                    Err(s) => return Err(HubError::Forward(s)),
+                },
+                () = changed => {
+                    tracing::info!(from = %addr, "the leader changed during a forwarded call; sending it to the new leader");
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(HubError::OutcomeUnknown {
+                        waited_ms: budget.as_millis() as u64,
+                    });
+                }
             }
         }
     }
@@ -174,6 +235,67 @@ impl Node {
             .wait(Some(CATCH_UP_TIMEOUT))
             .applied_index_at_least(Some(index), "a forwarded write")
             .await;
+    }
+
+    /// Brings this node's copy of the state up to what the leader had committed when
+    /// asked (raft's read index), so a read here sees every write acknowledged before
+    /// it: a token revoked a moment ago through another node is revoked here too. A
+    /// leader that does not answer is asked again once another node leads, within
+    /// `within`.
+    pub async fn read_fresh(&self, within: Duration) -> Result<(), HubError> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut metrics = self.raft.metrics();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.read_index(left).await {
+                Ok(Some(index)) => {
+                    return self
+                        .raft
+                        .wait(Some(left))
+                        .applied_index_at_least(Some(index), "a fresh read")
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| HubError::Raft(format!("catching up to the leader: {e}")));
+                }
+                Ok(None) => return Ok(()),
+                Err(e) if left.is_zero() => return Err(e),
+                Err(_) => {
+                    let pause = left.min(RETRY_PAUSE);
+                    let _ = tokio::time::timeout(pause, metrics.changed()).await;
+                    metrics.borrow_and_update();
+                }
+            }
+        }
+    }
+
+    /// The leader's read index (`None` when this node leads and has confirmed it).
+    async fn read_index(&self, within: Duration) -> Result<Option<u64>, HubError> {
+        match self.leader()? {
+            Leader::Here => {
+                tokio::time::timeout(within, self.raft.ensure_linearizable())
+                    .await
+                    .map_err(|_| HubError::NoLeader)?
+                    .map_err(|e| HubError::Raft(e.to_string()))?;
+                Ok(None)
+            }
+            Leader::There(_) if self.isolation.is_set() => Err(HubError::Raft(
+                "this node is cut off from the other hubs".into(),
+            )),
+            Leader::There(addr) => {
+                let mut client = pb::hub_raft_client::HubRaftClient::new(self.peers.hub(&addr)?);
+                let mut request = tonic::Request::new(pb::ReadIndexRequest {});
+                request.set_timeout(within.max(Duration::from_millis(1)));
+                let index = client
+                    .read_index(request)
+                    .await
+                    .map_err(|s| {
+                        HubError::Raft(format!("read index from the leader: {}", s.message()))
+                    })?
+                    .into_inner()
+                    .index;
+                Ok(Some(index))
+            }
+        }
     }
 
     /// As [`Node::propose`], expecting plain success.

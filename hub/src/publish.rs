@@ -15,7 +15,7 @@ use vigo_proto::v1 as pb;
 
 use crate::error::HubError;
 use crate::node::Node;
-use crate::state::{Command, ConfigEntry, SpokeState};
+use crate::state::{Command, ConfigEntry, RequestTag, SpokeState};
 
 const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -37,7 +37,7 @@ pub fn to_proto(c: &ConfigEntry, with_files: bool) -> pb::ConfigVersion {
 /// Validates and commits a policy tree (on the leader), then pushes it.
 pub async fn publish(
     node: &Arc<Node>,
-    author: String,
+    tag: &RequestTag,
     message: String,
     files: BTreeMap<String, String>,
 ) -> Result<pb::ConfigVersion, HubError> {
@@ -59,24 +59,35 @@ pub async fn publish(
         .map_err(vigo_common::Error::Policy)?;
     let entry = ConfigEntry {
         version: hex::encode(tree.version),
-        author,
+        author: tag.by.clone(),
         published_ms: now_ms(),
         message,
         files,
         generation: node.read(|s| s.next_config_generation(now_ms())),
     };
-    node.propose_ok(Command::PublishConfig {
-        entry: entry.clone(),
-        keep: node.keep_configs,
-    })
+    node.propose_ok(
+        Command::PublishConfig {
+            entry: entry.clone(),
+            keep: node.keep_configs,
+        }
+        .once(tag, "publish"),
+    )
     .await?;
+    // What committed (a retried request committed the first attempt's entry).
+    let entry = node
+        .read(|s| s.config(&entry.version).cloned())
+        .unwrap_or(entry);
     info!(version = %entry.version, author = %entry.author, "config version published");
     push(node, &entry).await;
     Ok(to_proto(&entry, false))
 }
 
 /// Makes an earlier version current again, then pushes it.
-pub async fn rollback(node: &Arc<Node>, version: String) -> Result<pb::ConfigVersion, HubError> {
+pub async fn rollback(
+    node: &Arc<Node>,
+    tag: &RequestTag,
+    version: String,
+) -> Result<pb::ConfigVersion, HubError> {
     let (mut entry, generation) = node
         .read(|s| {
             s.config(&version)
@@ -90,12 +101,17 @@ pub async fn rollback(node: &Arc<Node>, version: String) -> Result<pb::ConfigVer
                 node.keep_configs
             ))
         })?;
-    node.propose_ok(Command::Rollback {
-        version: entry.version.clone(),
-        generation,
-    })
+    node.propose_ok(
+        Command::Rollback {
+            version: entry.version.clone(),
+            generation,
+        }
+        .once(tag, "rollback"),
+    )
     .await?;
-    entry.generation = generation;
+    entry.generation = node
+        .read(|s| s.config(&entry.version).map(|c| c.generation))
+        .unwrap_or(generation);
     info!(version = %entry.version, "config rolled back");
     push(node, &entry).await;
     Ok(to_proto(&entry, false))

@@ -356,10 +356,7 @@ async fn serve_rest(
 
 /// Refreshes the fleet compliance gauges from the spokes' counters.
 async fn roll_up_compliance(api: Arc<AdminApi>) {
-    let caller = Caller {
-        name: "hub".into(),
-        role: ApiRole::Viewer,
-    };
+    let caller = Caller::hub(ApiRole::Viewer);
     // The first roll-up waits a period: at start-up the spokes are still registering.
     let period = Duration::from_secs(15);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 use vigo_common::EnvoyId;
-use vigo_common::net::PeerInfo;
+use vigo_common::net::{Deadline, PeerInfo};
 use vigo_common::pki::{Peer, Role};
 use vigo_common::signing::{self, Domain};
 use vigo_common::time::now_ms;
@@ -85,6 +85,13 @@ impl SpokesService {
     }
 }
 
+/// What is left of a call's deadline, for the forward to the leader it makes.
+fn budget(deadline: &Option<Deadline>) -> Duration {
+    deadline.map_or(Duration::from_secs(30), |d| {
+        d.0.saturating_duration_since(std::time::Instant::now())
+    })
+}
+
 /// A spoke's weight as it asks for it (0: the default, 1), within the ring's bounds.
 pub fn spoke_weight(asked: u32) -> Result<u32, HubError> {
     match asked {
@@ -129,6 +136,7 @@ impl pb::hub_spokes_server::HubSpokes for SpokesService {
         request: Request<pb::RegisterSpokeRequest>,
     ) -> Result<Response<pb::SpokeDirective>, Status> {
         let id = Self::spoke_id(&request)?;
+        let request_deadline = request.extensions().get::<Deadline>().copied();
         let msg = request.into_inner();
         vigo_common::tls::split_address(&msg.address).map_err(HubError::from)?;
         let weight = spoke_weight(msg.weight)?;
@@ -136,6 +144,7 @@ impl pb::hub_spokes_server::HubSpokes for SpokesService {
         let fwd = msg.clone();
         let fwd_id = id.clone();
         let result = node.on_leader(
+            budget(&request_deadline),
             async {
                 let removed = node.read(|s| {
                     s.spokes
@@ -167,11 +176,15 @@ impl pb::hub_spokes_server::HubSpokes for SpokesService {
                 }
                 Ok(self.directive(id.clone()))
             },
-            |c| async move {
-                pb::hub_spokes_client::HubSpokesClient::new(c)
-                    .max_decoding_message_size(vigo_common::limits::MAX_SMALL_ANSWER)
-                    .register_spoke(with_spoke_id(fwd, &fwd_id))
-                    .await
+            |c, left| {
+                let mut request = with_spoke_id(fwd.clone(), &fwd_id);
+                request.set_timeout(left);
+                async move {
+                    pb::hub_spokes_client::HubSpokesClient::new(c)
+                        .max_decoding_message_size(vigo_common::limits::MAX_SMALL_ANSWER)
+                        .register_spoke(request)
+                        .await
+                }
             },
         )
         .await;
@@ -183,6 +196,7 @@ impl pb::hub_spokes_server::HubSpokes for SpokesService {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::SpokeDirective>, Status> {
         let id = Self::spoke_id(&request)?;
+        let request_deadline = request.extensions().get::<Deadline>().copied();
         let msg = request.into_inner();
         config_version(&msg.config_version)?;
         let node = &self.node;
@@ -190,6 +204,7 @@ impl pb::hub_spokes_server::HubSpokes for SpokesService {
         let fwd_id = id.clone();
         let result = node
             .on_leader(
+                budget(&request_deadline),
                 async {
                     let now = now_ms();
                     let due = node.read(|s| match s.spokes.get(&id) {
@@ -208,11 +223,15 @@ impl pb::hub_spokes_server::HubSpokes for SpokesService {
                     }
                     Ok(self.directive(id.clone()))
                 },
-                |c| async move {
-                    pb::hub_spokes_client::HubSpokesClient::new(c)
-                        .max_decoding_message_size(vigo_common::limits::MAX_SMALL_ANSWER)
-                        .heartbeat(with_spoke_id(fwd, &fwd_id))
-                        .await
+                |c, left| {
+                    let mut request = with_spoke_id(fwd.clone(), &fwd_id);
+                    request.set_timeout(left);
+                    async move {
+                        pb::hub_spokes_client::HubSpokesClient::new(c)
+                            .max_decoding_message_size(vigo_common::limits::MAX_SMALL_ANSWER)
+                            .heartbeat(request)
+                            .await
+                    }
                 },
             )
             .await;

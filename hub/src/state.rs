@@ -14,8 +14,10 @@ use vigo_common::enrollment::{Denied, Guard, Terms, guard_hostname};
 use crate::ring::{Ring, RingCache};
 
 mod rejection;
+pub mod requests;
 mod revocations;
 pub use rejection::Rejection;
+pub use requests::{RequestTag, Requests};
 pub use revocations::{Revocation, Revocations, Revoked};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,6 +193,12 @@ pub enum Command {
         id: String,
         state: SpokeState,
     },
+    /// `command`, applied once for this request id (a retry gets the first outcome).
+    Once {
+        request: String,
+        by: String,
+        command: Box<Command>,
+    },
     /// Revokes an envoy or a certificate for good; revoking again changes nothing.
     Revoke {
         target: Revoked,
@@ -199,6 +207,17 @@ pub enum Command {
         /// Who revoked (an API token's name, or what did it).
         by: String,
     },
+}
+
+impl Command {
+    /// Whether applying it may change the set of spokes the ring is built from.
+    fn changes_spokes(&self) -> bool {
+        match self {
+            Command::RegisterSpoke { .. } | Command::SetSpokeState { .. } => true,
+            Command::Once { command, .. } => command.changes_spokes(),
+            _ => false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,6 +245,9 @@ pub struct ClusterState {
     /// Envoys and certificates revoked, in the order they were.
     #[serde(default)]
     pub revocations: Revocations,
+    /// Outcomes of the latest admin writes, by request id.
+    #[serde(default)]
+    pub requests: Requests,
     /// Derived from `spokes`, rebuilt after they change.
     #[serde(skip)]
     ring: RingCache,
@@ -233,10 +255,7 @@ pub struct ClusterState {
 
 impl ClusterState {
     pub fn apply(&mut self, command: Command) -> Applied {
-        if matches!(
-            command,
-            Command::RegisterSpoke { .. } | Command::SetSpokeState { .. }
-        ) {
+        if command.changes_spokes() {
             self.ring.clear();
         }
         self.apply_command(command)
@@ -244,6 +263,11 @@ impl ClusterState {
 
     fn apply_command(&mut self, command: Command) -> Applied {
         match command {
+            Command::Once {
+                request,
+                by,
+                command,
+            } => self.apply_once(request, by, *command),
             Command::Found {
                 ca_cert_pem,
                 bundle_keys,

@@ -55,3 +55,45 @@ async fn vigocli_skips_a_hub_that_accepts_but_does_not_answer() {
     );
     drop(cluster);
 }
+
+/// A script that retries a write with the same `--request-id` (it saw no answer) gets
+/// the first outcome: the same token secret, which works, and no "exists" refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vigocli_retried_with_the_same_request_id_answers_the_first_outcome() {
+    let cluster = Cluster::start(3, &["spoke-a"]).await;
+    let token = cluster.dir.path().join("hub-1").join("admin.token");
+    let ca = cluster.pki("ca.pem");
+    let run = |hub: String, request_id: &'static str| {
+        let (token, ca) = (token.clone(), ca.clone());
+        tokio::task::spawn_blocking(move || {
+            Command::new(binary("vigocli"))
+                .args(["--hub", &hub, "--ca"])
+                .arg(&ca)
+                .arg("--token-file")
+                .arg(&token)
+                .args(["--request-id", request_id, "--json"])
+                .args(["token", "create", "nightly", "--role", "viewer"])
+                .output()
+                .unwrap()
+        })
+    };
+    let secret = |out: &std::process::Output| -> String {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "vigocli failed: {stderr}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["secret"].as_str().unwrap().to_string()
+    };
+    let first = secret(&run(cluster.hub_address(0), "nightly-1").await.unwrap());
+    let again = secret(&run(cluster.hub_address(2), "nightly-1").await.unwrap());
+    assert_eq!(first, again);
+    let other = run(cluster.hub_address(1), "nightly-2").await.unwrap();
+    assert!(
+        !other.status.success(),
+        "a new request for the name is refused"
+    );
+    assert!(
+        String::from_utf8_lossy(&other.stderr).contains("exists"),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+}

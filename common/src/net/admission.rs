@@ -62,6 +62,11 @@ pub struct Call<'a> {
 static ANONYMOUS: Peer = Peer::Anonymous;
 
 impl Call<'_> {
+    /// The peer certificate's serial (empty without one).
+    pub fn serial(&self) -> &str {
+        self.extensions.get::<PeerInfo>().map_or("", |p| &p.serial)
+    }
+
     pub fn peer(&self) -> &Peer {
         self.extensions
             .get::<PeerInfo>()
@@ -91,6 +96,12 @@ pub fn require_role(peer: &Peer, roles: &[crate::pki::Role], method: &str) -> Re
         ))),
     }
 }
+
+/// When an admitted call must be answered by (its method's deadline, or the caller's
+/// when sooner): in the request's extensions, for services that pass the call on and
+/// must not outlive it.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline(pub std::time::Instant);
 
 /// A gRPC service behind its admission table (and, when given, the node's revoked
 /// certificates: a call from one is refused before the table looks at it).
@@ -184,6 +195,9 @@ where
             Some(t) => t.min(limits.deadline),
             None => limits.deadline,
         };
+        parts
+            .extensions
+            .insert(Deadline(std::time::Instant::now() + deadline));
         let body = Body::new(FrameLimit::new(body, limits.max_message));
         let req = Request::from_parts(parts, body);
         // The clone that was made ready is the one called (tower's convention).

@@ -8,7 +8,7 @@ use vigo_common::time::now_ms;
 use vigo_proto::admin::v1 as api;
 use vigo_proto::v1 as pb;
 
-use super::auth::new_secret;
+use super::auth::request_secret;
 use super::spokes::spoke_infos;
 use super::{AdminApi, Caller};
 use crate::error::HubError;
@@ -183,7 +183,12 @@ impl AdminApi {
         }
         vigo_common::hostname::Scope::new(&req.hostnames)
             .map_err(|why| HubError::malformed("hostnames", why))?;
-        if self.token_exists(&req.name) {
+        let retry = self.node.read(|s| {
+            s.requests
+                .get(&format!("{}/token", caller.request_id))
+                .is_some()
+        });
+        if self.token_exists(&req.name) && !retry {
             return Err(HubError::AlreadyExists(format!(
                 "a token named {:?} exists",
                 req.name
@@ -193,7 +198,7 @@ impl AdminApi {
             caller,
             req,
             |req| async move {
-                let (secret, hash) = new_secret();
+                let (secret, hash) = request_secret(&self.node.ca, caller);
                 let command = match api_role {
                     Some(role) => Command::CreateApiToken {
                         hash,
@@ -217,7 +222,7 @@ impl AdminApi {
                         },
                     },
                 };
-                self.node.propose_ok(command).await?;
+                self.node.propose_ok(command.once(&caller.tag(), "token")).await?;
                 tracing::info!(token = %req.name, role = %req.role, by = %caller.name, "token created");
                 Ok(api::CreatedToken {
                     token: self.token_info(&req.name),
@@ -294,9 +299,12 @@ impl AdminApi {
             req,
             |req| async move {
                 self.node
-                    .propose_ok(Command::RevokeToken {
-                        name: req.name.clone(),
-                    })
+                    .propose_ok(
+                        Command::RevokeToken {
+                            name: req.name.clone(),
+                        }
+                        .once(&caller.tag(), "revoke"),
+                    )
                     .await?;
                 tracing::warn!(token = %req.name, by = %caller.name, "token revoked");
                 self.token_info(&req.name)
@@ -321,8 +329,7 @@ impl AdminApi {
             req,
             |req| async move {
                 let files: BTreeMap<String, String> = req.files.into_iter().collect();
-                let v =
-                    publish::publish(&self.node, caller.name.clone(), req.message, files).await?;
+                let v = publish::publish(&self.node, &caller.tag(), req.message, files).await?;
                 Ok(published_info(&v))
             },
             |mut c, r| async move { c.publish_config(r).await },
@@ -380,7 +387,7 @@ impl AdminApi {
             caller,
             api::RollbackConfigRequest { version: full },
             |req| async move {
-                let v = publish::rollback(&self.node, req.version).await?;
+                let v = publish::rollback(&self.node, &caller.tag(), req.version).await?;
                 tracing::info!(version = %v.version, by = %caller.name, "config rolled back");
                 Ok(published_info(&v))
             },

@@ -20,11 +20,16 @@ impl AdminGrpc {
     /// Who is calling: the admission table (`crate::admission`) authenticated the call
     /// before its body was read and left the caller in the request.
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, HubError> {
-        request
+        let mut caller = request
             .extensions()
             .get::<Caller>()
             .cloned()
-            .ok_or_else(|| HubError::Internal("an admin call that was not admitted".into()))
+            .ok_or_else(|| HubError::Internal("an admin call that was not admitted".into()))?;
+        caller.deadline = request
+            .extensions()
+            .get::<vigo_common::net::Deadline>()
+            .map(|d| d.0);
+        Ok(caller)
     }
 }
 
@@ -63,7 +68,10 @@ macro_rules! rpcs {
                 ) -> Result<Response<api::$resp>, Status> {
                     let started = Instant::now();
                     let result = match self.caller(&request) {
-                        Ok(caller) => self.api.$op(&caller, request.into_inner()).await,
+                        Ok(caller) => match self.api.check_fresh(&caller).await {
+                            Ok(()) => self.api.$op(&caller, request.into_inner()).await,
+                            Err(e) => Err(e),
+                        },
                         Err(e) => Err(e),
                     };
                     let outcome = result.as_ref().err().map(Refusal::kind);

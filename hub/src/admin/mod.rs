@@ -26,7 +26,7 @@ use vigo_common::EnvoyId;
 use vigo_common::fleet_query::QueryError;
 use vigo_proto::admin::v1 as api;
 
-pub use auth::{Caller, authenticate, new_secret};
+pub use auth::{Caller, Credential, authenticate, new_secret, request_secret};
 
 use crate::error::HubError;
 use crate::node::Node;
@@ -34,8 +34,8 @@ use crate::state::ApiRole;
 
 pub type AdminClient = api::hub_admin_client::HubAdminClient<Channel>;
 
-/// How long a forwarded admin write may take on the leader (a drain moves thousands
-/// of envoys).
+/// How long a forwarded admin write may take on the leader when the caller set no
+/// deadline (a drain moves thousands of envoys).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub struct AdminApi {
@@ -57,9 +57,34 @@ fn parse_envoy_id(field: &'static str, text: &str) -> Result<EnvoyId, HubError> 
         .map_err(|e| HubError::malformed(field, e))
 }
 
+/// How long the freshness check of a caller's credential may take.
+const FRESH_WITHIN: Duration = Duration::from_secs(5);
+
 impl AdminApi {
     pub fn new(node: Arc<Node>) -> Self {
         Self { node }
+    }
+
+    /// Checks the caller's credential again against state at least as new as the
+    /// leader's (admission checked it against this node's copy, which may lag).
+    pub async fn check_fresh(&self, caller: &Caller) -> Result<(), HubError> {
+        if caller.credential == Credential::Hub {
+            return Ok(());
+        }
+        let within = caller.deadline.map_or(FRESH_WITHIN, |d| {
+            d.saturating_duration_since(std::time::Instant::now())
+                .min(FRESH_WITHIN)
+        });
+        self.node.read_fresh(within).await?;
+        let now = vigo_common::time::now_ms();
+        if self.node.read(|s| caller.still_valid(s, now)) {
+            Ok(())
+        } else {
+            Err(HubError::Unauthenticated(format!(
+                "the credential of {} was revoked or expired",
+                caller.name
+            )))
+        }
     }
 
     /// Runs `here` on the leader, or forwards the call there with `there`, stamped
@@ -74,17 +99,20 @@ impl AdminApi {
     where
         Req: Clone,
         HereFut: Future<Output = Result<Resp, HubError>>,
-        There: FnOnce(AdminClient, tonic::Request<Req>) -> ThereFut,
+        There: Fn(AdminClient, tonic::Request<Req>) -> ThereFut,
         ThereFut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
         let forward = req.clone();
+        let budget = caller.deadline.map_or(FORWARD_TIMEOUT, |d| {
+            d.saturating_duration_since(std::time::Instant::now())
+        });
         self.node
-            .on_leader(here(req), |channel| {
+            .on_leader(budget, here(req), |channel, left| {
                 let client = AdminClient::new(channel)
                     .max_decoding_message_size(crate::fanout::MAX_SPOKE_MESSAGE)
                     .max_encoding_message_size(crate::fanout::MAX_SPOKE_MESSAGE);
-                let mut request = tonic::Request::new(forward);
-                request.set_timeout(FORWARD_TIMEOUT);
+                let mut request = tonic::Request::new(forward.clone());
+                request.set_timeout(left);
                 caller.stamp(request.metadata_mut());
                 there(client, request)
             })

@@ -72,7 +72,7 @@ async fn admit(
         let code = format!("{:?}", kind.grpc_code());
         (status, Json(ApiError { error, code })).into_response()
     };
-    let caller = match authenticate(&api.node, request.headers(), &Peer::Anonymous) {
+    let caller = match authenticate(&api.node, request.headers(), &Peer::Anonymous, "") {
         Ok(c) => c,
         Err(e) => {
             super::grpc::record(route, Some(e.kind()), started);
@@ -186,9 +186,9 @@ where
     Fut: Future<Output = Result<Resp, HubError>>,
 {
     let started = Instant::now();
-    let result = match request {
-        Err(e) => Err(e),
-        Ok(req) => op(api.clone(), caller, req).await,
+    let result = match (request, api.check_fresh(&caller).await) {
+        (Err(e), _) | (_, Err(e)) => Err(e),
+        (Ok(req), Ok(())) => op(api.clone(), caller, req).await,
     };
     super::grpc::record(route, result.as_ref().err().map(Refusal::kind), started);
     match result {

@@ -93,13 +93,14 @@ impl AdminApi {
         reason: String,
         caller: &Caller,
     ) -> Result<(), HubError> {
+        let revoke = Command::Revoke {
+            target,
+            at_ms: now_ms(),
+            reason,
+            by: caller.name.clone(),
+        };
         self.node
-            .propose_ok(Command::Revoke {
-                target,
-                at_ms: now_ms(),
-                reason,
-                by: caller.name.clone(),
-            })
+            .propose_ok(revoke.once(&caller.tag(), "revoke"))
             .await?;
         crate::revocations::push(self.node.clone());
         Ok(())

@@ -131,19 +131,22 @@ impl AdminApi {
                     0 => known.as_ref().map_or(1, |k| k.weight),
                     w => crate::services::spoke_weight(w)?,
                 };
+                let tag = caller.tag();
+                let register = Command::RegisterSpoke {
+                    id: req.spoke_id.clone(),
+                    address,
+                    weight,
+                    at_ms: known.as_ref().map_or(0, |k| k.last_heartbeat_ms),
+                };
                 self.node
-                    .propose_ok(Command::RegisterSpoke {
-                        id: req.spoke_id.clone(),
-                        address,
-                        weight,
-                        at_ms: known.as_ref().map_or(0, |k| k.last_heartbeat_ms),
-                    })
+                    .propose_ok(register.once(&tag, "register"))
                     .await?;
+                let activate = Command::SetSpokeState {
+                    id: req.spoke_id.clone(),
+                    state: SpokeState::Active,
+                };
                 self.node
-                    .propose_ok(Command::SetSpokeState {
-                        id: req.spoke_id.clone(),
-                        state: SpokeState::Active,
-                    })
+                    .propose_ok(activate.once(&tag, "activate"))
                     .await?;
                 tracing::info!(spoke = %req.spoke_id, by = %caller.name, "spoke added to the ring");
                 self.spoke_info(&req.spoke_id)
@@ -191,10 +194,13 @@ impl AdminApi {
             req,
             |req| async move {
                 self.node
-                    .propose_ok(Command::SetSpokeState {
-                        id: req.spoke_id.clone(),
-                        state: SpokeState::Removed,
-                    })
+                    .propose_ok(
+                        Command::SetSpokeState {
+                            id: req.spoke_id.clone(),
+                            state: SpokeState::Removed,
+                        }
+                        .once(&caller.tag(), "remove"),
+                    )
                     .await?;
                 tracing::info!(spoke = %req.spoke_id, by = %caller.name, "spoke removed");
                 self.spoke_info(&req.spoke_id)
@@ -282,7 +288,7 @@ impl AdminApi {
             req,
             |_| async move {
                 self.node
-                    .propose_ok(Command::SetOverrides(overrides))
+                    .propose_ok(Command::SetOverrides(overrides).once(&caller.tag(), "overrides"))
                     .await?;
                 Ok(api::OverrideList {
                     overrides: echo.overrides,

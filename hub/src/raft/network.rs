@@ -208,4 +208,26 @@ impl pb::hub_raft_server::HubRaft for RaftService {
         self.check(&request)?;
         reply(&self.raft.install_snapshot(decode(request)?).await)
     }
+
+    async fn read_index(
+        &self,
+        request: Request<pb::ReadIndexRequest>,
+    ) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        if self.isolation.is_set() {
+            return Err(Status::unavailable("this node is isolated"));
+        }
+        let role = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.peer.role());
+        if role != Some(Role::Hub) {
+            return Err(Status::permission_denied("needs a hub certificate"));
+        }
+        match self.raft.ensure_linearizable().await {
+            Ok(read) => Ok(Response::new(pb::ReadIndexResponse {
+                index: read.map_or(0, |l| l.index),
+            })),
+            Err(e) => Err(Status::unavailable(format!("not the leader now: {e}"))),
+        }
+    }
 }

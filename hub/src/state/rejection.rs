@@ -25,6 +25,8 @@ pub enum Rejection {
     NoConfigVersion(String),
     #[error("envoy {0:016x} is revoked")]
     EnvoyRevoked(u64),
+    #[error("request id {0:?} was used by another caller")]
+    RequestIdTaken(String),
     #[error(transparent)]
     Enroll(#[from] Denied),
 }
@@ -41,6 +43,7 @@ impl Refusal for Rejection {
             // The leader drew an id another envoy has: a retry draws another.
             Rejection::EnvoyIdTaken(_) => Kind::Conflict,
             Rejection::EnvoyRevoked(_) => Kind::Forbidden,
+            Rejection::RequestIdTaken(_) => Kind::Exists,
             Rejection::Enroll(d) => d.kind(),
         }
     }

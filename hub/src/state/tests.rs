@@ -360,3 +360,70 @@ fn revocations_survive_a_snapshot_in_order() {
     assert_eq!(later, vec![2]);
     assert!(back.revocations.since(5, 10).is_empty());
 }
+
+fn token_named(name: &str) -> Command {
+    Command::CreateApiToken {
+        hash: [name.len() as u8; 32],
+        token: ApiToken {
+            name: name.into(),
+            role: ApiRole::Viewer,
+            expires_ms: 0,
+            revoked: false,
+        },
+    }
+}
+
+#[test]
+fn a_retried_request_gets_its_first_outcome_and_changes_nothing() {
+    let mut s = ClusterState::default();
+    let ops = RequestTag {
+        request: "r1".into(),
+        by: "ops".into(),
+    };
+    assert_eq!(s.apply(token_named("a").once(&ops, "token")), Applied::Done);
+    let after_first = s.clone();
+    // The same request again: the first outcome, not "a token named a exists".
+    assert_eq!(s.apply(token_named("a").once(&ops, "token")), Applied::Done);
+    assert_eq!(s, after_first);
+    // Another caller cannot replay someone else's request id.
+    let other = RequestTag {
+        request: "r1".into(),
+        by: "mallory".into(),
+    };
+    assert_eq!(
+        s.apply(token_named("b").once(&other, "token")),
+        Applied::Refused(Rejection::RequestIdTaken("r1/token".into()))
+    );
+    // A refusal is an outcome too: the retry is refused the same way.
+    let r2 = RequestTag {
+        request: "r2".into(),
+        by: "ops".into(),
+    };
+    let refused = s.apply(token_named("a").once(&r2, "token"));
+    assert_eq!(
+        refused,
+        Applied::Refused(Rejection::TokenNameTaken("a".into()))
+    );
+    assert_eq!(s.apply(token_named("a").once(&r2, "token")), refused);
+    // Outcomes survive a snapshot.
+    let back: ClusterState = postcard::from_bytes(&postcard::to_allocvec(&s).unwrap()).unwrap();
+    assert_eq!(back.requests.get("r1/token").unwrap().by, "ops");
+}
+
+#[test]
+fn only_the_latest_request_ids_are_remembered() {
+    let mut s = ClusterState::default();
+    for n in 0..requests::KEEP + 5 {
+        let tag = RequestTag {
+            request: format!("r{n}"),
+            by: "ops".into(),
+        };
+        s.apply(Command::SetOverrides(Vec::new()).once(&tag, "o"));
+    }
+    assert_eq!(s.requests.len(), requests::KEEP);
+    assert!(s.requests.get("r0/o").is_none(), "the oldest is forgotten");
+    assert!(s.requests.get("r4/o").is_none());
+    assert!(s.requests.get("r5/o").is_some());
+    let last = format!("r{}/o", requests::KEEP + 4);
+    assert!(s.requests.get(&last).is_some());
+}
