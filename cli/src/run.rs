@@ -184,7 +184,7 @@ async fn run_once(cli: &Cli, request_id: &str) -> Result<u8, CliError> {
     match &cli.command {
         Command::Status => {
             let s = c
-                .status(request(&cli, api::StatusRequest {}))
+                .status(request(cli, api::StatusRequest {}))
                 .await?
                 .into_inner();
             Ok(emit(json, &s, &[], |s| {
@@ -210,10 +210,10 @@ async fn run_once(cli: &Cli, request_id: &str) -> Result<u8, CliError> {
                 )
             }))
         }
-        Command::Envoys(cmd) => envoys(&cli, &mut c, cmd).await,
+        Command::Envoys(cmd) => envoys(cli, &mut c, cmd).await,
         Command::Compliance => {
             let r = c
-                .compliance(request(&cli, api::ComplianceRequest {}))
+                .compliance(request(cli, api::ComplianceRequest {}))
                 .await?
                 .into_inner();
             Ok(emit(json, &r, &r.missing, |r| {
@@ -239,7 +239,7 @@ async fn run_once(cli: &Cli, request_id: &str) -> Result<u8, CliError> {
         Command::Traits(TraitsCmd::Count { key, filter: f }) => {
             let r = c
                 .trait_count(request(
-                    &cli,
+                    cli,
                     api::TraitCountRequest {
                         key: key.clone(),
                         filter: filter(f),
@@ -259,9 +259,9 @@ async fn run_once(cli: &Cli, request_id: &str) -> Result<u8, CliError> {
                 table(&[&r.key.to_uppercase(), "ENVOYS"], &rows)
             }))
         }
-        Command::Config(cmd) => config(&cli, &mut c, cmd).await,
-        Command::Push(args) => push(&cli, &mut c, args).await,
-        Command::Spoke(cmd) => spoke(&cli, &mut c, cmd).await,
+        Command::Config(cmd) => config(cli, &mut c, cmd).await,
+        Command::Push(args) => push(cli, &mut c, args).await,
+        Command::Spoke(cmd) => spoke(cli, &mut c, cmd).await,
         Command::Overrides(OverridesCmd::Set { rules }) => {
             let overrides = rules
                 .iter()
@@ -275,7 +275,7 @@ async fn run_once(cli: &Cli, request_id: &str) -> Result<u8, CliError> {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let r = c
-                .set_overrides(request(&cli, api::SetOverridesRequest { overrides }))
+                .set_overrides(request(cli, api::SetOverridesRequest { overrides }))
                 .await?
                 .into_inner();
             Ok(emit(json, &r, &[], |r| {
@@ -287,18 +287,18 @@ async fn run_once(cli: &Cli, request_id: &str) -> Result<u8, CliError> {
                 table(&["PATTERN", "SPOKE"], &rows)
             }))
         }
-        Command::Token(cmd) => token(&cli, &mut c, cmd).await,
-        Command::Cert(cmd) => crate::cert::run(&cli, &mut c, cmd).await,
+        Command::Token(cmd) => token(cli, &mut c, cmd).await,
+        Command::Cert(cmd) => crate::cert::run(cli, &mut c, cmd).await,
         Command::Hub(cmd) => {
             let m = match cmd {
-                HubCmd::Members => c.members(request(&cli, api::MembersRequest {})).await?,
+                HubCmd::Members => c.members(request(cli, api::MembersRequest {})).await?,
                 HubCmd::Add {
                     node_id,
                     address,
                     learner,
                 } => {
                     c.add_hub(request(
-                        &cli,
+                        cli,
                         api::AddHubRequest {
                             node_id: *node_id,
                             address: address.clone(),
@@ -308,7 +308,7 @@ async fn run_once(cli: &Cli, request_id: &str) -> Result<u8, CliError> {
                     .await?
                 }
                 HubCmd::Remove { node_id } => {
-                    c.remove_hub(request(&cli, api::RemoveHubRequest { node_id: *node_id }))
+                    c.remove_hub(request(cli, api::RemoveHubRequest { node_id: *node_id }))
                         .await?
                 }
             }
