@@ -125,10 +125,20 @@ fn member_rows(m: &api::MemberList) -> String {
                     (false, true) => "voter".into(),
                     (false, false) => "learner".into(),
                 },
+                match (n.reachable, n.silent_ms) {
+                    (true, _) => "ok".into(),
+                    (false, 0) => "unreachable".into(),
+                    (false, ms) => format!("unreachable ({}s)", ms / 1000),
+                },
+                if n.leader {
+                    "-".into()
+                } else {
+                    n.lag.to_string()
+                },
             ]
         })
         .collect();
-    table(&["NODE", "ADDRESS", "ROLE"], &rows)
+    table(&["NODE", "ADDRESS", "ROLE", "REACH", "LAG"], &rows)
 }
 
 fn envoy_rows(envoys: &[api::EnvoySummary], with_traits: bool) -> Vec<Vec<String>> {
@@ -192,8 +202,13 @@ async fn run_once(cli: &Cli, request_id: &str) -> Result<u8, CliError> {
                     members: s.members.clone(),
                     leader_id: s.leader_id,
                 };
+                let view = if s.from_leader {
+                    "the leader's view"
+                } else {
+                    "no leader answered: this node's own view, possibly stale"
+                };
                 format!(
-                    "hub node {} answering; leader {} in term {}; commit {} applied {}\n{} envoys pinned; config {}\n\n{}\n{}",
+                    "hub node {} answering ({view}); leader {} in term {}; commit {} applied {}\n{} envoys pinned; config {}\n\n{}\n{}",
                     s.node_id,
                     s.leader_id,
                     s.term,

@@ -218,6 +218,31 @@ pub fn channel(
     config: Arc<ClientConfig>,
     connect_timeout: Duration,
 ) -> Result<tonic::transport::Channel, Error> {
+    channel_with(address, config, connect_timeout, None)
+}
+
+/// How often a channel between nodes pings its peer, and how long it waits for the
+/// answer before it drops the connection (a peer cut off the network sends no reset).
+pub const PEER_KEEPALIVE: Duration = Duration::from_secs(3);
+
+/// A channel between nodes (hub to hub, hub to spoke, spoke to hub): as [`channel`],
+/// with HTTP/2 keepalive pings, so a connection to a peer that went silent is dropped
+/// within about 2 × [`PEER_KEEPALIVE`] and the next call connects afresh. Envoys do not
+/// use it: a fleet's idle connections would ping all day.
+pub fn peer_channel(
+    address: &str,
+    config: Arc<ClientConfig>,
+    connect_timeout: Duration,
+) -> Result<tonic::transport::Channel, Error> {
+    channel_with(address, config, connect_timeout, Some(PEER_KEEPALIVE))
+}
+
+fn channel_with(
+    address: &str,
+    config: Arc<ClientConfig>,
+    connect_timeout: Duration,
+    keepalive: Option<Duration>,
+) -> Result<tonic::transport::Channel, Error> {
     let (server_name, address) = split_address(address)?;
     let target = address.to_string();
     let connector = TlsConnector::from(config);
@@ -228,6 +253,13 @@ pub fn channel(
         })?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true);
+    let endpoint = match keepalive {
+        Some(every) => endpoint
+            .http2_keep_alive_interval(every)
+            .keep_alive_timeout(every)
+            .keep_alive_while_idle(true),
+        None => endpoint,
+    };
     let connect = tower::service_fn(move |_: tonic::codegen::http::Uri| {
         let (connector, server_name, target) =
             (connector.clone(), server_name.clone(), target.clone());

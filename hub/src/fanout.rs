@@ -6,8 +6,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use tonic::Status;
 use tonic::transport::Channel;
+use tonic::{Code, Status};
 use vigo_proto::admin::v1 as api;
 use vigo_proto::v1 as pb;
 
@@ -82,8 +82,18 @@ where
                 Err(e) => Err(e.to_string()),
                 Ok(fut) => match tokio::time::timeout(deadline, fut).await {
                     Ok(Ok(v)) => Ok(v),
-                    Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
-                    Err(_) => Err(format!("no answer within {deadline:?}")),
+                    Ok(Err(status)) => {
+                        if matches!(status.code(), Code::Unavailable | Code::Unknown) {
+                            node.peers.forget_spoke(&t.address);
+                        }
+                        Err(format!("{:?}: {}", status.code(), status.message()))
+                    }
+                    Err(_) => {
+                        // Silence: the connection may be dead (a spoke cut off sends no
+                        // reset); the next call connects afresh.
+                        node.peers.forget_spoke(&t.address);
+                        Err(format!("no answer within {deadline:?}"))
+                    }
                 },
             };
             metrics::histogram!("vigo_hub_fanout_seconds", "spoke" => t.id.clone())

@@ -14,6 +14,7 @@ pub mod config;
 pub mod enroll;
 pub mod error;
 pub mod fanout;
+pub mod liveness;
 pub mod metrics;
 pub mod node;
 pub mod publish;

@@ -72,9 +72,19 @@ impl Peers {
         if let Some(c) = channels.get(&key) {
             return Ok(c.clone());
         }
-        let c = tls::channel(address, tls.clone(), Duration::from_secs(3))?;
+        let c = tls::peer_channel(address, tls.clone(), Duration::from_secs(3))?;
         channels.insert(key, c.clone());
         Ok(c)
+    }
+
+    /// Drops the channel to the spoke at `address` after a call to it failed: the next
+    /// call connects afresh instead of queueing on a connection that may be dead.
+    pub fn forget_spoke(&self, address: &str) {
+        let key = format!("spoke {address}");
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
     }
 }
 
@@ -91,6 +101,8 @@ pub struct Node {
     pub keep_configs: u32,
     /// Certificates this node's servers refuse (kept by the state machine).
     pub revoked: Arc<vigo_common::net::RevokedCerts>,
+    /// Spokes and hub nodes heard from lately (not replicated).
+    pub liveness: Arc<crate::liveness::Liveness>,
 }
 
 impl Node {

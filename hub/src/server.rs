@@ -91,9 +91,11 @@ impl HubNode {
         let to_spokes = Arc::new(tls::client_config(&ca_pem, identity, &[Role::Spoke])?);
         let server_tls = tls::server_config(&ca_pem, &cert_pem, &key_pem, ClientAuth::Optional)?;
         let isolation = Isolation::default();
+        let liveness = Arc::new(crate::liveness::Liveness::default());
         let network = Network {
             tls: to_hubs.clone(),
             isolation: isolation.clone(),
+            liveness: liveness.clone(),
         };
         let raft = HubRaft::new(config.node_id, raft_config(&config)?, network, log, sm)
             .await
@@ -109,6 +111,7 @@ impl HubNode {
             commit_timeout: config.raft.commit_timeout,
             keep_configs: config.keep_config_versions,
             revoked: revoked.clone(),
+            liveness,
         });
         let enroller = Arc::new(Enroller::new(
             node.clone(),

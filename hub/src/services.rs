@@ -19,8 +19,7 @@ use crate::node::Node;
 use crate::publish;
 use crate::state::{Command, SpokeState};
 
-/// How often a heartbeat is written through raft at most, per spoke.
-const HEARTBEAT_WRITE_EVERY_MS: u64 = 30_000;
+/// How long a forwarded call of this service may take when its caller set no deadline.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
 const LOCATE_WINDOW_MS: u64 = 300_000;
 const SPOKE_ID_HEADER: &str = "vigo-spoke-id";
@@ -136,6 +135,7 @@ impl pb::hub_spokes_server::HubSpokes for SpokesService {
         request: Request<pb::RegisterSpokeRequest>,
     ) -> Result<Response<pb::SpokeDirective>, Status> {
         let id = Self::spoke_id(&request)?;
+        self.node.liveness.saw_spoke(&id);
         let request_deadline = request.extensions().get::<Deadline>().copied();
         let msg = request.into_inner();
         vigo_common::tls::split_address(&msg.address).map_err(HubError::from)?;
@@ -196,6 +196,7 @@ impl pb::hub_spokes_server::HubSpokes for SpokesService {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::SpokeDirective>, Status> {
         let id = Self::spoke_id(&request)?;
+        self.node.liveness.saw_spoke(&id);
         let request_deadline = request.extensions().get::<Deadline>().copied();
         let msg = request.into_inner();
         config_version(&msg.config_version)?;
@@ -207,11 +208,11 @@ impl pb::hub_spokes_server::HubSpokes for SpokesService {
                 budget(&request_deadline),
                 async {
                     let now = now_ms();
+                    // Liveness is this node's observation (`crate::liveness`); the log
+                    // is written only when what the spoke serves changed.
                     let due = node.read(|s| match s.spokes.get(&id) {
                         None => Err(HubError::NotFound(format!("spoke {id} is not registered"))),
-                        Some(sp) => Ok(sp.config_version != msg.config_version
-                            || now.saturating_sub(sp.last_heartbeat_ms)
-                                >= HEARTBEAT_WRITE_EVERY_MS),
+                        Some(sp) => Ok(sp.config_version != msg.config_version),
                     })?;
                     if due {
                         node.propose_ok(Command::Heartbeat {

@@ -38,7 +38,7 @@ impl Link {
             .addresses
             .iter()
             .filter_map(|a| {
-                tls::channel(a, self.tls.clone(), CALL_TIMEOUT)
+                tls::peer_channel(a, self.tls.clone(), CALL_TIMEOUT)
                     .map(|c| {
                         // GetConfig answers with a whole policy tree.
                         let client = pb::hub_spokes_client::HubSpokesClient::new(c)

@@ -37,20 +37,47 @@ fn published_info(v: &pb::ConfigVersion) -> api::ConfigVersionInfo {
     }
 }
 
+/// How long Status waits for the leader's view before answering with its own.
+const STATUS_FROM_LEADER: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl AdminApi {
     fn members(&self) -> api::MemberList {
         let metrics = self.node.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let leader = metrics.current_leader.unwrap_or(0);
+        let last = metrics.last_log_index.unwrap_or(0);
+        let matched = |id: &u64| {
+            metrics
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(id).copied().flatten())
+                .map(|l| l.index)
+        };
         api::MemberList {
             members: membership
                 .nodes()
-                .map(|(id, n)| api::Member {
-                    node_id: *id,
-                    address: n.addr.clone(),
-                    voter: voters.contains(id),
-                    leader: *id == leader,
+                .map(|(id, n)| {
+                    let myself = *id == self.node.id;
+                    let silent = self.node.liveness.peer_silent_for(*id);
+                    api::Member {
+                        node_id: *id,
+                        address: n.addr.clone(),
+                        voter: voters.contains(id),
+                        leader: *id == leader,
+                        reachable: myself
+                            || silent.is_some_and(|d| d < crate::liveness::PEER_REACHABLE_WITHIN),
+                        lag: if myself {
+                            0
+                        } else {
+                            matched(id).map_or(0, |m| last.saturating_sub(m))
+                        },
+                        silent_ms: if myself {
+                            0
+                        } else {
+                            silent.map_or(0, |d| d.as_millis() as u64)
+                        },
+                    }
                 })
                 .collect(),
             leader_id: leader,
@@ -63,20 +90,50 @@ impl AdminApi {
         _req: api::StatusRequest,
     ) -> Result<api::ClusterStatus, HubError> {
         caller.require(ApiRole::Viewer, "Status")?;
+        // The leader's view (reachability, lag, spokes' health from every heartbeat);
+        // without a leader within a moment, this node's own.
+        let budget = STATUS_FROM_LEADER.min(caller.deadline.map_or(STATUS_FROM_LEADER, |d| {
+            d.saturating_duration_since(std::time::Instant::now()) / 2
+        }));
+        let req = api::StatusRequest {};
+        let forward = req.clone();
+        let from_leader = self
+            .node
+            .on_leader(
+                budget,
+                async { Ok(self.local_status(true)) },
+                |channel, left| {
+                    let mut request = tonic::Request::new(forward.clone());
+                    request.set_timeout(left);
+                    caller.stamp(request.metadata_mut());
+                    async move {
+                        super::AdminClient::new(channel)
+                            .max_decoding_message_size(crate::fanout::MAX_SPOKE_MESSAGE)
+                            .status(request)
+                            .await
+                    }
+                },
+            )
+            .await;
+        Ok(from_leader.unwrap_or_else(|_| self.local_status(false)))
+    }
+
+    fn local_status(&self, from_leader: bool) -> api::ClusterStatus {
         let metrics = self.node.raft.metrics().borrow().clone();
         let members = self.members();
         let now = now_ms();
-        Ok(self.node.read(|s| api::ClusterStatus {
+        self.node.read(|s| api::ClusterStatus {
             node_id: self.node.id,
             leader_id: members.leader_id,
             term: metrics.current_term,
             commit_index: crate::metrics::commit_index(&self.node),
             applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
             members: members.members,
-            spokes: spoke_infos(s, now),
+            spokes: spoke_infos(s, &self.node.liveness, now),
             pins: s.pins.len() as u64,
             config_version: s.current_config.clone(),
-        }))
+            from_leader,
+        })
     }
 
     pub async fn list_members(

@@ -1,6 +1,8 @@
 //! Spokes as the operator sees them: list and detail (with live figures from the
 //! spoke), add, drain, remove, reassigning one envoy, and pattern overrides.
 
+use std::time::Duration;
+
 use vigo_common::time::now_ms;
 use vigo_proto::admin::v1 as api;
 use vigo_proto::v1 as pb;
@@ -8,34 +10,39 @@ use vigo_proto::v1 as pb;
 use super::{AdminApi, Caller, moves, parse_envoy_id};
 use crate::error::HubError;
 use crate::fanout::{self, QUERY_DEADLINE};
+use crate::liveness::{Liveness, SPOKE_HEALTHY_WITHIN};
 use crate::state::{ApiRole, ClusterState, Command, Override, Spoke, SpokeState};
 
 /// Pattern overrides at most: every enrollment walks them in order.
 const MAX_OVERRIDES: usize = 1_000;
 
-/// A spoke whose last heartbeat is older than this is shown unhealthy.
-const HEALTHY_WITHIN_MS: u64 = 90_000;
-
-/// The spokes as the API shows them, with their pin counts (one pass over the pins).
-pub fn spoke_infos(s: &ClusterState, now: u64) -> Vec<api::SpokeInfo> {
+/// The spokes as the API shows them, with their pin counts (one pass over the pins)
+/// and their health as this node observes it (`crate::liveness`).
+pub fn spoke_infos(s: &ClusterState, liveness: &Liveness, now: u64) -> Vec<api::SpokeInfo> {
     let counts = s.pin_counts();
     s.spokes
         .values()
-        .map(|sp| spoke_info(sp, counts.get(sp.id.as_str()).copied().unwrap_or(0), now))
+        .map(|sp| {
+            let pins = counts.get(sp.id.as_str()).copied().unwrap_or(0);
+            spoke_info(sp, pins, liveness.spoke_silent_for(&sp.id), now)
+        })
         .collect()
 }
 
-fn spoke_info(sp: &Spoke, pins: u64, now: u64) -> api::SpokeInfo {
+/// `silent_for`: since this node last heard the spoke, when it ever did; a node that
+/// has not (just started, just elected) goes by the registration in the log.
+fn spoke_info(sp: &Spoke, pins: u64, silent_for: Option<Duration>, now: u64) -> api::SpokeInfo {
+    let logged_ago = Duration::from_millis(now.saturating_sub(sp.last_heartbeat_ms));
+    let silent_for = silent_for.unwrap_or(logged_ago);
     api::SpokeInfo {
         spoke_id: sp.id.clone(),
         address: sp.address.clone(),
         weight: sp.weight,
         state: sp.state.as_str().into(),
-        last_heartbeat_ms: sp.last_heartbeat_ms,
+        last_heartbeat_ms: now.saturating_sub(silent_for.as_millis() as u64),
         pins,
         config_version: sp.config_version.clone(),
-        healthy: sp.state != SpokeState::Removed
-            && now.saturating_sub(sp.last_heartbeat_ms) < HEALTHY_WITHIN_MS,
+        healthy: sp.state != SpokeState::Removed && silent_for < SPOKE_HEALTHY_WITHIN,
     }
 }
 
@@ -43,7 +50,11 @@ impl AdminApi {
     fn spoke_info(&self, id: &str) -> Result<api::SpokeInfo, HubError> {
         let now = now_ms();
         self.node
-            .read(|s| spoke_infos(s, now).into_iter().find(|i| i.spoke_id == id))
+            .read(|s| {
+                spoke_infos(s, &self.node.liveness, now)
+                    .into_iter()
+                    .find(|i| i.spoke_id == id)
+            })
             .ok_or_else(|| HubError::NotFound(format!("unknown spoke {id:?}")))
     }
 
@@ -55,7 +66,7 @@ impl AdminApi {
         caller.require(ApiRole::Viewer, "ListSpokes")?;
         let now = now_ms();
         Ok(api::SpokeList {
-            spokes: self.node.read(|s| spoke_infos(s, now)),
+            spokes: self.node.read(|s| spoke_infos(s, &self.node.liveness, now)),
         })
     }
 

@@ -51,6 +51,8 @@ struct TransportError(String);
 pub struct Network {
     pub tls: Arc<ClientConfig>,
     pub isolation: Isolation,
+    /// Told of every peer that answers.
+    pub liveness: Arc<crate::liveness::Liveness>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -59,7 +61,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
         Peer {
             target,
-            client: tls::channel(&node.addr, self.tls.clone(), Duration::from_secs(3))
+            liveness: self.liveness.clone(),
+            client: tls::peer_channel(&node.addr, self.tls.clone(), Duration::from_secs(3))
                 .map(|c| {
                     Client::new(c)
                         .max_decoding_message_size(crate::admission::MAX_RAFT_MESSAGE)
@@ -73,6 +76,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
 pub struct Peer {
     target: NodeId,
+    liveness: Arc<crate::liveness::Liveness>,
     client: Result<Client, String>,
     isolation: Isolation,
 }
@@ -106,6 +110,7 @@ impl Peer {
             .await
             .map_err(|s| unreachable(format!("{}: {}", s.code(), s.message())))?
             .into_inner();
+        self.liveness.heard_from(self.target);
         let result: Result<Resp, RaftError<NodeId, E>> = postcard::from_bytes(&reply.data)
             .map_err(|e| RPCError::Network(NetworkError::new(&TransportError(e.to_string()))))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
