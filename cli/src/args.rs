@@ -154,7 +154,8 @@ pub enum EnvoysCmd {
     },
     /// One envoy in detail, live from its spoke.
     Show { envoy_id: String },
-    /// Revoke an envoy: its spoke refuses it from now on.
+    /// Revoke an envoy for good: every spoke refuses it within seconds, also after a
+    /// move or a restore from backup (operator role).
     Revoke {
         envoy_id: String,
         #[arg(long, default_value = "")]

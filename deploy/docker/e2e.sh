@@ -54,6 +54,11 @@ cli() {
     done
     return 1
 }
+# The same, for a command that may take minutes (a drain).
+cli_long() {
+    docker exec "$(container hub-1)" vigocli --hub "hub-1:7400,hub-2:7400,hub-3:7400" \
+        --ca /pki/ca.pem --token-file /hub-1/admin.token --timeout 300s "$@"
+}
 field() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))' "$1"; }
 checkins() { # check-ins answered so far by the spokes whose metrics answer
     local total=0 n v
@@ -177,5 +182,46 @@ else
     fail "${why:-state before ${before:-?}, after ${after:-?}}"
 fi
 
-echo "$((5 - failed)) of 5 scenarios passed (logs: $LOGS)"
+# Revocation is the cluster's: a revoke that lands while the envoy's spoke is being
+# drained holds on the spoke that takes it over, and the old spoke, restarted from a copy
+# of its data taken before the revocation, learns it from the hub before it serves.
+scenario "revoke an envoy during a drain, restart the old spoke from an older copy"
+why=
+spoke=$(agent_status | field "d['spoke'].split(':')[0]")
+agent=$(agent_status | field "d['envoy_id']")
+metrics_port_var="VIGO_PORT_$(tr -d '-' <<< "$spoke" | tr '[:lower:]' '[:upper:]')_METRICS"
+backup=$(mktemp -d)
+revoked_on_old_spoke() {
+    curl -s --max-time 2 "http://127.0.0.1:${!metrics_port_var}/metrics" |
+        awk '/^vigo_envoys_revoked / { exit !($2 >= 1) }'
+}
+agent_revoked() { [ "$(cli envoys show "$agent" --json | field "d['envoy']['revoked']")" = True ]; }
+if [ -n "$spoke" ] && [ -n "$agent" ] &&
+    docker stop -t 10 "$(container "$spoke")" > /dev/null &&
+    docker cp "$(container "$spoke"):/data" "$backup/" &&
+    docker start "$(container "$spoke")" > /dev/null &&
+    wait_for 60 "the spoke to be healthy" healthy "$spoke" &&
+    ! revoked_on_old_spoke; then
+    cli_long spoke drain "$spoke" > "$backup/drain.out" 2>&1 &
+    drain=$!
+    sleep 1
+    if cli envoys revoke "$agent" --reason "e2e: revoked during a drain" > /dev/null &&
+        wait "$drain" &&
+        wait_for 30 "the agent to show revoked on its new spoke" agent_revoked &&
+        docker stop -t 10 "$(container "$spoke")" > /dev/null &&
+        docker cp "$backup/data/." "$(container "$spoke"):/data/" &&
+        docker start "$(container "$spoke")" > /dev/null &&
+        wait_for 60 "the restored spoke to be healthy" healthy "$spoke" &&
+        wait_for 30 "the restored spoke to hold the revocation" revoked_on_old_spoke &&
+        agent_revoked; then
+        pass
+    else
+        fail "${why:-spoke $spoke, envoy $agent: $(cat "$backup/drain.out" 2>/dev/null | tail -1)}"
+    fi
+else
+    fail "${why:-could not copy the data of spoke ${spoke:-?}}"
+fi
+rm -rf "$backup"
+
+echo "$((6 - failed)) of 6 scenarios passed (logs: $LOGS)"
 exit "$failed"

@@ -103,6 +103,9 @@ pub struct Node {
     pub revoked: Arc<vigo_common::net::RevokedCerts>,
     /// Spokes and hub nodes heard from lately (not replicated).
     pub liveness: Arc<crate::liveness::Liveness>,
+    /// Held while this node moves envoys (one move at a time: an operator's, or the
+    /// resumer finishing one a previous leader left open).
+    pub moving: tokio::sync::Mutex<()>,
 }
 
 impl Node {

@@ -112,6 +112,7 @@ impl HubNode {
             keep_configs: config.keep_config_versions,
             revoked: revoked.clone(),
             liveness,
+            moving: tokio::sync::Mutex::new(()),
         });
         let enroller = Arc::new(Enroller::new(
             node.clone(),
@@ -121,7 +122,10 @@ impl HubNode {
         ));
 
         let api = Arc::new(AdminApi::new(node.clone()));
-        let background = vec![tokio::spawn(roll_up_compliance(api.clone()))];
+        let background = vec![
+            tokio::spawn(roll_up_compliance(api.clone())),
+            tokio::spawn(resume_moves(node.clone())),
+        ];
         let rest = match config.admin_listen {
             None => None,
             Some(addr) => Some(
@@ -356,6 +360,26 @@ async fn serve_rest(
     info!(%local, "admin API at https://{local}/api/v1/ (document: /api/v1/openapi.json)");
     Ok(serving)
 }
+
+/// On the leader, finishes the moves a previous leader (or a failed step) left open.
+async fn resume_moves(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(RESUME_MOVES_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let leads = matches!(node.leader(), Ok(crate::node::Leader::Here));
+        if !leads || node.read(|s| s.moves.is_empty()) {
+            continue;
+        }
+        match crate::admin::moves::resume(&node).await {
+            Ok(n) => info!(envoys = n, "open moves finished"),
+            Err(e) => tracing::warn!(error = %e, "open moves not finished yet; trying again"),
+        }
+    }
+}
+
+/// How often the leader looks for moves left open.
+const RESUME_MOVES_EVERY: Duration = Duration::from_secs(5);
 
 /// Refreshes the fleet compliance gauges from the spokes' counters.
 async fn roll_up_compliance(api: Arc<AdminApi>) {

@@ -9,13 +9,14 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use vigo_common::enrollment::{Denied, Guard, Terms, guard_hostname};
-
 use crate::ring::{Ring, RingCache};
 
+mod enroll;
+mod moves;
 mod rejection;
 pub mod requests;
 mod revocations;
+pub use moves::{MovePhase, OpenMove};
 pub use rejection::Rejection;
 pub use requests::{RequestTag, Requests};
 pub use revocations::{Revocation, Revocations, Revoked};
@@ -187,8 +188,20 @@ pub enum Command {
     RevokeToken {
         name: String,
     },
-    /// Envoys re-pinned (reassign, drain): envoy id -> spoke. All or nothing.
+    /// Opens a move of envoys pinned to `from` to spoke `to` (`state::moves`).
+    BeginMove {
+        envoys: Vec<u64>,
+        from: String,
+        to: String,
+        at_ms: u64,
+    },
+    /// Envoys re-pinned (reassign, drain): envoy id -> spoke. All or nothing; an envoy
+    /// with an open move goes only where that move goes.
     MovePins(Vec<(u64, String)>),
+    /// Closes the moves of these envoys (handed off by the old spoke).
+    EndMove {
+        envoys: Vec<u64>,
+    },
     SetSpokeState {
         id: String,
         state: SpokeState,
@@ -248,6 +261,9 @@ pub struct ClusterState {
     /// Outcomes of the latest admin writes, by request id.
     #[serde(default)]
     pub requests: Requests,
+    /// Moves under way, by envoy.
+    #[serde(default)]
+    pub moves: BTreeMap<u64, OpenMove>,
     /// Derived from `spokes`, rebuilt after they change.
     #[serde(skip)]
     ring: RingCache,
@@ -339,10 +355,26 @@ impl ClusterState {
                     None => Applied::Refused(Rejection::NoSuchToken(name)),
                 }
             }
+            Command::BeginMove {
+                envoys,
+                from,
+                to,
+                at_ms,
+            } => self.begin_moves(&envoys, &from, &to, at_ms),
+            Command::EndMove { envoys } => self.end_moves(&envoys),
             Command::MovePins(moves) => {
                 for (envoy, spoke) in &moves {
                     if !self.pins.contains_key(envoy) {
                         return Applied::Refused(Rejection::NotPinned(*envoy));
+                    }
+                    if let Some(open) = self.moves.get(envoy)
+                        && &open.to != spoke
+                    {
+                        return Applied::Refused(Rejection::MoveOpen {
+                            envoy: *envoy,
+                            from: open.from.clone(),
+                            to: open.to.clone(),
+                        });
                     }
                     if !self
                         .spokes
@@ -352,6 +384,7 @@ impl ClusterState {
                         return Applied::Refused(Rejection::SpokeNotActive(spoke.clone()));
                     }
                 }
+                self.moves_pinned(moves.iter().map(|(envoy, _)| *envoy));
                 for (envoy, spoke) in moves {
                     if let Some(pin) = self.pins.get_mut(&envoy) {
                         pin.spoke = spoke;
@@ -423,83 +456,6 @@ impl ClusterState {
                 None => Applied::Refused(Rejection::NoConfigVersion(version)),
             },
         }
-    }
-
-    /// The shared enrollment rules (`vigo_common::enrollment`) against the replicated
-    /// state: a retry of a pinned hostname and key is the same envoy; otherwise the
-    /// token's terms, the hostname guard, an active spoke and a free id. A re-key
-    /// revokes the envoy it replaces, in the same entry.
-    fn enroll(&mut self, e: EnrollEntry) -> Result<u64, Rejection> {
-        let active = self
-            .hostnames
-            .get(&e.hostname)
-            .copied()
-            .filter(|id| !self.is_envoy_revoked(*id));
-        if let Some(id) = active
-            && self.pins[&id].key == e.key
-        {
-            return Ok(id);
-        }
-        if self.revoked_key(&e.hostname, &e.key) {
-            return Err(Rejection::EnvoyRevoked(self.hostnames[&e.hostname]));
-        }
-        let token = self.tokens.get(&e.token).ok_or(Denied::UnknownToken)?;
-        let scope = vigo_common::hostname::Scope::new(&token.hostnames).ok();
-        Terms {
-            name: &token.name,
-            uses: token.uses,
-            taken: token.used,
-            expires_ms: token.expires_ms,
-            revoked: token.revoked,
-            scope: scope.as_ref(),
-        }
-        .admit_new(&e.hostname, e.at_ms)?;
-        let guard = guard_hostname(
-            &e.hostname,
-            active.map(|id| (id, &self.pins[&id].key)),
-            &e.key,
-            token.allow_rekey,
-        )?;
-        if !self
-            .spokes
-            .get(&e.spoke)
-            .is_some_and(|s| s.state == SpokeState::Active)
-        {
-            return Err(Rejection::SpokeNotActive(e.spoke));
-        }
-        if self.pins.contains_key(&e.envoy_id) {
-            return Err(Rejection::EnvoyIdTaken(e.envoy_id));
-        }
-        if let Guard::Rekey(old) = guard {
-            self.pins.remove(&old);
-            self.revoke(
-                Revoked::Envoy(old),
-                e.at_ms,
-                format!("re-enrolled with a new key as {:016x}", e.envoy_id),
-                "enrollment",
-            );
-        }
-        if let Some(t) = self.tokens.get_mut(&e.token) {
-            t.used += 1;
-        }
-        self.hostnames.insert(e.hostname.clone(), e.envoy_id);
-        self.pins.insert(
-            e.envoy_id,
-            Pin {
-                spoke: e.spoke,
-                hostname: e.hostname,
-                key: e.key,
-            },
-        );
-        Ok(e.envoy_id)
-    }
-
-    /// Whether `hostname`'s last envoy had `key` and was revoked: that key never
-    /// enrolls again.
-    fn revoked_key(&self, hostname: &str, key: &[u8; 32]) -> bool {
-        self.hostnames
-            .get(hostname)
-            .is_some_and(|id| self.is_envoy_revoked(*id) && &self.pins[id].key == key)
     }
 
     fn token_name_taken(&self, name: &str) -> bool {

@@ -282,9 +282,7 @@ impl pb::spoke_admin_server::SpokeAdmin for AdminService {
         request: Request<pb::HandOffRequest>,
     ) -> Result<Response<pb::HandOffResponse>, Status> {
         let msg = request.into_inner();
-        Ok(Response::new(pb::HandOffResponse {
-            handed_off: self.0.hand_off(msg).await?,
-        }))
+        Ok(Response::new(self.0.hand_off(msg).await?))
     }
 
     async fn register_envoy(

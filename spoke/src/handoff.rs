@@ -197,8 +197,13 @@ impl Admin {
     }
 
     /// Gives envoys up: forwarding rows durable first, then forgotten in memory. Ids
-    /// already handed off count as done; unknown ones are refused.
-    pub async fn hand_off(self: &Arc<Self>, req: pb::HandOffRequest) -> Result<u32, SpokeError> {
+    /// already handed off count as done; unknown ones are refused. Answers the records
+    /// of the envoys still here as they stand now, for the new spoke: reports that came
+    /// in while the move ran are not lost with them.
+    pub async fn hand_off(
+        self: &Arc<Self>,
+        req: pb::HandOffRequest,
+    ) -> Result<pb::HandOffResponse, SpokeError> {
         batch_size(req.envoy_ids.len())?;
         vigo_common::tls::split_address(&req.spoke_address)
             .map_err(|e| SpokeError::malformed("spoke_address", e))?;
@@ -220,6 +225,12 @@ impl Admin {
             ));
             keys.push((id, key));
         }
+        let here: Vec<u64> = keys
+            .iter()
+            .filter(|(id, _)| self.fleet.get(*id).is_some())
+            .map(|(id, _)| id.get())
+            .collect();
+        let last = self.export_envoys(&here)?;
         let this = self.clone();
         detach(async move {
             this.store.write(WriteOp::HandOff { forwards }).await?;
@@ -230,7 +241,10 @@ impl Admin {
                 }
             }
             info!(envoys = keys.len(), to = %req.spoke_address, "envoys handed off");
-            Ok(keys.len() as u32)
+            Ok(pb::HandOffResponse {
+                handed_off: keys.len() as u32,
+                last: Some(last),
+            })
         })
         .await
     }

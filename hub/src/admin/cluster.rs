@@ -95,15 +95,14 @@ impl AdminApi {
         let budget = STATUS_FROM_LEADER.min(caller.deadline.map_or(STATUS_FROM_LEADER, |d| {
             d.saturating_duration_since(std::time::Instant::now()) / 2
         }));
-        let req = api::StatusRequest {};
-        let forward = req.clone();
+        let forward = api::StatusRequest {};
         let from_leader = self
             .node
             .on_leader(
                 budget,
                 async { Ok(self.local_status(true)) },
                 |channel, left| {
-                    let mut request = tonic::Request::new(forward.clone());
+                    let mut request = tonic::Request::new(forward);
                     request.set_timeout(left);
                     caller.stamp(request.metadata_mut());
                     async move {

@@ -1,9 +1,14 @@
 //! Moving envoys between spokes (reassign one, drain a spoke), run on the leader. Per
-//! batch: export the records from the old spoke, import them durably on the new one,
-//! move the pins through raft, then hand them off on the old spoke (which forgets them
-//! and redirects their next check-in). A failure stops the move where it is, every
-//! completed batch consistent; running the same move again finishes it, since every
-//! step is idempotent.
+//! batch, each step recorded in the replicated state (`crate::state::OpenMove`): open
+//! the move, export the records from the old spoke, import them durably on the new
+//! one, move the pins, hand them off on the old spoke (which forgets them, redirects
+//! their next check-in, and answers their records as they are then, imported again so
+//! reports that came in meanwhile are kept), close the move.
+//!
+//! A failure stops the move where it is, every completed batch consistent. The move
+//! stays open: a second move of those envoys elsewhere is refused, and running the same
+//! move again — or the leader's resumer, on whichever node leads — finishes it from its
+//! phase, since every step is idempotent.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -15,7 +20,7 @@ use vigo_proto::v1 as pb;
 use crate::error::HubError;
 use crate::fanout::{self, Target};
 use crate::node::Node;
-use crate::state::{Command, SpokeState};
+use crate::state::{Command, MovePhase, SpokeState};
 
 /// Envoys per export / import / pin move / hand-off round.
 pub const BATCH: usize = 500;
@@ -58,36 +63,85 @@ fn request<T>(msg: T) -> tonic::Request<T> {
     fanout::within(msg, STEP_DEADLINE)
 }
 
-/// Moves `envoys` from spoke `from` to spoke `to`.
+/// Moves `envoys` from spoke `from` to spoke `to`, from the phase their move is in.
 async fn move_batch(
     node: &Node,
     from: &Target,
     to: &Target,
     envoys: &[u64],
 ) -> Result<(), BatchError> {
+    node.propose_ok(Command::BeginMove {
+        envoys: envoys.to_vec(),
+        from: from.id.clone(),
+        to: to.id.clone(),
+        at_ms: vigo_common::time::now_ms(),
+    })
+    .await?;
+    let copying: Vec<u64> = node.read(|s| {
+        envoys
+            .iter()
+            .copied()
+            .filter(|e| {
+                s.moves
+                    .get(e)
+                    .is_some_and(|m| m.phase == MovePhase::Copying)
+            })
+            .collect()
+    });
     let mut old = fanout::client(node, &from.address)?;
     let mut new = fanout::client(node, &to.address)?;
-    let export = old
-        .export_envoys(request(pb::ExportEnvoysRequest {
+    if !copying.is_empty() {
+        let export = old
+            .export_envoys(request(pb::ExportEnvoysRequest {
+                envoy_ids: copying.clone(),
+            }))
+            .await
+            .map_err(|s| step_failed(from, "export", s))?
+            .into_inner();
+        new.import_envoys(request(export))
+            .await
+            .map_err(|s| step_failed(to, "import", s))?;
+        node.propose_ok(Command::MovePins(
+            copying.iter().map(|id| (*id, to.id.clone())).collect(),
+        ))
+        .await?;
+    }
+    let handed = old
+        .hand_off(request(pb::HandOffRequest {
             envoy_ids: envoys.to_vec(),
+            spoke_address: to.address.clone(),
         }))
         .await
-        .map_err(|s| step_failed(from, "export", s))?
+        .map_err(|s| step_failed(from, "hand-off", s))?
         .into_inner();
-    new.import_envoys(request(export))
-        .await
-        .map_err(|s| step_failed(to, "import", s))?;
-    node.propose_ok(Command::MovePins(
-        envoys.iter().map(|id| (*id, to.id.clone())).collect(),
-    ))
+    if let Some(last) = handed.last.filter(|l| !l.envoys.is_empty()) {
+        new.import_envoys(request(last))
+            .await
+            .map_err(|s| step_failed(to, "import after hand-off", s))?;
+    }
+    node.propose_ok(Command::EndMove {
+        envoys: envoys.to_vec(),
+    })
     .await?;
-    old.hand_off(request(pb::HandOffRequest {
-        envoy_ids: envoys.to_vec(),
-        spoke_address: to.address.clone(),
-    }))
-    .await
-    .map_err(|s| step_failed(from, "hand-off", s))?;
     Ok(())
+}
+
+/// Finishes every open move (a leader that took over from one that stopped midway).
+/// Runs under the node's move lock, like every move.
+pub async fn resume(node: &Node) -> Result<u64, HubError> {
+    let _one = node.moving.lock().await;
+    let open: Vec<(u64, String, String)> = node.read(|s| {
+        s.moves
+            .iter()
+            .map(|(envoy, m)| (*envoy, m.from.clone(), m.to.clone()))
+            .collect()
+    });
+    if open.is_empty() {
+        return Ok(0);
+    }
+    info!(envoys = open.len(), "resuming open moves");
+    let result = run_moves(node, open).await?;
+    Ok(result.moved)
 }
 
 /// Moves a batch, halving it while its messages are too large (long run histories).
@@ -118,8 +172,17 @@ async fn move_splitting(
     Ok(())
 }
 
-/// Moves each envoy of `plan` (envoy, from, to) to its new spoke.
+/// Moves each envoy of `plan` (envoy, from, to) to its new spoke, one move at a time
+/// on this node.
 pub async fn move_envoys(
+    node: &Node,
+    plan: Vec<(u64, String, String)>,
+) -> Result<api::MoveResult, HubError> {
+    let _one = node.moving.lock().await;
+    run_moves(node, plan).await
+}
+
+async fn run_moves(
     node: &Node,
     plan: Vec<(u64, String, String)>,
 ) -> Result<api::MoveResult, HubError> {
@@ -168,15 +231,22 @@ pub async fn drain(node: &Node, spoke: &str) -> Result<api::MoveResult, HubError
     }
     let plan = node.read(|s| {
         let ring = s.ring();
-        s.pins
+        // Moves from this spoke left open go where they were going.
+        let open = s
+            .moves
             .iter()
-            .filter(|(_, p)| p.spoke == spoke)
+            .filter(|(_, m)| m.from == spoke)
+            .map(|(id, m)| Ok((*id, m.from.clone(), m.to.clone())));
+        let pinned = s
+            .pins
+            .iter()
+            .filter(|(id, p)| p.spoke == spoke && !s.moves.contains_key(id))
             .map(|(id, p)| {
                 s.place(&p.hostname, &ring)
                     .map(|to| (*id, spoke.to_string(), to))
                     .ok_or(HubError::NoActiveSpoke)
-            })
-            .collect::<Result<Vec<_>, _>>()
+            });
+        open.chain(pinned).collect::<Result<Vec<_>, _>>()
     })?;
     move_envoys(node, plan).await
 }

@@ -228,13 +228,17 @@ impl AdminApi {
     ) -> Result<api::MoveResult, HubError> {
         caller.require(ApiRole::Operator, "ReassignEnvoy")?;
         let id = parse_envoy_id("envoy_id", &req.envoy_id)?;
-        let (from, target_state) = self.node.read(|s| {
+        let (from, open, target_state) = self.node.read(|s| {
             (
                 s.pins.get(&id.get()).map(|p| p.spoke.clone()),
+                s.moves.get(&id.get()).cloned(),
                 s.spokes.get(&req.to).map(|sp| sp.state),
             )
         });
         let from = from.ok_or_else(|| HubError::NotFound(format!("envoy {id} is not pinned")))?;
+        // A move of this envoy left open: the same move again finishes it (the state
+        // machine refuses a move elsewhere while it is open).
+        let from = open.map_or(from, |m| m.from);
         match target_state {
             None => return Err(HubError::NotFound(format!("unknown spoke {:?}", req.to))),
             Some(SpokeState::Active) => {}

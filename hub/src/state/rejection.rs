@@ -25,6 +25,20 @@ pub enum Rejection {
     NoConfigVersion(String),
     #[error("envoy {0:016x} is revoked")]
     EnvoyRevoked(u64),
+    #[error(
+        "envoy {envoy:016x} is being moved from {from} to {to}; run that move again to finish it"
+    )]
+    MoveOpen {
+        envoy: u64,
+        from: String,
+        to: String,
+    },
+    #[error("envoy {envoy:016x} is pinned to {pinned}, not {spoke}")]
+    NotOnSpoke {
+        envoy: u64,
+        spoke: String,
+        pinned: String,
+    },
     #[error("request id {0:?} was used by another caller")]
     RequestIdTaken(String),
     #[error(transparent)]
@@ -44,6 +58,8 @@ impl Refusal for Rejection {
             Rejection::EnvoyIdTaken(_) => Kind::Conflict,
             Rejection::EnvoyRevoked(_) => Kind::Forbidden,
             Rejection::RequestIdTaken(_) => Kind::Exists,
+            Rejection::MoveOpen { .. } => Kind::Conflict,
+            Rejection::NotOnSpoke { .. } => Kind::Precondition,
             Rejection::Enroll(d) => d.kind(),
         }
     }

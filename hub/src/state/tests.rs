@@ -427,3 +427,65 @@ fn only_the_latest_request_ids_are_remembered() {
     let last = format!("r{}/o", requests::KEEP + 4);
     assert!(s.requests.get(&last).is_some());
 }
+
+fn two_spokes_one_envoy() -> ClusterState {
+    let mut s = state_with_spoke();
+    for id in ["b", "c"] {
+        s.apply(Command::RegisterSpoke {
+            id: id.into(),
+            address: "127.0.0.1:2".into(),
+            weight: 1,
+            at_ms: 1,
+        });
+    }
+    assert_eq!(enroll_one(&mut s, entry(10, "h1", 7, 5)), Ok(10));
+    s
+}
+
+fn begin(envoy: u64, from: &str, to: &str) -> Command {
+    Command::BeginMove {
+        envoys: vec![envoy],
+        from: from.into(),
+        to: to.into(),
+        at_ms: 9,
+    }
+}
+
+#[test]
+fn one_open_move_per_envoy_resumed_from_its_phase() {
+    let mut s = two_spokes_one_envoy();
+    assert_eq!(s.apply(begin(10, "a", "b")), Applied::Done);
+    assert_eq!(s.moves[&10].phase, MovePhase::Copying);
+    // The same move again (a resume) is fine; a move elsewhere is refused.
+    assert_eq!(s.apply(begin(10, "a", "b")), Applied::Done);
+    let elsewhere = Rejection::MoveOpen {
+        envoy: 10,
+        from: "a".into(),
+        to: "b".into(),
+    };
+    assert_eq!(
+        s.apply(begin(10, "a", "c")),
+        Applied::Refused(elsewhere.clone())
+    );
+    assert_eq!(
+        s.apply(Command::MovePins(vec![(10, "c".into())])),
+        Applied::Refused(elsewhere)
+    );
+    assert_eq!(
+        s.apply(Command::MovePins(vec![(10, "b".into())])),
+        Applied::Done
+    );
+    assert_eq!(s.moves[&10].phase, MovePhase::Pinned);
+    assert_eq!(s.pins[&10].spoke, "b");
+    // Pinned on b, not yet handed off by a: resuming the same move is still allowed.
+    assert_eq!(s.apply(begin(10, "a", "b")), Applied::Done);
+    assert_eq!(s.moves[&10].phase, MovePhase::Pinned);
+    s.apply(Command::EndMove { envoys: vec![10] });
+    assert!(s.moves.is_empty());
+    // A new move starts from where the pin is.
+    assert!(matches!(
+        s.apply(begin(10, "a", "c")),
+        Applied::Refused(Rejection::NotOnSpoke { .. })
+    ));
+    assert_eq!(s.apply(begin(10, "b", "c")), Applied::Done);
+}
