@@ -223,5 +223,27 @@ else
 fi
 rm -rf "$backup"
 
-echo "$((6 - failed)) of 6 scenarios passed (logs: $LOGS)"
+# A spoke cut off the network (no reset reaches anyone) shows unhealthy within seconds,
+# and once back, fan-out queries reach it at once (no connection left waiting on the
+# dead one).
+scenario "cut a spoke off the network"
+why=
+spoke_healthy() {
+    [ "$(cli status --json | field "[s['healthy'] for s in d['spokes'] if s['spoke_id'] == '$1'][0]")" = "$2" ]
+}
+every_spoke_answers() { cli envoys list --limit 1 > /dev/null; }
+cut=$(cli status --json | field "[s['spoke_id'] for s in d['spokes'] if s['state'] == 'active'][0]")
+if [ -n "$cut" ] && docker network disconnect "$NET" "$(container "$cut")" &&
+    wait_for 20 "the cut-off spoke to show unhealthy" spoke_healthy "$cut" False &&
+    docker network connect --alias "$cut" "$NET" "$(container "$cut")" &&
+    back=$(date +%s) &&
+    wait_for 20 "every spoke to answer a listing" every_spoke_answers &&
+    echo "  $cut answered a fan-out $(( $(date +%s) - back ))s after it was reconnected" &&
+    wait_for 20 "the spoke to show healthy" spoke_healthy "$cut" True; then
+    pass
+else
+    fail "${why:-spoke ${cut:-?}}"
+fi
+
+echo "$((7 - failed)) of 7 scenarios passed (logs: $LOGS)"
 exit "$failed"

@@ -128,6 +128,24 @@ fn with_spoke_id<T>(msg: T, id: &str) -> Request<T> {
     r
 }
 
+/// A spoke's call forwarded to the leader: a client there, and the request stamped with
+/// the spoke's id and what is left of the caller's deadline.
+fn to_leader<T>(
+    channel: tonic::transport::Channel,
+    msg: T,
+    spoke: &str,
+    left: Duration,
+) -> (
+    pb::hub_spokes_client::HubSpokesClient<tonic::transport::Channel>,
+    Request<T>,
+) {
+    let mut request = with_spoke_id(msg, spoke);
+    request.set_timeout(left);
+    let client = pb::hub_spokes_client::HubSpokesClient::new(channel)
+        .max_decoding_message_size(vigo_common::limits::MAX_SMALL_ANSWER);
+    (client, request)
+}
+
 #[tonic::async_trait]
 impl pb::hub_spokes_server::HubSpokes for SpokesService {
     async fn register_spoke(
@@ -177,14 +195,8 @@ impl pb::hub_spokes_server::HubSpokes for SpokesService {
                 Ok(self.directive(id.clone()))
             },
             |c, left| {
-                let mut request = with_spoke_id(fwd.clone(), &fwd_id);
-                request.set_timeout(left);
-                async move {
-                    pb::hub_spokes_client::HubSpokesClient::new(c)
-                        .max_decoding_message_size(vigo_common::limits::MAX_SMALL_ANSWER)
-                        .register_spoke(request)
-                        .await
-                }
+                let (mut leader, request) = to_leader(c, fwd.clone(), &fwd_id, left);
+                async move { leader.register_spoke(request).await }
             },
         )
         .await;
@@ -225,14 +237,8 @@ impl pb::hub_spokes_server::HubSpokes for SpokesService {
                     Ok(self.directive(id.clone()))
                 },
                 |c, left| {
-                    let mut request = with_spoke_id(fwd.clone(), &fwd_id);
-                    request.set_timeout(left);
-                    async move {
-                        pb::hub_spokes_client::HubSpokesClient::new(c)
-                            .max_decoding_message_size(vigo_common::limits::MAX_SMALL_ANSWER)
-                            .heartbeat(request)
-                            .await
-                    }
+                    let (mut leader, request) = to_leader(c, fwd.clone(), &fwd_id, left);
+                    async move { leader.heartbeat(request).await }
                 },
             )
             .await;

@@ -185,3 +185,38 @@ async fn the_next_leader_finishes_a_move_the_last_one_left_open() {
     assert_eq!(old.code(), Code::NotFound);
     assert!(cluster.state(survivor).moves.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_whose_old_spoke_is_down_stays_open_and_finishes_when_it_is_back() {
+    let mut cluster = Cluster::start(3, SPOKES).await;
+    let (envoy, from) = one_envoy(&cluster, "mover-3").await;
+    let to = (from + 1) % SPOKES.len();
+    stop_after_pins(&cluster, &envoy, from, to).await;
+    cluster.stop_spoke(from).await;
+
+    let failed = reassign(&cluster, 0, &envoy, SPOKES[to]).await.unwrap_err();
+    assert_eq!(failed.code(), Code::Unavailable, "{failed:?}");
+    let id = envoy.id().get();
+    let leader = cluster.leader().await;
+    assert_eq!(
+        cluster.state(leader).moves[&id].phase,
+        MovePhase::Pinned,
+        "the move stays open where it stopped"
+    );
+
+    cluster.start_spoke(from).await;
+    cluster
+        .wait_until(Duration::from_secs(30), "the move finished", |s| {
+            s.moves.is_empty()
+        })
+        .await;
+    let old = spoke_admin(&cluster, from)
+        .get_envoy(pb::GetEnvoyRequest { envoy_id: id })
+        .await
+        .unwrap_err();
+    assert_eq!(old.code(), Code::NotFound, "one live copy");
+    spoke_admin(&cluster, to)
+        .get_envoy(pb::GetEnvoyRequest { envoy_id: id })
+        .await
+        .expect("on the new spoke");
+}

@@ -11,19 +11,23 @@ fn state_with_spoke() -> ClusterState {
         weight: 1,
         at_ms: 1,
     });
-    s.apply(Command::CreateToken {
-        hash: [1; 32],
+    s.apply(enroll_token([1; 32], "t", 2, 100, false));
+    s
+}
+
+fn enroll_token(hash: [u8; 32], name: &str, uses: u64, expires_ms: u64, rekey: bool) -> Command {
+    Command::CreateToken {
+        hash,
         token: Token {
-            name: "t".into(),
-            uses: 2,
+            name: name.into(),
+            uses,
             used: 0,
-            expires_ms: 100,
-            allow_rekey: false,
+            expires_ms,
+            allow_rekey: rekey,
             revoked: false,
             hostnames: Vec::new(),
         },
-    });
-    s
+    }
 }
 
 fn entry(id: u64, host: &str, key: u8, at_ms: u64) -> EnrollEntry {
@@ -242,18 +246,7 @@ fn revoked_and_duplicate_tokens() {
 }
 
 fn rekey_token(s: &mut ClusterState) {
-    s.apply(Command::CreateToken {
-        hash: [3; 32],
-        token: Token {
-            name: "rekey".into(),
-            uses: 10,
-            used: 0,
-            expires_ms: 0,
-            allow_rekey: true,
-            revoked: false,
-            hostnames: Vec::new(),
-        },
-    });
+    s.apply(enroll_token([3; 32], "rekey", 10, 0, true));
 }
 
 fn enroll_one(s: &mut ClusterState, e: EnrollEntry) -> Result<u64, Rejection> {
