@@ -210,6 +210,7 @@ pub enum Command {
     Once {
         request: String,
         by: String,
+        digest: [u8; 32],
         command: Box<Command>,
     },
     /// Revokes an envoy or a certificate for good; revoking again changes nothing.
@@ -282,8 +283,9 @@ impl ClusterState {
             Command::Once {
                 request,
                 by,
+                digest,
                 command,
-            } => self.apply_once(request, by, *command),
+            } => self.apply_once(request, by, digest, *command),
             Command::Found {
                 ca_cert_pem,
                 bundle_keys,

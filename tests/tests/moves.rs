@@ -220,3 +220,41 @@ async fn a_move_whose_old_spoke_is_down_stays_open_and_finishes_when_it_is_back(
         .await
         .expect("on the new spoke");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_towards_a_spoke_that_left_is_closed_and_the_envoy_moves_elsewhere() {
+    let mut cluster = Cluster::start(3, SPOKES).await;
+    let (mut envoy, from) = one_envoy(&cluster, "mover-4").await;
+    let (gone, other) = ((from + 1) % SPOKES.len(), (from + 2) % SPOKES.len());
+    let id = envoy.id().get();
+    let leader = cluster.leader().await;
+    cluster
+        .hub(leader)
+        .node
+        .propose_ok(Command::BeginMove {
+            envoys: vec![id],
+            from: SPOKES[from].into(),
+            to: SPOKES[gone].into(),
+            at_ms: 1,
+        })
+        .await
+        .unwrap();
+    // The target goes away for good before anything was copied.
+    cluster.stop_spoke(gone).await;
+    cluster
+        .admin(0)
+        .remove_spoke(api::SpokeRef {
+            spoke_id: SPOKES[gone].into(),
+        })
+        .await
+        .unwrap();
+    cluster
+        .wait_until(Duration::from_secs(30), "the moot move closed", |s| {
+            s.moves.is_empty()
+        })
+        .await;
+    assert_eq!(cluster.state(leader).pins[&id].spoke, SPOKES[from]);
+    envoy.check_in().await.expect("still served where it was");
+    let moved = reassign(&cluster, 1, &envoy, SPOKES[other]).await.unwrap();
+    assert_eq!(moved.moved, 1);
+}

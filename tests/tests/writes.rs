@@ -67,6 +67,19 @@ async fn a_retried_token_creation_answers_the_same_usable_secret() {
         .into_inner()
         .tokens;
     assert_eq!(tokens.iter().filter(|t| t.name == "ci").count(), 1);
+    // The same id asking for something else is a caller's mistake, refused: it must
+    // not answer the first token's secret for a token that does not exist.
+    let reused = cluster
+        .admin(1)
+        .create_token(with_id(viewer_token("ci-other"), "req-ci-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(reused.code(), Code::InvalidArgument, "{reused:?}");
+    assert!(
+        reused.message().contains("another request"),
+        "{}",
+        reused.message()
+    );
     // A new request for the same name is a new write, refused by name.
     let dup = cluster
         .admin(0)

@@ -42,6 +42,8 @@ pub struct Caller {
     /// When the call must be answered by, when it says (`grpc-timeout`): a forward to
     /// the leader never outlives it.
     pub deadline: Option<std::time::Instant>,
+    /// SHA-256 of the request message (`Caller::asking`): a request id names one request.
+    pub request_digest: [u8; 32],
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +65,7 @@ impl Caller {
             credential: Credential::Hub,
             request_id: fresh_request_id(),
             deadline: None,
+            request_digest: [0; 32],
         }
     }
 
@@ -71,7 +74,14 @@ impl Caller {
         crate::state::RequestTag {
             request: self.request_id.clone(),
             by: self.name.clone(),
+            digest: self.request_digest,
         }
+    }
+
+    /// This caller, making `request` (its digest goes with the request id).
+    pub fn asking(mut self, request: &impl prost::Message) -> Self {
+        self.request_digest = vigo_common::traits::sha256(&request.encode_to_vec());
+        self
     }
 
     /// Marks a call forwarded to the leader with who made it and its request id.
@@ -173,6 +183,7 @@ pub fn authenticate(
                 credential: Credential::Token(hash),
                 request_id,
                 deadline: None,
+                request_digest: [0; 32],
             })
             .ok_or_else(|| {
                 HubError::Unauthenticated("unknown, revoked or expired API token".into())
@@ -188,6 +199,7 @@ pub fn authenticate(
             credential: Credential::Certificate(serial.to_string()),
             request_id,
             deadline: None,
+            request_digest: [0; 32],
         }),
         Peer::Node {
             role: Role::Hub, ..
@@ -203,6 +215,7 @@ pub fn authenticate(
                 credential: Credential::Hub,
                 request_id,
                 deadline: None,
+                request_digest: [0; 32],
             })
         }
         _ => Err(HubError::Unauthenticated(

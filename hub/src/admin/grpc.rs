@@ -19,7 +19,7 @@ pub struct AdminGrpc {
 impl AdminGrpc {
     /// Who is calling: the admission table (`crate::admission`) authenticated the call
     /// before its body was read and left the caller in the request.
-    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, HubError> {
+    fn caller<T: prost::Message>(&self, request: &Request<T>) -> Result<Caller, HubError> {
         let mut caller = request
             .extensions()
             .get::<Caller>()
@@ -29,7 +29,7 @@ impl AdminGrpc {
             .extensions()
             .get::<vigo_common::net::Deadline>()
             .map(|d| d.0);
-        Ok(caller)
+        Ok(caller.asking(request.get_ref()))
     }
 }
 

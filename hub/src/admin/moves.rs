@@ -126,6 +126,40 @@ async fn move_batch(
     Ok(())
 }
 
+/// Closes the open moves that can no longer finish and need not: pinned to their new
+/// spoke while the old one was removed (nothing is left to hand off), or still copying
+/// towards a spoke that is no longer active (the pin never moved).
+async fn close_moot(node: &Node) -> Result<(), HubError> {
+    let moot: Vec<u64> = node.read(|s| {
+        let active = |id: &str| {
+            s.spokes
+                .get(id)
+                .is_some_and(|sp| sp.state == SpokeState::Active)
+        };
+        let removed = |id: &str| {
+            s.spokes
+                .get(id)
+                .is_none_or(|sp| sp.state == SpokeState::Removed)
+        };
+        s.moves
+            .iter()
+            .filter(|(_, m)| match m.phase {
+                MovePhase::Pinned => removed(&m.from),
+                MovePhase::Copying => !active(&m.to),
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    });
+    if !moot.is_empty() {
+        info!(
+            envoys = moot.len(),
+            "closing moves that cannot finish (a spoke left)"
+        );
+        node.propose_ok(Command::EndMove { envoys: moot }).await?;
+    }
+    Ok(())
+}
+
 /// Finishes every open move (a leader that took over from one that stopped midway).
 /// Runs under the node's move lock, like every move.
 pub async fn resume(node: &Node) -> Result<u64, HubError> {
@@ -139,6 +173,13 @@ pub async fn resume(node: &Node) -> Result<u64, HubError> {
     if open.is_empty() {
         return Ok(0);
     }
+    close_moot(node).await?;
+    let open: Vec<(u64, String, String)> = node.read(|s| {
+        s.moves
+            .iter()
+            .map(|(envoy, m)| (*envoy, m.from.clone(), m.to.clone()))
+            .collect()
+    });
     info!(envoys = open.len(), "resuming open moves");
     let result = run_moves(node, open).await?;
     Ok(result.moved)

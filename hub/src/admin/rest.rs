@@ -182,13 +182,17 @@ pub(super) async fn answer<Req, Resp, Op, Fut>(
 ) -> Response
 where
     Resp: Serialize,
+    Req: prost::Message,
     Op: FnOnce(Arc<AdminApi>, Caller, Req) -> Fut,
     Fut: Future<Output = Result<Resp, HubError>>,
 {
     let started = Instant::now();
     let result = match (request, api.check_fresh(&caller).await) {
         (Err(e), _) | (_, Err(e)) => Err(e),
-        (Ok(req), Ok(())) => op(api.clone(), caller, req).await,
+        (Ok(req), Ok(())) => {
+            let caller = caller.asking(&req);
+            op(api.clone(), caller, req).await
+        }
     };
     super::grpc::record(route, result.as_ref().err().map(Refusal::kind), started);
     match result {

@@ -3,8 +3,10 @@
 //!
 //! A move opens (`BeginMove`) before anything is copied, goes to `Pinned` when its pins
 //! move (`MovePins`), and closes (`EndMove`) once the old spoke handed the envoys off.
-//! While it is open, a move of the same envoy elsewhere is refused; the same move
-//! again (an operator re-running it, a new leader resuming it) carries on from its phase.
+//! While it is open, a move of the same envoy elsewhere is refused once its pin moved
+//! (before, a move elsewhere replaces it: the abandoned copy is never pinned); the same
+//! move again (an operator re-running it, a new leader resuming it) carries on from its
+//! phase.
 
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +57,9 @@ impl ClusterState {
         for envoy in envoys {
             match self.moves.get(envoy) {
                 Some(open) if open.from == from && open.to == to => {}
+                // Not pinned anywhere new yet: a move elsewhere replaces it (the copy
+                // on the abandoned target is never pinned, so never served).
+                Some(open) if open.from == from && open.phase == MovePhase::Copying => {}
                 Some(open) => {
                     return Applied::Refused(Rejection::MoveOpen {
                         envoy: *envoy,
@@ -76,12 +81,18 @@ impl ClusterState {
             }
         }
         for envoy in envoys {
-            self.moves.entry(*envoy).or_insert_with(|| OpenMove {
-                from: from.to_string(),
-                to: to.to_string(),
-                phase: MovePhase::Copying,
-                started_ms: at_ms,
-            });
+            let same = self.moves.get(envoy).is_some_and(|m| m.to == to);
+            if !same {
+                self.moves.insert(
+                    *envoy,
+                    OpenMove {
+                        from: from.to_string(),
+                        to: to.to_string(),
+                        phase: MovePhase::Copying,
+                        started_ms: at_ms,
+                    },
+                );
+            }
         }
         Applied::Done
     }

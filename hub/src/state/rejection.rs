@@ -41,6 +41,8 @@ pub enum Rejection {
     },
     #[error("request id {0:?} was used by another caller")]
     RequestIdTaken(String),
+    #[error("request id {0:?} was used for another request: a retry must send the same request")]
+    RequestIdReused(String),
     #[error(transparent)]
     Enroll(#[from] Denied),
 }
@@ -58,6 +60,7 @@ impl Refusal for Rejection {
             Rejection::EnvoyIdTaken(_) => Kind::Conflict,
             Rejection::EnvoyRevoked(_) => Kind::Forbidden,
             Rejection::RequestIdTaken(_) => Kind::Exists,
+            Rejection::RequestIdReused(_) => Kind::Malformed,
             Rejection::MoveOpen { .. } => Kind::Conflict,
             Rejection::NotOnSpoke { .. } => Kind::Precondition,
             Rejection::Enroll(d) => d.kind(),

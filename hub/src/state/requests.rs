@@ -19,6 +19,8 @@ pub struct Outcome {
     pub request: String,
     /// Who made the request: another caller's id is not theirs to replay.
     pub by: String,
+    /// What was asked: the same id with another request is refused.
+    pub digest: [u8; 32],
     pub applied: Applied,
 }
 
@@ -27,6 +29,8 @@ pub struct Outcome {
 pub struct RequestTag {
     pub request: String,
     pub by: String,
+    /// SHA-256 of the request as the caller sent it: one id, one request.
+    pub digest: [u8; 32],
 }
 
 impl Command {
@@ -36,6 +40,7 @@ impl Command {
         Command::Once {
             request: format!("{}/{step}", tag.request),
             by: tag.by.clone(),
+            digest: tag.digest,
             command: Box::new(self),
         }
     }
@@ -108,10 +113,19 @@ impl Requests {
 
 impl ClusterState {
     /// Applies `command` once per request id.
-    pub(super) fn apply_once(&mut self, request: String, by: String, command: Command) -> Applied {
+    pub(super) fn apply_once(
+        &mut self,
+        request: String,
+        by: String,
+        digest: [u8; 32],
+        command: Command,
+    ) -> Applied {
         if let Some(first) = self.requests.get(&request) {
             if first.by != by {
                 return Applied::Refused(Rejection::RequestIdTaken(request));
+            }
+            if first.digest != digest {
+                return Applied::Refused(Rejection::RequestIdReused(request));
             }
             return first.applied.clone();
         }
@@ -119,6 +133,7 @@ impl ClusterState {
         self.requests.remember(Outcome {
             request,
             by,
+            digest,
             applied: applied.clone(),
         });
         applied

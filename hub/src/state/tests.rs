@@ -372,16 +372,27 @@ fn a_retried_request_gets_its_first_outcome_and_changes_nothing() {
     let ops = RequestTag {
         request: "r1".into(),
         by: "ops".into(),
+        digest: [0; 32],
     };
     assert_eq!(s.apply(token_named("a").once(&ops, "token")), Applied::Done);
     let after_first = s.clone();
     // The same request again: the first outcome, not "a token named a exists".
     assert_eq!(s.apply(token_named("a").once(&ops, "token")), Applied::Done);
     assert_eq!(s, after_first);
+    // One id names one request: the same id asking for something else is refused.
+    let reused = RequestTag {
+        digest: [1; 32],
+        ..ops.clone()
+    };
+    assert_eq!(
+        s.apply(token_named("b").once(&reused, "token")),
+        Applied::Refused(Rejection::RequestIdReused("r1/token".into()))
+    );
     // Another caller cannot replay someone else's request id.
     let other = RequestTag {
         request: "r1".into(),
         by: "mallory".into(),
+        digest: [0; 32],
     };
     assert_eq!(
         s.apply(token_named("b").once(&other, "token")),
@@ -391,6 +402,7 @@ fn a_retried_request_gets_its_first_outcome_and_changes_nothing() {
     let r2 = RequestTag {
         request: "r2".into(),
         by: "ops".into(),
+        digest: [0; 32],
     };
     let refused = s.apply(token_named("a").once(&r2, "token"));
     assert_eq!(
@@ -410,6 +422,7 @@ fn only_the_latest_request_ids_are_remembered() {
         let tag = RequestTag {
             request: format!("r{n}"),
             by: "ops".into(),
+            digest: [0; 32],
         };
         s.apply(Command::SetOverrides(Vec::new()).once(&tag, "o"));
     }
@@ -449,26 +462,29 @@ fn one_open_move_per_envoy_resumed_from_its_phase() {
     let mut s = two_spokes_one_envoy();
     assert_eq!(s.apply(begin(10, "a", "b")), Applied::Done);
     assert_eq!(s.moves[&10].phase, MovePhase::Copying);
-    // The same move again (a resume) is fine; a move elsewhere is refused.
+    // The same move again (a resume) is fine.
     assert_eq!(s.apply(begin(10, "a", "b")), Applied::Done);
     let elsewhere = Rejection::MoveOpen {
         envoy: 10,
         from: "a".into(),
         to: "b".into(),
     };
-    assert_eq!(
-        s.apply(begin(10, "a", "c")),
-        Applied::Refused(elsewhere.clone())
-    );
+    // Pins go only where the open move goes.
     assert_eq!(
         s.apply(Command::MovePins(vec![(10, "c".into())])),
-        Applied::Refused(elsewhere)
+        Applied::Refused(elsewhere.clone())
     );
+    // Before its pin moved, a move elsewhere replaces it (b died, say)...
+    assert_eq!(s.apply(begin(10, "a", "c")), Applied::Done);
+    assert_eq!(s.moves[&10].to, "c");
+    assert_eq!(s.apply(begin(10, "a", "b")), Applied::Done);
     assert_eq!(
         s.apply(Command::MovePins(vec![(10, "b".into())])),
         Applied::Done
     );
     assert_eq!(s.moves[&10].phase, MovePhase::Pinned);
+    // ... after, it is refused: the old spoke has yet to hand the envoy off.
+    assert_eq!(s.apply(begin(10, "a", "c")), Applied::Refused(elsewhere));
     assert_eq!(s.pins[&10].spoke, "b");
     // Pinned on b, not yet handed off by a: resuming the same move is still allowed.
     assert_eq!(s.apply(begin(10, "a", "b")), Applied::Done);
