@@ -54,21 +54,27 @@ async fn reassign(
         .map(|r| r.into_inner())
 }
 
-/// Leaves a move of `envoy` open where a leader that stopped after moving the pins left
-/// it: copied to `to` and pinned there, never handed off by the old spoke.
-async fn stop_after_pins(cluster: &Cluster, envoy: &TestEnvoy, from: usize, to: usize) {
+/// Opens a move of `envoy` through the leader, as the first step of a move does.
+async fn open_move(cluster: &Cluster, envoy: u64, from: usize, to: usize) {
     let leader = cluster.hub(cluster.leader().await);
-    let id = envoy.id().get();
     leader
         .node
         .propose_ok(Command::BeginMove {
-            envoys: vec![id],
+            envoys: vec![envoy],
             from: SPOKES[from].into(),
             to: SPOKES[to].into(),
             at_ms: 1,
         })
         .await
         .unwrap();
+}
+
+/// Leaves a move of `envoy` open where a leader that stopped after moving the pins left
+/// it: copied to `to` and pinned there, never handed off by the old spoke.
+async fn stop_after_pins(cluster: &Cluster, envoy: &TestEnvoy, from: usize, to: usize) {
+    let leader = cluster.hub(cluster.leader().await);
+    let id = envoy.id().get();
+    open_move(cluster, id, from, to).await;
     let export = spoke_admin(cluster, from)
         .export_envoys(pb::ExportEnvoysRequest {
             envoy_ids: vec![id],
@@ -146,17 +152,7 @@ async fn the_next_leader_finishes_a_move_the_last_one_left_open() {
     let (envoy, from) = one_envoy(&cluster, "mover-2").await;
     let to = (from + 1) % SPOKES.len();
     let old_leader = cluster.leader().await;
-    cluster
-        .hub(old_leader)
-        .node
-        .propose_ok(Command::BeginMove {
-            envoys: vec![envoy.id().get()],
-            from: SPOKES[from].into(),
-            to: SPOKES[to].into(),
-            at_ms: 1,
-        })
-        .await
-        .unwrap();
+    open_move(&cluster, envoy.id().get(), from, to).await;
     assert_eq!(
         cluster.state(old_leader).moves[&envoy.id().get()].phase,
         MovePhase::Copying
@@ -228,17 +224,7 @@ async fn a_move_towards_a_spoke_that_left_is_closed_and_the_envoy_moves_elsewher
     let (gone, other) = ((from + 1) % SPOKES.len(), (from + 2) % SPOKES.len());
     let id = envoy.id().get();
     let leader = cluster.leader().await;
-    cluster
-        .hub(leader)
-        .node
-        .propose_ok(Command::BeginMove {
-            envoys: vec![id],
-            from: SPOKES[from].into(),
-            to: SPOKES[gone].into(),
-            at_ms: 1,
-        })
-        .await
-        .unwrap();
+    open_move(&cluster, id, from, gone).await;
     // The target goes away for good before anything was copied.
     cluster.stop_spoke(gone).await;
     cluster
