@@ -21,6 +21,22 @@ use vigo_spoke::{Spoke, SpokeConfig};
 
 use crate::{TestEnvoy, free_port, init};
 
+/// The admin API client of a bearer token holder.
+pub type TokenAdmin = api::hub_admin_client::HubAdminClient<
+    tonic::service::interceptor::InterceptedService<Channel, Bearer>,
+>;
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        r.metadata_mut().insert("authorization", self.0.clone());
+        Ok(r)
+    }
+}
+
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     hubs: Vec<std::sync::Mutex<Option<Arc<HubNode>>>>,
@@ -263,6 +279,16 @@ impl Cluster {
             .expect("channel"),
         )
         .max_decoding_message_size(32 << 20)
+    }
+
+    /// The admin API on hub `i` as an API token holder: no client certificate, the
+    /// bearer token `secret` on every call.
+    pub fn admin_with_token(&self, i: usize, secret: &str) -> TokenAdmin {
+        let bearer = format!("Bearer {secret}").parse().expect("a header value");
+        api::hub_admin_client::HubAdminClient::with_interceptor(
+            self.anonymous_channel(i),
+            Bearer(bearer),
+        )
     }
 
     /// A channel to hub `i` without a client certificate (what an envoy enrolling, or

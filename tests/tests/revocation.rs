@@ -139,16 +139,8 @@ async fn a_revoked_admin_certificate_is_refused_by_the_admin_api_and_the_spokes(
 }
 
 async fn bearer_revocations(cluster: &Cluster) -> api::RevocationPage {
-    let token = cluster.api_token();
-    let mut client = api::hub_admin_client::HubAdminClient::with_interceptor(
-        cluster.anonymous_channel(2),
-        move |mut r: tonic::Request<()>| {
-            r.metadata_mut()
-                .insert("authorization", format!("Bearer {token}").parse().unwrap());
-            Ok(r)
-        },
-    );
-    client
+    cluster
+        .admin_with_token(2, &cluster.api_token())
         .list_revocations(api::ListRevocationsRequest::default())
         .await
         .unwrap()

@@ -24,15 +24,7 @@ fn viewer_token(name: &str) -> api::CreateTokenRequest {
 }
 
 async fn status_with(cluster: &Cluster, hub: usize, secret: &str) -> Result<(), tonic::Status> {
-    let bearer = format!("Bearer {secret}");
-    let mut client = api::hub_admin_client::HubAdminClient::with_interceptor(
-        cluster.anonymous_channel(hub),
-        move |mut r: tonic::Request<()>| {
-            r.metadata_mut()
-                .insert("authorization", bearer.parse().unwrap());
-            Ok(r)
-        },
-    );
+    let mut client = cluster.admin_with_token(hub, secret);
     client.status(api::StatusRequest {}).await.map(|_| ())
 }
 
