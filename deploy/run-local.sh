@@ -67,7 +67,6 @@ listen: 127.0.0.1:744$((i + 3))
 metrics_listen: 127.0.0.1:946$((i + 4))
 data_dir: $s
 tls: {ca_cert: pki/ca.pem, cert: pki/$s.pem, key: pki/$s.key}
-bundle_signing_key: pki/bundle-signing.key
 checkin: {interval: $INTERVAL}
 hub: {addresses: [127.0.0.1:7400, 127.0.0.1:7401, 127.0.0.1:7402], spoke_id: $s}
 YAML

@@ -84,6 +84,33 @@ pub enum Command {
     /// Revoke hub, spoke and admin certificates; list the cluster's revocations.
     #[command(subcommand)]
     Cert(CertCmd),
+    /// The keys that sign policy bundles, and their rotation: `add` a key (envoys learn
+    /// to trust it with their next bundle), `use` it once the fleet has converged,
+    /// then `retire` the old one. Each step re-signs the current config at a new
+    /// generation, so every envoy fetches one bundle.
+    #[command(subcommand, name = "bundle-key")]
+    BundleKey(BundleKeyCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BundleKeyCmd {
+    /// The keys envoys trust, and which one signs.
+    List,
+    /// Generate a new key on the hub (admin role); it is trusted, not yet signing. Its
+    /// private half never leaves the hub nodes.
+    Add,
+    /// Sign bundles with this key from now on (admin role). Envoys that have not
+    /// checked in since it was added do not trust it yet and refuse the new bundle
+    /// until they have: wait for the fleet to converge after `add`.
+    Use {
+        /// The key (hex public key, or a prefix of at least 8 digits).
+        key: String,
+    },
+    /// Stop trusting this key (admin role); the signing key cannot be retired.
+    Retire {
+        /// The key (hex public key, or a prefix of at least 8 digits).
+        key: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,6 +6,7 @@
 //! protocol.
 
 mod args;
+mod bundle_key;
 mod cert;
 mod connect;
 mod render;

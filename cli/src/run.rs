@@ -304,6 +304,7 @@ async fn run_once(cli: &Cli, request_id: &str) -> Result<u8, CliError> {
         }
         Command::Token(cmd) => token(cli, &mut c, cmd).await,
         Command::Cert(cmd) => crate::cert::run(cli, &mut c, cmd).await,
+        Command::BundleKey(cmd) => crate::bundle_key::run(cli, &mut c, cmd).await,
         Command::Hub(cmd) => {
             let m = match cmd {
                 HubCmd::Members => c.members(request(cli, api::MembersRequest {})).await?,

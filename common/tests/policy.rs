@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use vigo_common::policy::bundle::{BundleError, SignedBundle, verify_delivery};
+use vigo_common::policy::bundle::{BundleError, Seal, SignedBundle, verify_delivery};
 use vigo_common::policy::{PolicyErrors, compile, load_dir, parse_tree, validate};
 use vigo_common::signing::generate_key;
 
@@ -193,7 +193,7 @@ fn same_tree_compiles_to_same_fingerprint_and_changes_move_it() {
     let sign = |files: &[(&str, &str)]| {
         let t = tree(files).unwrap();
         let c = compile(&t).expect("compiles");
-        SignedBundle::sign(&c.hostcrates[0], &c.version, 1, &key)
+        SignedBundle::sign(&c.hostcrates[0], &Seal::own(c.version, 1, &key), &key)
     };
     let a = sign(&files);
     let b = sign(&files);
@@ -210,7 +210,7 @@ fn bundles_verify_with_stubs_and_refuse_tampering() {
     let key = generate_key();
     let trusted = [key.verifying_key()];
     let web = &compiled.hostcrates[compiled.match_hostname("web-1")];
-    let bundle = SignedBundle::sign(web, &compiled.version, 1, &key);
+    let bundle = SignedBundle::sign(web, &Seal::own(compiled.version, 1, &key), &key);
 
     let full = bundle.delivery(|_| false);
     assert_eq!(full.modules.len(), 3);
@@ -380,7 +380,11 @@ fn bundles_say_which_hosts_they_are_for_and_how_new_they_are() {
     let c = compile(&t).unwrap();
     let key = generate_key();
     let manifest = |i: usize, generation: u64| {
-        let b = SignedBundle::sign(&c.hostcrates[i], &c.version, generation, &key);
+        let b = SignedBundle::sign(
+            &c.hostcrates[i],
+            &Seal::own(c.version, generation, &key),
+            &key,
+        );
         let d = b.delivery(|_| false);
         verify_delivery(&d, &[key.verifying_key()], |_| None)
             .unwrap()

@@ -52,9 +52,10 @@ fn harness() -> &'static Harness {
         let policy = Arc::new(vigo_spoke::policy_cache::PolicyCache::new(
             vigo_spoke::policy_cache::PolicySource::Directory(policy_dir),
             compiled,
-            signing::generate_key(),
-            1,
-        ));
+            Some(signing::generate_key()),
+            &vigo_spoke::policy_cache::Sealing::Own { generation: 1 },
+        )
+        .unwrap());
         let gateway = runtime.block_on(async {
             Arc::new(Gateway::new(
                 fleet,

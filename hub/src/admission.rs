@@ -114,7 +114,9 @@ impl Admit for HubAdmin {
             "Status" | "ShowEnvoy" | "Compliance" | "ConfigHistory" | "ListSpokes"
             | "ShowSpoke" | "Members" | "RevokeEnvoy" | "RollbackConfig" | "AddSpoke"
             | "CreateToken" | "ListTokens" | "RevokeToken" | "AddHub" | "RemoveHub"
-            | "ListRevocations" | "RevokeCertificate" => limits(64 * KIB, 30),
+            | "ListRevocations" | "RevokeCertificate" | "ListBundleKeys" => limits(64 * KIB, 30),
+            // A key change compiles and re-signs the current config version.
+            "AddBundleKey" | "UseBundleKey" | "RetireBundleKey" => limits(64 * KIB, 60),
             other => return Err(unknown(other)),
         };
         let serial = call.serial().to_string();

@@ -30,8 +30,11 @@ pub struct HubConfig {
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     pub tls: TlsConfig,
-    /// The cluster's bundle-signing key: envoys are told to trust its public half.
-    pub bundle_signing_key: PathBuf,
+    /// The key a new cluster starts signing bundles with (read once, when this node
+    /// founds the cluster); absent: the founding node generates one. From then on the
+    /// keys live in the replicated state (`vigocli bundle-key`).
+    #[serde(default)]
+    pub bundle_signing_key: Option<PathBuf>,
     #[serde(default)]
     pub raft: RaftConfig,
     /// How the hub port and the REST port admit and keep connections (see
@@ -139,13 +142,15 @@ impl HubConfig {
         let mut c: HubConfig = load_yaml(path)?;
         for p in [
             &mut c.data_dir,
-            &mut c.bundle_signing_key,
             &mut c.tls.ca_cert,
             &mut c.tls.ca_key,
             &mut c.tls.cert,
             &mut c.tls.key,
         ] {
             *p = resolve(path, p);
+        }
+        if let Some(k) = &mut c.bundle_signing_key {
+            *k = resolve(path, k);
         }
         let bad = |key: &str, why: &str| {
             HubError::Common(vigo_common::Error::Config {

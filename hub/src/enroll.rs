@@ -202,6 +202,7 @@ impl Enroller {
         info!(envoy = %id, %hostname, spoke = %spoke_id, retry, "envoy enrolled");
         let bundle_keys = self.node.read(|s| {
             s.bundle_keys
+                .trusted()
                 .iter()
                 .map(|k| Bytes::copy_from_slice(k))
                 .collect()

@@ -21,6 +21,7 @@ pub mod publish;
 pub mod raft;
 pub mod revocations;
 pub mod ring;
+pub mod seal;
 pub mod server;
 pub mod services;
 pub mod state;

@@ -3,10 +3,10 @@
 //! its next heartbeat, told by the directive which version to serve.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 use vigo_common::limits::MAX_POLICY_BYTES;
@@ -15,6 +15,7 @@ use vigo_proto::v1 as pb;
 
 use crate::error::HubError;
 use crate::node::Node;
+use crate::seal;
 use crate::state::{Command, ConfigEntry, RequestTag, SpokeState};
 
 const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -31,6 +32,14 @@ pub fn to_proto(c: &ConfigEntry, with_files: bool) -> pb::ConfigVersion {
             Default::default()
         },
         generation: c.generation,
+        bundle_key: Bytes::copy_from_slice(&c.seal.key),
+        trusted_bundle_keys: c
+            .seal
+            .trusted
+            .iter()
+            .map(|k| Bytes::copy_from_slice(k))
+            .collect(),
+        bundle_signatures: c.seal.signatures.iter().map(|s| s.clone().into()).collect(),
     }
 }
 
@@ -48,22 +57,19 @@ pub async fn publish(
             format!("{size} bytes; the limit is {MAX_POLICY_BYTES}"),
         ));
     }
-    let tree_files: BTreeMap<PathBuf, String> = files
-        .iter()
-        .map(|(k, v)| (PathBuf::from(k), v.clone()))
-        .collect();
-    // Compiled as every spoke will compile it: what is published can be served.
-    let tree = tokio::task::spawn_blocking(move || vigo_common::policy::validate(&tree_files))
-        .await
-        .map_err(|e| HubError::Internal(format!("policy validation stopped: {e}")))?
-        .map_err(vigo_common::Error::Policy)?;
+    // Compiled as every spoke will compile it (what is published can be served), and
+    // its bundles signed with the key in force.
+    let (generation, keys) =
+        node.read(|s| (s.next_config_generation(now_ms()), s.bundle_keys.clone()));
+    let (tree, seal) = seal::compile_and_seal(files.clone(), keys, generation).await?;
     let entry = ConfigEntry {
         version: hex::encode(tree.version),
         author: tag.by.clone(),
         published_ms: now_ms(),
         message,
         files,
-        generation: node.read(|s| s.next_config_generation(now_ms())),
+        generation,
+        seal,
     };
     node.propose_ok(
         Command::PublishConfig {
@@ -88,11 +94,11 @@ pub async fn rollback(
     tag: &RequestTag,
     version: String,
 ) -> Result<pb::ConfigVersion, HubError> {
-    let (mut entry, generation) = node
+    let (mut entry, generation, keys) = node
         .read(|s| {
             s.config(&version)
                 .cloned()
-                .map(|e| (e, s.next_config_generation(now_ms())))
+                .map(|e| (e, s.next_config_generation(now_ms()), s.bundle_keys.clone()))
         })
         .ok_or_else(|| {
             HubError::NotFound(format!(
@@ -101,24 +107,27 @@ pub async fn rollback(
                 node.keep_configs
             ))
         })?;
+    let (_, seal) = seal::compile_and_seal(entry.files.clone(), keys, generation).await?;
     node.propose_ok(
         Command::Rollback {
             version: entry.version.clone(),
             generation,
+            seal,
         }
         .once(tag, "rollback"),
     )
     .await?;
-    entry.generation = node
-        .read(|s| s.config(&entry.version).map(|c| c.generation))
-        .unwrap_or(generation);
+    // What committed (a retried request committed the first attempt's seal).
+    if let Some(committed) = node.read(|s| s.config(&entry.version).cloned()) {
+        entry = committed;
+    }
     info!(version = %entry.version, "config rolled back");
     push(node, &entry).await;
     Ok(to_proto(&entry, false))
 }
 
 /// Sends a version to every active spoke at once; failures are logged, not fatal.
-async fn push(node: &Arc<Node>, entry: &ConfigEntry) {
+pub(crate) async fn push(node: &Arc<Node>, entry: &ConfigEntry) {
     let spokes: Vec<(String, String)> = node.read(|s| {
         s.spokes
             .values()

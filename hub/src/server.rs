@@ -13,6 +13,7 @@ use tracing::info;
 use vigo_common::net::RevokedCerts;
 use vigo_common::net::{Guarded, Http1Limits, Serving, serve_grpc};
 use vigo_common::pki::{CertAuthority, Role};
+use vigo_common::time::now_ms;
 use vigo_common::tls::{self, ClientAuth};
 use vigo_common::{fsutil, signing};
 use vigo_proto::v1 as pb;
@@ -29,7 +30,7 @@ use crate::raft::log_store::LogStore;
 use crate::raft::network::{Isolation, Network, RaftService};
 use crate::raft::state_machine::StateMachineStore;
 use crate::services::{LocateService, SpokesService};
-use crate::state::{ApiRole, ApiToken, Command};
+use crate::state::{ApiRole, ApiToken, BundleKeys, Command};
 
 /// A running hub node.
 pub struct HubNode {
@@ -262,13 +263,17 @@ impl HubNode {
         if self.node.read(|s| s.ca_cert_pem.is_empty())
             && matches!(self.node.leader()?, crate::node::Leader::Here)
         {
-            let bundle = signing::read_key_file(&self.config.bundle_signing_key)?;
+            let bundle = match &self.config.bundle_signing_key {
+                Some(path) => signing::read_key_file(path)?,
+                None => signing::generate_key(),
+            };
             self.node
                 .propose_ok(Command::Found {
                     ca_cert_pem: self.node.ca.cert_pem().to_string(),
-                    bundle_keys: vec![bundle.verifying_key().to_bytes()],
+                    bundle_keys: BundleKeys::founding(bundle.to_bytes(), now_ms()),
                 })
                 .await?;
+            info!(key = %hex::encode(bundle.verifying_key().as_bytes()), "bundle-signing key in force");
         }
         if self.node.read(|s| s.api_tokens.is_empty())
             && matches!(self.node.leader()?, crate::node::Leader::Here)

@@ -11,11 +11,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::ring::{Ring, RingCache};
 
+pub mod bundle_keys;
 mod enroll;
 mod moves;
 mod rejection;
 pub mod requests;
 mod revocations;
+pub use bundle_keys::{BundleKey, BundleKeys, ConfigSeal, KeyChange, Resign, Secret};
 pub use moves::{MovePhase, OpenMove};
 pub use rejection::Rejection;
 pub use requests::{RequestTag, Requests};
@@ -132,6 +134,9 @@ pub struct ConfigEntry {
     /// The bundle generation this version was last made current with (by its publish
     /// or a rollback to it): envoys refuse bundles of a lower one.
     pub generation: u64,
+    /// Its bundles' signatures, made under the keys in force when it became current.
+    #[serde(default)]
+    pub seal: ConfigSeal,
 }
 
 /// One enrollment to commit, decided by the leader.
@@ -150,7 +155,7 @@ pub enum Command {
     /// Set once, when the cluster is founded.
     Found {
         ca_cert_pem: String,
-        bundle_keys: Vec<[u8; 32]>,
+        bundle_keys: BundleKeys,
     },
     RegisterSpoke {
         id: String,
@@ -179,6 +184,13 @@ pub enum Command {
     Rollback {
         version: String,
         generation: u64,
+        seal: ConfigSeal,
+    },
+    /// Changes the bundle-signing keys; `resign` is the current version signed under
+    /// the new set (required when there is a current version).
+    ChangeBundleKeys {
+        change: KeyChange,
+        resign: Option<Resign>,
     },
     CreateApiToken {
         hash: [u8; 32],
@@ -246,7 +258,7 @@ pub enum Applied {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub ca_cert_pem: String,
-    pub bundle_keys: Vec<[u8; 32]>,
+    pub bundle_keys: BundleKeys,
     pub spokes: BTreeMap<String, Spoke>,
     pub overrides: Vec<Override>,
     pub pins: HashMap<u64, Pin>,
@@ -438,9 +450,15 @@ impl ClusterState {
                 Applied::Enrolled(entries.into_iter().map(|e| self.enroll(e)).collect())
             }
             Command::PublishConfig { entry, keep } => {
+                if let Err(why) = self.check_seal(&entry) {
+                    return Applied::Refused(why);
+                }
                 self.current_config = entry.version.clone();
                 match self.configs.iter_mut().find(|c| c.version == entry.version) {
-                    Some(known) => known.generation = entry.generation,
+                    Some(known) => {
+                        known.generation = entry.generation;
+                        known.seal = entry.seal;
+                    }
                     None => self.configs.push(entry),
                 }
                 self.prune_configs(keep.max(1) as usize);
@@ -449,14 +467,27 @@ impl ClusterState {
             Command::Rollback {
                 version,
                 generation,
-            } => match self.configs.iter_mut().find(|c| c.version == version) {
-                Some(entry) => {
-                    entry.generation = generation;
-                    self.current_config = version;
-                    Applied::Done
+                seal,
+            } => {
+                if !self.bundle_keys.sealed(&seal) {
+                    return Applied::Refused(Rejection::StaleSeal);
                 }
-                None => Applied::Refused(Rejection::NoConfigVersion(version)),
-            },
+                match self.configs.iter_mut().find(|c| c.version == version) {
+                    Some(entry) => {
+                        entry.generation = generation;
+                        entry.seal = seal;
+                        self.current_config = version;
+                        Applied::Done
+                    }
+                    None => Applied::Refused(Rejection::NoConfigVersion(version)),
+                }
+            }
+            Command::ChangeBundleKeys { change, resign } => {
+                match self.change_bundle_keys(change, resign) {
+                    Ok(()) => Applied::Done,
+                    Err(why) => Applied::Refused(why),
+                }
+            }
         }
     }
 

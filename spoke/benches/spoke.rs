@@ -111,12 +111,15 @@ fn policy(dir: &std::path::Path) -> Arc<PolicyCache> {
     let _ = dir;
     let policy_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/policy");
     let compiled = vigo_spoke::policy_cache::compile_dir(&policy_dir).expect("example policy");
-    Arc::new(PolicyCache::new(
-        vigo_spoke::policy_cache::PolicySource::Directory(policy_dir),
-        compiled,
-        key(u64::MAX),
-        1,
-    ))
+    Arc::new(
+        PolicyCache::new(
+            vigo_spoke::policy_cache::PolicySource::Directory(policy_dir),
+            compiled,
+            Some(key(u64::MAX)),
+            &vigo_spoke::policy_cache::Sealing::Own { generation: 1 },
+        )
+        .expect("sealed"),
+    )
 }
 
 fn hot_path(store: &Store, dir: &std::path::Path) {
@@ -151,7 +154,7 @@ fn hot_path(store: &Store, dir: &std::path::Path) {
         .map(|i| {
             let r = fleet.get(EnvoyId::new(i + 1).unwrap()).unwrap();
             let hc = snapshot.hostcrate_of(&r.hostname);
-            let fp = snapshot.bundle(hc).fingerprint;
+            let fp = snapshot.bundle(hc).expect("signed").fingerprint;
             let body = pb::CheckInBody {
                 envoy_id: i + 1,
                 sequence: 1,

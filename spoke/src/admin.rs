@@ -67,7 +67,7 @@ impl Admin {
                 .effective_status()
                 .map(|s| s.to_proto() as i32)
                 .unwrap_or(0),
-            hostcrate: policy.bundle(hostcrate).hostcrate.clone(),
+            hostcrate: policy.hostcrate_name(hostcrate).to_string(),
             bundle_fingerprint: st.bundle_fingerprint.to_vec().into(),
             traits_hash: st.traits_hash.to_vec().into(),
             traits,
@@ -194,7 +194,7 @@ impl Admin {
                 .collect(),
             dirty: self.fleet.dirty_count() as u64,
             policy_version: policy.version_hex(),
-            hostcrates: policy.bundles.len() as u32 - 1,
+            hostcrates: policy.hostcrate_count() as u32,
         }
     }
 }

@@ -34,8 +34,11 @@ pub struct SpokeConfig {
     #[serde(default = "default_policy_dir")]
     pub policy_dir: PathBuf,
     pub tls: TlsConfig,
-    /// Ed25519 key (PKCS#8 PEM) that signs policy bundles.
-    pub bundle_signing_key: PathBuf,
+    /// Ed25519 key (PKCS#8 PEM) that signs policy bundles: a standalone spoke's only.
+    /// A spoke under a hub holds no signing key and serves the bundles its hub signed;
+    /// the key is refused there, so that it is not left lying on a spoke.
+    #[serde(default)]
+    pub bundle_signing_key: Option<PathBuf>,
     #[serde(default)]
     pub checkin: CheckinConfig,
     #[serde(default)]
@@ -330,7 +333,6 @@ impl SpokeConfig {
         for p in [
             &mut self.data_dir,
             &mut self.policy_dir,
-            &mut self.bundle_signing_key,
             &mut self.tls.ca_cert,
             &mut self.tls.cert,
             &mut self.tls.key,
@@ -338,6 +340,9 @@ impl SpokeConfig {
             *p = resolve(file, p);
         }
         if let Some(k) = &mut self.tls.ca_key {
+            *k = resolve(file, k);
+        }
+        if let Some(k) = &mut self.bundle_signing_key {
             *k = resolve(file, k);
         }
     }
@@ -350,6 +355,23 @@ impl SpokeConfig {
                 why,
             })
         };
+        match (&self.hub, &self.bundle_signing_key) {
+            (None, None) => {
+                return Err(bad(
+                    "bundle_signing_key",
+                    "is required without a hub: a standalone spoke signs its bundles".into(),
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "bundle_signing_key",
+                    "must not be set on a spoke under a hub: the hub signs bundles; \
+                     remove the setting and delete the key file from this machine"
+                        .into(),
+                ));
+            }
+            _ => {}
+        }
         if self.checkin.interval < Duration::from_secs(1)
             || self.checkin.interval > Duration::from_secs(86_400)
         {

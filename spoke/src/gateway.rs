@@ -330,13 +330,16 @@ impl Gateway {
             Ok::<_, SpokeError>((st.hostcrate, force, send_traits))
         })?;
 
+        // Nothing signed to serve (a spoke under a hub before its first version): the
+        // envoy keeps what it holds.
         let bundle = policy.bundle(hostcrate);
-        let unchanged = !force && fingerprint == bundle.fingerprint;
-        let answer = if unchanged {
-            pb::check_in_response::Answer::NoChange(pb::NoChange {})
-        } else {
-            let held = policy.modules_of(&fingerprint).unwrap_or(&[]);
-            pb::check_in_response::Answer::Bundle(bundle.delivery(|h| held.contains(h)))
+        let unchanged = bundle.is_none_or(|b| !force && fingerprint == b.fingerprint);
+        let answer = match bundle {
+            Some(bundle) if !unchanged => {
+                let held = policy.modules_of(&fingerprint).unwrap_or(&[]);
+                pb::check_in_response::Answer::Bundle(bundle.delivery(|h| held.contains(h)))
+            }
+            _ => pb::check_in_response::Answer::NoChange(pb::NoChange {}),
         };
         Ok(pb::CheckInResponse {
             answer: Some(answer),

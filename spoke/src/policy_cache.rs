@@ -8,15 +8,21 @@
 //! Bundles carry a generation that grows with every policy served (DESIGN §9): the
 //! hub assigns it at publish; a standalone spoke assigns it at load and keeps it in its
 //! store, so a restart serving the same policy signs the same bundles.
+//!
+//! Who signs (DESIGN §9): a standalone spoke signs with its own key; a spoke under a hub
+//! holds no signing key and serves the hub's signatures, which must verify over the
+//! manifests it builds — it cannot mint a bundle. Until its hub sends a signed version
+//! it serves no bundle at all (check-ins answer "no change").
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, Guard};
-use ed25519_dalek::SigningKey;
+use bytes::Bytes;
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use tracing::{info, warn};
-use vigo_common::policy::bundle::SignedBundle;
+use vigo_common::policy::bundle::{BundleError, Seal, SignedBundle};
 use vigo_common::policy::{CompiledPolicy, PolicyErrors, read_files, validate};
 
 /// Reads and validates a policy directory (a standalone spoke's policy).
@@ -39,16 +45,31 @@ pub struct PolicySnapshot {
     /// The generation signed into every bundle of this policy.
     pub bundle_generation: u64,
     pub compiled: CompiledPolicy,
-    /// Indexed like `compiled.hostcrates` (the fallback bundle last).
+    /// Indexed like `compiled.hostcrates` (the fallback bundle last); empty while a
+    /// spoke under a hub has no signed version.
     pub bundles: Vec<SignedBundle>,
     /// Bundle fingerprint → hashes of its modules, for this and recent generations.
     known: HashMap<[u8; 32], Arc<[[u8; 32]]>>,
 }
 
 impl PolicySnapshot {
-    pub fn bundle(&self, hostcrate: u32) -> &SignedBundle {
-        let last = self.bundles.len() - 1;
-        &self.bundles[(hostcrate as usize).min(last)]
+    /// The bundle of a hostcrate (an index past the end is the fallback); `None` while
+    /// nothing signed is served.
+    pub fn bundle(&self, hostcrate: u32) -> Option<&SignedBundle> {
+        let last = self.bundles.len().checked_sub(1)?;
+        self.bundles.get((hostcrate as usize).min(last))
+    }
+
+    /// The name of a hostcrate ("" for the fallback).
+    pub fn hostcrate_name(&self, hostcrate: u32) -> &str {
+        let hostcrates = &self.compiled.hostcrates;
+        let last = hostcrates.len() - 1;
+        &hostcrates[(hostcrate as usize).min(last)].name
+    }
+
+    /// Hostcrates with patterns (the fallback not counted).
+    pub fn hostcrate_count(&self) -> usize {
+        self.compiled.hostcrates.len() - 1
     }
 
     pub fn hostcrate_of(&self, hostname: &str) -> u32 {
@@ -84,6 +105,77 @@ pub fn empty_policy() -> BTreeMap<PathBuf, String> {
     )])
 }
 
+/// How a policy's bundles are signed.
+#[derive(Clone, Debug)]
+pub enum Sealing {
+    /// With this spoke's own key at this generation (a standalone spoke).
+    Own { generation: u64 },
+    /// With the signatures its hub made (a spoke under a hub).
+    Hub(HubSeal),
+    /// Not at all: a spoke under a hub that has no signed version yet.
+    Unsigned,
+}
+
+/// The hub's seal of one config version (`ConfigVersion.bundle_*`).
+#[derive(Clone, Debug)]
+pub struct HubSeal {
+    pub generation: u64,
+    pub key: VerifyingKey,
+    pub trusted: Vec<[u8; 32]>,
+    /// In compiled hostcrate order, the fallback last.
+    pub signatures: Vec<Bytes>,
+}
+
+impl HubSeal {
+    /// The seal a config version carries; `None` for a version without one.
+    pub fn of(version: &vigo_proto::v1::ConfigVersion) -> Result<Option<Self>, String> {
+        if version.bundle_key.is_empty() {
+            return Ok(None);
+        }
+        let key = vigo_common::signing::parse_public_key(&version.bundle_key)
+            .map_err(|e| format!("bundle_key: {e}"))?;
+        let trusted = version
+            .trusted_bundle_keys
+            .iter()
+            .map(|k| {
+                <[u8; 32]>::try_from(k.as_ref())
+                    .map_err(|_| "trusted_bundle_keys: a key is not 32 bytes".to_string())
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Some(HubSeal {
+            generation: version.generation,
+            key,
+            trusted,
+            signatures: version.bundle_signatures.clone(),
+        }))
+    }
+}
+
+impl Sealing {
+    fn generation(&self) -> u64 {
+        match self {
+            Sealing::Own { generation } => *generation,
+            Sealing::Hub(seal) => seal.generation,
+            Sealing::Unsigned => 0,
+        }
+    }
+}
+
+/// Why a policy could not be sealed.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error(
+        "this spoke has no bundle-signing key (a spoke under a hub serves the hub's signatures)"
+    )]
+    NoKey,
+    #[error("the hub signed {signed} bundles; this spoke compiled {compiled}")]
+    Count { signed: usize, compiled: usize },
+    #[error(
+        "the hub's signature of hostcrate {hostcrate:?} does not verify over the manifest this spoke built ({why}): hub and spoke compile this policy differently"
+    )]
+    Signature { hostcrate: String, why: BundleError },
+}
+
 /// Told about each new generation: just before it starts serving (so per-policy
 /// tallies can reset before any check-in classifies an envoy under it) and just after.
 pub trait SwapObserver: Send + Sync {
@@ -94,30 +186,31 @@ pub trait SwapObserver: Send + Sync {
 pub struct PolicyCache {
     observer: std::sync::OnceLock<Box<dyn SwapObserver>>,
     source: PolicySource,
-    key: SigningKey,
+    /// A standalone spoke's own signing key; `None` under a hub.
+    key: Option<SigningKey>,
     current: ArcSwap<PolicySnapshot>,
     /// Known bundles of recent generations; also serialises reloads.
     history: Mutex<VecDeque<Known>>,
 }
 
 impl PolicyCache {
-    /// Starts serving `compiled`, its bundles signed with `bundle_generation`.
+    /// Starts serving `compiled`, sealed as `sealing` says.
     pub fn new(
         source: PolicySource,
         compiled: CompiledPolicy,
-        key: SigningKey,
-        bundle_generation: u64,
-    ) -> Self {
-        let (snapshot, known) = build(compiled, &key, 0, bundle_generation, &VecDeque::new());
+        key: Option<SigningKey>,
+        sealing: &Sealing,
+    ) -> Result<Self, SealError> {
+        let (snapshot, known) = build(compiled, key.as_ref(), 0, sealing, &VecDeque::new())?;
         let mut history = VecDeque::new();
         history.push_back(known);
-        Self {
+        Ok(Self {
             observer: std::sync::OnceLock::new(),
             source,
             key,
             current: ArcSwap::from_pointee(snapshot),
             history: Mutex::new(history),
-        }
+        })
     }
 
     /// Installs the observer of generation changes (once).
@@ -143,14 +236,14 @@ impl PolicyCache {
         current.saturating_add(1).max(vigo_common::time::now_ms())
     }
 
-    /// Serves a compiled policy from now on; an invalid one (`Err`) is counted and
-    /// logged, and the serving policy stays.
+    /// Serves a compiled policy from now on; an invalid one (`Err`, or one that cannot
+    /// be sealed) is counted and logged, and the serving policy stays.
     pub fn install(
         &self,
         compiled: Result<CompiledPolicy, PolicyErrors>,
         origin: &str,
-        bundle_generation: u64,
-    ) -> Result<Arc<PolicySnapshot>, PolicyErrors> {
+        sealing: &Sealing,
+    ) -> Result<Arc<PolicySnapshot>, InstallError> {
         let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
         let generation = self.current.load().generation.wrapping_add(1);
         let compiled = match compiled {
@@ -158,10 +251,19 @@ impl PolicyCache {
             Err(e) => {
                 metrics::counter!("vigo_policy_reloads_total", "result" => "rejected").increment(1);
                 warn!(%origin, errors = %e, "policy rejected; previous policy keeps serving");
-                return Err(e);
+                return Err(InstallError::Policy(e));
             }
         };
-        let (snapshot, known) = build(compiled, &self.key, generation, bundle_generation, &history);
+        let (snapshot, known) =
+            match build(compiled, self.key.as_ref(), generation, sealing, &history) {
+                Ok(built) => built,
+                Err(e) => {
+                    metrics::counter!("vigo_policy_reloads_total", "result" => "rejected")
+                        .increment(1);
+                    warn!(%origin, error = %e, "policy not sealed; previous policy keeps serving");
+                    return Err(InstallError::Seal(e));
+                }
+            };
         history.push_back(known);
         while history.len() > KNOWN_GENERATIONS {
             history.pop_front();
@@ -187,20 +289,75 @@ impl PolicyCache {
     }
 }
 
+/// Why a policy did not take over.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error(transparent)]
+    Policy(PolicyErrors),
+    #[error(transparent)]
+    Seal(SealError),
+}
+
 type Known = Vec<([u8; 32], Arc<[[u8; 32]]>)>;
+
+/// Whether the hub's signatures verify over the manifests this spoke builds.
+pub fn check_seal(compiled: &CompiledPolicy, sealing: &Sealing) -> Result<(), SealError> {
+    seal(compiled, None, sealing).map(drop)
+}
+
+/// Every bundle of `compiled`, signed here (own key) or with the hub's signatures.
+fn seal(
+    compiled: &CompiledPolicy,
+    key: Option<&SigningKey>,
+    sealing: &Sealing,
+) -> Result<Vec<SignedBundle>, SealError> {
+    let hostcrates = &compiled.hostcrates;
+    match sealing {
+        Sealing::Unsigned => Ok(Vec::new()),
+        Sealing::Own { generation } => {
+            let key = key.ok_or(SealError::NoKey)?;
+            let seal = Seal::own(compiled.version, *generation, key);
+            Ok(hostcrates
+                .iter()
+                .map(|h| SignedBundle::sign(h, &seal, key))
+                .collect())
+        }
+        Sealing::Hub(hub) => {
+            if hub.signatures.len() != hostcrates.len() {
+                return Err(SealError::Count {
+                    signed: hub.signatures.len(),
+                    compiled: hostcrates.len(),
+                });
+            }
+            let seal = Seal {
+                policy_version: compiled.version,
+                generation: hub.generation,
+                signing_key: hub.key,
+                trusted: hub.trusted.clone(),
+            };
+            hostcrates
+                .iter()
+                .zip(&hub.signatures)
+                .map(|(h, signature)| {
+                    SignedBundle::sealed(h, &seal, signature).map_err(|why| SealError::Signature {
+                        hostcrate: h.name.clone(),
+                        why,
+                    })
+                })
+                .collect()
+        }
+    }
+}
 
 fn build(
     compiled: CompiledPolicy,
-    key: &SigningKey,
+    key: Option<&SigningKey>,
     generation: u32,
-    bundle_generation: u64,
+    sealing: &Sealing,
     history: &VecDeque<Known>,
-) -> (PolicySnapshot, Known) {
-    let bundles: Vec<SignedBundle> = compiled
-        .hostcrates
-        .iter()
-        .map(|h| SignedBundle::sign(h, &compiled.version, bundle_generation, key))
-        .collect();
+) -> Result<(PolicySnapshot, Known), SealError> {
+    let bundles = seal(&compiled, key, sealing)?;
+    let bundle_generation = sealing.generation();
     metrics::counter!("vigo_bundle_builds_total").increment(bundles.len() as u64);
     let this: Known = bundles
         .iter()
@@ -215,7 +372,7 @@ fn build(
         .chain(this.iter())
         .cloned()
         .collect();
-    (
+    Ok((
         PolicySnapshot {
             generation,
             bundle_generation,
@@ -224,5 +381,5 @@ fn build(
             known,
         },
         this,
-    )
+    ))
 }

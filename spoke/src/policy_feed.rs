@@ -16,7 +16,9 @@ use vigo_proto::v1 as pb;
 use crate::admin::Admin;
 use crate::error::SpokeError;
 use crate::grpc::detach;
-use crate::policy_cache::{PolicyCache, PolicySource, compile_dir, compile_files, empty_policy};
+use crate::policy_cache::{
+    HubSeal, PolicyCache, PolicySource, Sealing, compile_dir, compile_files, empty_policy,
+};
 use crate::store::{Store, WriteOp};
 
 fn policy_error(e: PolicyErrors) -> SpokeError {
@@ -43,36 +45,20 @@ async fn remember(store: &Store, record: &pb::ConfigVersion) -> Result<(), Spoke
     Ok(())
 }
 
-/// The policy a spoke starts with. Standalone: its directory, signed with the stored
-/// generation if the stored version is the same, else with a new one made durable
-/// first. With a hub: the last version the hub sent, or the empty policy; a stored
-/// version that no longer compiles (only a build with different rules can do that) must
-/// not keep the spoke from starting: it serves the empty policy until its first
-/// heartbeat brings the hub's.
+/// The policy a spoke starts with. Standalone: its directory, signed with its own key
+/// at the stored generation if the stored version is the same, else at a new one made
+/// durable first. With a hub: the last version the hub sent, with the hub's signatures,
+/// or nothing signed; a stored version that no longer compiles or verifies (only a
+/// build with different rules can do that) must not keep the spoke from starting: it
+/// serves no bundle until its first heartbeat brings the hub's version.
 pub async fn starting_policy(
     policy_dir: Option<&Path>,
     stored: Option<pb::ConfigVersion>,
-    key: SigningKey,
+    key: Option<SigningKey>,
     store: &Store,
 ) -> Result<PolicyCache, SpokeError> {
     let Some(dir) = policy_dir else {
-        let generation = stored.as_ref().map_or(0, |v| v.generation);
-        let files: BTreeMap<PathBuf, String> = stored
-            .map(|v| v.files.into_iter().map(|(k, v)| (k.into(), v)).collect())
-            .unwrap_or_else(empty_policy);
-        return match compile_files(&files) {
-            Ok(compiled) => Ok(PolicyCache::new(
-                PolicySource::Hub,
-                compiled,
-                key,
-                generation,
-            )),
-            Err(e) => {
-                error!(errors = %e, "the stored policy version does not compile; serving the empty policy until the hub sends one");
-                let empty = compile_files(&empty_policy()).map_err(policy_error)?;
-                Ok(PolicyCache::new(PolicySource::Hub, empty, key, 0))
-            }
-        };
+        return Ok(hub_policy_at_start(stored));
     };
     let compiled = compile_dir(dir).map_err(policy_error)?;
     let version = hex::encode(compiled.version);
@@ -86,7 +72,47 @@ pub async fn starting_policy(
         }
     };
     let source = PolicySource::Directory(dir.to_path_buf());
-    Ok(PolicyCache::new(source, compiled, key, generation))
+    PolicyCache::new(source, compiled, key, &Sealing::Own { generation })
+        .map_err(|e| SpokeError::malformed("bundle_signing_key", e))
+}
+
+/// A spoke under a hub starts with the version it stored, sealed by the hub.
+fn hub_policy_at_start(stored: Option<pb::ConfigVersion>) -> PolicyCache {
+    let unsigned = || {
+        let empty = compile_files(&empty_policy()).expect("the empty policy compiles");
+        PolicyCache::new(PolicySource::Hub, empty, None, &Sealing::Unsigned)
+            .expect("nothing to seal")
+    };
+    let Some(stored) = stored else {
+        return unsigned();
+    };
+    let sealing = match HubSeal::of(&stored) {
+        Ok(Some(seal)) => Sealing::Hub(seal),
+        Ok(None) => {
+            info!(
+                "the stored policy version carries no hub signatures; serving no bundle until the hub sends one"
+            );
+            return unsigned();
+        }
+        Err(e) => {
+            error!(error = %e, "the stored policy version's signatures do not decode; serving no bundle until the hub sends one");
+            return unsigned();
+        }
+    };
+    let files: BTreeMap<PathBuf, String> = stored
+        .files
+        .into_iter()
+        .map(|(k, v)| (k.into(), v))
+        .collect();
+    let sealed = compile_files(&files)
+        .map_err(|e| e.to_string())
+        .and_then(|c| {
+            PolicyCache::new(PolicySource::Hub, c, None, &sealing).map_err(|e| e.to_string())
+        });
+    sealed.unwrap_or_else(|e| {
+        error!(error = %e, "the stored policy version cannot be served; serving no bundle until the hub sends one");
+        unsigned()
+    })
 }
 
 fn standalone_record(version: &str, generation: u64) -> pb::ConfigVersion {
@@ -112,7 +138,7 @@ pub async fn reload(policy: &Arc<PolicyCache>, store: &Store) -> Result<(), Spok
         Ok(c) => c,
         Err(e) => {
             // Counted and logged as a rejected policy; the serving one stays.
-            let _ = policy.install(Err(e.clone()), &origin, 0);
+            let _ = policy.install(Err(e.clone()), &origin, &Sealing::Unsigned);
             return Err(policy_error(e));
         }
     };
@@ -126,18 +152,27 @@ pub async fn reload(policy: &Arc<PolicyCache>, store: &Store) -> Result<(), Spok
     drop(current);
     remember(store, &standalone_record(&version, generation)).await?;
     policy
-        .install(Ok(compiled), &origin, generation)
-        .map_err(policy_error)?;
+        .install(Ok(compiled), &origin, &Sealing::Own { generation })
+        .map_err(|e| SpokeError::malformed("policy", e))?;
     Ok(())
 }
 
 impl Admin {
-    /// Serves a policy version the hub published: compiled first, durable, then in
-    /// force. The same version with the same generation is a no-op.
+    /// Serves a policy version the hub published: compiled, its hub signatures checked
+    /// over the manifests built here, durable, then in force. The same version with
+    /// the same generation is a no-op.
     pub async fn apply_config(
         self: &Arc<Self>,
         version: pb::ConfigVersion,
     ) -> Result<pb::ApplyConfigResponse, SpokeError> {
+        let seal = HubSeal::of(&version)
+            .map_err(|e| SpokeError::malformed("config version", e))?
+            .ok_or_else(|| {
+                SpokeError::malformed(
+                    "config version",
+                    "it carries no bundle signatures: a spoke under a hub serves only bundles the hub signed",
+                )
+            })?;
         let files: BTreeMap<PathBuf, String> = version
             .files
             .iter()
@@ -161,11 +196,16 @@ impl Admin {
             return Ok(pb::ApplyConfigResponse { version: computed });
         }
         drop(current);
+        // Checked before anything is stored: a version that cannot be served changes
+        // nothing.
+        let sealing = Sealing::Hub(seal);
+        crate::policy_cache::check_seal(&compiled, &sealing)
+            .map_err(|e| SpokeError::malformed("config version", e))?;
         let this = self.clone();
         detach(async move {
             remember(&this.store, &version).await?;
             this.policy
-                .install(Ok(compiled), "hub", version.generation)
+                .install(Ok(compiled), "hub", &sealing)
                 .map_err(|e| SpokeError::malformed("policy", e))?;
             info!(version = %computed, generation = version.generation, author = %version.author, "policy version from the hub in force");
             Ok(pb::ApplyConfigResponse { version: computed })

@@ -61,7 +61,7 @@ impl Admin {
         } else {
             policy.hostcrate_of(&record.hostname)
         };
-        &policy.bundle(index).hostcrate
+        policy.hostcrate_name(index)
     }
 
     /// Visits the envoys `filter` selects; stops (an error) when `cancel` is set.
@@ -192,7 +192,7 @@ impl Admin {
         let hostcrates = if generation == policy.generation {
             rows.into_iter()
                 .map(|(index, row)| api::NamedCounts {
-                    name: policy.bundle(index).hostcrate.clone(),
+                    name: policy.hostcrate_name(index).to_string(),
                     counts: Some(status_counts(&row)),
                 })
                 .collect()

@@ -110,15 +110,21 @@ impl Spoke {
             "FleetIndex rehydrated"
         );
 
-        let bundle_key = signing::read_key_file(&config.bundle_signing_key)?;
-        let bundle_public = Bytes::copy_from_slice(bundle_key.verifying_key().as_bytes());
+        let bundle_key = match &config.bundle_signing_key {
+            Some(path) => Some(signing::read_key_file(path)?),
+            None => None,
+        };
+        let bundle_public: Vec<Bytes> = bundle_key
+            .iter()
+            .map(|k| Bytes::copy_from_slice(k.verifying_key().as_bytes()))
+            .collect();
         let policy_dir = config.hub.is_none().then_some(config.policy_dir.as_path());
         let policy = Arc::new(
             policy_feed::starting_policy(policy_dir, published, bundle_key, &store).await?,
         );
         info!(
             version = %policy.current().version_hex(),
-            hostcrates = policy.current().bundles.len() - 1,
+            hostcrates = policy.current().hostcrate_count(),
             "policy loaded"
         );
         classify_fleet(&fleet, &policy);
@@ -164,7 +170,7 @@ impl Spoke {
                 advertise: config.advertise_address(),
                 interval_ms,
                 jitter_ms,
-                bundle_keys: vec![bundle_public],
+                bundle_keys: bundle_public,
             })),
             (None, None) => unreachable!("config validation requires tls.ca_key without a hub"),
         };

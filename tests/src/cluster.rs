@@ -191,7 +191,6 @@ impl Cluster {
         let yaml = format!(
             "name: {id}\nlisten: 127.0.0.1:{port}\nmetrics_listen: null\ndata_dir: {id}-data\n\
              tls: {{ca_cert: {p}/ca.pem, cert: {p}/{id}.pem, key: {p}/{id}.key}}\n\
-             bundle_signing_key: {p}/bundle-signing.key\n\
              flush: {{interval: 500ms}}\n\
              checkin: {{interval: 5m}}\n\
              hub: {{addresses: [{hubs}], spoke_id: {id}, heartbeat: 200ms}}\n",

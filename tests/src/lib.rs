@@ -515,6 +515,9 @@ impl TestEnvoy {
                 self.modules.get(h).cloned()
             })
             .expect("the spoke's bundle verifies");
+            if let Some(keys) = verified.trusted_keys() {
+                self.identity.bundle_keys = keys;
+            }
             for (h, body) in &verified.modules {
                 self.modules.insert(*h, body.clone());
             }

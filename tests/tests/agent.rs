@@ -234,8 +234,12 @@ fn signed(
         .iter()
         .find(|h| h.name == hostcrate)
         .expect("hostcrate");
-    vigo_common::policy::bundle::SignedBundle::sign(h, &compiled.version, generation, &key)
-        .delivery(|_| false)
+    vigo_common::policy::bundle::SignedBundle::sign(
+        h,
+        &vigo_common::policy::bundle::Seal::own(compiled.version, generation, &key),
+        &key,
+    )
+    .delivery(|_| false)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,9 +11,73 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use prost::Message;
 use vigo_proto::v1 as pb;
 
-use super::compile::{CompiledHostcrate, CompiledModule};
+use super::compile::{CompiledHostcrate, CompiledModule, CompiledPolicy};
 use crate::signing::{self, Domain};
 use crate::traits::sha256;
+
+/// What every manifest of one policy is stamped with besides its hostcrate.
+#[derive(Clone, Debug)]
+pub struct Seal {
+    pub policy_version: [u8; 32],
+    /// Grows with every policy served (DESIGN §9).
+    pub generation: u64,
+    /// The key that signs.
+    pub signing_key: VerifyingKey,
+    /// The keys envoys trust from this bundle on (`signing_key` among them); empty:
+    /// envoys keep the keys they hold.
+    pub trusted: Vec<[u8; 32]>,
+}
+
+impl Seal {
+    /// The seal of a server that signs with `key` and leaves its envoys' key sets alone
+    /// (a standalone spoke).
+    pub fn own(policy_version: [u8; 32], generation: u64, key: &SigningKey) -> Self {
+        Seal {
+            policy_version,
+            generation,
+            signing_key: key.verifying_key(),
+            trusted: Vec::new(),
+        }
+    }
+
+    /// The manifest of `hostcrate` under this seal, encoded: the exact bytes signed.
+    /// Deterministic, so a hub and a spoke that compiled the same tree build the same.
+    pub fn manifest(&self, hostcrate: &CompiledHostcrate) -> Bytes {
+        let manifest = pb::BundleManifest {
+            hostcrate: hostcrate.name.clone(),
+            policy_version: Bytes::copy_from_slice(&self.policy_version),
+            modules: hostcrate
+                .modules
+                .iter()
+                .map(|m| pb::ModuleRef {
+                    name: m.name.clone(),
+                    sha256: Bytes::copy_from_slice(&m.sha256),
+                })
+                .collect(),
+            variables: hostcrate.variables.clone(),
+            signing_key: Bytes::copy_from_slice(self.signing_key.as_bytes()),
+            generation: self.generation,
+            hostname_patterns: hostcrate.patterns.clone(),
+            earlier_patterns: hostcrate.earlier_patterns.clone(),
+            trusted_keys: self
+                .trusted
+                .iter()
+                .map(|k| Bytes::copy_from_slice(k))
+                .collect(),
+        };
+        Bytes::from(manifest.encode_to_vec())
+    }
+
+    /// Signs every bundle of `policy` (in hostcrate order, the fallback last): what a
+    /// hub ships with a config version.
+    pub fn sign_all(&self, policy: &CompiledPolicy, key: &SigningKey) -> Vec<Bytes> {
+        policy
+            .hostcrates
+            .iter()
+            .map(|h| SignedBundle::sign(h, self, key).signature)
+            .collect()
+    }
+}
 
 /// One hostcrate's bundle, signed and ready to send.
 #[derive(Debug)]
@@ -27,37 +91,39 @@ pub struct SignedBundle {
 }
 
 impl SignedBundle {
-    /// Signs `hostcrate`'s manifest, stamped with the policy `generation`.
-    pub fn sign(
-        hostcrate: &CompiledHostcrate,
-        policy_version: &[u8; 32],
-        generation: u64,
-        key: &SigningKey,
-    ) -> Self {
-        let manifest = pb::BundleManifest {
-            hostcrate: hostcrate.name.clone(),
-            policy_version: Bytes::copy_from_slice(policy_version),
-            modules: hostcrate
-                .modules
-                .iter()
-                .map(|m| pb::ModuleRef {
-                    name: m.name.clone(),
-                    sha256: Bytes::copy_from_slice(&m.sha256),
-                })
-                .collect(),
-            variables: hostcrate.variables.clone(),
-            signing_key: Bytes::copy_from_slice(key.verifying_key().as_bytes()),
-            generation,
-            hostname_patterns: hostcrate.patterns.clone(),
-            earlier_patterns: hostcrate.earlier_patterns.clone(),
-        };
-        let manifest = Bytes::from(manifest.encode_to_vec());
+    /// Signs `hostcrate`'s manifest under `seal` with `key` (the seal's signing key).
+    pub fn sign(hostcrate: &CompiledHostcrate, seal: &Seal, key: &SigningKey) -> Self {
+        debug_assert_eq!(key.verifying_key(), seal.signing_key);
+        let manifest = seal.manifest(hostcrate);
         let signature = signing::sign(key, Domain::Bundle, &manifest);
+        Self::assemble(hostcrate, manifest, signature.to_bytes().to_vec().into())
+    }
+
+    /// `hostcrate`'s bundle under `seal` with a signature made elsewhere (by the hub),
+    /// which must verify over the manifest built here: a server holding no signing key
+    /// serves only what the key's holder signed.
+    pub fn sealed(
+        hostcrate: &CompiledHostcrate,
+        seal: &Seal,
+        signature: &[u8],
+    ) -> Result<Self, BundleError> {
+        let manifest = seal.manifest(hostcrate);
+        let parsed = signing::parse_signature(signature).map_err(|_| BundleError::BadSignature)?;
+        signing::verify(&seal.signing_key, Domain::Bundle, &manifest, &parsed)
+            .map_err(|_| BundleError::BadSignature)?;
+        Ok(Self::assemble(
+            hostcrate,
+            manifest,
+            Bytes::copy_from_slice(signature),
+        ))
+    }
+
+    fn assemble(hostcrate: &CompiledHostcrate, manifest: Bytes, signature: Bytes) -> Self {
         SignedBundle {
             hostcrate: hostcrate.name.clone(),
             fingerprint: sha256(&manifest),
             manifest,
-            signature: Bytes::copy_from_slice(&signature.to_bytes()),
+            signature,
             modules: hostcrate.modules.clone(),
         }
     }
@@ -90,6 +156,8 @@ pub enum BundleError {
     UntrustedKey,
     #[error("bundle signature is invalid")]
     BadSignature,
+    #[error("the bundle's trusted key set is invalid: {0}")]
+    KeySet(String),
     #[error("module {0} does not match the hash in the signed manifest")]
     ModuleHash(String),
     #[error("module {0} is neither in the delivery nor held locally")]
@@ -152,6 +220,12 @@ pub struct VerifiedBundle {
 }
 
 impl VerifiedBundle {
+    /// The keys this bundle tells its envoy to trust from now on (`None`: keep the
+    /// keys held). Checked when the bundle verified.
+    pub fn trusted_keys(&self) -> Option<Vec<VerifyingKey>> {
+        trusted_keys(&self.manifest).ok().flatten()
+    }
+
     /// The decoded modules, in manifest order.
     pub fn decode_modules(&self) -> Result<Vec<pb::Module>, BundleError> {
         self.modules
@@ -182,6 +256,7 @@ pub fn verify_delivery(
         signing::parse_signature(&delivery.signature).map_err(|_| BundleError::BadSignature)?;
     signing::verify(key, Domain::Bundle, &delivery.manifest, &signature)
         .map_err(|_| BundleError::BadSignature)?;
+    trusted_keys(&manifest)?;
     let sent: HashMap<&str, &Bytes> = delivery
         .modules
         .iter()
@@ -209,3 +284,32 @@ pub fn verify_delivery(
         modules,
     })
 }
+
+/// A manifest's trusted key set: every entry an Ed25519 public key, at most
+/// [`MAX_TRUSTED_KEYS`], and the signing key among them (else an envoy adopting the set
+/// would no longer trust the bundle it holds).
+fn trusted_keys(manifest: &pb::BundleManifest) -> Result<Option<Vec<VerifyingKey>>, BundleError> {
+    if manifest.trusted_keys.is_empty() {
+        return Ok(None);
+    }
+    if manifest.trusted_keys.len() > MAX_TRUSTED_KEYS {
+        return Err(BundleError::KeySet(format!(
+            "{} keys; at most {MAX_TRUSTED_KEYS}",
+            manifest.trusted_keys.len()
+        )));
+    }
+    if !manifest.trusted_keys.contains(&manifest.signing_key) {
+        return Err(BundleError::KeySet(
+            "it does not include the key that signed the bundle".into(),
+        ));
+    }
+    manifest
+        .trusted_keys
+        .iter()
+        .map(|k| signing::parse_public_key(k).map_err(|e| BundleError::KeySet(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// More trusted bundle keys than a rotation ever needs are refused.
+pub const MAX_TRUSTED_KEYS: usize = 8;

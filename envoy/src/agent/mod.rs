@@ -319,7 +319,10 @@ impl Agent {
     /// Verifies a delivery against the trusted keys, using the modules of the bundle in
     /// force for stubs; checks it is meant for this host and not older than the bundle in
     /// force (a replay); and keeps it.
-    pub async fn accept_bundle(&self, delivery: &pb::BundleDelivery) -> Result<[u8; 32], String> {
+    pub async fn accept_bundle(
+        &mut self,
+        delivery: &pb::BundleDelivery,
+    ) -> Result<[u8; 32], String> {
         let held = self.local.bundle().map_err(|e| e.to_string())?;
         let cache: std::collections::HashMap<[u8; 32], Bytes> = held
             .iter()
@@ -338,6 +341,7 @@ impl Agent {
         check_applicable(&verified.manifest, &self.identity.hostname, held_generation)
             .map_err(|e| e.to_string())?;
         verified.decode_modules().map_err(|e| e.to_string())?;
+        self.adopt_keys(&verified).map_err(|e| e.to_string())?;
         let fp = verified.fingerprint;
         let local = self.local.clone();
         blocking(move || local.save_bundle(&verified))
@@ -346,12 +350,33 @@ impl Agent {
         Ok(fp)
     }
 
+    /// The trusted key set a bundle carries becomes this envoy's (key rotation). Saved
+    /// before the bundle is kept: after a crash in between, the bundle held verifies
+    /// under the new set, or is fetched again.
+    fn adopt_keys(&mut self, bundle: &VerifiedBundle) -> Result<(), AgentError> {
+        let Some(keys) = bundle.trusted_keys() else {
+            return Ok(());
+        };
+        if keys == self.identity.bundle_keys {
+            return Ok(());
+        }
+        let mut updated = self.identity.clone();
+        updated.bundle_keys = keys;
+        self.dir.update_identity(&updated)?;
+        info!(
+            keys = ?updated.bundle_keys.iter().map(|k| hex::encode(&k.as_bytes()[..8])).collect::<Vec<_>>(),
+            "trusted bundle-signing keys changed"
+        );
+        self.identity = updated;
+        Ok(())
+    }
+
     fn follow_redirect(&mut self, address: &str) -> Result<(), AgentError> {
         info!(from = %self.identity.spoke_address, to = %address, "reassigned to another spoke");
         let mut moved = self.identity.clone();
         moved.spoke_address = address.to_string();
         let gateway = client::gateway(address, moved.tls_config()?)?;
-        self.dir.save_spoke_address(&moved)?;
+        self.dir.update_identity(&moved)?;
         self.identity = moved;
         self.gateway = gateway;
         self.traits_known = false;

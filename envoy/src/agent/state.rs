@@ -98,8 +98,9 @@ impl StateDir {
         self.write_identity_file(id)
     }
 
-    /// Records where the envoy checks in now (after a redirect).
-    pub fn save_spoke_address(&self, id: &Identity) -> Result<(), StateError> {
+    /// Records a changed identity file: where the envoy checks in (after a redirect),
+    /// the bundle keys it trusts (after a bundle carried a new set).
+    pub fn update_identity(&self, id: &Identity) -> Result<(), StateError> {
         self.write_identity_file(id)
     }
 

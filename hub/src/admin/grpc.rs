@@ -109,4 +109,8 @@ rpcs! {
     add_hub(AddHubRequest) -> MemberList = add_hub;
     remove_hub(RemoveHubRequest) -> MemberList = remove_hub;
     revoke_certificate(RevokeCertificateRequest) -> RevocationInfo = revoke_certificate;
+    list_bundle_keys(ListBundleKeysRequest) -> BundleKeyList = list_bundle_keys;
+    add_bundle_key(AddBundleKeyRequest) -> BundleKeyList = add_bundle_key;
+    use_bundle_key(BundleKeyRef) -> BundleKeyList = use_bundle_key;
+    retire_bundle_key(BundleKeyRef) -> BundleKeyList = retire_bundle_key;
 }

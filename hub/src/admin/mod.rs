@@ -8,6 +8,7 @@
 //! trusts that stamp only from a hub certificate.
 
 mod auth;
+mod bundle_keys;
 mod cluster;
 mod envoys;
 pub mod grpc;

@@ -605,6 +605,12 @@ pub fn router(api: Arc<AdminApi>) -> axum::Router {
             super::rest_revocations::list_revocations,
             super::rest_revocations::revoke_certificate
         ))
+        .routes(routes!(
+            super::bundle_keys::list_bundle_keys,
+            super::bundle_keys::add_bundle_key
+        ))
+        .routes(routes!(super::bundle_keys::use_bundle_key))
+        .routes(routes!(super::bundle_keys::retire_bundle_key))
         .with_state(api.clone())
         .split_for_parts();
     let doc = Arc::new(doc);

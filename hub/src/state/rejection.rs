@@ -43,6 +43,20 @@ pub enum Rejection {
     RequestIdTaken(String),
     #[error("request id {0:?} was used for another request: a retry must send the same request")]
     RequestIdReused(String),
+    #[error(
+        "no bundle-signing key {0:?} (give its hex public key, or a prefix of 8 digits or more that names one key)"
+    )]
+    NoSuchBundleKey(String),
+    #[error("bundle-signing key {0} is trusted already")]
+    BundleKeyExists(String),
+    #[error("{0} bundle-signing keys are trusted already: retire one first")]
+    TooManyBundleKeys(usize),
+    #[error("bundle-signing key {0} signs the bundles in force: use another key first")]
+    BundleKeySigning(String),
+    #[error(
+        "the bundle keys or the current config version changed while the bundles were being signed; send the request again"
+    )]
+    StaleSeal,
     #[error(transparent)]
     Enroll(#[from] Denied),
 }
@@ -63,6 +77,10 @@ impl Refusal for Rejection {
             Rejection::RequestIdReused(_) => Kind::Malformed,
             Rejection::MoveOpen { .. } => Kind::Conflict,
             Rejection::NotOnSpoke { .. } => Kind::Precondition,
+            Rejection::NoSuchBundleKey(_) => Kind::NotFound,
+            Rejection::BundleKeyExists(_) => Kind::Exists,
+            Rejection::TooManyBundleKeys(_) | Rejection::BundleKeySigning(_) => Kind::Precondition,
+            Rejection::StaleSeal => Kind::Conflict,
             Rejection::Enroll(d) => d.kind(),
         }
     }

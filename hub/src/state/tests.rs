@@ -174,22 +174,47 @@ fn the_ring_is_built_once_per_change_of_the_spokes() {
     assert!(Arc::ptr_eq(&second, &s.ring()));
 }
 
+/// A founded state whose bundle keys sign with the key made from `seed`.
+fn founded(seed: u8) -> ClusterState {
+    let mut s = ClusterState::default();
+    s.apply(Command::Found {
+        ca_cert_pem: "ca".into(),
+        bundle_keys: BundleKeys::founding([seed; 32], 1),
+    });
+    s
+}
+
+/// A seal under the keys in force (no signatures: the state machine checks the keys).
+fn seal_now(s: &ClusterState) -> ConfigSeal {
+    ConfigSeal {
+        key: s.bundle_keys.signer().unwrap().verifying_key().to_bytes(),
+        trusted: s.bundle_keys.trusted(),
+        signatures: Vec::new(),
+    }
+}
+
+fn publish(s: &mut ClusterState, v: &str, seal: ConfigSeal) -> Applied {
+    let generation = s.next_config_generation(0);
+    s.apply(Command::PublishConfig {
+        entry: ConfigEntry {
+            version: v.into(),
+            author: "me".into(),
+            published_ms: 0,
+            message: String::new(),
+            files: BTreeMap::new(),
+            generation,
+            seal,
+        },
+        keep: 3,
+    })
+}
+
 #[test]
 fn config_history_keeps_the_versions_made_current_last() {
-    let mut s = ClusterState::default();
+    let mut s = founded(1);
     let publish = |s: &mut ClusterState, v: &str| {
-        let generation = s.next_config_generation(0);
-        s.apply(Command::PublishConfig {
-            entry: ConfigEntry {
-                version: v.into(),
-                author: "me".into(),
-                published_ms: 0,
-                message: String::new(),
-                files: BTreeMap::new(),
-                generation,
-            },
-            keep: 3,
-        })
+        let sealed = seal_now(s);
+        publish(s, v, sealed)
     };
     for v in ["v1", "v2", "v3", "v4", "v5"] {
         publish(&mut s, v);
@@ -205,6 +230,7 @@ fn config_history_keeps_the_versions_made_current_last() {
     let refused = s.apply(Command::Rollback {
         version: "v1".into(),
         generation: s.next_config_generation(0),
+        seal: seal_now(&s),
     });
     assert!(matches!(refused, Applied::Refused(_)));
     // A rollback makes v3 the most recent; the next publish prunes v4.
@@ -212,6 +238,7 @@ fn config_history_keeps_the_versions_made_current_last() {
     s.apply(Command::Rollback {
         version: "v3".into(),
         generation,
+        seal: seal_now(&s),
     });
     publish(&mut s, "v6");
     assert_eq!(kept(&s), ["v3", "v5", "v6"]);
@@ -497,4 +524,121 @@ fn one_open_move_per_envoy_resumed_from_its_phase() {
         Applied::Refused(Rejection::NotOnSpoke { .. })
     ));
     assert_eq!(s.apply(begin(10, "b", "c")), Applied::Done);
+}
+
+#[test]
+fn a_config_is_current_only_when_sealed_under_the_keys_in_force() {
+    let mut s = founded(1);
+    let mut other = seal_now(&s);
+    other.key = [9; 32];
+    assert_eq!(
+        publish(&mut s, "v1", other),
+        Applied::Refused(Rejection::StaleSeal)
+    );
+    assert!(s.configs.is_empty() && s.current_config.is_empty());
+    let sealed = seal_now(&s);
+    assert_eq!(publish(&mut s, "v1", sealed), Applied::Done);
+    // A seal made before a key was added is stale after.
+    let before = seal_now(&s);
+    let add = KeyChange::Add {
+        secret: Secret([2; 32]),
+        at_ms: 2,
+        by: "ops".into(),
+    };
+    let mut after = s.bundle_keys.clone();
+    after.apply(&add).unwrap();
+    let resign = |version: &str, keys: &BundleKeys| Resign {
+        version: version.into(),
+        generation: 99,
+        seal: ConfigSeal {
+            key: keys.signer().unwrap().verifying_key().to_bytes(),
+            trusted: keys.trusted(),
+            signatures: Vec::new(),
+        },
+    };
+    // With a current version, a key change must re-sign it under the new set.
+    for wrong in [
+        None,
+        Some(resign("v1", &s.bundle_keys)),
+        Some(resign("v0", &after)),
+    ] {
+        let applied = s.apply(Command::ChangeBundleKeys {
+            change: add.clone(),
+            resign: wrong,
+        });
+        assert_eq!(applied, Applied::Refused(Rejection::StaleSeal));
+        assert_eq!(s.bundle_keys.keys().len(), 1, "nothing changed");
+    }
+    let applied = s.apply(Command::ChangeBundleKeys {
+        change: add,
+        resign: Some(resign("v1", &after)),
+    });
+    assert_eq!(applied, Applied::Done);
+    assert_eq!(s.bundle_keys.keys().len(), 2);
+    let v1 = s.config("").unwrap();
+    assert_eq!((v1.generation, v1.seal.trusted.len()), (99, 2));
+    assert_eq!(
+        publish(&mut s, "v2", before),
+        Applied::Refused(Rejection::StaleSeal)
+    );
+}
+
+#[test]
+fn rotation_adds_uses_then_retires_and_never_retires_the_signing_key() {
+    let mut keys = BundleKeys::founding([1; 32], 1);
+    let first = keys.trusted()[0];
+    keys.apply(&KeyChange::Add {
+        secret: Secret([2; 32]),
+        at_ms: 2,
+        by: "ops".into(),
+    })
+    .unwrap();
+    let second = keys.trusted()[1];
+    assert_eq!(keys.signer().unwrap().verifying_key().to_bytes(), first);
+    assert_eq!(
+        keys.apply(&KeyChange::Retire(first)),
+        Err(Rejection::BundleKeySigning(hex::encode(first)))
+    );
+    let again = KeyChange::Add {
+        secret: Secret([2; 32]),
+        at_ms: 3,
+        by: "ops".into(),
+    };
+    assert!(matches!(
+        keys.apply(&again),
+        Err(Rejection::BundleKeyExists(_))
+    ));
+    keys.apply(&KeyChange::Use(second)).unwrap();
+    assert_eq!(keys.signer().unwrap().verifying_key().to_bytes(), second);
+    keys.apply(&KeyChange::Retire(first)).unwrap();
+    assert_eq!(keys.trusted(), vec![second]);
+    assert!(matches!(
+        keys.apply(&KeyChange::Use(first)),
+        Err(Rejection::NoSuchBundleKey(_))
+    ));
+    // Named by a prefix of 8 hex digits or more, never a shorter or ambiguous one.
+    let named = hex::encode(second);
+    assert_eq!(keys.find(&named[..8]), Ok(second));
+    assert_eq!(keys.find(&named.to_uppercase()), Ok(second));
+    assert!(keys.find(&named[..7]).is_err());
+    for n in 3..=super::bundle_keys::MAX_KEYS as u8 + 1 {
+        keys.apply(&KeyChange::Add {
+            secret: Secret([n; 32]),
+            at_ms: 4,
+            by: "ops".into(),
+        })
+        .unwrap();
+    }
+    assert_eq!(
+        keys.apply(&KeyChange::Add {
+            secret: Secret([99; 32]),
+            at_ms: 5,
+            by: "ops".into(),
+        }),
+        Err(Rejection::TooManyBundleKeys(super::bundle_keys::MAX_KEYS))
+    );
+    assert!(
+        !format!("{keys:?}").contains("[2, 2, 2"),
+        "secrets are not printed"
+    );
 }
