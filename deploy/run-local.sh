@@ -55,7 +55,6 @@ admin_listen: 127.0.0.1:748$((id - 1))
 metrics_listen: 127.0.0.1:947$((id - 1))
 data_dir: hub-$id
 tls: {ca_cert: pki/ca.pem, ca_key: pki/ca.key, cert: pki/hub-$id.pem, key: pki/hub-$id.key}
-bundle_signing_key: pki/bundle-signing.key
 YAML
 done
 for i in 0 1 2; do

@@ -411,16 +411,24 @@ impl PkiLayout {
     }
 
     /// Creates the CA, a spoke server certificate for `dns_names`, an admin client
-    /// certificate and the bundle-signing key. Refuses to overwrite an existing CA.
+    /// certificate and the bundle-signing key (a standalone spoke signs its own
+    /// bundles). Refuses to overwrite an existing CA.
     pub fn init_standalone(&self, spoke_name: &str, dns_names: &[String]) -> Result<(), Error> {
         self.init_with(|ca| {
             self.write_issued("spoke", &ca.issue_node(Role::Spoke, spoke_name, dns_names)?)
-        })
+        })?;
+        let bundle_key = crate::signing::generate_key();
+        fsutil::write_atomic(
+            &self.bundle_signing_key(),
+            crate::signing::key_to_pkcs8_pem(&bundle_key).as_bytes(),
+            0o600,
+        )
     }
 
     /// Creates the PKI of a whole cluster: the CA, a certificate per hub node
     /// (`hub-<id>`, role hub) and per spoke (`<spoke id>`, role spoke), each valid for
-    /// `dns_names`, an admin certificate and the cluster's bundle-signing key.
+    /// `dns_names` and an admin certificate. No bundle-signing key: the founding hub
+    /// node generates the cluster's, and spokes under a hub hold none.
     pub fn init_cluster(
         &self,
         hubs: &[u64],
@@ -442,7 +450,7 @@ impl PkiLayout {
     }
 
     /// A fresh CA (refusing to overwrite one), the node certificates `nodes` issues from
-    /// it, an admin client certificate and the bundle-signing key.
+    /// it and an admin client certificate.
     fn init_with(
         &self,
         nodes: impl FnOnce(&CertAuthority) -> Result<(), Error>,
@@ -458,13 +466,7 @@ impl PkiLayout {
         fsutil::write_atomic(&self.ca_key(), ca_key_pem.as_bytes(), 0o600)?;
         fsutil::write_atomic(&self.ca_cert(), ca.cert_pem().as_bytes(), 0o644)?;
         nodes(&ca)?;
-        self.write_issued("admin", &ca.issue_node(Role::Admin, "admin", &[])?)?;
-        let bundle_key = crate::signing::generate_key();
-        fsutil::write_atomic(
-            &self.bundle_signing_key(),
-            crate::signing::key_to_pkcs8_pem(&bundle_key).as_bytes(),
-            0o600,
-        )
+        self.write_issued("admin", &ca.issue_node(Role::Admin, "admin", &[])?)
     }
 
     pub fn load_ca(&self) -> Result<CertAuthority, Error> {

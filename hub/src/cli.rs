@@ -61,8 +61,8 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum PkiCommand {
-    /// Create a CA, a certificate per hub node (hub-ID.pem) and spoke (NAME.pem), an
-    /// admin certificate and the bundle-signing key in DIR.
+    /// Create a CA, a certificate per hub node (hub-ID.pem) and spoke (NAME.pem) and an
+    /// admin certificate in DIR. (The founding hub node generates the bundle-signing key.)
     Init {
         dir: PathBuf,
         /// Hub node ids.

@@ -537,4 +537,39 @@ mod tests {
             )
         );
     }
+
+    /// A standalone spoke signs its bundles; a spoke under a hub must not hold the key.
+    #[test]
+    fn the_signing_key_belongs_to_standalone_spokes_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |text: &str| {
+            let path = dir.path().join("spoke.yaml");
+            std::fs::write(&path, text).unwrap();
+            SpokeConfig::load(&path).map_err(|e| e.to_string())
+        };
+        let tls = "tls: {ca_cert: ca.pem, ca_key: ca.key, cert: s.pem, key: s.key}\n";
+        let hub = "hub: {addresses: ['127.0.0.1:7400'], spoke_id: a}\n";
+        let key = "bundle_signing_key: bundle.key\n";
+        let err = load(tls).unwrap_err();
+        assert!(
+            err.contains("bundle_signing_key") && err.contains("required without a hub"),
+            "{err}"
+        );
+        let err = load(&format!("{tls}{hub}{key}")).unwrap_err();
+        assert!(
+            err.contains("must not be set on a spoke under a hub"),
+            "{err}"
+        );
+        let standalone = load(&format!("{tls}{key}")).unwrap();
+        assert_eq!(
+            standalone.bundle_signing_key,
+            Some(dir.path().join("bundle.key"))
+        );
+        assert!(
+            load(&format!("{tls}{hub}"))
+                .unwrap()
+                .bundle_signing_key
+                .is_none()
+        );
+    }
 }

@@ -111,7 +111,7 @@ pub enum Sealing {
     /// With this spoke's own key at this generation (a standalone spoke).
     Own { generation: u64 },
     /// With the signatures its hub made (a spoke under a hub).
-    Hub(HubSeal),
+    Hub(Box<HubSeal>),
     /// Not at all: a spoke under a hub that has no signed version yet.
     Unsigned,
 }

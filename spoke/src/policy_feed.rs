@@ -87,7 +87,7 @@ fn hub_policy_at_start(stored: Option<pb::ConfigVersion>) -> PolicyCache {
         return unsigned();
     };
     let sealing = match HubSeal::of(&stored) {
-        Ok(Some(seal)) => Sealing::Hub(seal),
+        Ok(Some(seal)) => Sealing::Hub(Box::new(seal)),
         Ok(None) => {
             info!(
                 "the stored policy version carries no hub signatures; serving no bundle until the hub sends one"
@@ -198,7 +198,7 @@ impl Admin {
         drop(current);
         // Checked before anything is stored: a version that cannot be served changes
         // nothing.
-        let sealing = Sealing::Hub(seal);
+        let sealing = Sealing::Hub(Box::new(seal));
         crate::policy_cache::check_seal(&compiled, &sealing)
             .map_err(|e| SpokeError::malformed("config version", e))?;
         let this = self.clone();

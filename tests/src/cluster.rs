@@ -168,7 +168,6 @@ impl Cluster {
         let yaml = format!(
             "node_id: {id}\nlisten: 127.0.0.1:{port}\nmetrics_listen: null\nadmin_listen: 127.0.0.1:0\ndata_dir: hub-{id}\n\
              tls: {{ca_cert: {p}/ca.pem, ca_key: {p}/ca.key, cert: {p}/hub-{id}.pem, key: {p}/hub-{id}.key}}\n\
-             bundle_signing_key: {p}/bundle-signing.key\n\
              raft: {raft}\n\
              connections: {{first_request_timeout: 2s}}\n",
             id = i + 1,
@@ -176,6 +175,11 @@ impl Cluster {
             p = pki.display(),
         );
         std::fs::write(self.hub_config_path(i), yaml).expect("hub config");
+    }
+
+    /// Spoke `j`'s config file as written.
+    pub fn spoke_config_text(&self, j: usize) -> String {
+        std::fs::read_to_string(self.spoke_config_path(j)).expect("spoke config")
     }
 
     fn spoke_config_path(&self, j: usize) -> PathBuf {

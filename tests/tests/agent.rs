@@ -223,23 +223,159 @@ fn signed(
     hostcrate: &str,
     generation: u64,
 ) -> pb::BundleDelivery {
+    let key = vigo_common::signing::read_key_file(&home.path("pki/bundle-signing.key")).unwrap();
+    signed_with(files, hostcrate, generation, &key, Vec::new())
+}
+
+/// As [`signed`], with any key and a trusted key set for the envoy to adopt.
+fn signed_with(
+    files: &[(&str, String)],
+    hostcrate: &str,
+    generation: u64,
+    key: &ed25519_dalek::SigningKey,
+    trusted: Vec<[u8; 32]>,
+) -> pb::BundleDelivery {
     let tree: std::collections::BTreeMap<PathBuf, String> = files
         .iter()
         .map(|(p, t)| (PathBuf::from(p), t.clone()))
         .collect();
     let compiled = vigo_common::policy::validate(&tree).unwrap();
-    let key = vigo_common::signing::read_key_file(&home.path("pki/bundle-signing.key")).unwrap();
     let h = compiled
         .hostcrates
         .iter()
         .find(|h| h.name == hostcrate)
         .expect("hostcrate");
-    vigo_common::policy::bundle::SignedBundle::sign(
-        h,
-        &vigo_common::policy::bundle::Seal::own(compiled.version, generation, &key),
-        &key,
-    )
-    .delivery(|_| false)
+    let mut seal = vigo_common::policy::bundle::Seal::own(compiled.version, generation, key);
+    seal.trusted = trusted;
+    vigo_common::policy::bundle::SignedBundle::sign(h, &seal, key).delivery(|_| false)
+}
+
+/// Key rotation as the envoy sees it: a bundle signed by a key it trusts carries the set
+/// it trusts from then on; the set survives a restart, and a key dropped from it signs
+/// nothing the envoy takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_envoy_adopts_the_trusted_key_set_a_bundle_carries() {
+    let setup = Setup::new("app-05").await;
+    let mut agent = Agent::load(setup.state.clone()).unwrap();
+    agent.run_once(false).await.unwrap();
+    let generation = setup
+        .spoke
+        .as_ref()
+        .unwrap()
+        .policy
+        .current()
+        .bundle_generation;
+    let files = policy(setup.machine.path(), "rotated");
+    let old =
+        vigo_common::signing::read_key_file(&setup.home.path("pki/bundle-signing.key")).unwrap();
+    let new = vigo_common::signing::generate_key();
+    let (old_pub, new_pub) = (
+        old.verifying_key().to_bytes(),
+        new.verifying_key().to_bytes(),
+    );
+    let trusted = |agent: &Agent| -> Vec<[u8; 32]> {
+        agent
+            .identity()
+            .bundle_keys
+            .iter()
+            .map(|k| k.to_bytes())
+            .collect()
+    };
+    assert_eq!(trusted(&agent), [old_pub]);
+
+    // A set that leaves out the key that signed it is refused, and nothing changes.
+    let err = agent
+        .accept_bundle(&signed_with(
+            &files,
+            "all",
+            generation + 1,
+            &old,
+            vec![new_pub],
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("does not include the key that signed"),
+        "{err}"
+    );
+    // The new key cannot introduce itself.
+    let err = agent
+        .accept_bundle(&signed_with(
+            &files,
+            "all",
+            generation + 1,
+            &new,
+            vec![old_pub, new_pub],
+        ))
+        .await
+        .unwrap_err();
+    assert!(err.contains("does not trust"), "{err}");
+    assert_eq!(trusted(&agent), [old_pub]);
+
+    // Add: the old key signs a bundle naming both.
+    agent
+        .accept_bundle(&signed_with(
+            &files,
+            "all",
+            generation + 1,
+            &old,
+            vec![old_pub, new_pub],
+        ))
+        .await
+        .expect("the old key adds the new one");
+    assert_eq!(trusted(&agent), [old_pub, new_pub]);
+    let stored = setup.state.load_identity().unwrap().bundle_keys;
+    assert_eq!(
+        stored.iter().map(|k| k.to_bytes()).collect::<Vec<_>>(),
+        [old_pub, new_pub],
+        "kept across a restart"
+    );
+    // An older bundle with a smaller set is a replay: refused, the set stays.
+    let err = agent
+        .accept_bundle(&signed_with(&files, "all", generation, &old, vec![old_pub]))
+        .await
+        .unwrap_err();
+    assert!(err.contains("older"), "{err}");
+    assert_eq!(trusted(&agent), [old_pub, new_pub]);
+
+    // Use, then retire: the new key signs, then the set drops the old key.
+    agent
+        .accept_bundle(&signed_with(
+            &files,
+            "all",
+            generation + 2,
+            &new,
+            vec![old_pub, new_pub],
+        ))
+        .await
+        .expect("signed by the new key");
+    let retired = agent
+        .accept_bundle(&signed_with(
+            &files,
+            "all",
+            generation + 3,
+            &new,
+            vec![new_pub],
+        ))
+        .await
+        .expect("the old key retired");
+    drop(agent);
+    let mut agent = Agent::load(setup.state.clone()).unwrap();
+    assert_eq!(trusted(&agent), [new_pub], "kept across a restart");
+    assert_eq!(agent.held_fingerprint(), Some(retired));
+    // The retired key signs nothing the envoy takes, however new.
+    let err = agent
+        .accept_bundle(&signed_with(
+            &files,
+            "all",
+            generation + 9,
+            &old,
+            vec![old_pub],
+        ))
+        .await
+        .unwrap_err();
+    assert!(err.contains("does not trust"), "{err}");
+    assert_eq!(agent.held_fingerprint(), Some(retired));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
