@@ -71,12 +71,9 @@ impl HubNode {
         config: HubConfig,
         metrics: Option<PrometheusHandle>,
     ) -> Result<Self, HubError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            HubError::Common(vigo_common::Error::File {
-                path: config.data_dir.clone(),
-                why: e.to_string(),
-            })
-        })?;
+        // The replicated state holds the bundle-signing keys and token hashes: the data
+        // directory is the hub's alone (0700).
+        fsutil::create_private_dir(&config.data_dir)?;
         let log = LogStore::open(&config.data_dir.join("raft-log.redb"))
             .map_err(|e| HubError::Raft(e.to_string()))?;
         let revoked = Arc::new(RevokedCerts::default());

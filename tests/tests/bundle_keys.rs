@@ -44,6 +44,10 @@ async fn rotating_the_bundle_key_moves_the_fleet_to_the_new_key() {
         !cluster.spoke_config_text(0).contains("bundle_signing_key"),
         "the spoke holds no signing key"
     );
+    // The hub keeps the keys in its replicated state, in a directory of its own.
+    use std::os::unix::fs::PermissionsExt;
+    let data = std::fs::metadata(cluster.dir.path().join("hub-1")).unwrap();
+    assert_eq!(data.permissions().mode() & 0o777, 0o700);
     cluster
         .publish(0, &repo_root().join("deploy/policy"), "first")
         .await

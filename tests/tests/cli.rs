@@ -97,3 +97,60 @@ async fn vigocli_retried_with_the_same_request_id_answers_the_first_outcome() {
         String::from_utf8_lossy(&other.stderr)
     );
 }
+
+/// Bundle-key rotation as an operator types it: add, use by a prefix, retire; retiring
+/// the signing key is refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vigocli_rotates_the_bundle_key() {
+    let cluster = Cluster::start(1, &["spoke-a"]).await;
+    let token = cluster.dir.path().join("hub-1").join("admin.token");
+    let ca = cluster.pki("ca.pem");
+    let hub = cluster.hub_address(0);
+    let run = |args: Vec<String>| {
+        let (token, ca, hub) = (token.clone(), ca.clone(), hub.clone());
+        tokio::task::spawn_blocking(move || {
+            Command::new(binary("vigocli"))
+                .args(["--hub", &hub, "--ca"])
+                .arg(&ca)
+                .arg("--token-file")
+                .arg(&token)
+                .arg("bundle-key")
+                .args(args)
+                .output()
+                .unwrap()
+        })
+    };
+    let ok = |out: std::process::Output| -> String {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "vigocli failed: {stderr}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let listed = ok(run(args(&["list"])).await.unwrap());
+    let old = listed
+        .lines()
+        .find(|l| l.contains("signing"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("a signing key")
+        .to_string();
+    let added = ok(run(args(&["add"])).await.unwrap());
+    let new = added
+        .lines()
+        .find(|l| l.contains("trusted"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the new key, trusted")
+        .to_string();
+    let refused = run(vec!["retire".into(), old[..12].into()]).await.unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("signs the bundles in force"), "{stderr}");
+    ok(run(vec!["use".into(), new[..12].into()]).await.unwrap());
+    let after = ok(run(vec!["retire".into(), old[..12].into()]).await.unwrap());
+    assert!(!after.contains(&old), "{after}");
+    assert!(
+        after
+            .lines()
+            .any(|l| l.starts_with(&new) && l.contains("signing")),
+        "{after}"
+    );
+}
