@@ -244,3 +244,96 @@ async fn a_move_towards_a_spoke_that_left_is_closed_and_the_envoy_moves_elsewher
     let moved = reassign(&cluster, 1, &envoy, SPOKES[other]).await.unwrap();
     assert_eq!(moved.moved, 1);
 }
+
+/// Where a move can stop: opened, copied to the new spoke, pinned there.
+#[derive(Clone, Copy, Debug)]
+enum Boundary {
+    Opened,
+    Copied,
+    Pinned,
+}
+
+/// The spokes that hold `id` as a live (not revoked) envoy, and its stored runs there.
+async fn holders(cluster: &Cluster, id: u64) -> Vec<(usize, u32, bool)> {
+    let mut found = Vec::new();
+    for j in 0..SPOKES.len() {
+        if let Ok(e) = spoke_admin(cluster, j)
+            .get_envoy(pb::GetEnvoyRequest { envoy_id: id })
+            .await
+        {
+            let e = e.into_inner();
+            found.push((j, e.stored_runs, e.revoked));
+        }
+    }
+    found
+}
+
+/// At every phase boundary the leader and the old spoke both go down; when they are
+/// back the move finishes: the envoy lives on exactly one spoke, the new one, with its
+/// history, and an envoy revoked midway stays revoked there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_survives_losing_the_leader_and_the_old_spoke_at_every_boundary() {
+    let mut cluster = Cluster::start(3, SPOKES).await;
+    for (n, boundary) in [Boundary::Opened, Boundary::Copied, Boundary::Pinned]
+        .into_iter()
+        .enumerate()
+    {
+        let (mut envoy, from) = one_envoy(&cluster, &format!("boundary-{n}")).await;
+        envoy.report(1, &[pb::Outcome::Ok]).await.unwrap();
+        let id = envoy.id().get();
+        let to = (from + 1) % SPOKES.len();
+        let revoke = matches!(boundary, Boundary::Copied);
+        match boundary {
+            Boundary::Opened => open_move(&cluster, id, from, to).await,
+            Boundary::Copied => {
+                open_move(&cluster, id, from, to).await;
+                let export = spoke_admin(&cluster, from)
+                    .export_envoys(pb::ExportEnvoysRequest {
+                        envoy_ids: vec![id],
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                spoke_admin(&cluster, to)
+                    .import_envoys(export)
+                    .await
+                    .unwrap();
+            }
+            Boundary::Pinned => stop_after_pins(&cluster, &envoy, from, to).await,
+        }
+        if revoke {
+            cluster
+                .admin(0)
+                .revoke_envoy(api::RevokeEnvoyRequest {
+                    envoy_id: envoy.id().to_string(),
+                    reason: "lost laptop".into(),
+                })
+                .await
+                .unwrap();
+        }
+        let leader = cluster.leader().await;
+        cluster.stop_hub(leader).await;
+        cluster.stop_spoke(from).await;
+        cluster.start_spoke(from).await;
+        cluster.start_hub(leader).await;
+        let to_id = SPOKES[to].to_string();
+        cluster
+            .wait_until(Duration::from_secs(60), "the move finished", |s| {
+                s.moves.is_empty() && s.pins[&id].spoke == to_id
+            })
+            .await;
+        let held = holders(&cluster, id).await;
+        assert_eq!(held.len(), 1, "{boundary:?}: one copy, on {held:?}");
+        let (j, runs, revoked) = held[0];
+        assert_eq!(j, to, "{boundary:?}: on the new spoke");
+        assert!(runs >= 1, "{boundary:?}: its history came along");
+        assert_eq!(revoked, revoke, "{boundary:?}: revocation intact");
+        let mut moved = TestEnvoy::new(envoy.identity.clone(), &cluster.spoke_address(to));
+        let answer = moved.check_in().await;
+        if revoke {
+            assert_eq!(answer.unwrap_err().code(), Code::PermissionDenied);
+        } else {
+            answer.expect("served by the new spoke");
+        }
+    }
+}
