@@ -1,7 +1,12 @@
-//! The cluster's certificate authority: Ed25519 keys throughout.
+//! The cluster's certificate authority. TLS keys are ECDSA P-256 (what every TLS stack
+//! reads, gRPC's C core and OpenSSL included), written as PKCS#8 PEM; Ed25519 stays for
+//! signatures: requests, bundles, the envoy's identity key. A PKI made with Ed25519 TLS
+//! keys by an earlier release keeps working: both kinds are read and verified.
 //!
 //! Who a TLS peer is comes from one URI subject-alternative name, `urn:vigo:<role>:<name>`,
-//! in a certificate our CA signed. Envoy certificates name the envoy id; the issuing side
+//! in a certificate our CA signed. Envoy certificates name the envoy id and, in a second
+//! URI `urn:vigo-key:ed25519:<hex>`, the envoy's Ed25519 identity key (an envoy
+//! certificate of an earlier release is issued on that key itself). The issuing side
 //! chooses every name, never the requester.
 
 use std::path::{Path, PathBuf};
@@ -10,8 +15,8 @@ use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ED25519, PublicKeyData,
-    SanType, SerialNumber,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    PKCS_ED25519, PublicKeyData, SanType, SerialNumber, SignatureAlgorithm,
 };
 use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
@@ -20,7 +25,13 @@ use crate::ids::EnvoyId;
 use crate::{Error, fsutil};
 
 const URI_PREFIX: &str = "urn:vigo:";
+const KEY_URI_PREFIX: &str = "urn:vigo-key:ed25519:";
 const ED25519_OID: &str = "1.3.101.112";
+
+/// The key algorithm of new TLS keys.
+pub static TLS_KEY_ALGORITHM: &SignatureAlgorithm = &PKCS_ECDSA_P256_SHA256;
+/// The TLS key algorithm of earlier releases, still read and verified.
+pub static LEGACY_TLS_KEY_ALGORITHM: &SignatureAlgorithm = &PKCS_ED25519;
 
 /// How long an envoy certificate is valid.
 pub const ENVOY_CERT_VALIDITY: Duration = Duration::from_secs(2 * 365 * 24 * 3600);
@@ -138,17 +149,23 @@ impl Peer {
             why,
         };
         let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| bad(e.to_string()))?;
-        let uri = cert
+        let uris: Vec<&str> = cert
             .subject_alternative_name()
             .map_err(|e| bad(e.to_string()))?
-            .and_then(|ext| {
-                ext.value.general_names.iter().find_map(|n| match n {
-                    x509_parser::extensions::GeneralName::URI(u) if u.starts_with(URI_PREFIX) => {
-                        Some(*u)
-                    }
-                    _ => None,
-                })
+            .map(|ext| {
+                ext.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        x509_parser::extensions::GeneralName::URI(u) => Some(*u),
+                        _ => None,
+                    })
+                    .collect()
             })
+            .unwrap_or_default();
+        let uri = uris
+            .iter()
+            .find(|u| u.starts_with(URI_PREFIX))
             .ok_or_else(|| bad(format!("no {URI_PREFIX}<role>:<name> name")))?;
         let (role, name) = uri[URI_PREFIX.len()..]
             .split_once(':')
@@ -164,15 +181,20 @@ impl Peer {
         }
         let id: EnvoyId = name.parse().map_err(|e| bad(format!("{e}")))?;
         let spki = cert.public_key();
-        if spki.algorithm.algorithm.to_id_string() != ED25519_OID {
-            return Err(bad("envoy certificate key is not Ed25519".into()));
+        let key: [u8; 32] = if spki.algorithm.algorithm.to_id_string() == ED25519_OID {
+            // Issued on the identity key itself (an earlier release).
+            spki.subject_public_key.data.as_ref().try_into()
+        } else {
+            let named = uris
+                .iter()
+                .find_map(|u| u.strip_prefix(KEY_URI_PREFIX))
+                .ok_or_else(|| bad(format!("no {KEY_URI_PREFIX}<hex> name")))?;
+            hex::decode(named)
+                .map_err(|e| bad(format!("identity key: {e}")))?
+                .as_slice()
+                .try_into()
         }
-        let key: [u8; 32] = spki
-            .subject_public_key
-            .data
-            .as_ref()
-            .try_into()
-            .map_err(|_| bad("Ed25519 key is not 32 bytes".into()))?;
+        .map_err(|_| bad("Ed25519 key is not 32 bytes".into()))?;
         Ok((Peer::Envoy { id, key }, serial))
     }
 
@@ -237,9 +259,19 @@ impl CertAuthority {
         out
     }
 
-    /// A new self-signed Ed25519 CA.
+    /// A new self-signed CA on a P-256 key.
     pub fn create(common_name: &str) -> Result<(Self, String), Error> {
-        let key = KeyPair::generate_for(&PKCS_ED25519).map_err(rcgen_err("CA key"))?;
+        Self::create_with(common_name, TLS_KEY_ALGORITHM)
+    }
+
+    /// A new self-signed CA on a key of `algorithm` (every key it issues is of the same
+    /// kind): P-256, or Ed25519 as earlier releases made them (to test that such a PKI
+    /// keeps working, and to measure one against the other).
+    pub fn create_with(
+        common_name: &str,
+        algorithm: &'static SignatureAlgorithm,
+    ) -> Result<(Self, String), Error> {
+        let key = KeyPair::generate_for(algorithm).map_err(rcgen_err("CA key"))?;
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params
@@ -290,15 +322,20 @@ impl CertAuthority {
         &self.cert_der
     }
 
-    /// A node certificate with a fresh Ed25519 key: usable as TLS server (for `dns_names`)
-    /// and as TLS client.
+    /// The key kind of this CA, which its new node keys share.
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        self.issuer.key().algorithm()
+    }
+
+    /// A node certificate with a fresh key (P-256; Ed25519 under a CA of an earlier
+    /// release): usable as TLS server (for `dns_names`) and as TLS client.
     pub fn issue_node(
         &self,
         role: Role,
         name: &str,
         dns_names: &[String],
     ) -> Result<IssuedCert, Error> {
-        let key = KeyPair::generate_for(&PKCS_ED25519).map_err(rcgen_err("node key"))?;
+        let key = KeyPair::generate_for(self.algorithm()).map_err(rcgen_err("node key"))?;
         let mut params =
             CertificateParams::new(dns_names.to_vec()).map_err(rcgen_err("node names"))?;
         params.distinguished_name = rcgen::DistinguishedName::new();
@@ -321,34 +358,55 @@ impl CertAuthority {
         })
     }
 
-    /// An envoy's client certificate from its CSR. The CSR must be validly self-signed
-    /// by `public_key`; nothing else is taken from it.
+    /// An envoy's client certificate from its CSR, which is validly self-signed by its
+    /// TLS key; nothing but that key is taken from it. A P-256 TLS key is bound to the
+    /// envoy's Ed25519 identity key by `key_proof` (the identity key's signature over
+    /// the CSR, [`crate::signing::Domain::EnrollKey`]) and the certificate names the
+    /// identity key. An Ed25519 CSR (an earlier release's envoy) must be on the identity
+    /// key itself.
     pub fn issue_envoy(
         &self,
         id: EnvoyId,
         public_key: &[u8; 32],
         csr_der: &[u8],
+        key_proof: &[u8],
     ) -> Result<Vec<u8>, Error> {
+        let refuse = |why: &str| Error::Malformed {
+            what: "certificate signing request",
+            why: why.to_string(),
+        };
         let csr =
             CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
-                .map_err(|e| Error::Malformed {
-                    what: "certificate signing request",
-                    why: e.to_string(),
-                })?;
-        if csr.public_key.algorithm() != &PKCS_ED25519
-            || csr.public_key.der_bytes() != public_key.as_slice()
-        {
-            return Err(Error::Malformed {
-                what: "certificate signing request",
-                why: "its key differs from the enrollment public key".into(),
-            });
+                .map_err(|e| refuse(&e.to_string()))?;
+        let mut names = vec![identity_uri(Role::Envoy, &id.to_string())?];
+        if csr.public_key.algorithm() == &PKCS_ED25519 {
+            if csr.public_key.der_bytes() != public_key.as_slice() {
+                return Err(refuse("its key differs from the enrollment public key"));
+            }
+        } else if csr.public_key.algorithm() == TLS_KEY_ALGORITHM {
+            let identity = crate::signing::parse_public_key(public_key)?;
+            let proof = crate::signing::parse_signature(key_proof)
+                .map_err(|_| refuse("key_proof is not an Ed25519 signature"))?;
+            crate::signing::verify(
+                &identity,
+                crate::signing::Domain::EnrollKey,
+                csr_der,
+                &proof,
+            )
+            .map_err(|_| refuse("key_proof is not the enrollment key's signature over it"))?;
+            let uri = format!("{KEY_URI_PREFIX}{}", hex::encode(public_key));
+            names.push(SanType::URI(
+                uri.as_str().try_into().map_err(rcgen_err("key name"))?,
+            ));
+        } else {
+            return Err(refuse("its key is neither ECDSA P-256 nor Ed25519"));
         }
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params
             .distinguished_name
             .push(DnType::CommonName, format!("envoy {id}"));
-        params.subject_alt_names = vec![identity_uri(Role::Envoy, &id.to_string())?];
+        params.subject_alt_names = names;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         validity(&mut params, ENVOY_CERT_VALIDITY);
@@ -362,14 +420,58 @@ impl CertAuthority {
     }
 }
 
-/// A CSR for an envoy key (the envoy side of enrollment).
-pub fn envoy_csr(key: &ed25519_dalek::SigningKey) -> Result<Vec<u8>, Error> {
+impl CertAuthority {
+    /// Enrollment's certificate step in one call, for tools and tests that make envoy
+    /// identities without the network: a P-256 TLS key for `identity`, certified as
+    /// envoy `id`. Returns the certificate (DER) and the TLS key (PEM).
+    pub fn certify_envoy(
+        &self,
+        id: EnvoyId,
+        identity: &ed25519_dalek::SigningKey,
+    ) -> Result<(Vec<u8>, String), Error> {
+        let request = envoy_tls_request(identity)?;
+        let cert = self.issue_envoy(
+            id,
+            identity.verifying_key().as_bytes(),
+            &request.csr_der,
+            &request.key_proof,
+        )?;
+        Ok((cert, request.tls_key_pem))
+    }
+}
+
+/// What an envoy sends to be certified: a CSR on a fresh P-256 TLS key, the identity
+/// key's signature over it, and the TLS key (PKCS#8 PEM) for the envoy to keep.
+pub struct EnvoyTlsRequest {
+    pub csr_der: Vec<u8>,
+    pub key_proof: Vec<u8>,
+    pub tls_key_pem: String,
+}
+
+/// The envoy side of enrollment: a P-256 TLS key and its CSR, bound to `identity`.
+pub fn envoy_tls_request(identity: &ed25519_dalek::SigningKey) -> Result<EnvoyTlsRequest, Error> {
+    let pair = KeyPair::generate_for(TLS_KEY_ALGORITHM).map_err(rcgen_err("envoy TLS key"))?;
+    let csr_der = csr(&pair)?;
+    let key_proof = crate::signing::sign(identity, crate::signing::Domain::EnrollKey, &csr_der);
+    Ok(EnvoyTlsRequest {
+        key_proof: key_proof.to_bytes().to_vec(),
+        csr_der,
+        tls_key_pem: pair.serialize_pem(),
+    })
+}
+
+/// A CSR on the identity key itself, as an earlier release's envoy sends it.
+pub fn legacy_envoy_csr(key: &ed25519_dalek::SigningKey) -> Result<Vec<u8>, Error> {
     let der = crate::signing::key_to_pkcs8_der(key);
     let pair = KeyPair::try_from(&PrivatePkcs8KeyDer::from(der)).map_err(rcgen_err("envoy key"))?;
+    csr(&pair)
+}
+
+fn csr(pair: &KeyPair) -> Result<Vec<u8>, Error> {
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     let csr = params
-        .serialize_request(&pair)
+        .serialize_request(pair)
         .map_err(rcgen_err("certificate signing request"))?;
     Ok(csr.der().to_vec())
 }
@@ -480,32 +582,64 @@ mod tests {
 
     #[test]
     fn envoy_certificate_names_the_envoy_and_its_key() {
-        let (ca, _) = CertAuthority::create("test CA").unwrap();
-        let key = crate::signing::generate_key();
-        let public = key.verifying_key().to_bytes();
-        let id = EnvoyId::new(42).unwrap();
-        let der = ca
-            .issue_envoy(id, &public, &envoy_csr(&key).unwrap())
-            .unwrap();
-        assert_eq!(
-            Peer::from_certificate(&der).unwrap(),
-            Peer::Envoy { id, key: public }
-        );
+        for algorithm in [TLS_KEY_ALGORITHM, LEGACY_TLS_KEY_ALGORITHM] {
+            let (ca, _) = CertAuthority::create_with("test CA", algorithm).unwrap();
+            let key = crate::signing::generate_key();
+            let public = key.verifying_key().to_bytes();
+            let id = EnvoyId::new(42).unwrap();
+            // A new envoy's P-256 TLS key, and an earlier release's identity-key CSR.
+            let (p256, _) = ca.certify_envoy(id, &key).unwrap();
+            let legacy = ca
+                .issue_envoy(id, &public, &legacy_envoy_csr(&key).unwrap(), &[])
+                .unwrap();
+            for der in [p256, legacy] {
+                assert_eq!(
+                    Peer::from_certificate(&der).unwrap(),
+                    Peer::Envoy { id, key: public }
+                );
+            }
+        }
     }
 
     #[test]
-    fn csr_for_another_key_is_refused() {
+    fn a_tls_key_is_certified_only_with_the_identity_key_s_proof() {
         let (ca, _) = CertAuthority::create("test CA").unwrap();
         let key = crate::signing::generate_key();
         let other = crate::signing::generate_key().verifying_key().to_bytes();
+        let id = EnvoyId::new(1).unwrap();
+        let request = envoy_tls_request(&key).unwrap();
+        for (public, proof) in [
+            (&other, request.key_proof.as_slice()),
+            (&key.verifying_key().to_bytes(), &[]),
+            (&key.verifying_key().to_bytes(), &[0u8; 64]),
+        ] {
+            let err = ca
+                .issue_envoy(id, public, &request.csr_der, proof)
+                .unwrap_err();
+            assert!(err.to_string().contains("key_proof"), "{err}");
+        }
         let err = ca
-            .issue_envoy(EnvoyId::new(1).unwrap(), &other, &envoy_csr(&key).unwrap())
+            .issue_envoy(id, &other, &legacy_envoy_csr(&key).unwrap(), &[])
             .unwrap_err();
         assert!(err.to_string().contains("differs"), "{err}");
-        assert!(
-            ca.issue_envoy(EnvoyId::new(1).unwrap(), &other, b"not a csr")
-                .is_err()
-        );
+        assert!(ca.issue_envoy(id, &other, b"not a csr", &[]).is_err());
+    }
+
+    /// Every key `pki init` writes is PKCS#8 that OpenSSL reads: P-256 for TLS, and the
+    /// Ed25519 identity and bundle keys as PKCS#8 v1 (OpenSSL 3.0 cannot read v2).
+    #[test]
+    fn keys_are_pkcs8_of_the_expected_kind() {
+        let (ca, ca_key) = CertAuthority::create("test CA").unwrap();
+        let node = ca.issue_node(Role::Spoke, "s", &[]).unwrap();
+        for pem in [&ca_key, &node.key_pem] {
+            assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"), "{pem}");
+            let pair = KeyPair::from_pem(pem).unwrap();
+            assert_eq!(pair.algorithm(), TLS_KEY_ALGORITHM);
+        }
+        let ed = crate::signing::key_to_pkcs8_der(&crate::signing::generate_key());
+        // RFC 8410 v1: SEQUENCE { INTEGER 0, AlgorithmIdentifier, OCTET STRING }.
+        assert_eq!(ed.len(), 48);
+        assert_eq!(&ed[..5], &[0x30, 0x2e, 0x02, 0x01, 0x00]);
     }
 
     #[test]

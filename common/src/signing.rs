@@ -20,6 +20,8 @@ pub enum Domain {
     Bundle,
     Locate,
     Stream,
+    /// An envoy's identity key vouching for its TLS key at enrollment (over the CSR).
+    EnrollKey,
 }
 
 impl Domain {
@@ -30,6 +32,7 @@ impl Domain {
             Domain::Bundle => b"vigo.v1.Bundle\0",
             Domain::Locate => b"vigo.v1.Locate\0",
             Domain::Stream => b"vigo.v1.Stream\0",
+            Domain::EnrollKey => b"vigo.v1.EnrollKey\0",
         }
     }
 
@@ -96,16 +99,27 @@ pub fn generate_key() -> SigningKey {
     SigningKey::generate(&mut rand::rng())
 }
 
+/// A key as PKCS#8 v1 (RFC 8410: the private key alone). v2, which adds the public
+/// key, is what `SigningKey` writes by default and what OpenSSL 3.0 cannot read.
+fn v1(key: &SigningKey) -> ed25519_dalek::pkcs8::KeypairBytes {
+    ed25519_dalek::pkcs8::KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    }
+}
+
 /// PKCS#8 DER of a signing key: what rcgen and rustls take.
 pub fn key_to_pkcs8_der(key: &SigningKey) -> Vec<u8> {
-    key.to_pkcs8_der()
+    v1(key)
+        .to_pkcs8_der()
         .expect("an Ed25519 key always encodes as PKCS#8")
         .as_bytes()
         .to_vec()
 }
 
 pub fn key_to_pkcs8_pem(key: &SigningKey) -> String {
-    key.to_pkcs8_pem(LineEnding::LF)
+    v1(key)
+        .to_pkcs8_pem(LineEnding::LF)
         .expect("an Ed25519 key always encodes as PKCS#8")
         .to_string()
 }
@@ -166,6 +180,7 @@ mod tests {
             Domain::Bundle,
             Domain::Locate,
             Domain::Stream,
+            Domain::EnrollKey,
         ] {
             assert!(d.prefix().len() <= Domain::MAX_PREFIX_LEN);
         }

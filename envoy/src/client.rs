@@ -38,6 +38,9 @@ pub struct Identity {
     pub envoy_id: EnvoyId,
     pub hostname: String,
     pub key: SigningKey,
+    /// The TLS client key (PKCS#8 PEM) its certificate is issued on: P-256, or for an
+    /// envoy enrolled by an earlier release the identity key itself.
+    pub tls_key_pem: String,
     pub cert_pem: String,
     pub ca_pem: String,
     pub spoke_address: String,
@@ -53,10 +56,9 @@ impl Identity {
 
     /// The same, to servers of `roles` (a hub, to locate its spoke).
     pub fn tls_config_for(&self, roles: &'static [Role]) -> Result<Arc<ClientConfig>, ClientError> {
-        let key_pem = signing::key_to_pkcs8_pem(&self.key);
         Ok(Arc::new(tls::client_config(
             &self.ca_pem,
-            Some((&self.cert_pem, &key_pem)),
+            Some((&self.cert_pem, &self.tls_key_pem)),
             roles,
         )?))
     }
@@ -88,11 +90,13 @@ pub async fn enroll_over(
 ) -> Result<(Identity, pb::EnrollResponse), ClientError> {
     let mut client = pb::enrollment_client::EnrollmentClient::new(channel)
         .max_decoding_message_size(limits::MAX_SMALL_ANSWER);
+    let tls = pki::envoy_tls_request(&key)?;
     let mut request = tonic::Request::new(pb::EnrollRequest {
         token: token.to_string(),
         hostname: hostname.to_string(),
         public_key: Bytes::copy_from_slice(key.verifying_key().as_bytes()),
-        csr_der: pki::envoy_csr(&key)?.into(),
+        csr_der: tls.csr_der.into(),
+        key_proof: tls.key_proof.into(),
     });
     request.set_timeout(REQUEST_TIMEOUT);
     let response = client
@@ -114,6 +118,7 @@ pub async fn enroll_over(
         envoy_id,
         hostname: hostname.to_string(),
         key,
+        tls_key_pem: tls.tls_key_pem,
         cert_pem: pki::cert_der_to_pem(&response.client_certificate_der),
         ca_pem: ca_pem.to_string(),
         spoke_address: response.spoke_address.clone(),

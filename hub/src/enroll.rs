@@ -197,7 +197,10 @@ impl Enroller {
                 "spoke {spoke_id} holds hostname {hostname} with this key as envoy {registered:016x}, the hub pinned it as {envoy_id:016x}"
             )));
         }
-        let cert = self.node.ca.issue_envoy(id, key.as_bytes(), &req.csr_der)?;
+        let cert = self
+            .node
+            .ca
+            .issue_envoy(id, key.as_bytes(), &req.csr_der, &req.key_proof)?;
         metrics::counter!("vigo_hub_enrollments_total").increment(1);
         info!(envoy = %id, %hostname, spoke = %spoke_id, retry, "envoy enrolled");
         let bundle_keys = self.node.read(|s| {

@@ -186,9 +186,12 @@ impl Enroller {
             Guard::Retry(_) => {
                 // A retry of an enrollment that succeeded: same envoy, fresh certificate.
                 let existing = active.expect("a retry has an active envoy");
-                let cert = self
-                    .ca
-                    .issue_envoy(existing.id, key.as_bytes(), &req.csr_der)?;
+                let cert = self.ca.issue_envoy(
+                    existing.id,
+                    key.as_bytes(),
+                    &req.csr_der,
+                    &req.key_proof,
+                )?;
                 return Ok(self.response(existing.id, cert, true));
             }
             Guard::Rekey(_) => active.cloned(),
@@ -202,7 +205,9 @@ impl Enroller {
             let _pending = pending;
             let id = this.registry.fresh_id();
             let outcome = async {
-                let cert = this.ca.issue_envoy(id, key.as_bytes(), &req.csr_der)?;
+                let cert = this
+                    .ca
+                    .issue_envoy(id, key.as_bytes(), &req.csr_der, &req.key_proof)?;
                 this.registry
                     .record(id, &hostname, key, &token.name, Some(token.hash), replaces)
                     .await?;

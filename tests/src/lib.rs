@@ -303,18 +303,13 @@ impl SpokeHome {
         let ca = layout.load_ca().expect("CA");
         let key = generate_key();
         let id = EnvoyId::random();
-        let der = ca
-            .issue_envoy(
-                id,
-                key.verifying_key().as_bytes(),
-                &vigo_common::pki::envoy_csr(&key).expect("csr"),
-            )
-            .expect("issue");
+        let (der, tls_key_pem) = ca.certify_envoy(id, &key).expect("issue");
         TestEnvoy::new(
             Identity {
                 envoy_id: id,
                 hostname: "stranger".into(),
                 key,
+                tls_key_pem,
                 cert_pem: vigo_common::pki::cert_der_to_pem(&der),
                 ca_pem: self.ca_pem(),
                 spoke_address: address.into(),

@@ -386,25 +386,38 @@ async fn enrollment_rejections_have_their_status_and_spend_nothing() {
             token: home.tokens.fleet.clone(),
             hostname: "db-3".into(),
             public_key: weak.to_vec().into(),
-            csr_der: vec![].into(),
+            ..Default::default()
         })
         .await
         .expect_err("weak key refused");
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("weak"), "{}", status.message());
 
-    // A CSR made by another key than the one enrolled.
+    // A TLS key vouched for by another key than the one enrolled, a P-256 CSR without
+    // its proof, and (as an earlier release sends it) an Ed25519 CSR of another key.
     let key = generate_key();
-    let status = raw
-        .enroll(pb::EnrollRequest {
-            token: home.tokens.fleet.clone(),
-            hostname: "db-4".into(),
-            public_key: generate_key().verifying_key().to_bytes().to_vec().into(),
-            csr_der: vigo_common::pki::envoy_csr(&key).unwrap().into(),
-        })
-        .await
-        .expect_err("mismatched CSR refused");
-    assert_eq!(status.code(), Code::InvalidArgument);
+    let tls = vigo_common::pki::envoy_tls_request(&key).unwrap();
+    let enrolled = generate_key().verifying_key().to_bytes().to_vec();
+    for (csr_der, key_proof) in [
+        (tls.csr_der.clone(), tls.key_proof.clone()),
+        (tls.csr_der.clone(), Vec::new()),
+        (
+            vigo_common::pki::legacy_envoy_csr(&key).unwrap(),
+            Vec::new(),
+        ),
+    ] {
+        let status = raw
+            .enroll(pb::EnrollRequest {
+                token: home.tokens.fleet.clone(),
+                hostname: "db-4".into(),
+                public_key: enrolled.clone().into(),
+                csr_der: csr_der.into(),
+                key_proof: key_proof.into(),
+            })
+            .await
+            .expect_err("mismatched CSR refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    }
 
     let stats = home
         .admin(&addr)

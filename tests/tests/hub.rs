@@ -397,7 +397,7 @@ async fn bad_input_gets_a_precise_error_and_leaves_no_trace() {
             token: cluster.token.clone(),
             hostname: "h2".into(),
             public_key: vec![7u8; 31].into(),
-            csr_der: vec![].into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -414,7 +414,7 @@ async fn bad_input_gets_a_precise_error_and_leaves_no_trace() {
             token: cluster.token.clone(),
             hostname: "h3".into(),
             public_key: weak.to_vec().into(),
-            csr_der: vec![].into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

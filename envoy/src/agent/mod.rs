@@ -534,23 +534,18 @@ fn log_results(results: &[plan::ResourceResult], tally: &Tally, dry_run: bool) {
 mod tests {
     use super::*;
     use vigo_common::EnvoyId;
-    use vigo_common::pki::{CertAuthority, cert_der_to_pem, envoy_csr};
+    use vigo_common::pki::{CertAuthority, cert_der_to_pem};
 
     fn enrolled(dir: &StateDir) {
         let (ca, _) = CertAuthority::create("test CA").unwrap();
         let key = vigo_common::signing::generate_key();
         let id = EnvoyId::new(99).unwrap();
-        let cert = ca
-            .issue_envoy(
-                id,
-                key.verifying_key().as_bytes(),
-                &envoy_csr(&key).unwrap(),
-            )
-            .unwrap();
+        let (cert, tls_key_pem) = ca.certify_envoy(id, &key).unwrap();
         let identity = Identity {
             envoy_id: id,
             hostname: "h".into(),
             key,
+            tls_key_pem,
             cert_pem: cert_der_to_pem(&cert),
             ca_pem: ca.cert_pem().to_string(),
             spoke_address: "127.0.0.1:1".into(),

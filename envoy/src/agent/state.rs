@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! identity.json  envoy id, hostname, spoke address, trusted bundle keys
-//! key.pem        Ed25519 private key (0600)
+//! key.pem        Ed25519 identity key: signs every request (0600)
+//! tls.key        P-256 TLS key its client certificate is issued on (0600; absent for
+//!                an envoy enrolled by an earlier release: its certificate is on key.pem)
 //! cert.pem       client certificate; ca.pem: the cluster CA
 //! state.redb     last good bundle, queued reports, sequence, last run
 //! ```
@@ -89,6 +91,7 @@ impl StateDir {
             signing::key_to_pkcs8_pem(&id.key).as_bytes(),
             0o600,
         )?;
+        fsutil::write_atomic(&self.file("tls.key"), id.tls_key_pem.as_bytes(), 0o600)?;
         fsutil::write_atomic(&self.file("cert.pem"), id.cert_pem.as_bytes(), 0o600)?;
         fsutil::write_atomic(&self.file("ca.pem"), id.ca_pem.as_bytes(), 0o600)?;
         if force {
@@ -139,13 +142,21 @@ impl StateDir {
                 signing::parse_public_key(&raw).map_err(|e| corrupt(e.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let key = signing::read_key_file(&self.file("key.pem"))?;
+        // Enrolled by an earlier release: its certificate is on the identity key.
+        let tls_key_pem = match fsutil::read_to_string(&self.file("tls.key")) {
+            Ok(pem) => pem,
+            Err(_) if !self.file("tls.key").exists() => signing::key_to_pkcs8_pem(&key),
+            Err(e) => return Err(e.into()),
+        };
         Ok(Identity {
             envoy_id: file
                 .envoy_id
                 .parse::<EnvoyId>()
                 .map_err(|e| corrupt(e.to_string()))?,
             hostname: file.hostname,
-            key: signing::read_key_file(&self.file("key.pem"))?,
+            tls_key_pem,
+            key,
             cert_pem: fsutil::read_to_string(&self.file("cert.pem"))?,
             ca_pem: fsutil::read_to_string(&self.file("ca.pem"))?,
             spoke_address: file.spoke_address,
@@ -385,6 +396,7 @@ mod tests {
             envoy_id: EnvoyId::new(7).unwrap(),
             hostname: "h".into(),
             key: key.clone(),
+            tls_key_pem: "tls key".into(),
             cert_pem: "cert".into(),
             ca_pem: "ca".into(),
             spoke_address: "127.0.0.1:1".into(),
@@ -393,7 +405,7 @@ mod tests {
         state.save_identity(&id, false).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(state.root()), 0o700);
-        for f in ["identity.json", "key.pem", "cert.pem", "ca.pem"] {
+        for f in ["identity.json", "key.pem", "tls.key", "cert.pem", "ca.pem"] {
             assert_eq!(mode(&state.root().join(f)), 0o600, "{f}");
         }
         assert!(matches!(
@@ -404,5 +416,10 @@ mod tests {
         assert_eq!(loaded.envoy_id, id.envoy_id);
         assert_eq!(loaded.key.to_bytes(), key.to_bytes());
         assert_eq!(loaded.bundle_keys, id.bundle_keys);
+        assert_eq!(loaded.tls_key_pem, "tls key");
+        // Enrolled by an earlier release: no tls.key, the certificate is on key.pem.
+        std::fs::remove_file(state.root().join("tls.key")).unwrap();
+        let legacy = state.load_identity().unwrap();
+        assert_eq!(legacy.tls_key_pem, signing::key_to_pkcs8_pem(&key));
     }
 }

@@ -24,6 +24,10 @@ pub struct StoredIdentity {
     /// Hex Ed25519 secret key.
     pub key: String,
     pub cert_pem: String,
+    /// The TLS key (PKCS#8 PEM) its certificate is issued on; empty: the identity key
+    /// (identities stored by an earlier release).
+    #[serde(default)]
+    pub tls_key: String,
     /// The spoke this envoy checks in at (envoys enrolled through a hub differ).
     #[serde(default)]
     pub spoke_address: String,
@@ -65,6 +69,7 @@ impl IdentityFile {
             hostname: id.hostname.clone(),
             key: hex::encode(id.key.to_bytes()),
             cert_pem: id.cert_pem.clone(),
+            tls_key: id.tls_key_pem.clone(),
             spoke_address: id.spoke_address.clone(),
         });
     }
@@ -82,10 +87,16 @@ impl IdentityFile {
             .filter_map(|e| {
                 let mut secret = [0u8; 32];
                 hex::decode_to_slice(&e.key, &mut secret).ok()?;
+                let key = ed25519_dalek::SigningKey::from_bytes(&secret);
                 Some(Identity {
                     envoy_id: e.envoy_id.parse::<EnvoyId>().ok()?,
                     hostname: e.hostname.clone(),
-                    key: ed25519_dalek::SigningKey::from_bytes(&secret),
+                    tls_key_pem: if e.tls_key.is_empty() {
+                        signing::key_to_pkcs8_pem(&key)
+                    } else {
+                        e.tls_key.clone()
+                    },
+                    key,
                     cert_pem: e.cert_pem.clone(),
                     ca_pem: ca_pem.to_string(),
                     spoke_address: if e.spoke_address.is_empty() {
