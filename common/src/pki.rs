@@ -16,7 +16,7 @@ use std::time::Duration;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
-    PKCS_ED25519, PublicKeyData, SanType, SerialNumber, SignatureAlgorithm,
+    PKCS_ED25519, PublicKeyData, SanType, SerialNumber,
 };
 use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
@@ -27,6 +27,8 @@ use crate::{Error, fsutil};
 const URI_PREFIX: &str = "urn:vigo:";
 const KEY_URI_PREFIX: &str = "urn:vigo-key:ed25519:";
 const ED25519_OID: &str = "1.3.101.112";
+
+pub use rcgen::SignatureAlgorithm;
 
 /// The key algorithm of new TLS keys.
 pub static TLS_KEY_ALGORITHM: &SignatureAlgorithm = &PKCS_ECDSA_P256_SHA256;
