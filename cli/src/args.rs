@@ -11,30 +11,71 @@ const LONG_ABOUT: &str = "\
 Run the whole Vigo Spanner fleet from one place, through any hub node.
 
 Connection settings come from flags, else the environment (VIGO_HUB, VIGO_TOKEN,
-VIGO_TOKEN_FILE, VIGO_CA), else the config file (--config, default
-~/.config/vigo/cli.yaml, keys: hub, token, token_file, ca). `hub` may list several
+VIGO_TOKEN_FILE, VIGO_CA; one set to an empty value counts as unset), else the config
+file (--config, default ~/.config/vigo/cli.yaml, keys: hub, token, token_file, ca). `hub` may list several
 addresses (comma-separated): the first that answers is used.
 
 Exit status: 0 done; 1 refused or failed (the message says why); 2 bad usage;
 3 done, but some spokes did not answer (their part is missing from the output).";
 
+/// Environment variables of the connection settings, by argument id.
+const ENV: [(&str, &str); 5] = [
+    ("hub", "VIGO_HUB"),
+    ("token", "VIGO_TOKEN"),
+    ("token_file", "VIGO_TOKEN_FILE"),
+    ("ca", "VIGO_CA"),
+    ("config", "VIGO_CLI_CONFIG"),
+];
+
+impl Cli {
+    /// Parses the command line. An environment variable set to the empty string counts
+    /// as unset (a shell's `VIGO_CA=` clears it), not as a missing value.
+    pub fn parse_args() -> Cli {
+        use clap::{CommandFactory, FromArgMatches};
+        let mut command = Cli::command();
+        for (id, var) in ENV {
+            if std::env::var_os(var).is_some_and(|v| v.is_empty()) {
+                command = command.mut_arg(id, |a| a.env(None));
+            }
+        }
+        let matches = command.get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "vigocli", version, about = ABOUT, long_about = LONG_ABOUT)]
 pub struct Cli {
     /// Hub node address(es), host:port of the hub's gRPC port, comma-separated.
-    #[arg(long, env = "VIGO_HUB", global = true)]
+    #[arg(long, env = "VIGO_HUB", global = true, help_heading = "Connection")]
     pub hub: Option<String>,
     /// Admin API token (bearer).
-    #[arg(long, env = "VIGO_TOKEN", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "VIGO_TOKEN",
+        global = true,
+        hide_env_values = true,
+        help_heading = "Connection"
+    )]
     pub token: Option<String>,
     /// File holding the admin API token (e.g. a hub's data_dir/admin.token).
-    #[arg(long, env = "VIGO_TOKEN_FILE", global = true)]
+    #[arg(
+        long,
+        env = "VIGO_TOKEN_FILE",
+        global = true,
+        help_heading = "Connection"
+    )]
     pub token_file: Option<PathBuf>,
     /// The cluster CA certificate (PEM) the hub's certificate is checked against.
-    #[arg(long, env = "VIGO_CA", global = true)]
+    #[arg(long, env = "VIGO_CA", global = true, help_heading = "Connection")]
     pub ca: Option<PathBuf>,
     /// Config file with defaults for the settings above.
-    #[arg(long, env = "VIGO_CLI_CONFIG", global = true)]
+    #[arg(
+        long,
+        env = "VIGO_CLI_CONFIG",
+        global = true,
+        help_heading = "Connection"
+    )]
     pub config: Option<PathBuf>,
     /// Print the answer as JSON (the admin API's messages) instead of tables.
     #[arg(long, global = true)]
@@ -42,11 +83,11 @@ pub struct Cli {
     /// The request id writes are made once under (default: a fresh one per command). A
     /// command sent again with the same id gets the first outcome: use it to retry a
     /// script's write safely after "outcome unknown".
-    #[arg(long, global = true, value_name = "ID")]
+    #[arg(long, global = true, value_name = "ID", help_heading = "Connection")]
     pub request_id: Option<String>,
     /// Deadline of one call. A command whose call found no leader, or got no answer in
     /// time, is sent again (same request id) until this much time has passed.
-    #[arg(long, global = true, value_parser = humantime::parse_duration, default_value = "30s")]
+    #[arg(long, global = true, value_parser = humantime::parse_duration, default_value = "30s", help_heading = "Connection")]
     pub timeout: Duration,
     #[command(subcommand)]
     pub command: Command,
@@ -163,11 +204,11 @@ pub enum EnvoysCmd {
     List {
         #[command(flatten)]
         filter: FilterArgs,
-        /// hostname, id, last_seen or status; prefix - to reverse.
-        #[arg(long, default_value = "hostname")]
+        /// hostname, id, last_seen or status; prefix - to reverse (`--sort -last_seen`).
+        #[arg(long, default_value = "hostname", allow_hyphen_values = true)]
         sort: String,
-        /// Envoys per page (1..=1000).
-        #[arg(long, default_value_t = 100)]
+        /// Envoys per page, 1..=1000 (0 is refused; --all follows every page).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
         /// Continue after this cursor (printed after a page that has more).
         #[arg(long)]

@@ -14,14 +14,12 @@ mod run;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 /// Exit status when some spokes did not answer: the output is partial.
 pub const EXIT_PARTIAL: u8 = 3;
 
 pub fn main() -> ExitCode {
     vigo_common::tls::install_default_provider();
-    let cli = args::Cli::parse();
+    let cli = args::Cli::parse_args();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -697,16 +697,22 @@ async fn token(cli: &Cli, c: &mut Client, cmd: &TokenCmd) -> Result<u8, CliError
                     },
                     if t.expires_ms == 0 {
                         "never".into()
-                    } else if t.expires_ms < now_ms() {
-                        "expired".into()
+                    } else if t.expires_ms <= now_ms() {
+                        "-".into()
                     } else {
                         humantime::format_duration(std::time::Duration::from_secs(
                             (t.expires_ms - now_ms()) / 1000,
                         ))
                         .to_string()
                     },
+                    // One state: revoked wins over expired, and a used-up enrollment
+                    // token is used up.
                     if t.revoked {
                         "revoked".into()
+                    } else if t.expires_ms != 0 && t.expires_ms <= now_ms() {
+                        "expired".into()
+                    } else if t.role == "enroll" && t.uses != 0 && t.used >= t.uses {
+                        "used up".into()
                     } else {
                         "valid".into()
                     },

@@ -180,6 +180,33 @@ async fn every_command_works_end_to_end() {
             .iter()
             .all(|e| e["spoke"] == "spoke-b")
     );
+    let reversed = cli
+        .ok(&[
+            "envoys",
+            "list",
+            "--sort",
+            "-hostname",
+            "--limit",
+            "2",
+            "--json",
+        ])
+        .await
+        .json();
+    assert_eq!(reversed["envoys"][0]["hostname"], "cli-0011");
+    let zero = cli.run(&["envoys", "list", "--limit", "0"]).await;
+    assert_eq!(zero.code, 2, "a usage error");
+    assert!(zero.stderr.contains("1..=1000"), "{}", zero.stderr);
+    let help = cli.ok(&["envoys", "list", "--help"]).await;
+    assert!(help.stdout.contains("Connection:"), "{}", help.stdout);
+    // An empty environment variable is unset: the token file still authenticates.
+    let cleared = cli.run_with(&["status"], &[("VIGO_TOKEN", "")]).await;
+    assert_eq!(cleared.code, 0, "{}", cleared.stderr);
+    let no_ca = cli.run_with(&["status"], &[("VIGO_CA", "")]).await;
+    assert!(
+        !no_ca.stderr.contains("a value is required"),
+        "{}",
+        no_ca.stderr
+    );
     let bad = cli.run(&["envoys", "list", "--status", "green"]).await;
     assert_eq!(bad.code, 1);
     assert!(bad.stderr.contains("filter.status"), "{}", bad.stderr);
@@ -375,11 +402,31 @@ async fn every_command_works_end_to_end() {
         "1d",
     ])
     .await;
+    cli.ok(&[
+        "token",
+        "create",
+        "brief",
+        "--role",
+        "viewer",
+        "--expires-in",
+        "1s",
+    ])
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let tokens = cli.ok(&["token", "list"]).await;
     assert!(
         tokens.stdout.contains("ro ") && tokens.stdout.contains("0/5"),
         "{}",
         tokens.stdout
+    );
+    let brief = tokens
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("brief"))
+        .unwrap();
+    assert!(
+        brief.contains("expired") && !brief.contains("valid"),
+        "one state: {brief}"
     );
     let as_viewer = cli
         .run_with(&["push", "--all"], &[("VIGO_TOKEN", &secret)])

@@ -32,7 +32,7 @@ pub enum HubError {
     OutcomeUnknown { waited_ms: u64 },
     #[error("{0}")]
     NotFound(String),
-    #[error("a {role} certificate may not call {call}")]
+    #[error("{} may not call {call}", vigo_common::pki::a_certificate(role))]
     WrongRole {
         role: &'static str,
         call: &'static str,

@@ -18,7 +18,7 @@ pub enum SpokeError {
     },
     #[error("this call needs a client certificate")]
     NoClientCertificate,
-    #[error("a {role} certificate may not call {call}")]
+    #[error("{} may not call {call}", vigo_common::pki::a_certificate(role))]
     WrongRole {
         role: &'static str,
         call: &'static str,

@@ -515,6 +515,14 @@ async fn rest_roles_and_malformed_requests_get_precise_answers() {
     for (method, path, body, field) in [
         ("POST", "/api/v1/push", Some(r#"{"al":true}"#), "al"),
         ("POST", "/api/v1/push", Some(r#"{"all":"yes"}"#), "all"),
+        // An empty filter would reach the whole fleet: that takes an explicit all.
+        ("POST", "/api/v1/push", Some(r#"{"filter":{}}"#), "filter"),
+        (
+            "POST",
+            "/api/v1/tokens",
+            Some(r#"{"name":"late","role":"viewer","expires_ms":1000}"#),
+            "expires_ms",
+        ),
         (
             "POST",
             "/api/v1/tokens",

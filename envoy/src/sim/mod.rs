@@ -423,7 +423,7 @@ async fn envoy(
                 );
                 stats.answered(sent_at.elapsed(), bundle);
                 if let Some(pb::check_in_response::Answer::Bundle(delivery)) = response.answer {
-                    match apply(&identity, &delivery, &modules) {
+                    match apply(&identity, &delivery, &modules, fingerprint) {
                         Ok((fp, report)) => {
                             fingerprint = Some(fp);
                             // Signed anew for every attempt: a shed report is sent again.
@@ -478,11 +478,14 @@ fn failure(status: &tonic::Status) -> String {
     format!("{:?}: {message}", status.code())
 }
 
-/// Verifies a bundle as an envoy would and builds the report of its (simulated) run.
+/// Verifies a bundle as an envoy would and builds the report of its (simulated) run,
+/// as a converged machine would run it: a bundle new to the envoy changes its
+/// resources; the bundle it already holds (sent again by a force-push) changes nothing.
 fn apply(
     identity: &Identity,
     delivery: &pb::BundleDelivery,
     modules: &ModuleCache,
+    held: Option<[u8; 32]>,
 ) -> Result<([u8; 32], pb::RunReportBody), vigo_common::policy::bundle::BundleError> {
     let verified = {
         let cache = modules.lock().unwrap_or_else(|p| p.into_inner());
@@ -495,13 +498,18 @@ fn apply(
         }
     }
     let started_at_ms = now_ms();
+    let outcome = if held == Some(verified.fingerprint) {
+        pb::Outcome::Ok
+    } else {
+        pb::Outcome::Changed
+    };
     let outcomes = verified
         .decode_modules()?
         .into_iter()
         .flat_map(|m| m.resources)
         .map(|r| pb::ResourceOutcome {
             resource_id: r.id,
-            outcome: pb::Outcome::Changed as i32,
+            outcome: outcome as i32,
             message: "simulated".into(),
             duration_ms: 1,
         })
@@ -560,4 +568,63 @@ fn spawn_progress(
             last_cpu = cpu;
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigo_common::policy::bundle::{Seal, SignedBundle};
+    use vigo_common::{EnvoyId, signing};
+
+    /// The simulated machine converges: its first run of a bundle changes things, a run
+    /// of the same bundle again (a force-push) changes nothing, so it never shows as
+    /// relapsed.
+    #[test]
+    fn a_bundle_sent_again_changes_nothing() {
+        let tree = std::collections::BTreeMap::from([
+            (
+                std::path::PathBuf::from("hostcrates.yaml"),
+                "hostcrates:\n  - {name: all, match: '*', roles: [r]}\n".to_string(),
+            ),
+            ("roles/r.yaml".into(), "configcrates: [c]\n".to_string()),
+            (
+                "configcrates/c.yaml".into(),
+                "resources:\n  - {id: f, type: file, path: /tmp/x, content: x}\n".to_string(),
+            ),
+        ]);
+        let compiled = vigo_common::policy::validate(&tree).unwrap();
+        let key = signing::generate_key();
+        let seal = Seal::own(compiled.version, 1, &key);
+        let delivery = SignedBundle::sign(&compiled.hostcrates[0], &seal, &key).delivery(|_| false);
+        let (ca, _) = vigo_common::pki::CertAuthority::create("t").unwrap();
+        let id = EnvoyId::new(1).unwrap();
+        let envoy_key = signing::generate_key();
+        let (cert, tls_key_pem) = ca.certify_envoy(id, &envoy_key).unwrap();
+        let identity = Identity {
+            envoy_id: id,
+            hostname: "h".into(),
+            key: envoy_key,
+            tls_key_pem,
+            cert_pem: vigo_common::pki::cert_der_to_pem(&cert),
+            ca_pem: ca.cert_pem().into(),
+            spoke_address: "127.0.0.1:1".into(),
+            bundle_keys: vec![key.verifying_key()],
+        };
+        let modules = ModuleCache::default();
+        let outcomes = |held| {
+            let (fp, report) = apply(&identity, &delivery, &modules, held).unwrap();
+            (
+                fp,
+                report
+                    .outcomes
+                    .iter()
+                    .map(|o| o.outcome)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let (fp, first) = outcomes(None);
+        assert_eq!(first, [pb::Outcome::Changed as i32]);
+        let (_, again) = outcomes(Some(fp));
+        assert_eq!(again, [pb::Outcome::Ok as i32]);
+    }
 }

@@ -244,6 +244,16 @@ impl AdminApi {
                 .get(&format!("{}/token", caller.request_id))
                 .is_some()
         });
+        // A retry of a creation that committed gets its first outcome, expired or not.
+        if !retry && req.expires_ms != 0 && req.expires_ms <= vigo_common::time::now_ms() {
+            return Err(HubError::malformed(
+                "expires_ms",
+                format!(
+                    "{} is in the past: a token must expire later than now (0: never)",
+                    req.expires_ms
+                ),
+            ));
+        }
         if self.token_exists(&req.name) && !retry {
             return Err(HubError::AlreadyExists(format!(
                 "a token named {:?} exists",

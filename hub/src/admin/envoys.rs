@@ -197,6 +197,18 @@ impl AdminApi {
                 "name exactly one target: envoy_ids, spoke, filter or all",
             ));
         }
+        // A filter that selects nothing in particular selects the whole fleet: that must
+        // be said with `all`, never reached by leaving fields out.
+        if req
+            .filter
+            .as_ref()
+            .is_some_and(|f| *f == api::EnvoyFilter::default())
+        {
+            return Err(HubError::malformed(
+                "filter",
+                "is empty, which would push to the whole fleet; send all: true for that",
+            ));
+        }
         // Per spoke: what to mark there.
         let mut asks: BTreeMap<String, (Target, pb::ForcePushRequest)> = BTreeMap::new();
         if !req.envoy_ids.is_empty() {
