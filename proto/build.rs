@@ -24,6 +24,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "#[derive(serde::Serialize, serde::Deserialize, utoipa::ToSchema)] \
              #[serde(default, deny_unknown_fields)]",
         )
+        // For server reflection (grpcurl) on the hub's admin service.
+        .file_descriptor_set_path(
+            std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("vigo_descriptor.bin"),
+        )
         .compile_protos(&protos, &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())

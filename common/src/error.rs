@@ -32,6 +32,8 @@ pub enum Error {
     },
     #[error("telemetry: {0}")]
     Telemetry(String),
+    #[error("{what} did not answer: {why}")]
+    Unreachable { what: &'static str, why: String },
     #[error(transparent)]
     Policy(#[from] PolicyErrors),
 }
@@ -42,6 +44,7 @@ impl crate::refusal::Refusal for Error {
         match self {
             Error::Malformed { .. } | Error::Policy(_) => Kind::Malformed,
             Error::BadSignature => Kind::Unauthenticated,
+            Error::Unreachable { .. } => Kind::Unavailable,
             Error::File { .. }
             | Error::Config { .. }
             | Error::Pki { .. }

@@ -4,7 +4,6 @@
 //! connection, not per request.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -183,16 +182,6 @@ impl rustls::client::danger::ServerCertVerifier for RoleVerifier {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.chain.supported_verify_schemes()
     }
-}
-
-/// Whether a server accepts connections on `addr` (an unspecified address means this
-/// host): the health check of containers, which have no shell or curl.
-pub fn probe(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
-    let mut target = addr;
-    if target.ip().is_unspecified() {
-        target.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    std::net::TcpStream::connect_timeout(&target, timeout).map(|_| ())
 }
 
 /// Splits `host:port` and checks the host can be a TLS server name (at most 253 bytes)

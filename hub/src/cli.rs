@@ -48,8 +48,9 @@ pub enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Exit 0 when the node configured in FILE accepts connections (container health
-    /// checks: the image has no shell).
+    /// Exit 0 when the node configured in FILE answers SERVING to a gRPC health check
+    /// (grpc.health.v1) on its port: a member of a cluster with a leader. For container
+    /// health checks (the image has no shell).
     Health {
         #[arg(long, short, env = "VIGO_HUB_CONFIG", value_name = "FILE")]
         config: PathBuf,
@@ -114,8 +115,11 @@ pub fn main() -> ExitCode {
         Command::Health { config } => HubConfig::load(&config)
             .map_err(|e| e.to_string())
             .and_then(|c| {
-                vigo_common::tls::probe(c.listen, std::time::Duration::from_secs(2))
-                    .map_err(|e| format!("{}: {e}", c.listen))
+                vigo_common::net::health::check_own_port(
+                    c.listen,
+                    &c.tls.ca_cert,
+                    &[vigo_common::pki::Role::Hub],
+                )
             }),
         Command::Pki(PkiCommand::Issue {
             dir,

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::info;
 use vigo_common::net::RevokedCerts;
+use vigo_common::net::health::Health;
 use vigo_common::net::{Guarded, Http1Limits, Serving, serve_grpc};
 use vigo_common::pki::{CertAuthority, Role};
 use vigo_common::time::now_ms;
@@ -41,6 +42,7 @@ pub struct HubNode {
     pub admin_addr: Option<SocketAddr>,
     pub api: Arc<AdminApi>,
     background: Vec<JoinHandle<()>>,
+    health: Health,
     config: HubConfig,
     /// The hub port's server, then the REST port's when there is one.
     servers: tokio::sync::Mutex<Vec<Serving>>,
@@ -163,7 +165,15 @@ impl HubNode {
             .map_err(|e| HubError::Raft(e.to_string()))?;
         let admin_table: Arc<dyn vigo_common::net::Admit> =
             Arc::new(admission::HubAdmin(node.clone()));
+        let (health, health_service) =
+            vigo_common::net::health::service(HUB_SERVICES, revoked.clone()).await;
+        let mut background = background;
+        background.push(tokio::spawn(report_health(node.clone(), health.clone())));
+        let (reflection, reflection_alpha) = crate::admin::reflection::services();
         let routes = tonic::service::Routes::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(reflection_alpha)
             .add_service(
                 Guarded::new(
                     pb::hub_raft_server::HubRaftServer::new(RaftService {
@@ -233,6 +243,7 @@ impl HubNode {
             admin_addr,
             api,
             background,
+            health,
             config,
             servers: tokio::sync::Mutex::new(servers),
         })
@@ -308,6 +319,7 @@ impl HubNode {
 
     /// Stops serving and shuts raft down; storage is closed when the node is dropped.
     pub async fn shutdown(&self) {
+        self.health.set(false).await;
         for serving in self.servers.lock().await.drain(..) {
             serving.stop(Duration::from_secs(5)).await;
         }
@@ -361,6 +373,39 @@ async fn serve_rest(
     let local = serving.local;
     info!(%local, "admin API at https://{local}/api/v1/ (document: /api/v1/openapi.json)");
     Ok(serving)
+}
+
+/// The gRPC services of the hub port, as the health service names them.
+const HUB_SERVICES: &[&str] = &[
+    "vigo.admin.v1.HubAdmin",
+    "vigo.v1.HubSpokes",
+    "vigo.v1.Enrollment",
+    "vigo.v1.HubLocate",
+    "vigo.v1.HubRaft",
+];
+
+/// Ready (SERVING) while this node is a member of a cluster that has a leader.
+async fn report_health(node: Arc<Node>, health: Health) {
+    let mut metrics = node.raft.metrics();
+    let mut reported = None;
+    loop {
+        let ready = {
+            let m = metrics.borrow_and_update();
+            m.current_leader.is_some()
+                && m.membership_config
+                    .membership()
+                    .get_node(&node.id)
+                    .is_some()
+        };
+        if reported != Some(ready) {
+            health.set(ready).await;
+            info!(ready, "health");
+            reported = Some(ready);
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// On the leader, finishes the moves a previous leader (or a failed step) left open.

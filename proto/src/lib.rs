@@ -19,3 +19,7 @@ pub mod admin {
 }
 
 pub use v1::*;
+
+/// Every message and service above, encoded (`google.protobuf.FileDescriptorSet`): what
+/// server reflection answers from.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("vigo_descriptor");

@@ -47,8 +47,9 @@ pub enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Exit 0 when the spoke configured in FILE accepts connections (container health
-    /// checks: the image has no shell).
+    /// Exit 0 when the spoke configured in FILE answers SERVING to a gRPC health check
+    /// (grpc.health.v1) on its port: its store open, its policy in force and, under a
+    /// hub, the hub's revocations taken. For container health checks (no shell).
     Health {
         #[arg(long, short, env = "VIGO_SPOKE_CONFIG", value_name = "FILE")]
         config: PathBuf,
@@ -127,8 +128,7 @@ pub fn main() -> std::process::ExitCode {
         Some(Command::Health { config }) => SpokeConfig::load(&config)
             .map_err(|e| e.to_string())
             .and_then(|c| {
-                vigo_common::tls::probe(c.listen, std::time::Duration::from_secs(2))
-                    .map_err(|e| format!("{}: {e}", c.listen))
+                vigo_common::net::health::check_own_port(c.listen, &c.tls.ca_cert, &[Role::Spoke])
             }),
         Some(Command::Pki(cmd)) => pki(cmd),
         Some(Command::Token(cmd)) => token(cmd),

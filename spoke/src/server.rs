@@ -11,6 +11,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
+use vigo_common::net::health::Health;
 use vigo_common::net::{Guarded, Serving, SheddingLimits, serve_grpc};
 use vigo_common::pki::CertAuthority;
 use vigo_common::tls::{self, ClientAuth};
@@ -54,6 +55,27 @@ pub struct Spoke {
     flushers: Option<Flushers>,
     store: Option<Store>,
     writer: Option<thread::JoinHandle<()>>,
+    health: Health,
+}
+
+/// The gRPC services of the spoke port, as the health service names them.
+const SPOKE_SERVICES: &[&str] = &[
+    "vigo.v1.EnvoyGateway",
+    "vigo.v1.Enrollment",
+    "vigo.v1.SpokeAdmin",
+];
+
+/// Ready (SERVING) once the store is open and the policy in force, which is at start
+/// for a standalone spoke; a spoke under a hub is ready once its first heartbeat has
+/// brought the hub's revocations (and the version the hub wants served).
+async fn report_ready(health: Health, under_hub: Option<tokio::sync::watch::Receiver<bool>>) {
+    if let Some(mut synced) = under_hub
+        && synced.wait_for(|s| *s).await.is_err()
+    {
+        return;
+    }
+    health.set(true).await;
+    info!("ready");
 }
 
 /// How long a spoke that holds envoys waits at start-up for the hub's revocations.
@@ -270,7 +292,11 @@ impl Spoke {
         // holds every method to its own, and refuses wrong peers before the body is read.
         let gateway_limit = config.checkin.max_body.0.max(config.reports.max_body.0) + (1 << 10);
         let refused = revocations.certs.clone();
+        let (health, health_service) =
+            vigo_common::net::health::service(SPOKE_SERVICES, refused.clone()).await;
+        let under_hub = config.hub.is_some().then(|| synced.clone());
         let routes = tonic::service::Routes::builder()
+            .add_service(health_service)
             .add_service(
                 Guarded::new(
                     pb::enrollment_server::EnrollmentServer::new(enrollment)
@@ -316,6 +342,7 @@ impl Spoke {
             })
         })?;
         info!(%addr, name = %config.name, advertise = %config.advertise_address(), "spoke serving");
+        tokio::spawn(report_ready(health.clone(), under_hub));
         Ok(Spoke {
             addr,
             metrics_addr,
@@ -328,6 +355,7 @@ impl Spoke {
             flusher,
             flushers: Some(flushers),
             store: Some(store),
+            health,
             writer: Some(writer),
         })
     }
@@ -343,6 +371,7 @@ impl Spoke {
     /// closes the database.
     pub async fn shutdown(mut self) -> Result<(), SpokeError> {
         info!("spoke shutting down");
+        self.health.set(false).await;
         // Open streams would hold their connections through the drain: end them, the
         // envoys fall back to polling.
         self.streams.close_all();

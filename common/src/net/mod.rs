@@ -10,6 +10,7 @@
 
 pub mod admission;
 pub mod config;
+pub mod health;
 pub mod listen;
 pub mod revoked;
 pub mod serve;

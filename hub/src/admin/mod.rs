@@ -13,6 +13,7 @@ mod cluster;
 mod envoys;
 pub mod grpc;
 pub mod moves;
+pub mod reflection;
 pub mod rest;
 mod rest_revocations;
 mod revocations;
