@@ -15,7 +15,10 @@ BINS=(vigo-hub vigo-spoke vigo-envoy vigo-sim vigocli)
 args=()
 for b in "${BINS[@]}"; do args+=(--bin "$b"); done
 case "$PROFILE" in
-    release) cargo build --release "${args[@]}" ;;
+    # Release images say which commit they are (vigo_build_info{commit}); debug ones
+    # share the test build and leave it unknown rather than rebuild every crate.
+    release) VIGO_COMMIT=${VIGO_COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)} \
+                 cargo build --release "${args[@]}" ;;
     debug) cargo build "${args[@]}" ;;
     *) echo "VIGO_IMAGE_PROFILE must be release or debug" >&2; exit 2 ;;
 esac

@@ -185,6 +185,7 @@ fn serve(config_path: PathBuf, found: bool) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     runtime.block_on(async move {
         let metrics = vigo_common::telemetry::install_metrics().map_err(|e| e.to_string())?;
+        crate::metrics::describe();
         let node = HubNode::start(config, Some(metrics))
             .await
             .map_err(|e| e.to_string())?;

@@ -98,10 +98,10 @@ where
             };
             metrics::histogram!("vigo_hub_fanout_seconds", "spoke" => t.id.clone())
                 .record(started.elapsed().as_secs_f64());
-            if result.is_err() {
-                metrics::counter!("vigo_hub_fanout_missing_total", "spoke" => t.id.clone())
-                    .increment(1);
-            }
+            // Counted from zero for every spoke asked, so a spoke that never went
+            // missing shows 0 rather than no series.
+            metrics::counter!("vigo_hub_fanout_missing_total", "spoke" => t.id.clone())
+                .increment(u64::from(result.is_err()));
             (t.id, result)
         }
     });

@@ -56,15 +56,147 @@ pub fn commit_index(node: &Node) -> u64 {
         .max(applied)
 }
 
-/// Fleet and per-spoke envoys by compliance status, from a roll-up.
+/// The per-spoke series this node exported last, to zero when it stops leading.
+static EXPORTED: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Fleet and per-spoke envoys by compliance status, from a roll-up on the leader.
 pub fn publish_compliance(fleet: &api::StatusCounts, spokes: &[api::NamedCounts]) {
     for (status, n) in &fleet.by_status {
         metrics::gauge!("vigo_fleet_envoys", "status" => status.clone()).set(*n as f64);
     }
+    let mut exported = EXPORTED.lock().unwrap_or_else(|p| p.into_inner());
     for spoke in spokes {
         for (status, n) in &spoke.counts.clone().unwrap_or_default().by_status {
             metrics::gauge!("vigo_fleet_spoke_envoys", "spoke" => spoke.name.clone(), "status" => status.clone())
                 .set(*n as f64);
+            let series = (spoke.name.clone(), status.clone());
+            if !exported.contains(&series) {
+                exported.push(series);
+            }
         }
     }
 }
+
+/// Zeroes the roll-up on a node that does not lead: only the leader's counts are the
+/// fleet's, so a sum over hub nodes stays right across leader changes.
+pub fn withdraw_compliance() {
+    for status in FLEET_STATUSES {
+        metrics::gauge!("vigo_fleet_envoys", "status" => status).set(0.0);
+    }
+    let exported = EXPORTED.lock().unwrap_or_else(|p| p.into_inner());
+    for (spoke, status) in exported.iter() {
+        metrics::gauge!("vigo_fleet_spoke_envoys", "spoke" => spoke.clone(), "status" => status.clone())
+            .set(0.0);
+    }
+}
+
+/// Every metric family of the hub, with its HELP text, registered at start so each is
+/// scraped from the first scrape on.
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    vigo_common::net::describe_metrics();
+    vigo_common::telemetry::describe_metrics();
+    describe_gauge!("vigo_hub_raft_term", "This node's raft term");
+    describe_gauge!(
+        "vigo_hub_raft_leader",
+        "The raft leader's node id as this node knows it (0: none)"
+    );
+    describe_gauge!(
+        "vigo_hub_raft_is_leader",
+        "1 on the raft leader, 0 elsewhere"
+    );
+    describe_gauge!(
+        "vigo_hub_raft_last_log_index",
+        "Index of the last raft log entry this node holds"
+    );
+    describe_gauge!(
+        "vigo_hub_raft_commit_index",
+        "Highest raft log index known committed on this node"
+    );
+    describe_gauge!(
+        "vigo_hub_raft_applied_index",
+        "Highest raft log index applied to this node's state"
+    );
+    describe_gauge!(
+        "vigo_hub_snapshot_bytes",
+        "Size of the last raft snapshot this node built or installed"
+    );
+    describe_gauge!(
+        "vigo_hub_pins",
+        "Envoys pinned to a spoke in the replicated state"
+    );
+    describe_gauge!(
+        "vigo_hub_spoke_pins",
+        "Envoys pinned to each spoke, by spoke"
+    );
+    describe_gauge!(
+        "vigo_fleet_envoys",
+        "Fleet envoys by compliance status, as last rolled up from the spokes; exported by the raft leader only (0 elsewhere), so sum() over hubs is the fleet"
+    );
+    describe_gauge!(
+        "vigo_fleet_spoke_envoys",
+        "Envoys by spoke and compliance status, as last rolled up; exported by the raft leader only (0 elsewhere)"
+    );
+    describe_counter!(
+        "vigo_hub_admin_requests_total",
+        "Admin API calls, by route and code (ok or the refusal kind)"
+    );
+    describe_histogram!(
+        "vigo_hub_admin_request_seconds",
+        "Time to answer an admin API call, by route"
+    );
+    describe_counter!(
+        "vigo_hub_enrollments_total",
+        "Envoys enrolled through this hub node"
+    );
+    describe_counter!(
+        "vigo_hub_enrollment_refusals_total",
+        "Enrollments this hub node refused"
+    );
+    describe_histogram!(
+        "vigo_hub_enroll_batch_size",
+        "Enrollments committed in one raft entry"
+    );
+    describe_histogram!(
+        "vigo_hub_fanout_seconds",
+        "Time of a fan-out query across the spokes"
+    );
+    describe_counter!(
+        "vigo_hub_fanout_missing_total",
+        "Spokes that did not answer a fan-out in time, by spoke"
+    );
+    for name in [
+        "vigo_hub_enrollments_total",
+        "vigo_hub_enrollment_refusals_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for name in [
+        "vigo_hub_raft_term",
+        "vigo_hub_raft_leader",
+        "vigo_hub_raft_is_leader",
+        "vigo_hub_raft_last_log_index",
+        "vigo_hub_raft_commit_index",
+        "vigo_hub_raft_applied_index",
+        "vigo_hub_snapshot_bytes",
+        "vigo_hub_pins",
+    ] {
+        metrics::gauge!(name).set(0.0);
+    }
+    let _ = metrics::histogram!("vigo_hub_enroll_batch_size");
+    for status in FLEET_STATUSES {
+        metrics::gauge!("vigo_fleet_envoys", "status" => status).set(0.0);
+    }
+}
+
+/// The compliance statuses of the fleet roll-up.
+const FLEET_STATUSES: [&str; 8] = [
+    "converged",
+    "relapsed",
+    "diverged",
+    "degraded",
+    "failed",
+    "offline",
+    "no_data",
+    "revoked",
+];

@@ -428,7 +428,7 @@ async fn resume_moves(node: Arc<Node>) {
 /// How often the leader looks for moves left open.
 const RESUME_MOVES_EVERY: Duration = Duration::from_secs(5);
 
-/// Refreshes the fleet compliance gauges from the spokes' counters.
+/// Refreshes the fleet compliance gauges from the spokes' counters, on the leader.
 async fn roll_up_compliance(api: Arc<AdminApi>) {
     let caller = Caller::hub(ApiRole::Viewer);
     // The first roll-up waits a period: at start-up the spokes are still registering.
@@ -436,6 +436,10 @@ async fn roll_up_compliance(api: Arc<AdminApi>) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         tick.tick().await;
+        if !matches!(api.node.leader(), Ok(crate::node::Leader::Here)) {
+            crate::metrics::withdraw_compliance();
+            continue;
+        }
         if api.node.read(|s| s.spokes.is_empty()) {
             continue;
         }

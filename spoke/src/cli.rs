@@ -152,6 +152,7 @@ fn run(config_path: PathBuf) -> Result<(), String> {
         .map_err(|e| format!("tokio runtime: {e}"))?;
     runtime.block_on(async move {
         let metrics = vigo_common::telemetry::install_metrics().map_err(|e| e.to_string())?;
+        crate::metrics::describe();
         let mut spoke = Spoke::start(config, Some(metrics))
             .await
             .map_err(|e| e.to_string())?;

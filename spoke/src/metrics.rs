@@ -78,3 +78,97 @@ pub fn publish_fleet(counts: &FleetCounts, dirty: usize, trait_sets: usize) {
     gauge!("vigo_envoys_dirty").set(dirty as f64);
     gauge!("vigo_trait_sets").set(trait_sets as f64);
 }
+
+/// Every metric family of the spoke, with its HELP text, registered at start so each is
+/// scraped from the first scrape on (a family that appeared only after its first event
+/// would read as absent, not zero, to alerts and dashboards).
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    vigo_common::net::describe_metrics();
+    vigo_common::telemetry::describe_metrics();
+    describe_counter!(
+        "vigo_checkins_total",
+        "Check-ins answered, by result: no_change, bundle, or the refusal kind"
+    );
+    describe_histogram!(
+        "vigo_checkin_duration_seconds",
+        "Time to answer a check-in, from its body read to its answer"
+    );
+    for (name, what) in [
+        (
+            "vigo_enrollments_total",
+            "Enrollments, by result: ok or the refusal kind",
+        ),
+        (
+            "vigo_reports_total",
+            "Run reports taken, by result: ok or the refusal kind",
+        ),
+        (
+            "vigo_streams_opened_total",
+            "Streams envoys opened, by result: ok or the refusal kind",
+        ),
+        (
+            "vigo_revocations_total",
+            "Envoy revocations applied here, by result: ok or the refusal kind",
+        ),
+    ] {
+        describe_counter!(name, what);
+        counter!(name, "result" => "ok").increment(0);
+    }
+    describe_gauge!(
+        "vigo_envoys",
+        "Envoys this spoke holds, revoked ones included"
+    );
+    describe_gauge!("vigo_envoys_revoked", "Revoked envoys this spoke holds");
+    describe_gauge!(
+        "vigo_envoys_by_status",
+        "Envoys by compliance status (converged, relapsed, diverged, degraded, failed, offline, no_data, revoked)"
+    );
+    describe_gauge!(
+        "vigo_envoys_dirty",
+        "Envoys whose state changed since the last flush to the store"
+    );
+    describe_gauge!(
+        "vigo_trait_sets",
+        "Distinct trait sets held (envoys with equal traits share one)"
+    );
+    describe_histogram!(
+        "vigo_flush_duration_seconds",
+        "Time of one flush of changed envoy state to the store, fsync included"
+    );
+    describe_counter!(
+        "vigo_flush_rows_total",
+        "Envoy rows written to the store by flushes"
+    );
+    describe_counter!(
+        "vigo_policy_reloads_total",
+        "Policies offered to this spoke, by result: applied, or rejected (the previous one kept serving)"
+    );
+    describe_counter!(
+        "vigo_bundle_builds_total",
+        "Bundles built and signed (or sealed with the hub's signatures)"
+    );
+    describe_histogram!(
+        "vigo_verify_batch_size",
+        "Check-in signatures verified in one batch"
+    );
+    describe_gauge!("vigo_open_streams", "Streams envoys hold open now");
+    for result in ["applied", "rejected"] {
+        counter!("vigo_policy_reloads_total", "result" => result).increment(0);
+    }
+    counter!("vigo_flush_rows_total").increment(0);
+    counter!("vigo_bundle_builds_total").increment(0);
+    gauge!("vigo_open_streams").set(0.0);
+    for name in [
+        "vigo_envoys",
+        "vigo_envoys_revoked",
+        "vigo_envoys_dirty",
+        "vigo_trait_sets",
+    ] {
+        gauge!(name).set(0.0);
+    }
+    for name in ["vigo_flush_duration_seconds", "vigo_verify_batch_size"] {
+        let _ = histogram!(name);
+    }
+    let _ = CheckinMetrics::default();
+}

@@ -121,15 +121,27 @@ impl<S: Clone> Clone for Guarded<S> {
     }
 }
 
-impl<S> Guarded<S> {
+impl<S: NamedService> Guarded<S> {
+    /// `inner` behind `table`. Its refusal counters are registered at zero, so the
+    /// family is scraped before the first refusal.
     pub fn new(inner: S, table: Arc<dyn Admit>) -> Self {
+        for kind in crate::refusal::Kind::ALL {
+            metrics::counter!(
+                "vigo_admission_refusals_total",
+                "service" => S::NAME,
+                "code" => kind.label()
+            )
+            .increment(0);
+        }
         Self {
             inner,
             table,
             revoked: None,
         }
     }
+}
 
+impl<S> Guarded<S> {
     /// Refuses calls made with a certificate in `revoked`.
     pub fn refusing(mut self, revoked: Arc<RevokedCerts>) -> Self {
         self.revoked = Some(revoked);

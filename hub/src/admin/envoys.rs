@@ -284,7 +284,10 @@ impl AdminApi {
                 counts: Some(total),
             });
         }
-        crate::metrics::publish_compliance(&fleet, &spokes);
+        // The fleet gauges are the leader's alone (a sum over hub nodes is the fleet).
+        if matches!(self.node.leader(), Ok(crate::node::Leader::Here)) {
+            crate::metrics::publish_compliance(&fleet, &spokes);
+        }
         Ok(api::ComplianceReport {
             fleet: Some(fleet),
             spokes,

@@ -1,5 +1,7 @@
 //! Logs (tracing) and metrics (Prometheus text on a port of its own).
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +53,18 @@ pub fn install_metrics() -> Result<PrometheusHandle, Error> {
     Ok(handle)
 }
 
+/// Describes the families this module exports.
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        "vigo_heap_allocated_bytes",
+        "Bytes the allocator has handed out to the program (binaries with a reporting allocator)"
+    );
+    metrics::describe_gauge!(
+        "vigo_heap_held_bytes",
+        "Bytes the allocator holds from the operating system (binaries with a reporting allocator)"
+    );
+}
+
 /// Heap figures from the process's allocator, when the binary's allocator reports them.
 #[derive(Clone, Copy, Debug)]
 pub struct HeapStats {
@@ -99,10 +113,9 @@ pub async fn serve_metrics(
                     metrics::gauge!("vigo_heap_allocated_bytes").set(heap.allocated as f64);
                     metrics::gauge!("vigo_heap_held_bytes").set(heap.held as f64);
                 }
-                (
-                    [("content-type", "text/plain; version=0.0.4")],
-                    handle.render(),
-                )
+                let mut text = handle.render();
+                text.push_str(&process::render());
+                ([("content-type", "text/plain; version=0.0.4")], text)
             }
         }),
     );

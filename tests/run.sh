@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests use beyond the Rust toolchain, then runs
+# the workspace's tests. What it installs:
+#   - promtool (Debian package `prometheus`): lints every metrics scrape and the alert
+#     rules under deploy/monitoring/;
+#   - Python grpcio from PyPI, in a venv under target/ (tests/interop/setup.sh): a
+#     client on gRPC's C core against our TLS.
+# Extra arguments go to `cargo test` (e.g. `tests/run.sh -p vigo-tests --test interop`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v promtool > /dev/null; then
+    echo "== installing promtool (Debian package prometheus)"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus > /dev/null
+fi
+echo "== python grpcio for the interop tests"
+bash tests/interop/setup.sh > /dev/null
+echo "== alert rules (promtool check rules, promtool test rules)"
+promtool check rules deploy/monitoring/alerts.yml
+(cd deploy/monitoring && promtool test rules alerts_test.yml)
+echo "== cargo test"
+cargo test --workspace "$@"
