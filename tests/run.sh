@@ -3,8 +3,9 @@
 # the workspace's tests. What it installs:
 #   - promtool (Debian package `prometheus`): lints every metrics scrape and the alert
 #     rules under deploy/monitoring/;
-#   - Python grpcio from PyPI, in a venv under target/ (tests/interop/setup.sh): a
-#     client on gRPC's C core against our TLS.
+#   - Python grpcio and schemathesis from PyPI, in venvs under target/
+#     (tests/interop/setup.sh): a client on gRPC's C core against our TLS, and the
+#     schema-driven fuzzer of the admin API.
 # Extra arguments go to `cargo test` (e.g. `tests/run.sh -p vigo-tests --test interop`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,8 +16,9 @@ if ! command -v promtool > /dev/null; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus > /dev/null
 fi
-echo "== python grpcio for the interop tests"
-bash tests/interop/setup.sh > /dev/null
+echo "== python tools for the interop tests (grpcio, schemathesis)"
+bash tests/interop/setup.sh grpc > /dev/null
+bash tests/interop/setup.sh fuzz > /dev/null
 echo "== alert rules (promtool check rules, promtool test rules)"
 promtool check rules deploy/monitoring/alerts.yml
 (cd deploy/monitoring && promtool test rules alerts_test.yml)

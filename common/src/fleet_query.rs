@@ -82,7 +82,8 @@ impl TraitPredicate {
                         format!("{text:?}: operators are = != > >= < <="),
                     )
                 })?;
-                (&text[..i], op, &rest[len..])
+                // `mem_mb >= 4096` reads as `mem_mb>=4096`.
+                (text[..i].trim_end(), op, rest[len..].trim_start())
             }
         };
         if key.is_empty() {
@@ -369,6 +370,10 @@ mod tests {
             "filter.traits"
         );
         assert!(TraitPredicate::parse("=x").is_err());
+        // Spaces around the operator are the operator's.
+        assert!(p("mem_mb >= \t4096").holds(Some("4096")));
+        assert!(p("os = debian").holds(Some("debian")));
+        assert!(TraitPredicate::parse("  = x").is_err());
     }
 
     #[test]

@@ -585,8 +585,29 @@ async fn rest_roles_and_malformed_requests_get_precise_answers() {
             let m: &'static str = Box::leak(method.to_uppercase().into_boxed_str());
             let (s, body) = call(m, concrete, None, Some("{}")).await;
             assert_eq!(s, 401, "{m} {concrete}: {body}");
+            // ... and documents it, with every refusal its kind can answer.
+            let responses = &ops[method]["responses"];
+            for status in ["200", "400", "401", "503"] {
+                assert!(
+                    responses.get(status).is_some(),
+                    "{m} {path} documents {status}"
+                );
+            }
+            if m != "GET" {
+                for status in ["403", "404", "409", "412"] {
+                    assert!(
+                        responses.get(status).is_some(),
+                        "{m} {path} documents {status}"
+                    );
+                }
+            }
         }
     }
+    let envoy_id = &doc["paths"]["/api/v1/envoys/{envoy_id}"]["get"]["parameters"][0]["schema"];
+    assert!(
+        envoy_id["pattern"].as_str().unwrap().contains("{16}"),
+        "{envoy_id}"
+    );
     let schemas = doc["components"]["schemas"].as_object().unwrap();
     for name in [
         "EnvoyPage",

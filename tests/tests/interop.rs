@@ -81,7 +81,8 @@ fn openssl_reads_every_file_pki_init_writes() {
 /// The venv's python with grpcio (made by `tests/interop/setup.sh`).
 fn python() -> String {
     let setup = repo_root().join("tests/interop/setup.sh");
-    run(Command::new("bash").arg(setup)).trim().to_string()
+    let bin = run(Command::new("bash").arg(setup).arg("grpc"));
+    format!("{}/python", bin.trim())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

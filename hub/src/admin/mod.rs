@@ -13,6 +13,7 @@ mod cluster;
 mod envoys;
 pub mod grpc;
 pub mod moves;
+mod openapi;
 pub mod reflection;
 pub mod rest;
 mod rest_revocations;

@@ -379,7 +379,23 @@ async fn compliance(State(a): Api, Extension(c): Extension<Caller>) -> Response 
     .await
 }
 
-#[utoipa::path(get, path = "/api/v1/traits/{key}", tag = "compliance", params(("key" = String, Path), EnvoyQuery),
+/// The filter of a roll-up, as query parameters (documentation only, as [`EnvoyQuery`]).
+#[allow(dead_code)]
+#[derive(Debug, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FilterQuery {
+    /// Hostname glob.
+    hostname: Option<String>,
+    spoke: Option<String>,
+    /// converged | relapsed | diverged | degraded | failed | offline | no_data | revoked
+    status: Option<String>,
+    hostcrate: Option<String>,
+    /// Trait predicate, repeatable: `os=debian`, `mem_mb>4096`.
+    #[param(rename = "trait")]
+    traits: Option<Vec<String>>,
+}
+
+#[utoipa::path(get, path = "/api/v1/traits/{key}", tag = "compliance", params(("key" = String, Path, description = "the trait to count values of"), FilterQuery),
     responses((status = 200, body = api::TraitCountReport)))]
 async fn trait_count(
     State(a): Api,
@@ -613,7 +629,7 @@ pub fn router(api: Arc<AdminApi>) -> axum::Router {
         .routes(routes!(super::bundle_keys::retire_bundle_key))
         .with_state(api.clone())
         .split_for_parts();
-    let doc = Arc::new(doc);
+    let doc = Arc::new(super::openapi::finish(doc));
     router
         .route_layer(axum::middleware::from_fn_with_state(api, admit))
         .route(
