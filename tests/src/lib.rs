@@ -30,8 +30,9 @@ pub use vigo_proto::v1;
 pub const ANY_SERVER: &[vigo_common::pki::Role] =
     &[vigo_common::pki::Role::Hub, vigo_common::pki::Role::Spoke];
 
-/// A built binary of this workspace (`vigo-spoke`, `vigo-sim`). `cargo test --workspace`
-/// builds them (their crates have integration tests); a narrower run builds them here.
+/// A built binary of this workspace (`vigo-spoke`, `vigo-sim`, `vigo-hub`). `cargo test`
+/// builds only the binaries of crates with integration tests; the others, and any a
+/// narrower run left stale, are built here.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
@@ -44,7 +45,7 @@ pub fn binary(name: &str) -> PathBuf {
     if built.is_none() || built < newest_source() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--workspace", "--tests"])
+            .args(["build", "--workspace", "--bins"])
             .status()
             .expect("run cargo build");
         assert!(status.success(), "building the workspace binaries failed");
