@@ -21,6 +21,17 @@ pub fn publish_raft(node: &Node) {
         .set(m.last_applied.map(|l| l.index).unwrap_or(0) as f64);
     node.read(|s| {
         metrics::gauge!("vigo_hub_pins").set(s.pins.len() as f64);
+        // Every spoke's series exist from its registration on (a spoke without pins
+        // shows 0, not nothing); the roll-up's and fan-out's values are left as they are.
+        for spoke in s.spokes.keys() {
+            metrics::gauge!("vigo_hub_spoke_pins", "spoke" => spoke.clone()).set(0.0);
+            metrics::counter!("vigo_hub_fanout_missing_total", "spoke" => spoke.clone())
+                .increment(0);
+            let _ = metrics::histogram!("vigo_hub_fanout_seconds", "spoke" => spoke.clone());
+            for status in FLEET_STATUSES {
+                let _ = metrics::gauge!("vigo_fleet_spoke_envoys", "spoke" => spoke.clone(), "status" => status);
+            }
+        }
         for (spoke, n) in s.pin_counts() {
             metrics::gauge!("vigo_hub_spoke_pins", "spoke" => spoke.to_string()).set(n as f64);
         }
@@ -187,6 +198,7 @@ pub fn describe() {
     for status in FLEET_STATUSES {
         metrics::gauge!("vigo_fleet_envoys", "status" => status).set(0.0);
     }
+    crate::admin::grpc::register_routes();
 }
 
 /// The compliance statuses of the fleet roll-up.

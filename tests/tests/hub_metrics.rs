@@ -14,7 +14,11 @@ async fn hub_metrics_cover_raft_rollup_fanout_and_admin_calls() {
     let handle = vigo_common::telemetry::install_metrics().expect("recorder");
     vigo_hub::metrics::describe();
     vigo_spoke::metrics::describe();
-    // Families are there from the start, before anything happened.
+    let cluster = Arc::new(Cluster::start(3, &["spoke-a", "spoke-b", "spoke-c"]).await);
+    // Families are there from the start (the nodes up, the first scrape's refresh run),
+    // before anything happened.
+    let first = cluster.leader().await;
+    vigo_hub::metrics::publish_raft(&cluster.hub(first).node);
     let fresh = handle.render();
     for family in [
         "vigo_checkins_total",
@@ -28,7 +32,6 @@ async fn hub_metrics_cover_raft_rollup_fanout_and_admin_calls() {
             "{family} absent at start:\n{fresh}"
         );
     }
-    let cluster = Arc::new(Cluster::start(3, &["spoke-a", "spoke-b", "spoke-c"]).await);
     cluster.enroll_fleet("metrics", 6).await;
     let leader = cluster.leader().await;
     cluster
@@ -66,6 +69,20 @@ async fn hub_metrics_cover_raft_rollup_fanout_and_admin_calls() {
     ] {
         assert!(text.contains(needle), "metrics lack {needle:?}:\n{text}");
     }
+
+    // Every family scraped now was scraped at the start too.
+    let families = |text: &str| -> std::collections::BTreeSet<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_string)
+            .collect()
+    };
+    let late: Vec<String> = families(&text)
+        .difference(&families(&fresh))
+        .cloned()
+        .collect();
+    assert!(late.is_empty(), "families absent at start: {late:?}");
 
     // What a scrape serves: the recorder's families, then the process ones.
     let scrape = format!("{text}{}", vigo_common::telemetry::process::render());

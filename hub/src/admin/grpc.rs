@@ -59,6 +59,17 @@ pub fn record(route: impl Into<metrics::SharedString>, outcome: Option<Kind>, st
 
 macro_rules! rpcs {
     ($($rpc:ident($req:ident) -> $resp:ident = $op:ident;)*) => {
+        /// Registers every route's call counter and latency histogram, so the families
+        /// are scraped before the first call.
+        pub fn register_routes() {
+            $(
+                let route = concat!("grpc:", stringify!($rpc));
+                metrics::counter!("vigo_hub_admin_requests_total", "route" => route, "code" => "ok")
+                    .increment(0);
+                let _ = metrics::histogram!("vigo_hub_admin_request_seconds", "route" => route);
+            )*
+        }
+
         #[tonic::async_trait]
         impl api::hub_admin_server::HubAdmin for AdminGrpc {
             $(
