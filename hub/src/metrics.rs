@@ -1,6 +1,7 @@
 //! The hub's Prometheus gauges: raft's view of this node, pins per spoke, and the
 //! fleet's compliance as last rolled up from the spokes.
 
+use vigo_common::fleet_query::STATUSES as FLEET_STATUSES;
 use vigo_proto::admin::v1 as api;
 
 use crate::node::Node;
@@ -200,15 +201,3 @@ pub fn describe() {
     }
     crate::admin::grpc::register_routes();
 }
-
-/// The compliance statuses of the fleet roll-up.
-const FLEET_STATUSES: [&str; 8] = [
-    "converged",
-    "relapsed",
-    "diverged",
-    "degraded",
-    "failed",
-    "offline",
-    "no_data",
-    "revoked",
-];

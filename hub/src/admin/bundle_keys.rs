@@ -81,11 +81,7 @@ impl AdminApi {
             caller,
             req,
             "in use",
-            |r: &api::BundleKeyRef| {
-                Ok(KeyChange::Use(
-                    self.node.read(|s| s.bundle_keys.find(&r.key))?,
-                ))
-            },
+            |r: &api::BundleKeyRef| Ok(KeyChange::Use(self.named_key(r)?)),
             |mut c, r| async move { c.use_bundle_key(r).await },
         )
         .await
@@ -103,14 +99,15 @@ impl AdminApi {
             caller,
             req,
             "retired",
-            |r: &api::BundleKeyRef| {
-                Ok(KeyChange::Retire(
-                    self.node.read(|s| s.bundle_keys.find(&r.key))?,
-                ))
-            },
+            |r: &api::BundleKeyRef| Ok(KeyChange::Retire(self.named_key(r)?)),
             |mut c, r| async move { c.retire_bundle_key(r).await },
         )
         .await
+    }
+
+    /// The key a request names (its public half, or a prefix of 8 hex digits or more).
+    fn named_key(&self, r: &api::BundleKeyRef) -> Result<[u8; 32], HubError> {
+        Ok(self.node.read(|s| s.bundle_keys.find(&r.key))?)
     }
 
     /// Runs a key change on the leader (forwarding it there), and answers the key set

@@ -6,17 +6,8 @@
 
 use serde_json::{Value, json};
 
-/// The compliance statuses a filter takes ("" for none, as proto3 sends an unset field).
-const STATUSES: &[&str] = &[
-    "converged",
-    "relapsed",
-    "diverged",
-    "degraded",
-    "failed",
-    "offline",
-    "no_data",
-    "revoked",
-];
+use vigo_common::fleet_query::STATUSES;
+
 const SORT_KEYS: &[&str] = &["hostname", "id", "last_seen", "status"];
 /// A trait predicate (`vigo_common::fleet_query::TraitPredicate`): a trait name, alone
 /// (present), or with `=`/`!=` and any value, or with `>`, `>=`, `<`, `<=` and a number.
@@ -171,7 +162,7 @@ fn shape_schemas(schemas: &mut Value) {
         .collect();
     let sort_refs: Vec<&str> = sorts.iter().map(String::as_str).collect();
     let fields: [(&str, &str, Value); 6] = [
-        ("EnvoyFilter", "status", with_unset(STATUSES)),
+        ("EnvoyFilter", "status", with_unset(&STATUSES)),
         ("ListEnvoysRequest", "sort", with_unset(&sort_refs)),
         (
             "CreateTokenRequest",
