@@ -49,13 +49,15 @@ fn harness() -> &'static Harness {
         );
         let policy_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/policy");
         let compiled = vigo_spoke::policy_cache::compile_dir(&policy_dir).unwrap();
-        let policy = Arc::new(vigo_spoke::policy_cache::PolicyCache::new(
-            vigo_spoke::policy_cache::PolicySource::Directory(policy_dir),
-            compiled,
-            Some(signing::generate_key()),
-            &vigo_spoke::policy_cache::Sealing::Own { generation: 1 },
-        )
-        .unwrap());
+        let policy = Arc::new(
+            vigo_spoke::policy_cache::PolicyCache::new(
+                vigo_spoke::policy_cache::PolicySource::Directory(policy_dir),
+                compiled,
+                Some(signing::generate_key()),
+                &vigo_spoke::policy_cache::Sealing::Own { generation: 1 },
+            )
+            .unwrap(),
+        );
         let gateway = runtime.block_on(async {
             Arc::new(Gateway::new(
                 fleet,
@@ -135,7 +137,8 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(req) = pb::EnrollRequest::decode(input) {
                 let _ = vigo_common::hostname::normalize(&req.hostname);
                 if let Ok(key) = signing::parse_public_key(&req.public_key) {
-                    let _ = h.ca.issue_envoy(h.id, key.as_bytes(), &req.csr_der);
+                    let _ =
+                        h.ca.issue_envoy(h.id, key.as_bytes(), &req.csr_der, &req.key_proof);
                 }
             }
         }
