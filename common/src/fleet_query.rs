@@ -278,18 +278,36 @@ pub struct Sort {
     pub descending: bool,
 }
 
+impl SortField {
+    /// Every sort field, as listings take them.
+    pub const ALL: [SortField; 4] = [
+        SortField::Hostname,
+        SortField::Id,
+        SortField::LastSeen,
+        SortField::Status,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SortField::Hostname => "hostname",
+            SortField::Id => "id",
+            SortField::LastSeen => "last_seen",
+            SortField::Status => "status",
+        }
+    }
+}
+
 impl Sort {
     pub fn parse(text: &str) -> Result<Self, QueryError> {
         let (descending, name) = match text.strip_prefix('-') {
             Some(rest) => (true, rest),
             None => (false, text),
         };
-        let field = match name {
-            "" | "hostname" => SortField::Hostname,
-            "id" => SortField::Id,
-            "last_seen" => SortField::LastSeen,
-            "status" => SortField::Status,
-            other => {
+        let found = SortField::ALL.into_iter().find(|f| f.name() == name);
+        let field = match (name, found) {
+            ("", _) => SortField::Hostname,
+            (_, Some(field)) => field,
+            (other, None) => {
                 return Err(bad(
                     "sort",
                     format!(
@@ -302,12 +320,7 @@ impl Sort {
     }
 
     pub fn as_str(&self) -> String {
-        let name = match self.field {
-            SortField::Hostname => "hostname",
-            SortField::Id => "id",
-            SortField::LastSeen => "last_seen",
-            SortField::Status => "status",
-        };
+        let name = self.field.name();
         if self.descending {
             format!("-{name}")
         } else {

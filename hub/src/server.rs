@@ -377,11 +377,11 @@ async fn serve_rest(
 
 /// The gRPC services of the hub port, as the health service names them.
 const HUB_SERVICES: &[&str] = &[
-    "vigo.admin.v1.HubAdmin",
-    "vigo.v1.HubSpokes",
-    "vigo.v1.Enrollment",
-    "vigo.v1.HubLocate",
-    "vigo.v1.HubRaft",
+    vigo_proto::admin::v1::hub_admin_server::SERVICE_NAME,
+    pb::hub_spokes_server::SERVICE_NAME,
+    pb::enrollment_server::SERVICE_NAME,
+    pb::hub_locate_server::SERVICE_NAME,
+    pb::hub_raft_server::SERVICE_NAME,
 ];
 
 /// Ready (SERVING) while this node is a member of a cluster that has a leader.

@@ -450,7 +450,7 @@ impl ClusterState {
                 Applied::Enrolled(entries.into_iter().map(|e| self.enroll(e)).collect())
             }
             Command::PublishConfig { entry, keep } => {
-                if let Err(why) = self.check_seal(&entry) {
+                if let Err(why) = self.bundle_keys.check(&entry.seal) {
                     return Applied::Refused(why);
                 }
                 self.current_config = entry.version.clone();
@@ -469,8 +469,8 @@ impl ClusterState {
                 generation,
                 seal,
             } => {
-                if !self.bundle_keys.sealed(&seal) {
-                    return Applied::Refused(Rejection::StaleSeal);
+                if let Err(why) = self.bundle_keys.check(&seal) {
+                    return Applied::Refused(why);
                 }
                 match self.configs.iter_mut().find(|c| c.version == version) {
                     Some(entry) => {

@@ -201,7 +201,8 @@ impl PolicyCache {
         key: Option<SigningKey>,
         sealing: &Sealing,
     ) -> Result<Self, SealError> {
-        let (snapshot, known) = build(compiled, key.as_ref(), 0, sealing, &VecDeque::new())?;
+        let sealed = seal(compiled, key.as_ref(), sealing)?;
+        let (snapshot, known) = build(sealed, 0, &VecDeque::new());
         let mut history = VecDeque::new();
         history.push_back(known);
         Ok(Self {
@@ -236,34 +237,35 @@ impl PolicyCache {
         current.saturating_add(1).max(vigo_common::time::now_ms())
     }
 
-    /// Serves a compiled policy from now on; an invalid one (`Err`, or one that cannot
-    /// be sealed) is counted and logged, and the serving policy stays.
-    pub fn install(
+    /// Builds every bundle of `compiled` as `sealing` says: signed with this spoke's
+    /// own key, or with the hub's signatures, each verified over the manifest built here.
+    /// Nothing serves it until [`PolicyCache::install`]; one that cannot be sealed is
+    /// rejected (counted and logged).
+    pub fn seal(
         &self,
-        compiled: Result<CompiledPolicy, PolicyErrors>,
-        origin: &str,
+        compiled: CompiledPolicy,
         sealing: &Sealing,
-    ) -> Result<Arc<PolicySnapshot>, InstallError> {
+        origin: &str,
+    ) -> Result<Sealed, InstallError> {
+        seal(compiled, self.key.as_ref(), sealing).map_err(|e| {
+            let e = InstallError::Seal(e);
+            self.reject(origin, &e);
+            e
+        })
+    }
+
+    /// Counts and logs a policy that will not serve (it does not compile, or cannot be
+    /// sealed); the serving policy stays.
+    pub fn reject(&self, origin: &str, why: &InstallError) {
+        metrics::counter!("vigo_policy_reloads_total", "result" => "rejected").increment(1);
+        warn!(%origin, error = %why, "policy rejected; previous policy keeps serving");
+    }
+
+    /// Serves a sealed policy from now on.
+    pub fn install(&self, sealed: Sealed, origin: &str) -> Arc<PolicySnapshot> {
         let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
         let generation = self.current.load().generation.wrapping_add(1);
-        let compiled = match compiled {
-            Ok(c) => c,
-            Err(e) => {
-                metrics::counter!("vigo_policy_reloads_total", "result" => "rejected").increment(1);
-                warn!(%origin, errors = %e, "policy rejected; previous policy keeps serving");
-                return Err(InstallError::Policy(e));
-            }
-        };
-        let (snapshot, known) =
-            match build(compiled, self.key.as_ref(), generation, sealing, &history) {
-                Ok(built) => built,
-                Err(e) => {
-                    metrics::counter!("vigo_policy_reloads_total", "result" => "rejected")
-                        .increment(1);
-                    warn!(%origin, error = %e, "policy not sealed; previous policy keeps serving");
-                    return Err(InstallError::Seal(e));
-                }
-            };
+        let (snapshot, known) = build(sealed, generation, &history);
         history.push_back(known);
         while history.len() > KNOWN_GENERATIONS {
             history.pop_front();
@@ -285,8 +287,15 @@ impl PolicyCache {
             %origin,
             "policy reloaded"
         );
-        Ok(snapshot)
+        snapshot
     }
+}
+
+/// A compiled policy and its bundles, ready to serve.
+pub struct Sealed {
+    compiled: CompiledPolicy,
+    bundles: Vec<SignedBundle>,
+    bundle_generation: u64,
 }
 
 /// Why a policy did not take over.
@@ -300,13 +309,21 @@ pub enum InstallError {
 
 type Known = Vec<([u8; 32], Arc<[[u8; 32]]>)>;
 
-/// Whether the hub's signatures verify over the manifests this spoke builds.
-pub fn check_seal(compiled: &CompiledPolicy, sealing: &Sealing) -> Result<(), SealError> {
-    seal(compiled, None, sealing).map(drop)
-}
-
 /// Every bundle of `compiled`, signed here (own key) or with the hub's signatures.
 fn seal(
+    compiled: CompiledPolicy,
+    key: Option<&SigningKey>,
+    sealing: &Sealing,
+) -> Result<Sealed, SealError> {
+    let bundles = bundles(&compiled, key, sealing)?;
+    Ok(Sealed {
+        compiled,
+        bundles,
+        bundle_generation: sealing.generation(),
+    })
+}
+
+fn bundles(
     compiled: &CompiledPolicy,
     key: Option<&SigningKey>,
     sealing: &Sealing,
@@ -349,15 +366,12 @@ fn seal(
     }
 }
 
-fn build(
-    compiled: CompiledPolicy,
-    key: Option<&SigningKey>,
-    generation: u32,
-    sealing: &Sealing,
-    history: &VecDeque<Known>,
-) -> Result<(PolicySnapshot, Known), SealError> {
-    let bundles = seal(&compiled, key, sealing)?;
-    let bundle_generation = sealing.generation();
+fn build(sealed: Sealed, generation: u32, history: &VecDeque<Known>) -> (PolicySnapshot, Known) {
+    let Sealed {
+        compiled,
+        bundles,
+        bundle_generation,
+    } = sealed;
     metrics::counter!("vigo_bundle_builds_total").increment(bundles.len() as u64);
     let this: Known = bundles
         .iter()
@@ -372,7 +386,7 @@ fn build(
         .chain(this.iter())
         .cloned()
         .collect();
-    Ok((
+    (
         PolicySnapshot {
             generation,
             bundle_generation,
@@ -381,5 +395,5 @@ fn build(
             known,
         },
         this,
-    ))
+    )
 }

@@ -17,7 +17,8 @@ use crate::admin::Admin;
 use crate::error::SpokeError;
 use crate::grpc::detach;
 use crate::policy_cache::{
-    HubSeal, PolicyCache, PolicySource, Sealing, compile_dir, compile_files, empty_policy,
+    HubSeal, InstallError, PolicyCache, PolicySource, Sealing, compile_dir, compile_files,
+    empty_policy,
 };
 use crate::store::{Store, WriteOp};
 
@@ -138,7 +139,7 @@ pub async fn reload(policy: &Arc<PolicyCache>, store: &Store) -> Result<(), Spok
         Ok(c) => c,
         Err(e) => {
             // Counted and logged as a rejected policy; the serving one stays.
-            let _ = policy.install(Err(e.clone()), &origin, &Sealing::Unsigned);
+            policy.reject(&origin, &InstallError::Policy(e.clone()));
             return Err(policy_error(e));
         }
     };
@@ -150,10 +151,11 @@ pub async fn reload(policy: &Arc<PolicyCache>, store: &Store) -> Result<(), Spok
     }
     let generation = policy.next_generation();
     drop(current);
-    remember(store, &standalone_record(&version, generation)).await?;
-    policy
-        .install(Ok(compiled), &origin, &Sealing::Own { generation })
+    let sealed = policy
+        .seal(compiled, &Sealing::Own { generation }, &origin)
         .map_err(|e| SpokeError::malformed("policy", e))?;
+    remember(store, &standalone_record(&version, generation)).await?;
+    policy.install(sealed, &origin);
     Ok(())
 }
 
@@ -196,17 +198,16 @@ impl Admin {
             return Ok(pb::ApplyConfigResponse { version: computed });
         }
         drop(current);
-        // Checked before anything is stored: a version that cannot be served changes
-        // nothing.
-        let sealing = Sealing::Hub(Box::new(seal));
-        crate::policy_cache::check_seal(&compiled, &sealing)
+        // Sealed (the hub's signatures verified) before anything is stored: a version
+        // that cannot be served changes nothing.
+        let sealed = self
+            .policy
+            .seal(compiled, &Sealing::Hub(Box::new(seal)), "hub")
             .map_err(|e| SpokeError::malformed("config version", e))?;
         let this = self.clone();
         detach(async move {
             remember(&this.store, &version).await?;
-            this.policy
-                .install(Ok(compiled), "hub", &sealing)
-                .map_err(|e| SpokeError::malformed("policy", e))?;
+            this.policy.install(sealed, "hub");
             info!(version = %computed, generation = version.generation, author = %version.author, "policy version from the hub in force");
             Ok(pb::ApplyConfigResponse { version: computed })
         })

@@ -60,9 +60,9 @@ pub struct Spoke {
 
 /// The gRPC services of the spoke port, as the health service names them.
 const SPOKE_SERVICES: &[&str] = &[
-    "vigo.v1.EnvoyGateway",
-    "vigo.v1.Enrollment",
-    "vigo.v1.SpokeAdmin",
+    pb::envoy_gateway_server::SERVICE_NAME,
+    pb::enrollment_server::SERVICE_NAME,
+    pb::spoke_admin_server::SERVICE_NAME,
 ];
 
 /// Ready (SERVING) once the store is open and the policy in force, which is at start

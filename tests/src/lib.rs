@@ -511,8 +511,8 @@ impl TestEnvoy {
                 self.modules.get(h).cloned()
             })
             .expect("the spoke's bundle verifies");
-            if let Some(keys) = verified.trusted_keys() {
-                self.identity.bundle_keys = keys;
+            if let Some(keys) = &verified.trusted_keys {
+                self.identity.bundle_keys = keys.clone();
             }
             for (h, body) in &verified.modules {
                 self.modules.insert(*h, body.clone());

@@ -74,7 +74,10 @@ impl Seal {
         policy
             .hostcrates
             .iter()
-            .map(|h| SignedBundle::sign(h, self, key).signature)
+            .map(|h| {
+                let signature = signing::sign(key, Domain::Bundle, &self.manifest(h));
+                Bytes::copy_from_slice(&signature.to_bytes())
+            })
             .collect()
     }
 }
@@ -217,15 +220,12 @@ pub struct VerifiedBundle {
     pub signature: Bytes,
     /// Module bodies in manifest order, with their hashes.
     pub modules: Vec<([u8; 32], Bytes)>,
+    /// The keys this bundle tells its envoy to trust from now on (`None`: keep the
+    /// keys held), checked when the bundle verified.
+    pub trusted_keys: Option<Vec<VerifyingKey>>,
 }
 
 impl VerifiedBundle {
-    /// The keys this bundle tells its envoy to trust from now on (`None`: keep the
-    /// keys held). Checked when the bundle verified.
-    pub fn trusted_keys(&self) -> Option<Vec<VerifyingKey>> {
-        trusted_keys(&self.manifest).ok().flatten()
-    }
-
     /// The decoded modules, in manifest order.
     pub fn decode_modules(&self) -> Result<Vec<pb::Module>, BundleError> {
         self.modules
@@ -256,7 +256,7 @@ pub fn verify_delivery(
         signing::parse_signature(&delivery.signature).map_err(|_| BundleError::BadSignature)?;
     signing::verify(key, Domain::Bundle, &delivery.manifest, &signature)
         .map_err(|_| BundleError::BadSignature)?;
-    trusted_keys(&manifest)?;
+    let trusted = trusted_keys(&manifest)?;
     let sent: HashMap<&str, &Bytes> = delivery
         .modules
         .iter()
@@ -282,6 +282,7 @@ pub fn verify_delivery(
         manifest_bytes: delivery.manifest.clone(),
         signature: delivery.signature.clone(),
         modules,
+        trusted_keys: trusted,
     })
 }
 

@@ -354,14 +354,14 @@ impl Agent {
     /// before the bundle is kept: after a crash in between, the bundle held verifies
     /// under the new set, or is fetched again.
     fn adopt_keys(&mut self, bundle: &VerifiedBundle) -> Result<(), AgentError> {
-        let Some(keys) = bundle.trusted_keys() else {
+        let Some(keys) = &bundle.trusted_keys else {
             return Ok(());
         };
-        if keys == self.identity.bundle_keys {
+        if *keys == self.identity.bundle_keys {
             return Ok(());
         }
         let mut updated = self.identity.clone();
-        updated.bundle_keys = keys;
+        updated.bundle_keys = keys.clone();
         self.dir.update_identity(&updated)?;
         info!(
             keys = ?updated.bundle_keys.iter().map(|k| hex::encode(&k.as_bytes()[..8])).collect::<Vec<_>>(),

@@ -29,12 +29,12 @@ pub fn services() -> (
 ) {
     let v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(vigo_proto::FILE_DESCRIPTOR_SET)
-        .with_service_name("vigo.admin.v1.HubAdmin")
+        .with_service_name(vigo_proto::admin::v1::hub_admin_server::SERVICE_NAME)
         .build_v1()
         .expect("the compiled descriptor set is valid");
     let v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(vigo_proto::FILE_DESCRIPTOR_SET)
-        .with_service_name("vigo.admin.v1.HubAdmin")
+        .with_service_name(vigo_proto::admin::v1::hub_admin_server::SERVICE_NAME)
         .build_v1alpha()
         .expect("the compiled descriptor set is valid");
     (

@@ -12,7 +12,7 @@
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 
-use super::{ClusterState, ConfigEntry, Rejection};
+use super::{ClusterState, Rejection};
 
 /// A bundle-signing key's private half. Kept only in the hub's replicated state (its
 /// log and snapshots on hub nodes, never sent to spokes or in any API answer).
@@ -110,11 +110,16 @@ impl BundleKeys {
         self.keys.iter().map(|k| k.public).collect()
     }
 
-    /// Whether `seal` was made under this key set.
-    pub fn sealed(&self, seal: &ConfigSeal) -> bool {
-        self.signer()
-            .is_some_and(|k| k.verifying_key().to_bytes() == seal.key)
-            && seal.trusted == self.trusted()
+    /// Whether `seal` was made under this key set: signed by the signing key, carrying
+    /// the trusted set as it is now. Refused otherwise, so a publish racing a key change
+    /// cannot commit stale signatures.
+    pub fn check(&self, seal: &ConfigSeal) -> Result<(), Rejection> {
+        let signer = self.keys.iter().find(|k| k.signing).map(|k| k.public);
+        if signer == Some(seal.key) && seal.trusted == self.trusted() {
+            Ok(())
+        } else {
+            Err(Rejection::StaleSeal)
+        }
     }
 
     /// The key named by its public half in hex or a prefix of at least 8 digits.
@@ -180,7 +185,7 @@ impl ClusterState {
         keys.apply(&change)?;
         match (self.current_config.is_empty(), resign) {
             (true, None) => {}
-            (false, Some(r)) if r.version == self.current_config && keys.sealed(&r.seal) => {
+            (false, Some(r)) if r.version == self.current_config && keys.check(&r.seal).is_ok() => {
                 let entry = self
                     .configs
                     .iter_mut()
@@ -193,14 +198,5 @@ impl ClusterState {
         }
         self.bundle_keys = keys;
         Ok(())
-    }
-
-    /// Whether `entry` is sealed under the keys in force.
-    pub(super) fn check_seal(&self, entry: &ConfigEntry) -> Result<(), Rejection> {
-        if self.bundle_keys.sealed(&entry.seal) {
-            Ok(())
-        } else {
-            Err(Rejection::StaleSeal)
-        }
     }
 }
