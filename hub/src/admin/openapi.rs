@@ -6,12 +6,16 @@
 
 use serde_json::{Value, json};
 
-use vigo_common::fleet_query::STATUSES;
+use vigo_common::fleet_query::{STATUSES, SortField};
 
-const SORT_KEYS: &[&str] = &["hostname", "id", "last_seen", "status"];
 /// A trait predicate (`vigo_common::fleet_query::TraitPredicate`): a trait name, alone
 /// (present), or with `=`/`!=` and any value, or with `>`, `>=`, `<`, `<=` and a number.
 const TRAIT_PREDICATE: &str = r"^[^=!<>]*[^=!<>\s][^=!<>]*((!=|=).*|(>=|<=|>|<)\s*[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?\s*)?$";
+
+/// A hostname glob as this document promises it works: `*` and `?` over any other
+/// characters. (The server also takes `[...]` classes and `{a,b}` alternates, which an
+/// unbalanced bracket or brace makes malformed.)
+const HOSTNAME_GLOB: &str = r"^[^\[\]{}\\]*$";
 
 /// 16 hex digits, not all zero.
 const ENVOY_ID: &str = "^(?!0{16}$)[0-9a-fA-F]{16}$";
@@ -106,6 +110,17 @@ pub fn finish(doc: utoipa::openapi::OpenApi) -> Value {
     doc
 }
 
+/// The sort keys a listing takes: "" (the default order), each field, and each field
+/// reversed.
+fn sort_keys() -> Vec<String> {
+    let mut keys = vec![String::new()];
+    for field in SortField::ALL {
+        keys.push(field.name().to_string());
+        keys.push(format!("-{}", field.name()));
+    }
+    keys
+}
+
 fn shape_parameter(path: &str, p: &mut Value) {
     let name = p
         .get("name")
@@ -123,14 +138,7 @@ fn shape_parameter(path: &str, p: &mut Value) {
         }
         "status" => schema["enum"] = json!(STATUSES),
         "sort" => {
-            // Empty: the default order.
-            let mut keys = vec![String::new()];
-            keys.extend(
-                SORT_KEYS
-                    .iter()
-                    .flat_map(|k| [k.to_string(), format!("-{k}")]),
-            );
-            schema["enum"] = json!(keys);
+            schema["enum"] = json!(sort_keys());
         }
         "limit" => {
             // 0 (as absent): the default page.
@@ -143,6 +151,10 @@ fn shape_parameter(path: &str, p: &mut Value) {
             }
         }
         "after" => schema["minimum"] = json!(0),
+        "hostname" => {
+            schema["pattern"] = json!(HOSTNAME_GLOB);
+            schema["maxLength"] = json!(vigo_common::limits::MAX_HOSTNAME_PATTERN);
+        }
         "spoke_id" | "name" | "key" => schema["minLength"] = json!(1),
         _ => {}
     }
@@ -156,14 +168,9 @@ fn shape_schemas(schemas: &mut Value) {
         values.extend_from_slice(list);
         json!(values)
     };
-    let sorts: Vec<String> = SORT_KEYS
-        .iter()
-        .flat_map(|k| [k.to_string(), format!("-{k}")])
-        .collect();
-    let sort_refs: Vec<&str> = sorts.iter().map(String::as_str).collect();
     let fields: [(&str, &str, Value); 6] = [
         ("EnvoyFilter", "status", with_unset(&STATUSES)),
-        ("ListEnvoysRequest", "sort", with_unset(&sort_refs)),
+        ("ListEnvoysRequest", "sort", json!(sort_keys())),
         (
             "CreateTokenRequest",
             "role",
@@ -186,13 +193,14 @@ fn shape_schemas(schemas: &mut Value) {
             property.insert("enum".into(), values);
         }
     }
-    for (schema, field) in [
-        ("RevokeEnvoyRequest", "envoy_id"),
-        ("ReassignEnvoyRequest", "envoy_id"),
-        ("EnvoyRef", "envoy_id"),
+    for (schema, field, pattern) in [
+        ("RevokeEnvoyRequest", "envoy_id", ENVOY_ID),
+        ("ReassignEnvoyRequest", "envoy_id", ENVOY_ID),
+        ("EnvoyRef", "envoy_id", ENVOY_ID),
+        ("EnvoyFilter", "hostname", HOSTNAME_GLOB),
     ] {
         if let Some(property) = property(schemas, schema, field) {
-            property.insert("pattern".into(), json!(ENVOY_ID));
+            property.insert("pattern".into(), json!(pattern));
         }
     }
 }
