@@ -146,6 +146,7 @@ pub fn main() -> std::process::ExitCode {
 fn run(config_path: PathBuf) -> Result<(), String> {
     let config = SpokeConfig::load(&config_path).map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.runtime.workers)
         .enable_all()
         .thread_name("spoke")
         .build()

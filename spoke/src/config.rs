@@ -48,6 +48,8 @@ pub struct SpokeConfig {
     #[serde(default)]
     pub verify: VerifyConfig,
     #[serde(default)]
+    pub runtime: RuntimeConfig,
+    #[serde(default)]
     pub connections: ConnectionsConfig,
     /// Admission control under herds: when to shed envoy requests with a retry hint.
     #[serde(default)]
@@ -153,6 +155,31 @@ pub struct VerifyConfig {
     /// Concurrent check-ins are verified together, up to this many signatures at once.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+}
+
+/// The threads that serve envoys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Worker threads of the async runtime. One by default: at a fleet's real rate a
+    /// check-in arrives every few milliseconds, and a second worker turns each into
+    /// wake-ups of both threads (measured at 83 check-ins/s: 309 µs of CPU per
+    /// check-in with two workers, 180 µs with one; BENCHMARKS.md). One worker answers
+    /// ~7,000 check-ins/s; a box with more cores runs more spokes, or raises this.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            workers: default_workers(),
+        }
+    }
+}
+
+fn default_workers() -> usize {
+    1
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -397,6 +424,9 @@ impl SpokeConfig {
         if self.reports.keep_runs == 0 {
             return Err(bad("reports.keep_runs", "must be at least 1".into()));
         }
+        if self.runtime.workers == 0 || self.runtime.workers > 256 {
+            return Err(bad("runtime.workers", "must be between 1 and 256".into()));
+        }
         if self.verify.max_batch == 0 || self.verify.max_batch > 1024 {
             return Err(bad("verify.max_batch", "must be between 1 and 1024".into()));
         }
@@ -521,6 +551,7 @@ mod tests {
             c.connections.request_timeout,
             defaults.connections.request_timeout
         );
+        assert_eq!(c.runtime.workers, RuntimeConfig::default().workers);
         let s = SheddingConfig::default();
         assert_eq!(
             (
@@ -571,5 +602,26 @@ mod tests {
                 .bundle_signing_key
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_spoke_runs_on_one_worker_unless_told_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |text: &str| {
+            let path = dir.path().join("spoke.yaml");
+            std::fs::write(&path, text).unwrap();
+            SpokeConfig::load(&path).map_err(|e| e.to_string())
+        };
+        let base = "tls: {ca_cert: ca.pem, ca_key: ca.key, cert: s.pem, key: s.key}\nbundle_signing_key: b.key\n";
+        assert_eq!(load(base).unwrap().runtime.workers, 1);
+        assert_eq!(
+            load(&format!("{base}runtime: {{workers: 4}}\n"))
+                .unwrap()
+                .runtime
+                .workers,
+            4
+        );
+        let err = load(&format!("{base}runtime: {{workers: 0}}\n")).unwrap_err();
+        assert!(err.contains("runtime.workers"), "{err}");
     }
 }

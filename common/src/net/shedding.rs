@@ -15,8 +15,10 @@
 //!    multiplicative decrease): so the requests let in are as many as the server answers
 //!    promptly, however much CPU it has, or
 //! 2. the server is behind: its scheduler runs a task that is due more than
-//!    `max_queue_wait` late (a probe task measures this every few milliseconds; it is
-//!    the wait a request spends between arriving on its socket and being read), or the
+//!    `max_queue_wait` late (a probe task measures this every 10 ms while requests
+//!    arrive or the scheduler runs late, and every 250 ms while the server is quiet, so
+//!    an idle spoke is not woken a hundred times a second for nothing; the lag is the
+//!    wait a request spends between arriving on its socket and being read), or the
 //!    request itself waited that long between being read and being admitted.
 //!
 //! With TLS and HTTP/2 around it, a shed request still costs about half of an answered
@@ -37,8 +39,17 @@ pub const PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
 /// The in-flight limit never falls below this.
 pub const MIN_LIMIT: usize = 16;
 
-/// How often the probe task measures the scheduler's lag.
+/// How often the probe task measures the scheduler's lag while the server is busy.
 const PROBE_EVERY: Duration = Duration::from_millis(10);
+/// How often while it is quiet: fewer than [`BUSY_FROM`] requests since the last probe
+/// and the probe on time. A probe that wakes a sleeping server costs a context switch;
+/// at a spoke's real rate (~83 check-ins a second) probing every 10 ms doubled the
+/// wake-ups per check-in.
+const PROBE_QUIET: Duration = Duration::from_millis(250);
+/// Requests per [`PROBE_EVERY`] from which the server counts as busy (2,000 a second).
+const BUSY_FROM: u64 = 20;
+/// A probe later than this keeps probing at the busy pace.
+const LATE: Duration = Duration::from_millis(1);
 
 /// When a request reached the server: the connection stamps it before the service
 /// runs, so a service can tell how long the request waited for a worker.
@@ -174,6 +185,7 @@ impl Shedder {
         let w = &self.window;
         let busy = w.in_flight.fetch_add(1, Ordering::Relaxed) >= w.limit.load(Ordering::Relaxed);
         let waited = received.map_or(Duration::ZERO, |r| r.elapsed());
+        self.lag.admitted.fetch_add(1, Ordering::Relaxed);
         let behind = waited.max(self.lag.now()) > self.limits.max_queue_wait;
         let shed = busy || behind;
         let share = self.share.note(shed);
@@ -206,13 +218,16 @@ impl Shedder {
     }
 }
 
-/// The scheduler's lag, measured by a task that asks to be woken every [`PROBE_EVERY`].
+/// The scheduler's lag, measured by a task that asks to be woken every [`PROBE_EVERY`]
+/// while the server is busy, every [`PROBE_QUIET`] while it is not.
 struct Lag {
     base: Instant,
     /// Microseconds after `base` when the probe is next due.
     due_us: AtomicU64,
     /// How late the probe ran last time, in microseconds.
     last_us: AtomicU64,
+    /// Requests admitted since the probe last ran.
+    admitted: AtomicU64,
 }
 
 impl Lag {
@@ -221,6 +236,7 @@ impl Lag {
             base: Instant::now(),
             due_us: AtomicU64::new(u64::MAX),
             last_us: AtomicU64::new(0),
+            admitted: AtomicU64::new(0),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(probe(Arc::downgrade(&lag)));
@@ -238,9 +254,10 @@ impl Lag {
 
 async fn probe(lag: std::sync::Weak<Lag>) {
     let gauge = metrics::gauge!("vigo_scheduler_lag_seconds");
+    let mut period = PROBE_EVERY;
     loop {
         let Some(l) = lag.upgrade() else { return };
-        let due = Instant::now() + PROBE_EVERY;
+        let due = Instant::now() + period;
         l.due_us
             .store((due - l.base).as_micros() as u64, Ordering::Relaxed);
         drop(l);
@@ -249,6 +266,19 @@ async fn probe(lag: std::sync::Weak<Lag>) {
         let Some(l) = lag.upgrade() else { return };
         l.last_us.store(late.as_micros() as u64, Ordering::Relaxed);
         gauge.set(late.as_secs_f64());
+        period = next_period(l.admitted.swap(0, Ordering::Relaxed), period, late);
+    }
+}
+
+/// The probe's next period, after `admitted` requests in the last `period` and a probe
+/// `late` by this much: busy (a high rate, or the scheduler running late) probes often.
+fn next_period(admitted: u64, period: Duration, late: Duration) -> Duration {
+    let busy_rate = u128::from(admitted) * PROBE_EVERY.as_micros()
+        >= u128::from(BUSY_FROM) * period.as_micros();
+    if busy_rate || late > LATE {
+        PROBE_EVERY
+    } else {
+        PROBE_QUIET
     }
 }
 
@@ -438,6 +468,21 @@ mod tests {
             "one shed request is no herd"
         );
         assert!(hints[99] >= Duration::from_secs(40), "{:?}", hints[99]);
+    }
+
+    #[test]
+    fn the_probe_wakes_a_quiet_server_rarely() {
+        let ms = Duration::from_millis;
+        // A spoke's real rate, 83 check-ins a second: 20 in a quiet period, 0 or 1 in a
+        // busy one; both stay quiet.
+        assert_eq!(next_period(20, PROBE_QUIET, Duration::ZERO), PROBE_QUIET);
+        assert_eq!(next_period(1, PROBE_EVERY, Duration::ZERO), PROBE_QUIET);
+        // 4,000 a second is busy, from either pace.
+        assert_eq!(next_period(1_000, PROBE_QUIET, Duration::ZERO), PROBE_EVERY);
+        assert_eq!(next_period(40, PROBE_EVERY, Duration::ZERO), PROBE_EVERY);
+        // A late probe watches closely, however few requests came.
+        assert_eq!(next_period(0, PROBE_QUIET, ms(30)), PROBE_EVERY);
+        assert_eq!(next_period(0, PROBE_EVERY, ms(0)), PROBE_QUIET);
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -7,6 +7,7 @@ fn main() -> std::process::ExitCode {
     let args = SimArgs::parse();
     let json = args.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.workers.max(1))
         .enable_all()
         .build()
     {

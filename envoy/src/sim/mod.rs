@@ -93,6 +93,10 @@ pub struct SimArgs {
     pub fresh: bool,
     #[arg(long, default_value = "sim-")]
     pub hostname_prefix: String,
+    /// Worker threads. One drives ~50,000 envoys on a 60 s interval; more only pay off
+    /// at saturation (each check-in then wakes several threads at low rates).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
     /// Enrollments in flight at once.
     #[arg(long, default_value_t = 32)]
     pub enroll_concurrency: usize,
