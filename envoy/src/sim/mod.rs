@@ -106,6 +106,13 @@ pub struct SimArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Append one JSON line per --timeline-every to FILE: check-ins answered, bundles,
+    /// reports, shed, retried and failed attempts by status, and latency buckets — the
+    /// lines of several simulators add up (deploy/bench/fleet.sh cuts them into phases).
+    #[arg(long, value_name = "FILE")]
+    pub timeline: Option<PathBuf>,
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    pub timeline_every: Duration,
 }
 
 fn parse_percent(s: &str) -> Result<Percent, String> {
@@ -181,6 +188,10 @@ pub async fn run(args: SimArgs) -> Result<Summary, SimError> {
     }
 
     let progress = spawn_progress(stats.clone(), args.progress, started, args.spoke_pid);
+    let timeline = match &args.timeline {
+        Some(path) => Some(spawn_timeline(stats.clone(), path, args.timeline_every)?),
+        None => None,
+    };
     tokio::time::sleep_until(measure_from.into()).await;
     let window_start = Instant::now();
     let spoke_cpu_start = args.spoke_pid.and_then(procfs::cpu_micros);
@@ -196,6 +207,10 @@ pub async fn run(args: SimArgs) -> Result<Summary, SimError> {
         p.abort();
     }
     tasks.shutdown().await;
+    if let Some(t) = timeline {
+        t.abort();
+        let _ = t.await;
+    }
 
     let window_checkins = stats.window_ok.load(Ordering::Relaxed);
     let per_checkin = |a: Option<u64>, b: Option<u64>| match (a, b) {
@@ -220,6 +235,7 @@ pub async fn run(args: SimArgs) -> Result<Summary, SimError> {
         failed: stats.failures(),
         shed: stats.shed.load(Ordering::Relaxed),
         recovered_after_shed: stats.recovered.load(Ordering::Relaxed),
+        retried: stats.retried.load(Ordering::Relaxed),
         window_seconds: window,
         window_checkins,
         checkins_per_second: window_checkins as f64 / window.max(1e-9),
@@ -396,6 +412,9 @@ async fn envoy(
     let mut connected = false;
     let mut was_shed = false;
     let mut next = plan.start;
+    // Retries of the check-in under way: one that fails for a passing reason is tried
+    // again until the next one is due. (Latencies are of answered attempts.)
+    let mut retries = 0u32;
     loop {
         if next >= plan.stop_at {
             return;
@@ -420,6 +439,7 @@ async fn envoy(
                 if std::mem::take(&mut was_shed) {
                     stats.recovered.fetch_add(1, Ordering::Relaxed);
                 }
+                retries = 0;
                 traits_known = !response.send_traits;
                 let bundle = matches!(
                     response.answer,
@@ -448,8 +468,10 @@ async fn envoy(
                                 }
                             };
                             match sent {
-                                Ok(_) => stats.reports.fetch_add(1, Ordering::Relaxed),
-                                Err(_) => stats.failed_reports.fetch_add(1, Ordering::Relaxed),
+                                Ok(_) => stats.reported(),
+                                Err(_) => {
+                                    stats.failed_reports.fetch_add(1, Ordering::Relaxed);
+                                }
                             };
                         }
                         Err(e) => stats.failed(&format!("bundle refused: {e}")),
@@ -460,16 +482,43 @@ async fn envoy(
                 if let Some(hint) = vigo_common::net::shedding::retry_after(&status) {
                     // Shed before any work: come back after the hint, not a whole
                     // interval later.
-                    stats.shed.fetch_add(1, Ordering::Relaxed);
+                    stats.shed();
                     was_shed = true;
                     next = Instant::now() + vigo_common::net::shedding::jittered(hint);
                     continue;
                 }
+                let due = plan.next_after(next);
+                let retry_at = Instant::now() + retry_wait(retries);
+                if passing(&status) && retry_at < due {
+                    stats.retried(&failure(&status));
+                    retries += 1;
+                    next = retry_at;
+                    continue;
+                }
                 stats.failed(&failure(&status));
+                retries = 0;
             }
         }
         next = plan.next_after(next).max(Instant::now());
     }
+}
+
+/// Failures a real envoy rides out by trying again: the spoke restarting or unreachable,
+/// a connection reset, a deadline missed. Refusals (bad request, revoked, unknown envoy)
+/// are not retried.
+fn passing(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Cancelled | Code::Unknown | Code::DeadlineExceeded | Code::Aborted
+    )
+}
+
+/// Doubling waits from 1 s, jittered ±50 %, so the envoys of a restarted spoke do not
+/// come back as one herd.
+fn retry_wait(retries: u32) -> Duration {
+    let base = Duration::from_secs(1 << retries.min(6));
+    base.mul_f64(0.5 + rand::random::<f64>())
 }
 
 /// A failure as the summary counts it: the code and the start of the message (which
@@ -530,6 +579,32 @@ fn apply(
             ..Default::default()
         },
     ))
+}
+
+/// Appends one line of what the envoys saw to `path` every `every`.
+fn spawn_timeline(
+    stats: Arc<Stats>,
+    path: &std::path::Path,
+    every: Duration,
+) -> Result<tokio::task::JoinHandle<()>, SimError> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| SimError::Usage(format!("--timeline {}: {e}", path.display())))?;
+    let every = every.max(Duration::from_millis(100));
+    Ok(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let line = serde_json::to_string(&stats.take_period()).unwrap_or_default();
+            if writeln!(file, "{line}").is_err() {
+                return;
+            }
+        }
+    }))
 }
 
 fn spawn_progress(

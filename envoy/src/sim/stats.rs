@@ -19,7 +19,12 @@ pub struct Stats {
     pub shed: AtomicU64,
     /// Check-ins answered after one or more of their attempts were shed.
     pub recovered: AtomicU64,
+    /// Check-in attempts that failed for a passing reason (spoke restarting, connection
+    /// reset, deadline) and were tried again before the envoy's next check-in was due.
+    pub retried: AtomicU64,
     failed: Mutex<BTreeMap<String, u64>>,
+    /// What happened since the last timeline line (`--timeline`).
+    period: Mutex<Period>,
     /// Latency of check-ins answered inside the measurement window, in microseconds.
     latency: Mutex<Histogram<u64>>,
     /// Check-ins answered inside the measurement window.
@@ -38,7 +43,9 @@ impl Default for Stats {
             connected: AtomicU64::new(0),
             shed: AtomicU64::new(0),
             recovered: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
             failed: Mutex::new(BTreeMap::new()),
+            period: Mutex::new(Period::default()),
             latency: Mutex::new(
                 Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds"),
             ),
@@ -55,6 +62,7 @@ impl Stats {
         } else {
             self.no_change.fetch_add(1, Ordering::Relaxed);
         }
+        self.period().answered(latency, bundle);
         if self.measuring.load(Ordering::Relaxed) {
             self.window_ok.fetch_add(1, Ordering::Relaxed);
             let us = (latency.as_micros() as u64).clamp(1, 120_000_000);
@@ -66,7 +74,37 @@ impl Stats {
         }
     }
 
+    /// A check-in attempt that will be tried again.
+    pub fn retried(&self, what: &str) {
+        self.retried.fetch_add(1, Ordering::Relaxed);
+        *self.period().retried.entry(what.to_string()).or_default() += 1;
+    }
+
+    /// A run report delivered.
+    pub fn reported(&self) {
+        self.reports.fetch_add(1, Ordering::Relaxed);
+        self.period().reports += 1;
+    }
+
+    /// A check-in the spoke shed with a retry hint.
+    pub fn shed(&self) {
+        self.shed.fetch_add(1, Ordering::Relaxed);
+        self.period().shed += 1;
+    }
+
+    fn period(&self) -> std::sync::MutexGuard<'_, Period> {
+        self.period.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What happened since the last call, stamped with the wall clock now.
+    pub fn take_period(&self) -> Period {
+        let mut p = std::mem::take(&mut *self.period());
+        p.at_ms = vigo_common::time::now_ms();
+        p
+    }
+
     pub fn failed(&self, what: &str) {
+        *self.period().failed.entry(what.to_string()).or_default() += 1;
         *self
             .failed
             .lock()
@@ -105,6 +143,37 @@ impl Stats {
     }
 }
 
+/// One line of the timeline: what the envoys saw in a period ending at `at_ms` (Unix
+/// milliseconds). Latencies are counted in buckets 5 % wide (bucket `b` holds latencies
+/// from 1.05^b µs), so the lines of several simulators add up and any stretch of them
+/// yields percentiles.
+#[derive(Debug, Default, Serialize)]
+pub struct Period {
+    pub at_ms: u64,
+    pub ok: u64,
+    pub bundles: u64,
+    pub reports: u64,
+    pub shed: u64,
+    pub retried: BTreeMap<String, u64>,
+    pub failed: BTreeMap<String, u64>,
+    pub latency_buckets: BTreeMap<u16, u64>,
+}
+
+/// The ratio between latency buckets of the timeline.
+pub const BUCKET_RATIO: f64 = 1.05;
+
+impl Period {
+    fn answered(&mut self, latency: Duration, bundle: bool) {
+        self.ok += 1;
+        if bundle {
+            self.bundles += 1;
+        }
+        let us = latency.as_micros().max(1) as f64;
+        let bucket = (us.ln() / BUCKET_RATIO.ln()).floor() as u16;
+        *self.latency_buckets.entry(bucket).or_default() += 1;
+    }
+}
+
 /// The end-of-run summary (`--json` prints it as one JSON object).
 #[derive(Debug, Serialize)]
 pub struct Summary {
@@ -124,6 +193,8 @@ pub struct Summary {
     /// being shed (each retried after the hint, jittered).
     pub shed: u64,
     pub recovered_after_shed: u64,
+    /// Check-in attempts that failed for a passing reason and were tried again.
+    pub retried: u64,
     /// The steady-state window (after the ramp) the figures below cover.
     pub window_seconds: f64,
     pub window_checkins: u64,
@@ -159,6 +230,12 @@ impl Summary {
             println!(
                 "  shed by the spoke {} attempt(s); {} check-in(s) answered on retry",
                 self.shed, self.recovered_after_shed
+            );
+        }
+        if self.retried > 0 {
+            println!(
+                "  retried {} check-in attempt(s) that failed for a passing reason",
+                self.retried
             );
         }
         if self.failed.is_empty() {
