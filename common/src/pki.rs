@@ -143,6 +143,12 @@ impl Peer {
         Self::identify(der).map(|(peer, _)| peer)
     }
 
+    /// True while the certificate's validity window holds now. A resumed TLS session
+    /// does not verify the client's chain again; its leaf may have expired since.
+    pub fn still_valid(der: &[u8]) -> bool {
+        x509_parser::parse_x509_certificate(der).is_ok_and(|(_, c)| c.validity().is_valid())
+    }
+
     /// The identity and the serial number (as [`serial_hex`] spells it) of a verified
     /// leaf certificate: what a server checks revocations against.
     pub fn identify(der: &[u8]) -> Result<(Peer, String), Error> {

@@ -15,6 +15,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::pki::{Peer, Role};
+
+pub mod tickets;
 use crate::{Error, pem};
 
 /// The one crypto provider of every Vigo binary.

@@ -108,18 +108,26 @@ mark() {
     echo "[$(date -u +%T)] $name"
 }
 
+is_leader() { # hub id
+    [ "$(curl -s --max-time 1 "127.0.0.1:$((9600 + $1 - 1))/metrics" | awk '/^vigo_hub_raft_is_leader / {print $2}')" = 1 ]
+}
+
 # failover: stops the leader with SIGKILL and prints the milliseconds until a survivor
-# commits a write (an enrollment token created), then restarts the old leader.
+# says it leads (its metrics, polled every 20 ms) and until a write through the
+# survivors commits (an enrollment token created), then restarts the old leader.
 failover() {
-    local leader=0 id started t
-    for id in 1 2 3; do
-        if [ "$(curl -s --max-time 2 "127.0.0.1:$((9600 + id - 1))/metrics" | awk '/^vigo_hub_raft_is_leader / {print $2}')" = 1 ]; then leader=$id; fi
-    done
-    [ "$leader" != 0 ] || { echo "leader_ms=null (no leader found)"; return; }
+    local leader=0 id started elected=
+    for id in 1 2 3; do is_leader "$id" && leader=$id; done
+    [ "$leader" != 0 ] || { echo "no leader found"; return; }
     started=$(date +%s%3N)
     kill -9 "${HUB_PIDS[$leader]}"
-    until vigocli token create "failover-$started" --role enroll --uses 1 --timeout 2s >/dev/null 2>&1; do :; done
-    t=$(( $(date +%s%3N) - started ))
-    echo "killed=$leader commit_ms=$t"
+    while [ -z "$elected" ]; do
+        for id in 1 2 3; do
+            [ "$id" != "$leader" ] && is_leader "$id" && elected=$(( $(date +%s%3N) - started ))
+        done
+        sleep 0.02
+    done
+    until vigocli token create "failover-$started" --role enroll --uses 1 --timeout 300ms >/dev/null 2>&1; do :; done
+    echo "killed=$leader elected_ms=$elected commit_ms=$(( $(date +%s%3N) - started ))"
     start_hub "$leader" run
 }

@@ -128,8 +128,11 @@ def main(out):
 
     failover = os.path.join(out, "failover.txt")
     if os.path.exists(failover):
-        m = re.search(r"commit_ms=(\d+)", open(failover).read())
-        report.setdefault("phases", {}).setdefault("failover", {})["commit_ms"] = int(m.group(1)) if m else None
+        text = open(failover).read()
+        fo = report["phases"].setdefault("failover", {})
+        for key in ("elected_ms", "commit_ms"):
+            m = re.search(key + r"=(\d+)", text)
+            fo[key] = int(m.group(1)) if m else None
 
     with open(os.path.join(out, "fleet.json"), "w") as f:
         json.dump(report, f, indent=2)
@@ -160,7 +163,8 @@ def main(out):
               f"last retry or failure {rc.get('all_back_after_s', 0)} s after the kill")
     fo = report["phases"].get("failover", {})
     if "commit_ms" in fo:
-        print(f"failover: leader killed -> a survivor committed in {fo['commit_ms']} ms")
+        print(f"failover: leader killed -> a survivor led after {fo['elected_ms']} ms, "
+              f"committed a write after {fo['commit_ms']} ms")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@
 #   ENVOYS=100000 SPOKES=6 deploy/bench/fleet.sh            the target fleet
 #   ENVOYS=5000 STEADY=60 PHASES="steady" deploy/bench/fleet.sh
 #
-# Env: ENVOYS (20000), SPOKES (3), INTERVAL (60s), RAMP (120), SETTLE (10), STEADY (180),
+# Env: ENVOYS (20000), SPOKES (3), INTERVAL (60s), RAMP (seconds; 120, or ENVOYS/300 when
+#      longer), SETTLE (10), STEADY (180),
 #      PHASES (the phases after steady, in order: "storm reconnect failover"),
 #      PER_SIM (envoys per simulator, 16000: each envoy is a connection and a descriptor),
 #      OUT (/tmp/vigo-fleet/<UTC>).
@@ -28,7 +29,10 @@ ROOT=$PWD
 ENVOYS=${ENVOYS:-20000}
 SPOKES=${SPOKES:-3}
 INTERVAL=${INTERVAL:-60s}
-RAMP=${RAMP:-120}
+# New connections cost full TLS handshakes (~1 ms of CPU at the spoke and as much at the
+# simulator): this box takes ~300 a second beside the check-ins, so a bigger fleet ramps
+# longer (100,000 envoys: 333 s). A ramp the box cannot take measures its collapse.
+RAMP=${RAMP:-$(( ENVOYS / 300 > 120 ? ENVOYS / 300 : 120 ))}
 SETTLE=${SETTLE:-10}
 STEADY=${STEADY:-180}
 PHASES=${PHASES:-storm reconnect failover}

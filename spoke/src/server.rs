@@ -151,12 +151,15 @@ impl Spoke {
         );
         classify_fleet(&fleet, &policy);
         let streams = Arc::new(Streams::default());
-        let server_tls = tls::server_config(
+        let mut server_tls = tls::server_config(
             &fsutil::read_to_string(&config.tls.ca_cert)?,
             &fsutil::read_to_string(&config.tls.cert)?,
             &fsutil::read_to_string(&config.tls.key)?,
             ClientAuth::Optional,
         )?;
+        // Tickets survive a restart: the envoys of a restarted spoke resume their TLS
+        // sessions instead of all paying a full handshake at once.
+        server_tls.ticketer = tls::tickets::TicketKeys::load_or_create(&config.data_dir)?;
 
         let interval_ms = config.checkin.interval.as_millis() as u32;
         let jitter_ms = config.jitter().as_millis() as u32;

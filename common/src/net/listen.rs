@@ -244,6 +244,10 @@ pub async fn accept_loop<F>(
     let timed_out = metrics::counter!("vigo_handshakes_failed_total", "listener" => what, "reason" => "timeout");
     let failed =
         metrics::counter!("vigo_handshakes_failed_total", "listener" => what, "reason" => "error");
+    let full_handshakes =
+        metrics::counter!("vigo_handshakes_total", "listener" => what, "kind" => "full");
+    let resumed =
+        metrics::counter!("vigo_handshakes_total", "listener" => what, "kind" => "resumed");
     loop {
         let (tcp, remote) = match listener.accept().await {
             Ok(a) => a,
@@ -274,6 +278,7 @@ pub async fn accept_loop<F>(
         };
         let (gate, serve) = (gate.clone(), serve.clone());
         let (failed, timed_out) = (failed.clone(), timed_out.clone());
+        let (full_handshakes, resumed) = (full_handshakes.clone(), resumed.clone());
         tokio::spawn(async move {
             let handshake = async {
                 let _turn = gate.turn(remote.ip()).await;
@@ -290,8 +295,19 @@ pub async fn accept_loop<F>(
                     return debug!(%remote, "TLS handshake not done within its timeout");
                 }
             };
-            let (peer, serial) = match stream.get_ref().1.peer_certificates() {
+            let tls = stream.get_ref().1;
+            let resumption = tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+            match resumption {
+                true => resumed.increment(1),
+                false => full_handshakes.increment(1),
+            }
+            let (peer, serial) = match tls.peer_certificates() {
                 None | Some([]) => (Peer::Anonymous, String::new()),
+                // A resumed session's chain was verified when the ticket was issued.
+                Some([leaf, ..]) if resumption && !Peer::still_valid(leaf) => {
+                    failed.increment(1);
+                    return debug!(%remote, "resumed session with an expired certificate");
+                }
                 Some([leaf, ..]) => match Peer::identify(leaf) {
                     Ok(p) => p,
                     Err(e) => return debug!(%remote, error = %e, "unusable client certificate"),
@@ -319,6 +335,10 @@ pub fn describe_metrics() {
     metrics::describe_counter!(
         "vigo_connections_refused_total",
         "Connections closed at once because the listener held its cap of open connections"
+    );
+    metrics::describe_counter!(
+        "vigo_handshakes_total",
+        "TLS handshakes finished, by listener and kind: full, or resumed from a session ticket (no certificate exchange)"
     );
     metrics::describe_counter!(
         "vigo_handshakes_failed_total",

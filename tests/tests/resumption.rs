@@ -1,0 +1,96 @@
+//! TLS session resumption at the spoke: an envoy reconnecting — also to a restarted
+//! spoke — resumes its session from a ticket instead of a full handshake; a ticket from
+//! elsewhere, or sealed under a key file that changed, buys nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::{ClientConfig, HandshakeKind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use vigo_common::tls;
+use vigo_tests::{SpokeHome, init};
+
+/// Connects to `address` with `config`, speaks the start of HTTP/2 and reads the
+/// server's first frame (so the session ticket sent after the handshake is taken), and
+/// says how the handshake went.
+async fn handshake(address: &str, config: &Arc<ClientConfig>) -> HandshakeKind {
+    let (name, hostport) = tls::split_address(address).expect("address");
+    let tcp = TcpStream::connect(hostport).await.expect("connect");
+    let mut stream = TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("preface");
+    let mut frame = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut frame))
+        .await
+        .expect("the spoke answers")
+        .expect("a frame");
+    stream.get_ref().1.handshake_kind().expect("handshake done")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_spoke_resumes_the_sessions_it_ticketed() {
+    init();
+    let (home, spoke, addr, envoy) = SpokeHome::with_envoy("resume-1").await;
+    let config = envoy.identity.tls_config().expect("tls config");
+    assert_eq!(handshake(&addr, &config).await, HandshakeKind::Full);
+    assert_eq!(
+        handshake(&addr, &config).await,
+        HandshakeKind::Resumed,
+        "the same spoke resumes"
+    );
+    // Take one more ticket, then restart the spoke on the same data directory.
+    assert_eq!(handshake(&addr, &config).await, HandshakeKind::Resumed);
+    spoke.shutdown().await.expect("shutdown");
+    let spoke = home.start().await;
+    let addr = spoke.addr.to_string();
+    assert_eq!(
+        handshake(&addr, &config).await,
+        HandshakeKind::Resumed,
+        "tickets survive the restart"
+    );
+    let mut envoy = envoy;
+    envoy.gateway = vigo_envoy::client::gateway(&addr, config.clone()).expect("gateway");
+    envoy
+        .check_in()
+        .await
+        .expect("a resumed session carries the envoy's identity");
+
+    // A key file that changed (lost, replaced) opens none of the old tickets: the
+    // envoy pays a full handshake and is served as before.
+    assert_eq!(handshake(&addr, &config).await, HandshakeKind::Resumed);
+    spoke.shutdown().await.expect("shutdown");
+    let key_file = home.config().data_dir.join(vigo_common::tls::tickets::FILE);
+    std::fs::remove_file(&key_file).expect("key file");
+    let spoke = home.start().await;
+    let addr = spoke.addr.to_string();
+    assert_eq!(handshake(&addr, &config).await, HandshakeKind::Full);
+
+    // Another spoke of the same CA, its own keys: the ticket of this one buys nothing.
+    assert_eq!(handshake(&addr, &config).await, HandshakeKind::Resumed);
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    let other = vigo_spoke::server::Spoke::start(
+        vigo_spoke::config::SpokeConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            metrics_listen: None,
+            data_dir: elsewhere.path().to_path_buf(),
+            ..home.config()
+        },
+        None,
+    )
+    .await
+    .expect("second spoke");
+    assert_eq!(
+        handshake(&other.addr.to_string(), &config).await,
+        HandshakeKind::Full,
+        "a spoke with other ticket keys"
+    );
+    other.shutdown().await.expect("shutdown");
+    spoke.shutdown().await.expect("shutdown");
+}
