@@ -44,7 +44,12 @@ fn harness() -> &'static Harness {
         let key = signing::generate_key();
         let id = EnvoyId::new(7).unwrap();
         fleet.insert(
-            EnvoyRecord::new(id, key.verifying_key(), "web-1", 1),
+            EnvoyRecord::new(
+                id,
+                vigo_spoke::fleet::EnvoyKey::parsed(key.verifying_key()),
+                "web-1",
+                1,
+            ),
             EnvoyState::new(1),
         );
         let policy_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/policy");

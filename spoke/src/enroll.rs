@@ -21,7 +21,7 @@ use vigo_common::time::now_ms;
 use vigo_proto::v1 as pb;
 
 use crate::error::SpokeError;
-use crate::fleet::{EnvoyRecord, EnvoyState, FleetIndex};
+use crate::fleet::{EnvoyKey, EnvoyRecord, EnvoyState, FleetIndex};
 use crate::grpc::detach;
 use crate::metrics::count_call;
 use crate::store::{Store, StoredEnvoy, WriteOp};
@@ -130,7 +130,7 @@ impl Registry {
             warn!(%hostname, old = %old.id, new = %id, token = %token_name, "hostname re-enrolled with a new key; old envoy revoked");
         }
         self.fleet.insert(
-            EnvoyRecord::new(id, key, hostname, enrolled_at_ms),
+            EnvoyRecord::new(id, EnvoyKey::parsed(key), hostname, enrolled_at_ms),
             EnvoyState::new(enrolled_at_ms),
         );
         info!(envoy = %id, %hostname, token = %token_name, "envoy enrolled");

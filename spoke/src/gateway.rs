@@ -173,9 +173,12 @@ impl Gateway {
                 window_ms: self.settings.timestamp_window_ms,
             });
         }
+        let Some(key) = record.key.verifying() else {
+            return Err(SpokeError::BadSignature);
+        };
         if !self
             .verifier
-            .verify(record.key, B::DOMAIN, raw.clone(), signature)
+            .verify(key, B::DOMAIN, raw.clone(), signature)
             .await
         {
             return Err(SpokeError::BadSignature);

@@ -14,7 +14,7 @@ use vigo_proto::v1 as pb;
 use crate::admin::Admin;
 use crate::compliance::Compliance;
 use crate::error::SpokeError;
-use crate::fleet::{EnvoyRecord, EnvoyState};
+use crate::fleet::{EnvoyKey, EnvoyRecord, EnvoyState};
 use crate::grpc::detach;
 use crate::store::{
     ImportedEnvoy, StoredEnvoy, StoredForward, StoredLastRun, StoredRun, StoredState, WriteOp,
@@ -157,7 +157,7 @@ impl Admin {
             st.last_run_bundle = e.last_run_bundle;
             st.revoked = revoked;
             records.push((
-                EnvoyRecord::new(id, key, &hostname, e.enrolled_at_ms),
+                EnvoyRecord::new(id, EnvoyKey::parsed(key), &hostname, e.enrolled_at_ms),
                 st,
                 traits,
             ));
@@ -212,7 +212,10 @@ impl Admin {
         for raw in &req.envoy_ids {
             let id = envoy_id(*raw)?;
             let key = match (self.fleet.get(id), self.forwards.get(id)) {
-                (Some(r), _) => r.key,
+                (Some(r), _) => r
+                    .key
+                    .verifying()
+                    .ok_or_else(|| SpokeError::malformed("stored envoy key", id))?,
                 (None, Some((key, _))) => key,
                 (None, None) => return Err(SpokeError::UnknownEnvoy(id)),
             };

@@ -6,7 +6,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ed25519_dalek::VerifyingKey;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -24,7 +23,7 @@ use crate::compliance::Compliance;
 use crate::config::SpokeConfig;
 use crate::enroll::{Enroller, EnrollmentService, Registry};
 use crate::error::SpokeError;
-use crate::fleet::{EnvoyRecord, EnvoyState, FleetIndex};
+use crate::fleet::{EnvoyKey, EnvoyRecord, EnvoyState, FleetIndex};
 use crate::flusher::{Flusher, Flushers};
 use crate::forwards::Forwards;
 use crate::gateway::{Gateway, GatewayService, GatewaySettings, Reach};
@@ -472,7 +471,8 @@ fn classify_fleet(fleet: &Arc<FleetIndex>, policy: &Arc<PolicyCache>) {
 }
 
 /// Rebuilds the FleetIndex from the store: identities, flushed state, last runs and the
-/// trait sets they use. Keys are decompressed on all cores (the one costly step).
+/// trait sets they use. Keys stay compressed until each envoy's first check-in
+/// ([`EnvoyKey`]): decompressing 100,000 of them was most of a restart's time.
 pub fn rehydrate(
     loaded: Loaded,
     fleet: &FleetIndex,
@@ -488,11 +488,11 @@ pub fn rehydrate(
         traits: sets,
         ..
     } = loaded;
-    let keys = parse_keys_parallel(&envoys);
     let now = vigo_common::time::now_ms();
     let mut referenced = std::collections::HashSet::new();
     let mut count = 0;
-    for (row, key) in envoys.iter().zip(keys) {
+    for row in &envoys {
+        let key = <[u8; 32]>::try_from(row.public_key.as_slice()).ok();
         let (Some(id), Some(key)) = (EnvoyId::new(row.id), key) else {
             warn!(id = row.id, "skipping stored envoy with a bad id or key");
             continue;
@@ -522,7 +522,7 @@ pub fn rehydrate(
             referenced.insert(st.traits_hash);
         }
         fleet.insert(
-            EnvoyRecord::new(id, key, &row.hostname, row.enrolled_at_ms),
+            EnvoyRecord::new(id, EnvoyKey::stored(key), &row.hostname, row.enrolled_at_ms),
             st,
         );
         count += 1;
@@ -546,27 +546,6 @@ pub fn rehydrate(
         envoys: count,
         trait_sets: traits.len(),
         elapsed: started.elapsed(),
-    })
-}
-
-fn parse_keys_parallel(envoys: &[crate::store::StoredEnvoy]) -> Vec<Option<VerifyingKey>> {
-    let threads = thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = envoys.len().div_ceil(threads).max(1);
-    thread::scope(|scope| {
-        let parts: Vec<_> = envoys
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|e| signing::parse_public_key(&e.public_key).ok())
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        parts
-            .into_iter()
-            .flat_map(|p| p.join().unwrap_or_default())
-            .collect()
     })
 }
 
