@@ -202,6 +202,20 @@ pub fn split_address(address: &str) -> Result<(ServerName<'static>, &str), Error
     Ok((name, address))
 }
 
+/// Connects to `target` (host:port) from `local`.
+async fn connect_from(target: &str, local: std::net::IpAddr) -> io::Result<TcpStream> {
+    let addr = tokio::net::lookup_host(target)
+        .await?
+        .find(|a| a.is_ipv4() == local.is_ipv4())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address of that family"))?;
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.bind(std::net::SocketAddr::new(local, 0))?;
+    socket.connect(addr).await
+}
+
 /// A lazily connecting gRPC channel to `address` (host:port) over our TLS. The host is
 /// the name checked against the server certificate.
 pub fn channel(
@@ -209,7 +223,18 @@ pub fn channel(
     config: Arc<ClientConfig>,
     connect_timeout: Duration,
 ) -> Result<tonic::transport::Channel, Error> {
-    channel_with(address, config, connect_timeout, None)
+    channel_with(address, config, connect_timeout, None, None)
+}
+
+/// As [`channel`], connecting from the local address `local` (a simulator spreads its
+/// envoys over loopback addresses, so that a server sees many sources as from a fleet).
+pub fn channel_from(
+    address: &str,
+    config: Arc<ClientConfig>,
+    connect_timeout: Duration,
+    local: std::net::IpAddr,
+) -> Result<tonic::transport::Channel, Error> {
+    channel_with(address, config, connect_timeout, None, Some(local))
 }
 
 /// How often a channel between nodes pings its peer, and how long it waits for the
@@ -225,7 +250,7 @@ pub fn peer_channel(
     config: Arc<ClientConfig>,
     connect_timeout: Duration,
 ) -> Result<tonic::transport::Channel, Error> {
-    channel_with(address, config, connect_timeout, Some(PEER_KEEPALIVE))
+    channel_with(address, config, connect_timeout, Some(PEER_KEEPALIVE), None)
 }
 
 fn channel_with(
@@ -233,6 +258,7 @@ fn channel_with(
     config: Arc<ClientConfig>,
     connect_timeout: Duration,
     keepalive: Option<Duration>,
+    local: Option<std::net::IpAddr>,
 ) -> Result<tonic::transport::Channel, Error> {
     let (server_name, address) = split_address(address)?;
     let target = address.to_string();
@@ -255,11 +281,29 @@ fn channel_with(
         let (connector, server_name, target) =
             (connector.clone(), server_name.clone(), target.clone());
         async move {
-            let tcp = TcpStream::connect(&target).await?;
+            let tcp = match local {
+                None => TcpStream::connect(&target).await?,
+                Some(ip) => connect_from(&target, ip).await?,
+            };
             tcp.set_nodelay(true)?;
             let tls = connector.connect(server_name, tcp).await?;
             Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(tls))
         }
     });
     Ok(endpoint.connect_with_connector_lazy(connect))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_leaves_from_the_address_asked_for() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = listener.local_addr().unwrap().to_string();
+        let local: std::net::IpAddr = "127.3.4.5".parse().unwrap();
+        let (client, accepted) = tokio::join!(connect_from(&target, local), listener.accept());
+        client.unwrap();
+        assert_eq!(accepted.unwrap().1.ip(), local);
+    }
 }

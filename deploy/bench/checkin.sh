@@ -6,11 +6,15 @@
 #   deploy/bench/checkin.sh                 10,000 envoys, saturation (closed loop), 3 rounds
 #   ENVOYS=500 ROUNDS=5 SECS=20 deploy/bench/checkin.sh
 #   FLOOR=0 deploy/bench/checkin.sh         spoke only
+#   FLOOR=0 ENVOYS=5000 INTERVAL=60s RAMP=60 SECS=60 PERF=1 deploy/bench/checkin.sh
+#                                           the real rate (83/s), with context switches,
+#                                           syscalls and migrations per check-in
 #
 # Env: ENVOYS (10000), ROUNDS (3), SECS (measured seconds, 20), RAMP (seconds, 10),
 #      INTERVAL (check-in interval; default 1ms = every envoy back to back),
 #      FLOOR_DIR (../shared/anchors/grpc-floor), FLOOR_CONNS (512, the floor's reference
-#      shape; set it to ENVOYS to compare at equal connection counts), OUT (/tmp/vigo-bench/<UTC>).
+#      shape; set it to ENVOYS to compare at equal connection counts), OUT (/tmp/vigo-bench/<UTC>),
+#      PERF (1: `perf stat` the spoke over the measured window).
 # Prints one RESULT line per run and the medians.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -52,7 +56,14 @@ for round in $(seq "$ROUNDS"); do
     taskset -c 1 "$BIN/vigo-sim" --ca "$HOME_DIR/pki/ca.pem" --envoys "$ENVOYS" \
         --identities "$HOME_DIR/ids.json" --interval "$INTERVAL" --jitter 0% \
         --duration "$((SECS + RAMP))s" --ramp "${RAMP}s" --progress 0s \
-        --spoke-pid "$SPOKE" --json > "$OUT/spoke-$round.json"
+        --spoke-pid "$SPOKE" --json > "$OUT/spoke-$round.json" &
+    SIM=$!
+    if [ "${PERF:-0}" = 1 ]; then
+        sleep "$RAMP"
+        perf stat -e task-clock,context-switches,cpu-migrations,raw_syscalls:sys_enter \
+            -p "$SPOKE" -o "$OUT/perf-$round.txt" -- sleep "$SECS" || true
+    fi
+    wait "$SIM"
     batch=$(curl -s 127.0.0.1:9464/metrics | awk '/^vigo_verify_batch_size_sum/{s=$2} /^vigo_verify_batch_size_count/{c=$2} END{if(c) printf "%.1f", s/c}')
     stop_spoke
     python3 - "$OUT/spoke-$round.json" "$batch" <<'PY' | tee -a "$OUT/results.txt"
@@ -63,6 +74,17 @@ print(f"RESULT kind=spoke cpu_us={s['spoke_cpu_us_per_checkin']:.1f} rps={s['che
       f"rss_per_envoy_b={s['spoke_rss_per_envoy_bytes']:.0f} cpu_pct={s['spoke_cpu_percent']:.0f} "
       f"sim_cpu_us={s['sim_cpu_us_per_checkin']:.1f} batch={sys.argv[2]} failed={sum(s['failed'].values())}")
 PY
+    if [ -f "$OUT/perf-$round.txt" ]; then
+        python3 - "$OUT/perf-$round.txt" "$OUT/spoke-$round.json" "$SECS" <<'PY' | tee -a "$OUT/results.txt"
+import json, re, sys
+text = open(sys.argv[1]).read()
+checkins = json.load(open(sys.argv[2]))["checkins_per_second"] * float(sys.argv[3])
+count = lambda name: int(re.search(r"([\d,]+)\s+" + re.escape(name), text).group(1).replace(",", ""))
+cpu_ms = float(re.search(r"([\d.,]+)\s+msec task-clock", text).group(1).replace(",", ""))
+print(f"PERF cpu_us={cpu_ms * 1000 / checkins:.1f} ctx_switches={count('context-switches') / checkins:.2f} "
+      f"syscalls={count('raw_syscalls:sys_enter') / checkins:.2f} migrations={count('cpu-migrations') / checkins:.2f} per check-in")
+PY
+    fi
     if [ "$FLOOR" = 1 ]; then
         taskset -c 0 "$FB" server --pki "$OUT/floor-pki" --mode verify > "$OUT/floor-server.log" 2>&1 &
         FS=$!

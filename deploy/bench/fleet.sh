@@ -10,7 +10,8 @@
 #   reconnect  spoke-0 is killed with -9 and restarted: its envoys reconnect at once
 #   failover   the hub leader is stopped: time until a new leader commits
 #
-# For each phase: check-ins/s, latency percentiles, failures and retries by status (from
+# Every envoy connects from its own loopback address (vigo-sim --loopback-sources), as
+# from a fleet of machines. For each phase: check-ins/s, latency percentiles, failures and retries by status (from
 # the simulators' timelines), spoke and hub CPU per check-in from /proc, spoke RSS per
 # connected envoy, raft term changes. Prints a table and writes $OUT/fleet.json.
 #
@@ -77,7 +78,7 @@ for p in $PHASES; do case $p in storm|reconnect) rest=$((rest + IVL + 30));; fai
 TOTAL=$((RAMP + SETTLE + STEADY + rest + 5))
 for k in $(seq 0 $((SIMS - 1))); do
     "$BIN/vigo-sim" --hub "127.0.0.1:$((HUB_PORT + k % 3))" --ca "$OUT/pki/ca.pem" \
-        --envoys "$(share "$k")" --identities "$OUT/sim-$k.ids" --interval "$INTERVAL" --ramp "${RAMP}s" --duration "${TOTAL}s" --progress 0s \
+        --envoys "$(share "$k")" --identities "$OUT/sim-$k.ids" --interval "$INTERVAL" --ramp "${RAMP}s" --duration "${TOTAL}s" --progress 0s --loopback-sources \
         --timeline "$OUT/timeline-$k.jsonl" --json > "$OUT/sim-$k.json" 2> "$OUT/sim-$k.log" &
     SIM_PIDS+=($!)
 done

@@ -201,16 +201,25 @@ pub fn gateway(
     address: &str,
     tls: Arc<ClientConfig>,
 ) -> Result<pb::envoy_gateway_client::EnvoyGatewayClient<Channel>, ClientError> {
+    gateway_over(tls::channel(address, tls, CONNECT_TIMEOUT)?)
+}
+
+/// As [`gateway`], connecting from the local address `local`.
+pub fn gateway_from(
+    address: &str,
+    tls: Arc<ClientConfig>,
+    local: std::net::IpAddr,
+) -> Result<pb::envoy_gateway_client::EnvoyGatewayClient<Channel>, ClientError> {
+    gateway_over(tls::channel_from(address, tls, CONNECT_TIMEOUT, local)?)
+}
+
+fn gateway_over(
+    channel: Channel,
+) -> Result<pb::envoy_gateway_client::EnvoyGatewayClient<Channel>, ClientError> {
     // A check-in answer carries a whole bundle: the largest one validation lets through.
-    Ok(
-        pb::envoy_gateway_client::EnvoyGatewayClient::new(tls::channel(
-            address,
-            tls,
-            CONNECT_TIMEOUT,
-        )?)
+    Ok(pb::envoy_gateway_client::EnvoyGatewayClient::new(channel)
         .max_decoding_message_size(limits::MAX_CHECKIN_ANSWER)
-        .max_encoding_message_size(limits::MAX_CHECKIN_ANSWER),
-    )
+        .max_encoding_message_size(limits::MAX_CHECKIN_ANSWER))
 }
 
 /// How many times a shed request is sent again within one attempt.

@@ -569,15 +569,18 @@ mod tests {
         );
     }
 
+    /// Loads `text` as a spoke.yaml in `dir`.
+    fn load_text(dir: &Path, text: &str) -> Result<SpokeConfig, String> {
+        let path = dir.join("spoke.yaml");
+        std::fs::write(&path, text).unwrap();
+        SpokeConfig::load(&path).map_err(|e| e.to_string())
+    }
+
     /// A standalone spoke signs its bundles; a spoke under a hub must not hold the key.
     #[test]
     fn the_signing_key_belongs_to_standalone_spokes_only() {
         let dir = tempfile::tempdir().unwrap();
-        let load = |text: &str| {
-            let path = dir.path().join("spoke.yaml");
-            std::fs::write(&path, text).unwrap();
-            SpokeConfig::load(&path).map_err(|e| e.to_string())
-        };
+        let load = |text: &str| load_text(dir.path(), text);
         let tls = "tls: {ca_cert: ca.pem, ca_key: ca.key, cert: s.pem, key: s.key}\n";
         let hub = "hub: {addresses: ['127.0.0.1:7400'], spoke_id: a}\n";
         let key = "bundle_signing_key: bundle.key\n";
@@ -607,11 +610,7 @@ mod tests {
     #[test]
     fn a_spoke_runs_on_one_worker_unless_told_otherwise() {
         let dir = tempfile::tempdir().unwrap();
-        let load = |text: &str| {
-            let path = dir.path().join("spoke.yaml");
-            std::fs::write(&path, text).unwrap();
-            SpokeConfig::load(&path).map_err(|e| e.to_string())
-        };
+        let load = |text: &str| load_text(dir.path(), text);
         let base = "tls: {ca_cert: ca.pem, ca_key: ca.key, cert: s.pem, key: s.key}\nbundle_signing_key: b.key\n";
         assert_eq!(load(base).unwrap().runtime.workers, 1);
         assert_eq!(

@@ -244,10 +244,14 @@ pub async fn accept_loop<F>(
     let timed_out = metrics::counter!("vigo_handshakes_failed_total", "listener" => what, "reason" => "timeout");
     let failed =
         metrics::counter!("vigo_handshakes_failed_total", "listener" => what, "reason" => "error");
-    let full_handshakes =
-        metrics::counter!("vigo_handshakes_total", "listener" => what, "kind" => "full");
-    let resumed =
-        metrics::counter!("vigo_handshakes_total", "listener" => what, "kind" => "resumed");
+    // Registered for TLS listeners only: a plain one (metrics) has no handshakes.
+    let (full_handshakes, resumed) = match acceptor {
+        Some(_) => (
+            metrics::counter!("vigo_handshakes_total", "listener" => what, "kind" => "full"),
+            metrics::counter!("vigo_handshakes_total", "listener" => what, "kind" => "resumed"),
+        ),
+        None => (metrics::Counter::noop(), metrics::Counter::noop()),
+    };
     loop {
         let (tcp, remote) = match listener.accept().await {
             Ok(a) => a,

@@ -93,6 +93,12 @@ pub struct SimArgs {
     pub fresh: bool,
     #[arg(long, default_value = "sim-")]
     pub hostname_prefix: String,
+    /// Connect each envoy from its own loopback address (127.1.0.0 and up; the spoke
+    /// must listen on loopback): the spoke then sees a source per envoy, as from a real
+    /// fleet, instead of one source holding every connection (its per-source handshake
+    /// limit would apply to the whole simulated fleet).
+    #[arg(long)]
+    pub loopback_sources: bool,
     /// Worker threads. One drives ~50,000 envoys on a 60 s interval; more only pay off
     /// at saturation (each check-in then wakes several threads at low rates).
     #[arg(long, default_value_t = 1)]
@@ -349,15 +355,27 @@ fn build_clients(
     }
     identities
         .iter()
-        .map(|id| {
+        .enumerate()
+        .map(|(i, id)| {
             let spoke = if args.hub.is_some() {
                 &id.spoke_address
             } else {
                 &args.target
             };
-            Ok(client::gateway(spoke, id.tls_config()?)?)
+            let tls = id.tls_config()?;
+            Ok(match args.loopback_sources {
+                true => client::gateway_from(spoke, tls, loopback_source(i))?,
+                false => client::gateway(spoke, tls)?,
+            })
         })
         .collect()
+}
+
+/// The loopback address envoy `i` connects from: 127.1.0.0, 127.1.0.1, … (a /8 of
+/// loopback gives 16 million).
+fn loopback_source(i: usize) -> std::net::IpAddr {
+    let n = 0x0001_0000 + i as u32;
+    std::net::Ipv4Addr::new(127, (n >> 16) as u8, (n >> 8) as u8, n as u8).into()
 }
 
 #[derive(Clone, Copy)]
@@ -658,6 +676,16 @@ mod tests {
     use super::*;
     use vigo_common::policy::bundle::{Seal, SignedBundle};
     use vigo_common::{EnvoyId, signing};
+
+    #[test]
+    fn every_envoy_has_its_own_loopback_source() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(loopback_source(0), ip("127.1.0.0"));
+        assert_eq!(loopback_source(257), ip("127.1.1.1"));
+        assert_eq!(loopback_source(65_536), ip("127.2.0.0"));
+        let all: std::collections::HashSet<_> = (0..100_000).map(loopback_source).collect();
+        assert_eq!(all.len(), 100_000);
+    }
 
     /// The simulated machine converges: its first run of a bundle changes things, a run
     /// of the same bundle again (a force-push) changes nothing, so it never shows as
