@@ -588,6 +588,24 @@ impl PkiLayout {
 mod tests {
     use super::*;
 
+    /// What a resumed TLS session is checked with: a leaf out of its validity window is
+    /// no longer valid, whatever verified it before.
+    #[test]
+    fn an_expired_certificate_is_no_longer_valid() {
+        let cert = |from: i64, to: i64| {
+            let mut params = CertificateParams::new(vec!["x".to_string()]).unwrap();
+            let now = OffsetDateTime::now_utc();
+            params.not_before = now + time::Duration::hours(from);
+            params.not_after = now + time::Duration::hours(to);
+            let key = KeyPair::generate().unwrap();
+            params.self_signed(&key).unwrap().der().to_vec()
+        };
+        assert!(Peer::still_valid(&cert(-1, 1)));
+        assert!(!Peer::still_valid(&cert(-48, -24)), "expired");
+        assert!(!Peer::still_valid(&cert(24, 48)), "not yet valid");
+        assert!(!Peer::still_valid(b"not a certificate"));
+    }
+
     #[test]
     fn envoy_certificate_names_the_envoy_and_its_key() {
         for algorithm in [TLS_KEY_ALGORITHM, LEGACY_TLS_KEY_ALGORITHM] {
