@@ -109,6 +109,9 @@ impl Spoke {
         config: SpokeConfig,
         metrics: Option<PrometheusHandle>,
     ) -> Result<Spoke, SpokeError> {
+        // The data dir holds the envoys' records and the session-ticket keys: the
+        // spoke's alone, as a hub's is.
+        fsutil::create_private_dir(&config.data_dir)?;
         let (store, writer) = Store::open(&config.db_path())?;
         let fleet = Arc::new(FleetIndex::new());
         let traits = Arc::new(TraitsStore::default());

@@ -39,6 +39,20 @@ async fn a_restarted_spoke_resumes_the_sessions_it_ticketed() {
     init();
     let (home, spoke, addr, envoy) = SpokeHome::with_envoy("resume-1").await;
     let config = envoy.identity.tls_config().expect("tls config");
+    // The ticket keys are the spoke's alone: neither the file nor its directory is open
+    // to a local user (who could read the keys, or swap in their own).
+    let mode = |p: &std::path::Path| {
+        std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(p).expect("exists").permissions(),
+        ) & 0o777
+    };
+    let data_dir = home.config().data_dir;
+    assert_eq!(mode(&data_dir), 0o700, "data dir");
+    assert_eq!(
+        mode(&data_dir.join(vigo_common::tls::tickets::FILE)),
+        0o600,
+        "ticket keys"
+    );
     assert_eq!(handshake(&addr, &config).await, HandshakeKind::Full);
     assert_eq!(
         handshake(&addr, &config).await,
