@@ -44,3 +44,6 @@ pub const MAX_SMALL_ANSWER: usize = 1 << 20;
 /// What an admin client (`vigocli`, a forwarding hub) decodes: pages of envoys with their
 /// traits, drains with their results.
 pub const MAX_ADMIN_ANSWER: usize = 64 << 20;
+
+/// Envoys one hub→spoke registration call carries (a batch of concurrent enrollments).
+pub const MAX_REGISTER_BATCH: usize = 256;

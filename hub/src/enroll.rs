@@ -8,88 +8,136 @@
 //! certificate. Nothing outside raft changes before the commit: a refused enrollment
 //! changes nothing anywhere. A spoke that cannot be reached after the commit fails the
 //! enrollment with UNAVAILABLE; the envoy's retry (same hostname and key) is the same
-//! pinned envoy, registers it and spends no second token use. Pins from concurrent
-//! enrollments are committed together, one raft entry for a whole batch.
+//! pinned envoy, registers it and spends no second token use. Concurrent enrollments
+//! are batched twice (`crate::batch`): their pins are committed as one raft entry, and
+//! their registrations reach each spoke as one RegisterEnvoys call (one fsync there).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 use vigo_common::enrollment::{Checked, Denied, Terms, check_request, guard_hostname};
+use vigo_common::limits::MAX_REGISTER_BATCH;
 use vigo_common::time::now_ms;
 use vigo_common::{EnvoyId, hostname};
 use vigo_proto::v1 as pb;
+use vigo_proto::v1::register_envoy_outcome::Outcome;
 
+use crate::batch::Batcher;
 use crate::error::HubError;
 use crate::node::Node;
 use crate::state::{Applied, ClusterState, Command, EnrollEntry, Rejection};
 
 const SPOKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-type PinReply = oneshot::Sender<Result<u64, HubError>>;
+/// Registers envoys on one spoke, in batches.
+type Registrar = Batcher<Registration, u64>;
 
-/// Collects pins to commit and proposes them in batches.
-pub struct Proposer {
-    tx: mpsc::Sender<(EnrollEntry, PinReply)>,
+/// One registration for a spoke's batch.
+struct Registration {
+    envoy_id: u64,
+    hostname: String,
+    key: [u8; 32],
+    token_name: String,
 }
 
-impl Proposer {
-    /// Starts the batching task; it proposes through `node` whatever is queued, up to
-    /// `max` entries at a time, without waiting to fill a batch.
-    pub fn start(node: Arc<Node>, max: usize) -> Self {
-        let (tx, mut rx) = mpsc::channel::<(EnrollEntry, PinReply)>(max * 4);
-        tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(max);
-            while let Some(first) = rx.recv().await {
-                batch.push(first);
-                while batch.len() < max {
-                    match rx.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
-                    }
-                }
-                let (entries, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
-                metrics::histogram!("vigo_hub_enroll_batch_size").record(entries.len() as f64);
-                match node.propose(Command::Enroll(entries)).await {
-                    Ok(Applied::Enrolled(results)) => {
-                        for (reply, result) in replies.into_iter().zip(results) {
-                            let _ = reply.send(result.map_err(HubError::Rejected));
-                        }
-                    }
-                    Ok(other) => {
-                        for reply in replies {
-                            let _ = reply
-                                .send(Err(HubError::Internal(format!("unexpected {other:?}"))));
-                        }
-                    }
-                    Err(e) => {
-                        for reply in replies {
-                            let _ = reply.send(Err(e.relay()));
-                        }
-                    }
-                }
+/// Starts the batching task that commits pins, up to `max` per raft entry.
+fn pin_batcher(node: Arc<Node>, max: usize) -> Batcher<EnrollEntry, u64> {
+    Batcher::start(max, "vigo_hub_enroll_batch_size", move |entries| {
+        let node = node.clone();
+        async move {
+            match node.propose(Command::Enroll(entries)).await? {
+                Applied::Enrolled(results) => Ok(results
+                    .into_iter()
+                    .map(|r| r.map_err(HubError::Rejected))
+                    .collect()),
+                other => Err(HubError::Internal(format!("unexpected {other:?}"))),
             }
-        });
-        Self { tx }
-    }
+        }
+    })
+}
 
-    async fn commit(&self, entry: EnrollEntry) -> Result<u64, HubError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send((entry, reply))
-            .await
-            .map_err(|_| HubError::Internal("proposer stopped".into()))?;
-        rx.await
-            .map_err(|_| HubError::Internal("proposer stopped".into()))?
+/// Starts the batching task that registers envoys on one spoke: one RegisterEnvoys
+/// call (one group commit there) for what concurrent enrollments queued.
+fn registration_batcher(node: Arc<Node>, spoke: String, address: String) -> Registrar {
+    Batcher::start(
+        MAX_REGISTER_BATCH,
+        "vigo_hub_register_batch_size",
+        move |batch: Vec<Registration>| {
+            let (node, spoke, address) = (node.clone(), spoke.clone(), address.clone());
+            async move { register_on_spoke(&node, &spoke, &address, batch).await }
+        },
+    )
+}
+
+async fn register_on_spoke(
+    node: &Node,
+    spoke: &str,
+    address: &str,
+    batch: Vec<Registration>,
+) -> Result<Vec<Result<u64, HubError>>, HubError> {
+    let refused = |why: String| HubError::SpokeRefused {
+        spoke: spoke.to_string(),
+        why,
+    };
+    let channel = node.peers.spoke(address)?;
+    let mut client = pb::spoke_admin_client::SpokeAdminClient::new(channel)
+        .max_decoding_message_size(vigo_common::limits::MAX_SMALL_ANSWER);
+    let count = batch.len();
+    let mut request = tonic::Request::new(pb::RegisterEnvoysRequest {
+        envoys: batch
+            .into_iter()
+            .map(|r| pb::RegisterEnvoyRequest {
+                envoy_id: r.envoy_id,
+                hostname: r.hostname,
+                public_key: Bytes::copy_from_slice(&r.key),
+                token_name: r.token_name,
+            })
+            .collect(),
+    });
+    request.set_timeout(SPOKE_TIMEOUT);
+    let outcomes = match client.register_envoys(request).await {
+        Ok(r) => r.into_inner().outcomes,
+        Err(s)
+            if matches!(
+                s.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Unknown
+            ) =>
+        {
+            warn!(%spoke, %address, "spoke unreachable during enrollment: {}", s.message());
+            return Err(HubError::SpokeUnreachable {
+                spoke: spoke.to_string(),
+                why: s.message().to_string(),
+            });
+        }
+        Err(s) => return Err(refused(s.message().to_string())),
+    };
+    if outcomes.len() != count {
+        return Err(refused(format!(
+            "{} outcomes for {count} registrations",
+            outcomes.len()
+        )));
     }
+    Ok(outcomes
+        .into_iter()
+        .map(|o| match o.outcome {
+            Some(Outcome::Registered(r)) => Ok(r.envoy_id),
+            Some(Outcome::Refused(r)) => Err(refused(r.message)),
+            None => Err(refused("an empty outcome".into())),
+        })
+        .collect())
 }
 
 pub struct Enroller {
     pub node: Arc<Node>,
-    pub proposer: Proposer,
+    pins: Batcher<EnrollEntry, u64>,
+    /// One registration batcher per spoke (by id and address), made at first use.
+    registrars: Mutex<HashMap<(String, String), Arc<Registrar>>>,
     /// Told to envoys at enrollment; spokes set the real interval at check-in.
     pub interval_ms: u32,
     pub jitter_ms: u32,
@@ -128,7 +176,8 @@ impl Drop for Held<'_> {
 impl Enroller {
     pub fn new(node: Arc<Node>, batch: usize, interval_ms: u32, jitter_ms: u32) -> Self {
         Self {
-            proposer: Proposer::start(node.clone(), batch),
+            pins: pin_batcher(node.clone(), batch),
+            registrars: Mutex::new(HashMap::new()),
             node,
             interval_ms,
             jitter_ms,
@@ -167,8 +216,8 @@ impl Enroller {
                     }
                 };
                 let pinned = self
-                    .proposer
-                    .commit(EnrollEntry {
+                    .pins
+                    .submit(EnrollEntry {
                         envoy_id: id,
                         hostname: hostname.clone(),
                         key: key.to_bytes(),
@@ -183,14 +232,13 @@ impl Enroller {
         let id =
             EnvoyId::new(envoy_id).ok_or_else(|| HubError::Internal("envoy id zero".into()))?;
         let registered = self
-            .register_on_spoke(
-                &spoke_id,
-                &address,
+            .registrar(&spoke_id, &address)
+            .submit(Registration {
                 envoy_id,
-                &hostname,
-                key.as_bytes(),
-                &token_name,
-            )
+                hostname: hostname.clone(),
+                key: key.to_bytes(),
+                token_name,
+            })
             .await?;
         if registered != envoy_id {
             return Err(HubError::Internal(format!(
@@ -249,48 +297,18 @@ impl Enroller {
         held.token = Some(*token);
     }
 
-    async fn register_on_spoke(
-        &self,
-        spoke: &str,
-        address: &str,
-        envoy_id: u64,
-        hostname: &str,
-        key: &[u8; 32],
-        token_name: &str,
-    ) -> Result<u64, HubError> {
-        let unreachable = |why: String| HubError::SpokeUnreachable {
-            spoke: spoke.to_string(),
-            why,
-        };
-        let channel = self.node.peers.spoke(address)?;
-        let mut client = pb::spoke_admin_client::SpokeAdminClient::new(channel)
-            .max_decoding_message_size(vigo_common::limits::MAX_SMALL_ANSWER);
-        let mut request = tonic::Request::new(pb::RegisterEnvoyRequest {
-            envoy_id,
-            hostname: hostname.to_string(),
-            public_key: Bytes::copy_from_slice(key),
-            token_name: token_name.to_string(),
-        });
-        request.set_timeout(SPOKE_TIMEOUT);
-        match client.register_envoy(request).await {
-            Ok(r) => Ok(r.into_inner().envoy_id),
-            Err(s)
-                if matches!(
-                    s.code(),
-                    tonic::Code::Unavailable
-                        | tonic::Code::DeadlineExceeded
-                        | tonic::Code::Cancelled
-                        | tonic::Code::Unknown
-                ) =>
-            {
-                warn!(%spoke, %address, "spoke unreachable during enrollment: {}", s.message());
-                Err(unreachable(s.message().to_string()))
-            }
-            Err(s) => Err(HubError::SpokeRefused {
-                spoke: spoke.to_string(),
-                why: s.message().to_string(),
-            }),
-        }
+    fn registrar(&self, spoke: &str, address: &str) -> Arc<Registrar> {
+        let mut registrars = self.registrars.lock().unwrap_or_else(|p| p.into_inner());
+        registrars
+            .entry((spoke.to_string(), address.to_string()))
+            .or_insert_with(|| {
+                Arc::new(registration_batcher(
+                    self.node.clone(),
+                    spoke.to_string(),
+                    address.to_string(),
+                ))
+            })
+            .clone()
     }
 }
 

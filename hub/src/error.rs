@@ -105,6 +105,14 @@ impl HubError {
                 waited_ms: *waited_ms,
             },
             HubError::Rejected(r) => HubError::Rejected(r.clone()),
+            HubError::SpokeUnreachable { spoke, why } => HubError::SpokeUnreachable {
+                spoke: spoke.clone(),
+                why: why.clone(),
+            },
+            HubError::SpokeRefused { spoke, why } => HubError::SpokeRefused {
+                spoke: spoke.clone(),
+                why: why.clone(),
+            },
             other => HubError::Internal(other.to_string()),
         }
     }

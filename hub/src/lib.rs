@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod enroll;

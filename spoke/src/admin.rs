@@ -6,6 +6,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 use vigo_common::EnvoyId;
+use vigo_common::limits::MAX_REGISTER_BATCH;
+use vigo_common::refusal::Refusal;
 use vigo_common::signing::parse_public_key;
 use vigo_common::time::now_ms;
 use vigo_proto::v1 as pb;
@@ -182,6 +184,47 @@ impl Admin {
         .await
     }
 
+    /// Registers a batch of envoys, each as `register_envoy` would, concurrently: their
+    /// records reach the store together and share one group commit.
+    pub async fn register_envoys(
+        self: &Arc<Self>,
+        req: pb::RegisterEnvoysRequest,
+    ) -> Result<pb::RegisterEnvoysResponse, SpokeError> {
+        if req.envoys.len() > MAX_REGISTER_BATCH {
+            return Err(SpokeError::malformed(
+                "envoys",
+                format!(
+                    "{} in one call, at most {MAX_REGISTER_BATCH}",
+                    req.envoys.len()
+                ),
+            ));
+        }
+        let each: Vec<_> = req
+            .envoys
+            .into_iter()
+            .map(|one| {
+                let this = self.clone();
+                tokio::spawn(async move { this.register_envoy(one).await })
+            })
+            .collect();
+        let mut outcomes = Vec::with_capacity(each.len());
+        for one in each {
+            let result = one.await.unwrap_or(Err(SpokeError::ShuttingDown));
+            count_call("vigo_enrollments_total", result.as_ref().map(|_| ()));
+            let outcome = match result {
+                Ok(registered) => pb::register_envoy_outcome::Outcome::Registered(registered),
+                Err(e) => pb::register_envoy_outcome::Outcome::Refused(pb::Refused {
+                    code: e.kind().grpc_code() as i32,
+                    message: e.to_string(),
+                }),
+            };
+            outcomes.push(pb::RegisterEnvoyOutcome {
+                outcome: Some(outcome),
+            });
+        }
+        Ok(pb::RegisterEnvoysResponse { outcomes })
+    }
+
     pub fn stats(&self) -> pb::SpokeStats {
         let counts = self.fleet.counts();
         let policy = self.policy.current();
@@ -285,14 +328,12 @@ impl pb::spoke_admin_server::SpokeAdmin for AdminService {
         Ok(Response::new(self.0.hand_off(msg).await?))
     }
 
-    async fn register_envoy(
+    async fn register_envoys(
         &self,
-        request: Request<pb::RegisterEnvoyRequest>,
-    ) -> Result<Response<pb::RegisterEnvoyResponse>, Status> {
+        request: Request<pb::RegisterEnvoysRequest>,
+    ) -> Result<Response<pb::RegisterEnvoysResponse>, Status> {
         let msg = request.into_inner();
-        let result = self.0.register_envoy(msg).await;
-        count_call("vigo_enrollments_total", result.as_ref().map(|_| ()));
-        Ok(Response::new(result?))
+        Ok(Response::new(self.0.register_envoys(msg).await?))
     }
 
     async fn apply_revocations(

@@ -9,7 +9,7 @@
 //! | SpokeAdmin | GetEnvoy, Stats, Compliance, RevokeEnvoy | admin, hub | 64 KiB |
 //! | SpokeAdmin | ListEnvoys, TraitCount | admin, hub | 256 KiB |
 //! | SpokeAdmin | ForcePush | admin, hub | 1 MiB |
-//! | SpokeAdmin | RegisterEnvoy | hub | 64 KiB |
+//! | SpokeAdmin | RegisterEnvoys | hub | 256 KiB |
 //! | SpokeAdmin | ExportEnvoys, HandOff, ApplyRevocations | hub | 1 MiB |
 //! | SpokeAdmin | ApplyConfig | hub | the largest policy (16 MiB) + 64 KiB |
 //! | SpokeAdmin | ImportEnvoys | hub | 64 MiB |
@@ -113,7 +113,7 @@ impl Admit for SpokeAdmin {
             "GetEnvoy" | "Stats" | "Compliance" | "RevokeEnvoy" => (ADMINS, s.limits(64 * KIB)),
             "ListEnvoys" | "TraitCount" => (ADMINS, s.limits(256 * KIB)),
             "ForcePush" => (ADMINS, s.limits(MIB)),
-            "RegisterEnvoy" => (HUB, s.limits(64 * KIB)),
+            "RegisterEnvoys" => (HUB, s.limits(256 * KIB)),
             "ExportEnvoys" | "HandOff" => (HUB, bulk(MIB)),
             "ApplyRevocations" => (HUB, s.limits(MIB)),
             "ApplyConfig" => (HUB, bulk(MAX_CONFIG_MESSAGE)),
