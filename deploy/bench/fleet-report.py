@@ -76,12 +76,17 @@ def main(out):
     for path in glob.glob(os.path.join(out, "enroll-*.log")):
         m = re.search(r"enrolled (\d+) envoys", open(path).read())
         enrolled += int(m.group(1)) if m else 0
+    sim_cpu = 0.0
+    for path in glob.glob(os.path.join(out, "enroll-*.cpu")):
+        m = re.search(r"cpu ([\d.]+) ([\d.]+)", open(path).read())
+        sim_cpu += float(m.group(1)) + float(m.group(2)) if m else 0.0
     report["phases"]["enroll"] = {
         "seconds": secs,
         "enrolled": enrolled,
         "per_second": round(enrolled / secs, 1) if secs else None,
         "hub_cpu_us_per_enrollment": round(cpu_delta(e0["hubs"], e1["hubs"]) / max(enrolled, 1), 1),
         "spoke_cpu_us_per_enrollment": round(cpu_delta(e0["spokes"], e1["spokes"]) / max(enrolled, 1), 1),
+        "sim_cpu_us_per_enrollment": round(sim_cpu * 1e6 / max(enrolled, 1), 1),
     }
 
     steady_rate = None
@@ -139,7 +144,8 @@ def main(out):
     print(f"fleet: {report['envoys']} envoys on {report['spokes']} spokes")
     en = report["phases"]["enroll"]
     print(f"enroll: {en['enrolled']} in {en['seconds']:.1f} s = {en['per_second']}/s; "
-          f"hub CPU {en['hub_cpu_us_per_enrollment']} µs, spoke CPU {en['spoke_cpu_us_per_enrollment']} µs per enrollment")
+          f"hub CPU {en['hub_cpu_us_per_enrollment']} µs, spoke CPU {en['spoke_cpu_us_per_enrollment']} µs, "
+          f"simulator CPU {en['sim_cpu_us_per_enrollment']} µs per enrollment")
     print(f"{'phase':<10} {'secs':>6} {'ck-in/s':>8} {'p50 µs':>8} {'p99 µs':>8} {'p99.9 µs':>9} {'failed':>7} "
           f"{'retried':>8} {'spoke %':>8} {'µs/ck-in':>9} {'hub %':>6} {'hub µs':>7} {'RSS B/envoy':>11} {'terms':>5}")
     for name, p in report["phases"].items():

@@ -18,10 +18,12 @@
 #   deploy/bench/fleet.sh                                   20,000 envoys, 3 spokes
 #   ENVOYS=100000 SPOKES=6 deploy/bench/fleet.sh            the target fleet
 #   ENVOYS=5000 STEADY=60 PHASES="steady" deploy/bench/fleet.sh
+#   ENVOYS=30000 PHASES=enroll deploy/bench/fleet.sh       enrollment alone
 #
 # Env: ENVOYS (20000), SPOKES (3), INTERVAL (60s), RAMP (seconds; 120, or ENVOYS/300 when
 #      longer), SETTLE (10), STEADY (180),
-#      PHASES (the phases after steady, in order: "storm reconnect failover"),
+#      PHASES (the phases after steady, in order: "storm reconnect failover"; "enroll"
+#      alone stops after enrollment),
 #      PER_SIM (envoys per simulator, 16000: each envoy is a connection and a descriptor),
 #      OUT (/tmp/vigo-fleet/<UTC>).
 set -euo pipefail
@@ -62,15 +64,21 @@ SIMS=$(( (ENVOYS + PER_SIM - 1) / PER_SIM ))
 share() { local k=$1; echo $(( ENVOYS / SIMS + (k < ENVOYS % SIMS ? 1 : 0) )); }
 mark enroll
 for k in $(seq 0 $((SIMS - 1))); do
-    "$BIN/vigo-sim" --hub "127.0.0.1:$((HUB_PORT + k % 3))" --ca "$OUT/pki/ca.pem" \
+    # The simulator's own CPU (user and system seconds) goes to enroll-K.cpu.
+    ( TIMEFORMAT='cpu %U %S'
+      time "$BIN/vigo-sim" --hub "127.0.0.1:$((HUB_PORT + k % 3))" --ca "$OUT/pki/ca.pem" \
         --token-file "$OUT/enroll.token" --envoys "$(share "$k")" --identities "$OUT/sim-$k.ids" \
         --hostname-prefix "f$k-" --enroll-concurrency 64 --duration 0s --ramp 0s --progress 0s \
-        > "$OUT/enroll-$k.log" 2>&1 &
+        > "$OUT/enroll-$k.log" 2>&1 ) 2> "$OUT/enroll-$k.cpu" &
     SIM_PIDS+=($!)
 done
 for p in "${SIM_PIDS[@]}"; do wait "$p" || { cat "$OUT"/enroll-*.log; exit 1; }; done
 SIM_PIDS=()
 mark enroll-end
+if [[ $PHASES == enroll ]]; then
+    python3 deploy/bench/fleet-report.py "$OUT" | tee "$OUT/report.txt"
+    exit 0
+fi
 
 # --- ramp and steady: every simulator runs to the end of the last phase.
 rest=0

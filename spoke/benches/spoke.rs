@@ -17,6 +17,7 @@ use vigo_common::EnvoyId;
 use vigo_common::signing::{Domain, signed_message};
 use vigo_proto::v1 as pb;
 use vigo_spoke::fleet::{EnvoyRecord, EnvoyState, FleetIndex};
+use vigo_spoke::flush_rows::StateRowsBuilder;
 use vigo_spoke::flusher::Flusher;
 use vigo_spoke::gateway::{Gateway, GatewaySettings};
 use vigo_spoke::policy_cache::PolicyCache;
@@ -234,20 +235,19 @@ fn enroll_rows(store: &Store, n: u64) {
                 ..Default::default()
             })
             .collect();
-        let states = envoys
-            .iter()
-            .map(|e| {
-                (
-                    e.id,
-                    StoredState {
-                        sequence: 5,
-                        last_seen_ms: vigo_common::time::now_ms(),
-                        traits_hash: vec![0; 32],
-                        bundle_fingerprint: vec![1; 32],
-                    },
-                )
-            })
-            .collect();
+        let mut states = StateRowsBuilder::default();
+        for e in &envoys {
+            states.push(
+                e.id,
+                &StoredState {
+                    sequence: 5,
+                    last_seen_ms: vigo_common::time::now_ms(),
+                    traits_hash: vec![0; 32],
+                    bundle_fingerprint: vec![1; 32],
+                },
+            );
+        }
+        let states = states.into_chunks(usize::MAX).pop().unwrap_or_default();
         store
             .write_blocking(WriteOp::PutEnvoys {
                 envoys,
@@ -363,7 +363,9 @@ fn main() {
         for rows in [500, 2_000, 10_000] {
             flush(dir.path(), rows, 10_000);
         }
-        flush(dir.path(), 2_000, 50_000);
+        for rows in [2_000, 10_000] {
+            flush(dir.path(), rows, 50_000);
+        }
     }
     if run("rehydrate") {
         rehydrate_100k(dir.path());

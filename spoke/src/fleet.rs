@@ -511,16 +511,31 @@ impl FleetIndex {
             .sum()
     }
 
-    /// The state to write for a dirty envoy, clearing its dirty bit under the same lock
-    /// so a concurrent check-in re-marks it for the next flush.
-    pub fn take_for_flush(&self, id: EnvoyId) -> Option<EnvoyState> {
-        let record = self.get(id)?;
-        let mut st = record.lock();
-        if !st.dirty {
-            return None;
+    /// Hands `f` the state of each dirty envoy of `shard`, clearing its dirty bit under
+    /// the record's lock so a concurrent check-in re-marks it for the next flush. The
+    /// shard's records are looked up under one read of its map, and locked after it is
+    /// released (no shard lock is ever held while a record's is taken).
+    pub fn take_dirty_states(&self, shard: usize, mut f: impl FnMut(EnvoyId, &EnvoyState)) {
+        let ids = self.take_dirty(shard);
+        if ids.is_empty() {
+            return;
         }
-        st.dirty = false;
-        Some(st.clone())
+        let records: Vec<Arc<EnvoyRecord>> = {
+            let map = self.shards[shard]
+                .records
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            ids.iter()
+                .filter_map(|id| map.get(&id.get()).cloned())
+                .collect()
+        };
+        for record in records {
+            let mut st = record.lock();
+            if st.dirty {
+                st.dirty = false;
+                f(record.id, &st);
+            }
+        }
     }
 
     pub fn counts(&self) -> FleetCounts {
@@ -696,20 +711,24 @@ mod tests {
         fleet.insert(record(5, "a"), EnvoyState::new(0));
         let r = fleet.get(EnvoyId::new(5).unwrap()).unwrap();
         fleet.update(&r, |s| s.mark_dirty());
-        fleet.update(&r, |s| s.mark_dirty());
+        fleet.update(&r, |s| {
+            s.sequence = 3;
+            s.mark_dirty()
+        });
         let shard = 5 % FleetIndex::shard_count();
-        assert_eq!(fleet.take_dirty(shard), vec![r.id]);
-        assert!(fleet.take_for_flush(r.id).is_some());
-        assert!(
-            fleet.take_for_flush(r.id).is_none(),
-            "flushed state is clean"
-        );
+        let taken = |fleet: &FleetIndex| {
+            let mut seen = Vec::new();
+            fleet.take_dirty_states(shard, |id, st| seen.push((id.get(), st.sequence)));
+            seen
+        };
+        assert_eq!(taken(&fleet), vec![(5, 3)], "listed once, latest state");
+        assert_eq!(taken(&fleet), vec![], "flushed state is clean");
         fleet.update(&r, |s| s.mark_dirty());
-        assert_eq!(
-            fleet.take_dirty(shard),
-            vec![r.id],
-            "a new change re-lists it"
-        );
+        assert_eq!(taken(&fleet), vec![(5, 3)], "a new change re-lists it");
+        // A removed envoy's dirty entry finds nothing.
+        fleet.update(&r, |s| s.mark_dirty());
+        fleet.remove(r.id);
+        assert_eq!(taken(&fleet), vec![]);
     }
 
     #[test]

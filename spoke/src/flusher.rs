@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error};
 
-use crate::fleet::{EnvoyState, FleetIndex};
-use crate::store::{Store, StoredState, WriteOp};
+use crate::fleet::FleetIndex;
+use crate::flush_rows::{StateRows, StateRowsBuilder};
+use crate::store::{Store, WriteOp};
 use crate::traits_store::TraitsStore;
 
 pub struct Flusher {
@@ -30,34 +31,17 @@ pub struct FlushStats {
     pub elapsed: Duration,
 }
 
-impl From<&EnvoyState> for StoredState {
-    fn from(st: &EnvoyState) -> Self {
-        StoredState {
-            sequence: st.sequence,
-            last_seen_ms: st.last_seen_ms,
-            traits_hash: st.traits_hash.to_vec(),
-            bundle_fingerprint: st.bundle_fingerprint.to_vec(),
-        }
-    }
-}
-
 impl Flusher {
     /// Writes every dirty envoy of `shards`, `batch_rows` per transaction.
     pub fn flush(&self, shards: impl Iterator<Item = usize>) -> FlushStats {
         let started = Instant::now();
         // States first, trait sets second: a state naming a new set was staged before it
         // was adopted, so the set is in this flush or an earlier one.
-        let mut rows: Vec<(u64, StoredState)> = Vec::new();
+        let mut rows = StateRowsBuilder::default();
         for shard in shards {
-            for id in self.fleet.take_dirty(shard) {
-                if let Some(st) = self.fleet.take_for_flush(id) {
-                    rows.push((id.get(), StoredState::from(&st)));
-                }
-            }
+            self.fleet
+                .take_dirty_states(shard, |id, st| rows.push_state(id.get(), st));
         }
-        // Envoy ids are random: written in key order, each B-tree page is copied once per
-        // transaction rather than once per row that lands on it.
-        rows.sort_unstable_by_key(|(id, _)| *id);
         let mut traits = self.traits.take_unpersisted();
         let mut stats = FlushStats {
             rows: rows.len(),
@@ -66,19 +50,19 @@ impl Flusher {
         if rows.is_empty() && traits.is_empty() {
             return stats;
         }
-        let mut chunks = rows.chunks(self.batch_rows.max(1)).peekable();
+        let mut chunks = rows.into_chunks(self.batch_rows).into_iter().peekable();
         while chunks.peek().is_some() || !traits.is_empty() {
-            let chunk = chunks.next().unwrap_or(&[]);
+            let chunk = chunks.next().unwrap_or_default();
             let sets = std::mem::take(&mut traits);
             let set_hashes: Vec<[u8; 32]> = sets.iter().map(|(h, _)| *h).collect();
             let op = WriteOp::Flush {
-                states: chunk.to_vec(),
+                states: chunk.clone(),
                 traits: sets,
             };
             stats.transactions += 1;
             if let Err(e) = self.store.write_blocking(op) {
                 error!(error = %e, rows = chunk.len(), "flush failed; envoys stay dirty for the next one");
-                self.remark(chunk);
+                self.remark(&chunk);
                 self.traits.requeue(set_hashes);
             }
         }
@@ -89,9 +73,9 @@ impl Flusher {
         stats
     }
 
-    fn remark(&self, rows: &[(u64, StoredState)]) {
-        for (id, _) in rows {
-            if let Some(r) = vigo_common::EnvoyId::new(*id).and_then(|id| self.fleet.get(id)) {
+    fn remark(&self, rows: &StateRows) {
+        for id in rows.ids() {
+            if let Some(r) = vigo_common::EnvoyId::new(id).and_then(|id| self.fleet.get(id)) {
                 self.fleet.update(&r, |st| st.mark_dirty());
             }
         }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod enroll;
 pub mod error;
 pub mod fleet;
+pub mod flush_rows;
 pub mod flusher;
 pub mod forwards;
 pub mod gateway;

@@ -22,6 +22,8 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use tokio::sync::oneshot;
 use tracing::{error, info};
 
+use crate::flush_rows::StateRows;
+
 const ENVOYS: TableDefinition<u64, &[u8]> = TableDefinition::new("envoys");
 const STATES: TableDefinition<u64, &[u8]> = TableDefinition::new("envoy_states");
 const LAST_RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("last_runs");
@@ -167,7 +169,7 @@ pub enum WriteOp {
     },
     /// Dirty states from a flusher, with trait sets not yet on disk.
     Flush {
-        states: Vec<(u64, StoredState)>,
+        states: StateRows,
         traits: Vec<([u8; 32], Vec<u8>)>,
     },
 }
@@ -591,10 +593,8 @@ fn commit_group(db: &Database, group: &[Job]) -> Result<Vec<WriteOutcome>, Store
                             .insert(hash.as_slice(), encoded.as_slice())
                             .map_err(db_err)?;
                     }
-                    for (id, state) in rows {
-                        states
-                            .insert(*id, state.encode_to_vec().as_slice())
-                            .map_err(db_err)?;
+                    for (id, state) in rows.iter() {
+                        states.insert(id, state).map_err(db_err)?;
                     }
                     WriteOutcome::Done
                 }
