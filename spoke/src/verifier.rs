@@ -3,10 +3,12 @@
 //! A request puts its (key, message, signature) in a shared queue. If no request is
 //! combining, it becomes the combiner: it yields once — so every request that is ready to
 //! run reaches the queue too — then verifies the whole queue with one `verify_batch` and
-//! hands each waiting request its verdict. When the spoke is quiet a request verifies
-//! its own signature inline (no thread wake-ups, which cost more than the verification on
-//! a virtual machine); under load, batches grow with the load, and `verify_batch` costs
-//! less than half as much per signature as single verification from about 64 up.
+//! hands each waiting request its verdict. There is no thread hop (wake-ups cost more
+//! than the verification on a virtual machine); batches grow with the load, and
+//! `verify_batch` costs less than half as much per signature as single verification
+//! from about 64 up. When the spoke is quiet the batch is the request alone and the yield
+//! costs one more `epoll_wait` per request; verifying inline then was tried (BENCHMARKS,
+//! 2026-12-02) and saved that syscall but no measurable CPU.
 //!
 //! `verify_batch` is all-or-nothing, so a failed batch is re-checked one by one to find
 //! the bad signatures. It also skips the weak-key check: keys are refused at enrollment.
