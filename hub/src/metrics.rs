@@ -170,6 +170,10 @@ pub fn describe() {
         "Enrollments committed in one raft entry"
     );
     describe_histogram!(
+        "vigo_hub_register_batch_size",
+        "Enrolled envoys registered on their spoke in one RegisterEnvoys call"
+    );
+    describe_histogram!(
         "vigo_hub_fanout_seconds",
         "Time of a fan-out query across the spokes"
     );
@@ -196,6 +200,7 @@ pub fn describe() {
         metrics::gauge!(name).set(0.0);
     }
     let _ = metrics::histogram!("vigo_hub_enroll_batch_size");
+    let _ = metrics::histogram!("vigo_hub_register_batch_size");
     for status in FLEET_STATUSES {
         metrics::gauge!("vigo_fleet_envoys", "status" => status).set(0.0);
     }

@@ -140,6 +140,14 @@ pub fn describe() {
         "vigo_flush_rows_total",
         "Envoy rows written to the store by flushes"
     );
+    describe_histogram!(
+        "vigo_store_commit_size",
+        "Writes (reports, enrollments, flush chunks, imports) sharing one store commit and its fsync"
+    );
+    describe_histogram!(
+        "vigo_store_commit_duration_seconds",
+        "Time of one store commit, fsync included"
+    );
     describe_counter!(
         "vigo_policy_reloads_total",
         "Policies offered to this spoke, by result: applied, or rejected (the previous one kept serving)"
@@ -167,7 +175,12 @@ pub fn describe() {
     ] {
         gauge!(name).set(0.0);
     }
-    for name in ["vigo_flush_duration_seconds", "vigo_verify_batch_size"] {
+    for name in [
+        "vigo_flush_duration_seconds",
+        "vigo_verify_batch_size",
+        "vigo_store_commit_size",
+        "vigo_store_commit_duration_seconds",
+    ] {
         let _ = histogram!(name);
     }
     let _ = CheckinMetrics::default();
