@@ -396,6 +396,47 @@ pub struct EnrollmentService {
     pub enroller: Arc<Enroller>,
 }
 
+/// Attempts at forwarding one enrollment to the leader.
+const FORWARD_ATTEMPTS: u32 = 3;
+
+impl EnrollmentService {
+    /// Sends an enrollment to the leader. One the leader never answered — its
+    /// connection refused the stream (HTTP/2 REFUSED_STREAM, as a new connection's first
+    /// streams can be before its settings arrive) or broke — is sent again: enrollment
+    /// is idempotent (the same hostname and key are the same pinned envoy), so a retry
+    /// is safe whether or not the first one reached the leader. A refusal the leader
+    /// sent (its status, no transport error under it) is the answer.
+    async fn forward(
+        &self,
+        leader: &str,
+        req: pb::EnrollRequest,
+    ) -> Result<pb::EnrollResponse, HubError> {
+        let mut attempt = 1;
+        loop {
+            let channel = self.enroller.node.peers.hub(leader)?;
+            let mut client = pb::enrollment_client::EnrollmentClient::new(channel)
+                .max_decoding_message_size(vigo_common::limits::MAX_SMALL_ANSWER);
+            let mut request = tonic::Request::new(req.clone());
+            request.set_timeout(Duration::from_secs(15));
+            match client.enroll(request).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) if never_answered(&s) && attempt < FORWARD_ATTEMPTS => {
+                    warn!(%leader, attempt, "forwarded enrollment got no answer, sending it again: {}", s.message());
+                    tokio::time::sleep(Duration::from_millis(25 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(s) => return Err(HubError::Forward(s)),
+            }
+        }
+    }
+}
+
+/// A call that failed in the transport (connection or stream refused or broken), not
+/// one the peer answered with a status.
+fn never_answered(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::Unavailable && std::error::Error::source(s).is_some()
+}
+
 #[tonic::async_trait]
 impl pb::enrollment_server::Enrollment for EnrollmentService {
     async fn enroll(
@@ -405,18 +446,7 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
         let req = request.into_inner();
         let result = match self.enroller.node.leader() {
             Ok(crate::node::Leader::Here) => self.enroller.enroll(req).await,
-            Ok(crate::node::Leader::There(addr)) => {
-                let channel = self.enroller.node.peers.hub(&addr)?;
-                let mut client = pb::enrollment_client::EnrollmentClient::new(channel)
-                    .max_decoding_message_size(vigo_common::limits::MAX_SMALL_ANSWER);
-                let mut request = tonic::Request::new(req);
-                request.set_timeout(Duration::from_secs(15));
-                client
-                    .enroll(request)
-                    .await
-                    .map(|r| r.into_inner())
-                    .map_err(HubError::Forward)
-            }
+            Ok(crate::node::Leader::There(addr)) => self.forward(&addr, req).await,
             Err(e) => Err(e),
         };
         if let Err(e) = &result {
@@ -424,5 +454,32 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
             info!(error = %e, "enrollment refused");
         }
         result.map(tonic::Response::new).map_err(Into::into)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_a_call_the_transport_failed_counts_as_never_answered() {
+        // Nothing listens on this port: the transport fails, nothing was answered.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect_lazy();
+        let failed = pb::enrollment_client::EnrollmentClient::new(channel)
+            .enroll(pb::EnrollRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(failed.code(), tonic::Code::Unavailable);
+        assert!(never_answered(&failed));
+        // The leader's own answer (no leader elected, a spoke down) is final.
+        assert!(!never_answered(&tonic::Status::unavailable("no leader")));
+        assert!(!never_answered(&tonic::Status::invalid_argument("bad")));
     }
 }
