@@ -16,6 +16,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::pki::{Peer, Role};
 
+pub mod direct;
 pub mod tickets;
 use crate::{Error, pem};
 
@@ -223,18 +224,7 @@ pub fn channel(
     config: Arc<ClientConfig>,
     connect_timeout: Duration,
 ) -> Result<tonic::transport::Channel, Error> {
-    channel_with(address, config, connect_timeout, None, None)
-}
-
-/// As [`channel`], connecting from the local address `local` (a simulator spreads its
-/// envoys over loopback addresses, so that a server sees many sources as from a fleet).
-pub fn channel_from(
-    address: &str,
-    config: Arc<ClientConfig>,
-    connect_timeout: Duration,
-    local: std::net::IpAddr,
-) -> Result<tonic::transport::Channel, Error> {
-    channel_with(address, config, connect_timeout, None, Some(local))
+    channel_with(address, config, connect_timeout, None)
 }
 
 /// How often a channel between nodes pings its peer, and how long it waits for the
@@ -250,7 +240,7 @@ pub fn peer_channel(
     config: Arc<ClientConfig>,
     connect_timeout: Duration,
 ) -> Result<tonic::transport::Channel, Error> {
-    channel_with(address, config, connect_timeout, Some(PEER_KEEPALIVE), None)
+    channel_with(address, config, connect_timeout, Some(PEER_KEEPALIVE))
 }
 
 fn channel_with(
@@ -258,7 +248,6 @@ fn channel_with(
     config: Arc<ClientConfig>,
     connect_timeout: Duration,
     keepalive: Option<Duration>,
-    local: Option<std::net::IpAddr>,
 ) -> Result<tonic::transport::Channel, Error> {
     let (server_name, address) = split_address(address)?;
     let target = address.to_string();
@@ -281,10 +270,7 @@ fn channel_with(
         let (connector, server_name, target) =
             (connector.clone(), server_name.clone(), target.clone());
         async move {
-            let tcp = match local {
-                None => TcpStream::connect(&target).await?,
-                Some(ip) => connect_from(&target, ip).await?,
-            };
+            let tcp = TcpStream::connect(&target).await?;
             tcp.set_nodelay(true)?;
             let tls = connector.connect(server_name, tcp).await?;
             Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(tls))

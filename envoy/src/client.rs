@@ -11,6 +11,7 @@ use tonic::transport::Channel;
 use vigo_common::pki::Role;
 use vigo_common::signing::{self, Domain};
 use vigo_common::time::now_ms;
+use vigo_common::tls::direct::DirectChannel;
 use vigo_common::traits::{TraitMap, traits_hash};
 use vigo_common::{EnvoyId, limits, pki, tls};
 use vigo_proto::v1 as pb;
@@ -204,15 +205,6 @@ pub fn gateway(
     gateway_over(tls::channel(address, tls, CONNECT_TIMEOUT)?)
 }
 
-/// As [`gateway`], connecting from the local address `local`.
-pub fn gateway_from(
-    address: &str,
-    tls: Arc<ClientConfig>,
-    local: std::net::IpAddr,
-) -> Result<pb::envoy_gateway_client::EnvoyGatewayClient<Channel>, ClientError> {
-    gateway_over(tls::channel_from(address, tls, CONNECT_TIMEOUT, local)?)
-}
-
 fn gateway_over(
     channel: Channel,
 ) -> Result<pb::envoy_gateway_client::EnvoyGatewayClient<Channel>, ClientError> {
@@ -220,6 +212,28 @@ fn gateway_over(
     Ok(pb::envoy_gateway_client::EnvoyGatewayClient::new(channel)
         .max_decoding_message_size(limits::MAX_CHECKIN_ANSWER)
         .max_encoding_message_size(limits::MAX_CHECKIN_ANSWER))
+}
+
+/// A gateway client on one connection with no task or queue in front of it
+/// (`tls::direct`), connecting from `local` when given: the simulator's, one per envoy.
+pub fn gateway_direct(
+    address: &str,
+    tls: Arc<ClientConfig>,
+    local: Option<std::net::IpAddr>,
+) -> Result<pb::envoy_gateway_client::EnvoyGatewayClient<DirectChannel>, ClientError> {
+    let channel = DirectChannel::new(address, tls, CONNECT_TIMEOUT, local)?;
+    let origin =
+        format!("https://{address}")
+            .parse()
+            .map_err(|e| vigo_common::Error::Malformed {
+                what: "server address",
+                why: format!("{address:?}: {e}"),
+            })?;
+    Ok(
+        pb::envoy_gateway_client::EnvoyGatewayClient::with_origin(channel, origin)
+            .max_decoding_message_size(limits::MAX_CHECKIN_ANSWER)
+            .max_encoding_message_size(limits::MAX_CHECKIN_ANSWER),
+    )
 }
 
 /// How many times a shed request is sent again within one attempt.
@@ -254,9 +268,36 @@ impl Patience {
     }
 }
 
+/// What a gateway client can run on: a tonic `Channel`, or a [`DirectChannel`].
+pub trait Transport:
+    tonic::client::GrpcService<
+        tonic::body::Body,
+        Error: Into<tonic::codegen::StdError>,
+        ResponseBody: tonic::codegen::Body<
+            Data = Bytes,
+            Error: Into<tonic::codegen::StdError> + Send,
+        > + Send
+                          + 'static,
+    >
+{
+}
+
+impl<T> Transport for T where
+    T: tonic::client::GrpcService<
+            tonic::body::Body,
+            Error: Into<tonic::codegen::StdError>,
+            ResponseBody: tonic::codegen::Body<
+                Data = Bytes,
+                Error: Into<tonic::codegen::StdError> + Send,
+            > + Send
+                              + 'static,
+        >
+{
+}
+
 /// Sends a check-in with the standard deadline.
-pub async fn send_check_in(
-    client: &mut pb::envoy_gateway_client::EnvoyGatewayClient<Channel>,
+pub async fn send_check_in<T: Transport>(
+    client: &mut pb::envoy_gateway_client::EnvoyGatewayClient<T>,
     request: pb::SignedRequest,
 ) -> Result<pb::CheckInResponse, tonic::Status> {
     let mut request = tonic::Request::new(request);
@@ -265,8 +306,8 @@ pub async fn send_check_in(
 }
 
 /// Sends a run report with the standard deadline.
-pub async fn send_report(
-    client: &mut pb::envoy_gateway_client::EnvoyGatewayClient<Channel>,
+pub async fn send_report<T: Transport>(
+    client: &mut pb::envoy_gateway_client::EnvoyGatewayClient<T>,
     request: pb::SignedRequest,
 ) -> Result<pb::ReportRunResponse, tonic::Status> {
     let mut request = tonic::Request::new(request);

@@ -21,6 +21,7 @@ use vigo_common::config::Percent;
 use vigo_common::policy::bundle::verify_delivery;
 use vigo_common::procfs;
 use vigo_common::time::now_ms;
+use vigo_common::tls::direct::DirectChannel;
 use vigo_common::traits::TraitMap;
 use vigo_common::{fsutil, tls};
 use vigo_proto::v1 as pb;
@@ -331,7 +332,7 @@ async fn ensure_enrolled(args: &SimArgs, ca_pem: &str) -> Result<(Vec<Identity>,
     Ok((have, count))
 }
 
-type Gateway = pb::envoy_gateway_client::EnvoyGatewayClient<Channel>;
+type Gateway = pb::envoy_gateway_client::EnvoyGatewayClient<DirectChannel>;
 
 /// One client per connection: each envoy's own, or `connections` relay connections.
 fn build_clients(
@@ -350,7 +351,7 @@ fn build_clients(
             &[vigo_common::pki::Role::Spoke],
         )?);
         return (0..connections)
-            .map(|_| Ok(client::gateway(&args.target, config.clone())?))
+            .map(|_| Ok(client::gateway_direct(&args.target, config.clone(), None)?))
             .collect();
     }
     identities
@@ -363,10 +364,8 @@ fn build_clients(
                 &args.target
             };
             let tls = id.tls_config()?;
-            Ok(match args.loopback_sources {
-                true => client::gateway_from(spoke, tls, loopback_source(i))?,
-                false => client::gateway(spoke, tls)?,
-            })
+            let source = args.loopback_sources.then(|| loopback_source(i));
+            Ok(client::gateway_direct(spoke, tls, source)?)
         })
         .collect()
 }
