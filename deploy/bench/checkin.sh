@@ -72,7 +72,8 @@ s = json.load(open(sys.argv[1]))
 print(f"RESULT kind=spoke cpu_us={s['spoke_cpu_us_per_checkin']:.1f} rps={s['checkins_per_second']:.0f} "
       f"p50_us={s['latency_p50_us']} p99_us={s['latency_p99_us']} rss_kib={s['spoke_rss_kib']} "
       f"rss_per_envoy_b={s['spoke_rss_per_envoy_bytes']:.0f} cpu_pct={s['spoke_cpu_percent']:.0f} "
-      f"sim_cpu_us={s['sim_cpu_us_per_checkin']:.1f} batch={sys.argv[2]} failed={sum(s['failed'].values())}")
+      f"sim_cpu_us={s['sim_cpu_us_per_checkin']:.1f} sim_rss_per_envoy_b={s.get('sim_rss_per_envoy_bytes') or 0:.0f} "
+      f"batch={sys.argv[2]} failed={sum(s['failed'].values())}")
 PY
     if [ -f "$OUT/perf-$round.txt" ]; then
         python3 - "$OUT/perf-$round.txt" "$OUT/spoke-$round.json" "$SECS" <<'PY' | tee -a "$OUT/results.txt"

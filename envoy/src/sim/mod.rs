@@ -210,6 +210,7 @@ pub async fn run(args: SimArgs) -> Result<Summary, SimError> {
     let spoke_cpu_end = args.spoke_pid.and_then(procfs::cpu_micros);
     let sim_cpu_end = procfs::cpu_micros(std::process::id());
     let spoke_rss = args.spoke_pid.and_then(procfs::rss_kib);
+    let sim_rss = procfs::rss_kib(std::process::id());
     if let Some(p) = progress {
         p.abort();
     }
@@ -258,6 +259,7 @@ pub async fn run(args: SimArgs) -> Result<Summary, SimError> {
         spoke_rss_per_envoy_bytes: spoke_rss
             .map(|kib| kib as f64 * 1024.0 / args.envoys.max(1) as f64),
         sim_cpu_us_per_checkin: per_checkin(sim_cpu_start, sim_cpu_end),
+        sim_rss_per_envoy_bytes: sim_rss.map(|kib| kib as f64 * 1024.0 / args.envoys.max(1) as f64),
     })
 }
 

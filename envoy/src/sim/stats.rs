@@ -208,6 +208,8 @@ pub struct Summary {
     pub spoke_rss_kib: Option<u64>,
     pub spoke_rss_per_envoy_bytes: Option<f64>,
     pub sim_cpu_us_per_checkin: Option<f64>,
+    /// The simulator's own resident memory at the end of the window, per envoy.
+    pub sim_rss_per_envoy_bytes: Option<f64>,
 }
 
 impl Summary {
@@ -268,6 +270,9 @@ impl Summary {
         }
         if let Some(cpu) = self.sim_cpu_us_per_checkin {
             println!("  simulator CPU {cpu:.1} µs per check-in");
+        }
+        if let Some(rss) = self.sim_rss_per_envoy_bytes {
+            println!("  simulator RSS {rss:.0} B per envoy");
         }
     }
 }
