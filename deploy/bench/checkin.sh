@@ -11,7 +11,8 @@
 #                                           syscalls and migrations per check-in
 #
 # Env: ENVOYS (10000), ROUNDS (3), SECS (measured seconds, 20), RAMP (seconds, 10),
-#      INTERVAL (check-in interval; default 1ms = every envoy back to back),
+#      INTERVAL (check-in interval; default 1ms = every envoy back to back), SIM_BIN
+#      (another vigo-sim build to load the spoke with),
 #      FLOOR_DIR (../shared/anchors/grpc-floor), FLOOR_CONNS (512, the floor's reference
 #      shape; set it to ENVOYS to compare at equal connection counts), OUT (/tmp/vigo-bench/<UTC>),
 #      PERF (1: `perf stat` the spoke over the measured window).
@@ -31,6 +32,8 @@ mkdir -p "$OUT"
 
 cargo build --release --bin vigo-spoke --bin vigo-sim 2>&1 | tail -1
 BIN=${BIN:-$(pwd)/${CARGO_TARGET_DIR:-target}/release}
+# SIM_BIN: another simulator build to load the spoke with (to compare two builds).
+SIM_BIN=${SIM_BIN:-$BIN/vigo-sim}
 if [ "$FLOOR" = 1 ]; then
     FLOOR_TARGET=${FLOOR_TARGET:-/tmp/grpc-floor-target}
     CARGO_TARGET_DIR=$FLOOR_TARGET cargo build --release --manifest-path "$FLOOR_DIR/Cargo.toml" 2>&1 | tail -1
@@ -46,14 +49,14 @@ SECRET=$(cat "$HOME_DIR/secret")
 
 # Enroll once (not measured).
 start_spoke "$HOME_DIR"
-taskset -c 1 "$BIN/vigo-sim" --ca "$HOME_DIR/pki/ca.pem" --token "$SECRET" --envoys "$ENVOYS" \
+taskset -c 1 "$SIM_BIN" --ca "$HOME_DIR/pki/ca.pem" --token "$SECRET" --envoys "$ENVOYS" \
     --identities "$HOME_DIR/ids.json" --interval 60s --duration 1s --ramp 0s --progress 0s >/dev/null
 stop_spoke
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 for round in $(seq "$ROUNDS"); do
     start_spoke "$HOME_DIR"
-    taskset -c 1 "$BIN/vigo-sim" --ca "$HOME_DIR/pki/ca.pem" --envoys "$ENVOYS" \
+    taskset -c 1 "$SIM_BIN" --ca "$HOME_DIR/pki/ca.pem" --envoys "$ENVOYS" \
         --identities "$HOME_DIR/ids.json" --interval "$INTERVAL" --jitter 0% \
         --duration "$((SECS + RAMP))s" --ramp "${RAMP}s" --progress 0s \
         --spoke-pid "$SPOKE" --json > "$OUT/spoke-$round.json" &
