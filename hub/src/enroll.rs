@@ -33,15 +33,7 @@ use crate::state::{Applied, ClusterState, Command, EnrollEntry, Rejection};
 const SPOKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Registers envoys on one spoke, in batches.
-type Registrar = Batcher<Registration, u64>;
-
-/// One registration for a spoke's batch.
-struct Registration {
-    envoy_id: u64,
-    hostname: String,
-    key: [u8; 32],
-    token_name: String,
-}
+type Registrar = Batcher<pb::RegisterEnvoyRequest, u64>;
 
 /// Starts the batching task that commits pins, up to `max` per raft entry.
 fn pin_batcher(node: Arc<Node>, max: usize) -> Batcher<EnrollEntry, u64> {
@@ -65,9 +57,9 @@ fn registration_batcher(node: Arc<Node>, spoke: String, address: String) -> Regi
     Batcher::start(
         MAX_REGISTER_BATCH,
         "vigo_hub_register_batch_size",
-        move |batch: Vec<Registration>| {
+        move |envoys: Vec<pb::RegisterEnvoyRequest>| {
             let (node, spoke, address) = (node.clone(), spoke.clone(), address.clone());
-            async move { register_on_spoke(&node, &spoke, &address, batch).await }
+            async move { register_on_spoke(&node, &spoke, &address, envoys).await }
         },
     )
 }
@@ -76,7 +68,7 @@ async fn register_on_spoke(
     node: &Node,
     spoke: &str,
     address: &str,
-    batch: Vec<Registration>,
+    envoys: Vec<pb::RegisterEnvoyRequest>,
 ) -> Result<Vec<Result<u64, HubError>>, HubError> {
     let refused = |why: String| HubError::SpokeRefused {
         spoke: spoke.to_string(),
@@ -85,18 +77,8 @@ async fn register_on_spoke(
     let channel = node.peers.spoke(address)?;
     let mut client = pb::spoke_admin_client::SpokeAdminClient::new(channel)
         .max_decoding_message_size(vigo_common::limits::MAX_SMALL_ANSWER);
-    let count = batch.len();
-    let mut request = tonic::Request::new(pb::RegisterEnvoysRequest {
-        envoys: batch
-            .into_iter()
-            .map(|r| pb::RegisterEnvoyRequest {
-                envoy_id: r.envoy_id,
-                hostname: r.hostname,
-                public_key: Bytes::copy_from_slice(&r.key),
-                token_name: r.token_name,
-            })
-            .collect(),
-    });
+    let count = envoys.len();
+    let mut request = tonic::Request::new(pb::RegisterEnvoysRequest { envoys });
     request.set_timeout(SPOKE_TIMEOUT);
     let outcomes = match client.register_envoys(request).await {
         Ok(r) => r.into_inner().outcomes,
@@ -233,10 +215,10 @@ impl Enroller {
             EnvoyId::new(envoy_id).ok_or_else(|| HubError::Internal("envoy id zero".into()))?;
         let registered = self
             .registrar(&spoke_id, &address)
-            .submit(Registration {
+            .submit(pb::RegisterEnvoyRequest {
                 envoy_id,
                 hostname: hostname.clone(),
-                key: key.to_bytes(),
+                public_key: Bytes::copy_from_slice(key.as_bytes()),
                 token_name,
             })
             .await?;
