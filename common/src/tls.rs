@@ -4,9 +4,10 @@
 //! connection, not per request.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use rustls::client::danger::ServerCertVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
@@ -20,9 +21,12 @@ pub mod direct;
 pub mod tickets;
 use crate::{Error, pem};
 
-/// The one crypto provider of every Vigo binary.
+/// The one crypto provider of every Vigo binary, built once and shared by every config.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
 }
 
 /// Installs ring as the process-wide rustls provider. Binaries call this first thing in
@@ -99,21 +103,38 @@ pub fn client_config(
     identity: Option<(&str, &str)>,
     servers: &'static [Role],
 ) -> Result<ClientConfig, Error> {
-    let provider = provider();
-    let chain = rustls::client::WebPkiServerVerifier::builder_with_provider(
-        roots(ca_pem)?,
-        provider.clone(),
-    )
-    .build()
-    .map_err(|e| Error::Tls {
-        what: "server verifier",
-        why: e.to_string(),
-    })?;
-    let builder = ClientConfig::builder_with_provider(provider)
+    client_config_verified_by(server_verifier(ca_pem, servers)?, identity)
+}
+
+/// The server check of [`client_config`]: the chain to our CA, then the role the
+/// server's certificate names. Built once, it can be shared by many client configs (a
+/// simulator's thousands of envoys each present their own certificate but trust the
+/// same CA).
+pub fn server_verifier(
+    ca_pem: &str,
+    servers: &'static [Role],
+) -> Result<Arc<dyn ServerCertVerifier>, Error> {
+    let chain =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots(ca_pem)?, provider())
+            .build()
+            .map_err(|e| Error::Tls {
+                what: "server verifier",
+                why: e.to_string(),
+            })?;
+    Ok(Arc::new(RoleVerifier { chain, servers }))
+}
+
+/// A TLS 1.3 client config (ALPN h2) checking servers with `verifier` (from
+/// [`server_verifier`]), with an optional client identity (certificate and key PEM).
+pub fn client_config_verified_by(
+    verifier: Arc<dyn ServerCertVerifier>,
+    identity: Option<(&str, &str)>,
+) -> Result<ClientConfig, Error> {
+    let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err("client protocol versions"))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(RoleVerifier { chain, servers }));
+        .with_custom_certificate_verifier(verifier);
     let mut config = match identity {
         Some((cert_pem, key_pem)) => builder
             .with_client_auth_cert(pem::parse_certs(cert_pem)?, pem::parse_key(key_pem)?)
@@ -131,7 +152,7 @@ struct RoleVerifier {
     servers: &'static [Role],
 }
 
-impl rustls::client::danger::ServerCertVerifier for RoleVerifier {
+impl ServerCertVerifier for RoleVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,

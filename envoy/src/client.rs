@@ -7,6 +7,8 @@ use bytes::Bytes;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use prost::Message;
 use rustls::ClientConfig;
+use rustls::client::Resumption;
+use rustls::client::danger::ServerCertVerifier;
 use tonic::transport::Channel;
 use vigo_common::pki::Role;
 use vigo_common::signing::{self, Domain};
@@ -15,6 +17,10 @@ use vigo_common::tls::direct::DirectChannel;
 use vigo_common::traits::{TraitMap, traits_hash};
 use vigo_common::{EnvoyId, limits, pki, tls};
 use vigo_proto::v1 as pb;
+
+/// Session tickets an envoy keeps to resume with: rustls keeps up to 8 per server, so
+/// room for two servers (its spoke, and the next after a move).
+const SESSIONS_REMEMBERED: usize = 16;
 
 /// Deadline of one request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,11 +63,20 @@ impl Identity {
 
     /// The same, to servers of `roles` (a hub, to locate its spoke).
     pub fn tls_config_for(&self, roles: &'static [Role]) -> Result<Arc<ClientConfig>, ClientError> {
-        Ok(Arc::new(tls::client_config(
-            &self.ca_pem,
-            Some((&self.cert_pem, &self.tls_key_pem)),
-            roles,
-        )?))
+        self.tls_config_verified_by(tls::server_verifier(&self.ca_pem, roles)?)
+    }
+
+    /// The same with a server check built once for many envoys (the simulator's).
+    /// Sessions are remembered for two servers, not rustls' default 32: the store is
+    /// allocated at its full size with every config.
+    pub fn tls_config_verified_by(
+        &self,
+        verifier: Arc<dyn ServerCertVerifier>,
+    ) -> Result<Arc<ClientConfig>, ClientError> {
+        let mut config =
+            tls::client_config_verified_by(verifier, Some((&self.cert_pem, &self.tls_key_pem)))?;
+        config.resumption = Resumption::in_memory_sessions(SESSIONS_REMEMBERED);
+        Ok(Arc::new(config))
     }
 }
 

@@ -356,6 +356,9 @@ fn build_clients(
             .map(|_| Ok(client::gateway_direct(&args.target, config.clone(), None)?))
             .collect();
     }
+    // One server check for all: the envoys trust the same CA (each still presents its
+    // own certificate and keeps its own sessions).
+    let verifier = tls::server_verifier(ca_pem, &[vigo_common::pki::Role::Spoke])?;
     identities
         .iter()
         .enumerate()
@@ -365,7 +368,7 @@ fn build_clients(
             } else {
                 &args.target
             };
-            let tls = id.tls_config()?;
+            let tls = id.tls_config_verified_by(verifier.clone())?;
             let source = args.loopback_sources.then(|| loopback_source(i));
             Ok(client::gateway_direct(spoke, tls, source)?)
         })
