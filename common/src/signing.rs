@@ -22,6 +22,8 @@ pub enum Domain {
     Stream,
     /// An envoy's identity key vouching for its TLS key at enrollment (over the CSR).
     EnrollKey,
+    /// A task for one envoy, signed by the hub with a bundle key (DESIGN §10).
+    Task,
 }
 
 impl Domain {
@@ -33,6 +35,7 @@ impl Domain {
             Domain::Locate => b"vigo.v1.Locate\0",
             Domain::Stream => b"vigo.v1.Stream\0",
             Domain::EnrollKey => b"vigo.v1.EnrollKey\0",
+            Domain::Task => b"vigo.v1.Task\0",
         }
     }
 
@@ -181,6 +184,7 @@ mod tests {
             Domain::Locate,
             Domain::Stream,
             Domain::EnrollKey,
+            Domain::Task,
         ] {
             assert!(d.prefix().len() <= Domain::MAX_PREFIX_LEN);
         }

@@ -9,6 +9,7 @@ pub mod executors;
 pub mod plan;
 pub mod promotion;
 pub mod state;
+pub mod tasks;
 pub mod traits;
 
 use std::sync::Arc;

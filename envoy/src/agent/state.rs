@@ -25,6 +25,8 @@ use crate::client::Identity;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const REPORTS: TableDefinition<u64, &[u8]> = TableDefinition::new("pending_reports");
+/// Task ids this envoy has admitted, with the instant each task expires.
+const TASKS_SEEN: TableDefinition<&[u8], u64> = TableDefinition::new("tasks_seen");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -226,6 +228,7 @@ impl LocalState {
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(META).map_err(db_err)?;
         txn.open_table(REPORTS).map_err(db_err)?;
+        txn.open_table(TASKS_SEEN).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
         Ok(Self {
             db,
@@ -248,6 +251,40 @@ impl LocalState {
             }
         }
         txn.commit().map_err(db_err)
+    }
+
+    /// Records that task `id`, valid until `not_after_ms`, is about to run; committed
+    /// (fsynced) before it returns. `false`: the id was recorded before — the task ran or
+    /// is running and must not run again, also after a restart. Tasks that expired
+    /// before `forget_before_ms` are forgotten in the same commit (the caller refuses an
+    /// expired task before it gets here), so the ledger holds only tasks near their
+    /// window.
+    pub fn record_task(
+        &self,
+        id: &[u8],
+        not_after_ms: u64,
+        forget_before_ms: u64,
+    ) -> Result<bool, StateError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let first = {
+            let mut seen = txn.open_table(TASKS_SEEN).map_err(db_err)?;
+            seen.retain(|_, not_after| not_after >= forget_before_ms)
+                .map_err(db_err)?;
+            let first = seen.get(id).map_err(db_err)?.is_none();
+            if first {
+                seen.insert(id, not_after_ms).map_err(db_err)?;
+            }
+            first
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(first)
+    }
+
+    /// How many task ids the ledger holds.
+    pub fn tasks_recorded(&self) -> Result<u64, StateError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let seen = txn.open_table(TASKS_SEEN).map_err(db_err)?;
+        redb::ReadableTableMetadata::len(&seen).map_err(db_err)
     }
 
     /// The highest sequence number this envoy has used.
