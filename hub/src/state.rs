@@ -17,11 +17,13 @@ mod moves;
 mod rejection;
 pub mod requests;
 mod revocations;
+pub mod tasks;
 pub use bundle_keys::{BundleKey, BundleKeys, ConfigSeal, KeyChange, Resign, Secret};
 pub use moves::{MovePhase, OpenMove};
 pub use rejection::Rejection;
 pub use requests::{RequestTag, Requests};
 pub use revocations::{Revocation, Revocations, Revoked};
+pub use tasks::{Counts, TaskId, TaskRecord, TaskState, Tasks};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SpokeState {
@@ -233,6 +235,29 @@ pub enum Command {
         /// Who revoked (an API token's name, or what did it).
         by: String,
     },
+    /// A task or live query begins (`state::tasks`); the leader resolved its targets.
+    CreateTask(Box<TaskRecord>),
+    /// Releases a running task's targets, in order, up to `upto` to their spokes.
+    ReleaseTask {
+        id: TaskId,
+        upto: u32,
+    },
+    /// A spoke's counts for a task (cumulative: a field never goes down).
+    CountTask {
+        id: TaskId,
+        spoke: String,
+        counts: Counts,
+        at_ms: u64,
+    },
+    CancelTask {
+        id: TaskId,
+        by: String,
+        at_ms: u64,
+    },
+    /// Ends the running tasks whose window closed before `at_ms`.
+    ExpireTasks {
+        at_ms: u64,
+    },
 }
 
 impl Command {
@@ -277,9 +302,17 @@ pub struct ClusterState {
     /// Moves under way, by envoy.
     #[serde(default)]
     pub moves: BTreeMap<u64, OpenMove>,
+    /// Tasks and live queries: the running ones and the latest ended.
+    #[serde(default)]
+    pub tasks: Tasks,
     /// Derived from `spokes`, rebuilt after they change.
     #[serde(skip)]
     ring: RingCache,
+}
+
+/// `Done`, or the refusal.
+fn done(outcome: Result<(), Rejection>) -> Applied {
+    outcome.map_or_else(Applied::Refused, |()| Applied::Done)
 }
 
 impl ClusterState {
@@ -444,6 +477,19 @@ impl ClusterState {
                     return Applied::Refused(Rejection::NotPinned(id));
                 }
                 self.revoke(target, at_ms, reason, &by);
+                Applied::Done
+            }
+            Command::CreateTask(task) => done(self.create_task(*task)),
+            Command::ReleaseTask { id, upto } => done(self.release_task(&id, upto)),
+            Command::CountTask {
+                id,
+                spoke,
+                counts,
+                at_ms,
+            } => done(self.count_task(&id, &spoke, counts, at_ms)),
+            Command::CancelTask { id, by, at_ms } => done(self.cancel_task(&id, by, at_ms)),
+            Command::ExpireTasks { at_ms } => {
+                self.expire_tasks(at_ms);
                 Applied::Done
             }
             Command::Enroll(entries) => {

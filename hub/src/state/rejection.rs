@@ -57,6 +57,16 @@ pub enum Rejection {
         "the bundle keys or the current config version changed while the bundles were being signed; send the request again"
     )]
     StaleSeal,
+    #[error("no task {0}")]
+    NoSuchTask(String),
+    #[error("task {0} exists")]
+    TaskExists(String),
+    #[error("task {0} has ended ({1})")]
+    TaskEnded(String, String),
+    #[error("{0} tasks are running already: wait for one to end, or cancel one")]
+    TooManyTasks(usize),
+    #[error("a task targets 1 to {1} envoys; this one {0}")]
+    TaskTargets(usize, usize),
     #[error(transparent)]
     Enroll(#[from] Denied),
 }
@@ -81,6 +91,10 @@ impl Refusal for Rejection {
             Rejection::BundleKeyExists(_) => Kind::Exists,
             Rejection::TooManyBundleKeys(_) | Rejection::BundleKeySigning(_) => Kind::Precondition,
             Rejection::StaleSeal => Kind::Conflict,
+            Rejection::NoSuchTask(_) => Kind::NotFound,
+            Rejection::TaskExists(_) => Kind::Exists,
+            Rejection::TaskEnded(..) | Rejection::TooManyTasks(_) => Kind::Precondition,
+            Rejection::TaskTargets(..) => Kind::Malformed,
             Rejection::Enroll(d) => d.kind(),
         }
     }

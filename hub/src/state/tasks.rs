@@ -1,0 +1,346 @@
+//! Tasks and live queries in the replicated state (DESIGN §10): the audit trail of who
+//! ran what on which envoys, and the hub's decisions about them — which targets are
+//! released to their spokes (batch by batch), when dispatch stops (max failures,
+//! cancel, expiry). Per-envoy results stay on the spokes; each spoke reports its
+//! counts, which only grow, so a report applied twice or late changes nothing.
+//!
+//! A leader change loses nothing: the targets, how many are released and every count
+//! are raft state, and the next leader continues from them. Envoys run each task id at
+//! most once (`vigo_envoy::agent::tasks`), so a release sent again is harmless.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ClusterState, Rejection};
+
+/// 16 bytes chosen by the leader.
+pub type TaskId = [u8; 16];
+
+/// Tasks that may run at once.
+pub const MAX_RUNNING: usize = 32;
+/// Ended tasks kept for the audit trail (the oldest go first).
+pub const MAX_ENDED_KEPT: usize = 256;
+/// Envoys one task may target.
+pub const MAX_TARGETS: usize = 200_000;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskAction {
+    /// A program and its arguments; through `/bin/sh -c` only when `shell`.
+    Exec {
+        argv: Vec<String>,
+        shell: bool,
+    },
+    /// One configcrate of the live policy, now.
+    Apply {
+        configcrate: String,
+    },
+    RefreshTraits,
+    /// Read-only collectors (`package:NAME`, `service:NAME`, `file:PATH`, `trait:KEY`,
+    /// `query:NAME`).
+    Query {
+        collectors: Vec<String>,
+    },
+}
+
+impl TaskAction {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TaskAction::Exec { .. } => "exec",
+            TaskAction::Apply { .. } => "apply",
+            TaskAction::RefreshTraits => "refresh_traits",
+            TaskAction::Query { .. } => "query",
+        }
+    }
+}
+
+/// A number of envoys, or a share of the targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Portion {
+    Count(u32),
+    /// 1–100.
+    Percent(u8),
+}
+
+impl Portion {
+    /// How many of `total`: a share rounds up, so any share of a non-empty set is at
+    /// least one envoy.
+    pub fn of(self, total: u32) -> u32 {
+        match self {
+            Portion::Count(n) => n.min(total),
+            Portion::Percent(p) => (u64::from(total) * u64::from(p.min(100))).div_ceil(100) as u32,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub action: TaskAction,
+    /// The targets as the operator selected them, for the record.
+    pub selector: String,
+    /// Envoys in flight at once across the fleet; `None`: all at once.
+    pub batch: Option<Portion>,
+    /// A first batch of this many, which must end before any other is released.
+    pub canary: Option<u32>,
+    /// Failed and timed-out envoys at which no further batch is released.
+    pub max_failures: Option<Portion>,
+    /// How long each envoy may take.
+    pub timeout_ms: u64,
+}
+
+/// Outcomes counted on one spoke (cumulative: they only grow).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub ok: u32,
+    pub failed: u32,
+    pub timed_out: u32,
+    /// The envoy refused the task (e.g. it does not run exec tasks).
+    pub refused: u32,
+    /// The envoy was not reached before the task's window closed.
+    pub unreachable: u32,
+}
+
+impl Counts {
+    /// Envoys with an outcome.
+    pub fn ended(&self) -> u32 {
+        self.ok + self.failed + self.timed_out + self.refused + self.unreachable
+    }
+
+    pub fn failures(&self) -> u32 {
+        self.failed + self.timed_out
+    }
+
+    fn max(self, other: Counts) -> Counts {
+        Counts {
+            ok: self.ok.max(other.ok),
+            failed: self.failed.max(other.failed),
+            timed_out: self.timed_out.max(other.timed_out),
+            refused: self.refused.max(other.refused),
+            unreachable: self.unreachable.max(other.unreachable),
+        }
+    }
+
+    fn add(self, other: Counts) -> Counts {
+        Counts {
+            ok: self.ok + other.ok,
+            failed: self.failed + other.failed,
+            timed_out: self.timed_out + other.timed_out,
+            refused: self.refused + other.refused,
+            unreachable: self.unreachable + other.unreachable,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskState {
+    Running,
+    /// Every target has an outcome.
+    Finished,
+    /// Max failures reached: nothing more was released.
+    Stopped,
+    Cancelled {
+        by: String,
+    },
+    /// The window closed with targets still without an outcome.
+    Expired,
+}
+
+impl TaskState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TaskState::Running => "running",
+            TaskState::Finished => "finished",
+            TaskState::Stopped => "stopped",
+            TaskState::Cancelled { .. } => "cancelled",
+            TaskState::Expired => "expired",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub id: TaskId,
+    pub spec: TaskSpec,
+    pub requested_by: String,
+    pub created_ms: u64,
+    /// Envoys refuse the task after this instant; the hub ends it then.
+    pub expires_ms: u64,
+    /// Envoy id → its spoke, resolved when the task was created. Dispatch releases
+    /// them in this order (ascending ids: random, so batches mix the spokes).
+    pub targets: Vec<(u64, String)>,
+    /// How many of `targets`, in order, have been released to their spokes.
+    pub released: u32,
+    /// Counts by spoke, as each spoke last reported them.
+    pub counts: BTreeMap<String, Counts>,
+    pub state: TaskState,
+    pub ended_ms: u64,
+}
+
+impl TaskRecord {
+    pub fn total(&self) -> Counts {
+        self.counts
+            .values()
+            .fold(Counts::default(), |a, c| a.add(*c))
+    }
+
+    fn target_count(&self) -> u32 {
+        self.targets.len() as u32
+    }
+
+    /// How far the leader should release now: the canary first, then a window of
+    /// `batch` envoys in flight (released without an outcome); `None` when nothing
+    /// more is due.
+    pub fn next_release(&self) -> Option<u32> {
+        if self.state != TaskState::Running {
+            return None;
+        }
+        let total = self.target_count();
+        let ended = self.total().ended();
+        let upto = match (self.spec.canary, self.released) {
+            (Some(canary), 0) => canary.clamp(1, total),
+            // The canary batch must end before the rest begins.
+            (Some(canary), released) if released <= canary && ended < released => return None,
+            _ => match self.spec.batch {
+                None => total,
+                Some(batch) => ended.saturating_add(batch.of(total).max(1)).min(total),
+            },
+        };
+        (upto > self.released).then_some(upto)
+    }
+
+    fn failure_limit_reached(&self) -> bool {
+        self.spec
+            .max_failures
+            .is_some_and(|limit| self.total().failures() >= limit.of(self.target_count()).max(1))
+    }
+}
+
+/// Running and ended tasks.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tasks {
+    by_id: BTreeMap<TaskId, TaskRecord>,
+    /// Ended tasks, oldest first (to drop the oldest beyond [`MAX_ENDED_KEPT`]).
+    ended: Vec<TaskId>,
+}
+
+impl Tasks {
+    pub fn get(&self, id: &TaskId) -> Option<&TaskRecord> {
+        self.by_id.get(id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &TaskRecord> {
+        self.by_id.values()
+    }
+
+    pub fn running(&self) -> impl Iterator<Item = &TaskRecord> {
+        self.by_id
+            .values()
+            .filter(|t| t.state == TaskState::Running)
+    }
+
+    fn end(&mut self, id: TaskId, state: TaskState, at_ms: u64) {
+        if let Some(task) = self.by_id.get_mut(&id) {
+            task.state = state;
+            task.ended_ms = at_ms;
+            self.ended.push(id);
+        }
+        while self.ended.len() > MAX_ENDED_KEPT {
+            let oldest = self.ended.remove(0);
+            self.by_id.remove(&oldest);
+        }
+    }
+
+    fn running_mut(&mut self, id: &TaskId) -> Result<&mut TaskRecord, Rejection> {
+        let task = self
+            .by_id
+            .get_mut(id)
+            .ok_or_else(|| Rejection::NoSuchTask(hex::encode(id)))?;
+        if task.state != TaskState::Running {
+            return Err(Rejection::TaskEnded(
+                hex::encode(id),
+                task.state.as_str().into(),
+            ));
+        }
+        Ok(task)
+    }
+}
+
+impl ClusterState {
+    pub(super) fn create_task(&mut self, task: TaskRecord) -> Result<(), Rejection> {
+        let tasks = &mut self.tasks;
+        if tasks.by_id.contains_key(&task.id) {
+            return Err(Rejection::TaskExists(hex::encode(task.id)));
+        }
+        if tasks.running().count() >= MAX_RUNNING {
+            return Err(Rejection::TooManyTasks(MAX_RUNNING));
+        }
+        if task.targets.is_empty() || task.targets.len() > MAX_TARGETS {
+            return Err(Rejection::TaskTargets(task.targets.len(), MAX_TARGETS));
+        }
+        let mut task = task;
+        task.released = 0;
+        task.counts.clear();
+        task.state = TaskState::Running;
+        tasks.by_id.insert(task.id, task);
+        Ok(())
+    }
+
+    /// Releases targets up to `upto` (never fewer than already released).
+    pub(super) fn release_task(&mut self, id: &TaskId, upto: u32) -> Result<(), Rejection> {
+        let task = self.tasks.running_mut(id)?;
+        task.released = task.released.max(upto.min(task.target_count()));
+        Ok(())
+    }
+
+    /// Folds in a spoke's counts (each field only grows), then ends the task when every
+    /// target has an outcome, or stops it when its failures reach the limit.
+    pub(super) fn count_task(
+        &mut self,
+        id: &TaskId,
+        spoke: &str,
+        counts: Counts,
+        at_ms: u64,
+    ) -> Result<(), Rejection> {
+        let task = self.tasks.running_mut(id)?;
+        let entry = task.counts.entry(spoke.to_string()).or_default();
+        *entry = entry.max(counts);
+        let state = if task.total().ended() >= task.target_count() {
+            Some(TaskState::Finished)
+        } else if task.failure_limit_reached() {
+            Some(TaskState::Stopped)
+        } else {
+            None
+        };
+        if let Some(state) = state {
+            self.tasks.end(*id, state, at_ms);
+        }
+        Ok(())
+    }
+
+    pub(super) fn cancel_task(
+        &mut self,
+        id: &TaskId,
+        by: String,
+        at_ms: u64,
+    ) -> Result<(), Rejection> {
+        self.tasks.running_mut(id)?;
+        self.tasks.end(*id, TaskState::Cancelled { by }, at_ms);
+        Ok(())
+    }
+
+    /// Ends every running task whose window closed before `at_ms`.
+    pub(super) fn expire_tasks(&mut self, at_ms: u64) {
+        let expired: Vec<TaskId> = self
+            .tasks
+            .running()
+            .filter(|t| t.expires_ms < at_ms)
+            .map(|t| t.id)
+            .collect();
+        for id in expired {
+            self.tasks.end(id, TaskState::Expired, at_ms);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,322 @@
+//! Tests of tasks in the replicated state: every command applied to a state in memory.
+
+use super::super::{Applied, Command};
+use super::*;
+
+const AT: u64 = 1_000_000;
+
+fn task(id: u8, targets: usize, spec: impl FnOnce(&mut TaskSpec)) -> Command {
+    let mut s = TaskSpec {
+        action: TaskAction::Exec {
+            argv: vec!["systemctl".into(), "restart".into(), "nginx".into()],
+            shell: false,
+        },
+        selector: "os=debian".into(),
+        batch: None,
+        canary: None,
+        max_failures: None,
+        timeout_ms: 60_000,
+    };
+    spec(&mut s);
+    Command::CreateTask(Box::new(TaskRecord {
+        id: [id; 16],
+        spec: s,
+        requested_by: "ops".into(),
+        created_ms: AT,
+        expires_ms: AT + 3_600_000,
+        targets: (1..=targets as u64)
+            .map(|e| (e, if e % 2 == 0 { "a" } else { "b" }.to_string()))
+            .collect(),
+        released: 0,
+        counts: BTreeMap::new(),
+        state: TaskState::Running,
+        ended_ms: 0,
+    }))
+}
+
+fn ok(s: &mut ClusterState, command: Command) {
+    assert_eq!(s.apply(command), Applied::Done);
+}
+
+fn count(id: u8, spoke: &str, counts: Counts) -> Command {
+    Command::CountTask {
+        id: [id; 16],
+        spoke: spoke.into(),
+        counts,
+        at_ms: AT + 10,
+    }
+}
+
+fn oks(n: u32) -> Counts {
+    Counts {
+        ok: n,
+        ..Counts::default()
+    }
+}
+
+fn refused(s: &mut ClusterState, command: Command) -> Rejection {
+    match s.apply(command) {
+        Applied::Refused(r) => r,
+        other => panic!("applied: {other:?}"),
+    }
+}
+
+fn get(s: &ClusterState, id: u8) -> &TaskRecord {
+    s.tasks.get(&[id; 16]).expect("task")
+}
+
+#[test]
+fn portions_round_up_and_never_exceed_the_total() {
+    assert_eq!(Portion::Percent(10).of(25), 3);
+    assert_eq!(Portion::Percent(10).of(1), 1);
+    assert_eq!(Portion::Percent(100).of(7), 7);
+    assert_eq!(Portion::Count(50).of(7), 7);
+    assert_eq!(Portion::Percent(1).of(0), 0);
+}
+
+#[test]
+fn a_sliding_window_releases_as_outcomes_arrive() {
+    let mut s = ClusterState::default();
+    ok(&mut s, task(1, 10, |t| t.batch = Some(Portion::Count(3))));
+    assert_eq!(get(&s, 1).next_release(), Some(3));
+    ok(
+        &mut s,
+        Command::ReleaseTask {
+            id: [1; 16],
+            upto: 3,
+        },
+    );
+    assert_eq!(get(&s, 1).next_release(), None, "three in flight");
+    ok(&mut s, count(1, "a", oks(2)));
+    assert_eq!(get(&s, 1).next_release(), Some(5));
+    ok(
+        &mut s,
+        Command::ReleaseTask {
+            id: [1; 16],
+            upto: 5,
+        },
+    );
+    // A release never goes back, nor past the targets.
+    ok(
+        &mut s,
+        Command::ReleaseTask {
+            id: [1; 16],
+            upto: 2,
+        },
+    );
+    assert_eq!(get(&s, 1).released, 5);
+    ok(
+        &mut s,
+        Command::ReleaseTask {
+            id: [1; 16],
+            upto: 99,
+        },
+    );
+    assert_eq!(get(&s, 1).released, 10);
+}
+
+#[test]
+fn the_canary_ends_before_the_rest_begins() {
+    let mut s = ClusterState::default();
+    ok(
+        &mut s,
+        task(1, 20, |t| {
+            t.canary = Some(1);
+            t.batch = Some(Portion::Percent(25));
+        }),
+    );
+    assert_eq!(get(&s, 1).next_release(), Some(1));
+    ok(
+        &mut s,
+        Command::ReleaseTask {
+            id: [1; 16],
+            upto: 1,
+        },
+    );
+    assert_eq!(get(&s, 1).next_release(), None, "the canary is running");
+    ok(&mut s, count(1, "b", oks(1)));
+    assert_eq!(get(&s, 1).next_release(), Some(6), "then 25 % in flight");
+}
+
+#[test]
+fn max_failures_stop_further_batches() {
+    let mut s = ClusterState::default();
+    ok(
+        &mut s,
+        task(1, 100, |t| {
+            t.batch = Some(Portion::Count(10));
+            t.max_failures = Some(Portion::Percent(2));
+        }),
+    );
+    ok(
+        &mut s,
+        Command::ReleaseTask {
+            id: [1; 16],
+            upto: 10,
+        },
+    );
+    let one_failure = Counts {
+        ok: 5,
+        failed: 1,
+        ..Counts::default()
+    };
+    ok(&mut s, count(1, "a", one_failure));
+    assert_eq!(get(&s, 1).state, TaskState::Running);
+    let timed_out = Counts {
+        timed_out: 1,
+        ..Counts::default()
+    };
+    ok(&mut s, count(1, "b", timed_out));
+    assert_eq!(get(&s, 1).state, TaskState::Stopped, "2 % of 100 failed");
+    assert_eq!(get(&s, 1).next_release(), None);
+    assert_eq!(
+        refused(
+            &mut s,
+            Command::ReleaseTask {
+                id: [1; 16],
+                upto: 20
+            }
+        ),
+        Rejection::TaskEnded(hex::encode([1u8; 16]), "stopped".into())
+    );
+}
+
+#[test]
+fn counts_applied_twice_or_late_change_nothing() {
+    let mut s = ClusterState::default();
+    ok(&mut s, task(1, 10, |_| {}));
+    ok(&mut s, count(1, "a", oks(4)));
+    ok(&mut s, count(1, "a", oks(4)));
+    ok(&mut s, count(1, "a", oks(2)));
+    assert_eq!(get(&s, 1).total(), oks(4));
+    ok(&mut s, count(1, "b", oks(6)));
+    assert_eq!(get(&s, 1).state, TaskState::Finished);
+    assert_eq!(get(&s, 1).ended_ms, AT + 10);
+}
+
+#[test]
+fn cancel_and_expiry_end_a_task_once() {
+    let mut s = ClusterState::default();
+    ok(&mut s, task(1, 5, |_| {}));
+    ok(&mut s, task(2, 5, |_| {}));
+    ok(
+        &mut s,
+        Command::CancelTask {
+            id: [1; 16],
+            by: "alice".into(),
+            at_ms: AT + 5,
+        },
+    );
+    assert_eq!(
+        get(&s, 1).state,
+        TaskState::Cancelled { by: "alice".into() }
+    );
+    assert!(matches!(
+        refused(
+            &mut s,
+            Command::CancelTask {
+                id: [1; 16],
+                by: "bob".into(),
+                at_ms: AT + 6
+            }
+        ),
+        Rejection::TaskEnded(..)
+    ));
+    ok(
+        &mut s,
+        Command::ExpireTasks {
+            at_ms: AT + 3_600_000,
+        },
+    );
+    assert_eq!(
+        get(&s, 2).state,
+        TaskState::Running,
+        "not past its window yet"
+    );
+    ok(
+        &mut s,
+        Command::ExpireTasks {
+            at_ms: AT + 3_600_001,
+        },
+    );
+    assert_eq!(get(&s, 2).state, TaskState::Expired);
+    assert_eq!(
+        get(&s, 1).state,
+        TaskState::Cancelled { by: "alice".into() },
+        "an ended task stays as it ended"
+    );
+}
+
+#[test]
+fn creation_is_refused_for_a_taken_id_no_targets_or_too_many_running() {
+    let mut s = ClusterState::default();
+    ok(&mut s, task(1, 3, |_| {}));
+    assert!(matches!(
+        refused(&mut s, task(1, 3, |_| {})),
+        Rejection::TaskExists(_)
+    ));
+    assert!(matches!(
+        refused(&mut s, task(2, 0, |_| {})),
+        Rejection::TaskTargets(0, _)
+    ));
+    for id in 2..(MAX_RUNNING as u8 + 1) {
+        ok(&mut s, task(id, 1, |_| {}));
+    }
+    assert_eq!(
+        refused(&mut s, task(200, 1, |_| {})),
+        Rejection::TooManyTasks(MAX_RUNNING)
+    );
+    assert!(matches!(
+        refused(
+            &mut s,
+            Command::ReleaseTask {
+                id: [250; 16],
+                upto: 1
+            }
+        ),
+        Rejection::NoSuchTask(_)
+    ));
+}
+
+#[test]
+fn ended_tasks_are_kept_up_to_a_bound_oldest_dropped_first() {
+    let mut s = ClusterState::default();
+    for i in 0..(MAX_ENDED_KEPT + 3) as u32 {
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&i.to_be_bytes());
+        let Command::CreateTask(mut record) = task(0, 1, |_| {}) else {
+            unreachable!()
+        };
+        record.id = id;
+        ok(&mut s, Command::CreateTask(record));
+        ok(
+            &mut s,
+            Command::CancelTask {
+                id,
+                by: "ops".into(),
+                at_ms: AT,
+            },
+        );
+    }
+    assert_eq!(s.tasks.iter().count(), MAX_ENDED_KEPT);
+    assert!(s.tasks.get(&[0; 16]).is_none(), "the oldest went first");
+}
+
+#[test]
+fn a_new_leader_continues_from_the_replicated_record() {
+    let mut s = ClusterState::default();
+    ok(&mut s, task(1, 10, |t| t.batch = Some(Portion::Count(4))));
+    ok(
+        &mut s,
+        Command::ReleaseTask {
+            id: [1; 16],
+            upto: 4,
+        },
+    );
+    ok(&mut s, count(1, "a", oks(1)));
+    // The state as a snapshot carries it to another node.
+    let bytes = postcard::to_allocvec(&s).expect("encode");
+    let restored: ClusterState = postcard::from_bytes(&bytes).expect("decode");
+    assert_eq!(restored.tasks, s.tasks);
+    assert_eq!(get(&restored, 1).next_release(), Some(5));
+}
