@@ -28,6 +28,9 @@ use vigo_proto::v1 as pb;
 
 use super::state::{LocalState, StateError};
 
+pub mod collect;
+pub mod run;
+
 /// The largest signed task an envoy reads (body and signature).
 pub const MAX_TASK_BYTES: usize = 64 * 1024;
 

@@ -130,10 +130,47 @@ impl Ran {
 /// Runs `sh -c command` with the plan's environment; see the module documentation for
 /// the timeout and output rules.
 pub fn run(command: &str, plan: &ExecPlan<'_>) -> Result<Ran, String> {
-    let mut cmd = Command::new("/bin/sh");
+    run_program(Program::Shell(command), plan.timeout, plan.environment).map_err(|e| e.to_string())
+}
+
+/// What to start: a shell command line, or a program and its arguments (no shell).
+#[derive(Clone, Copy, Debug)]
+pub enum Program<'a> {
+    Shell(&'a str),
+    /// `argv[0]` is looked up on the agent's PATH.
+    Argv(&'a [String]),
+}
+
+/// Why a program has no exit status to show.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot start {0}")]
+    Start(String),
+    #[error("{program} timed out after {timeout:?}")]
+    TimedOut { program: String, timeout: Duration },
+}
+
+/// Runs `program` in a process group of its own, with `environment` added to the
+/// agent's; the module documentation has the timeout and output rules.
+pub fn run_program(
+    program: Program<'_>,
+    timeout: Duration,
+    environment: &BTreeMap<String, String>,
+) -> Result<Ran, RunError> {
+    let (mut cmd, shown) = match program {
+        Program::Shell(line) => {
+            let mut cmd = Command::new("/bin/sh");
+            cmd.arg("-c").arg(line);
+            (cmd, format!("{line:?}"))
+        }
+        Program::Argv([first, rest @ ..]) => {
+            let mut cmd = Command::new(first);
+            cmd.args(rest);
+            (cmd, format!("{first:?}"))
+        }
+        Program::Argv([]) => return Err(RunError::Start("an empty command".into())),
+    };
     cmd.process_group(0)
-        .arg("-c")
-        .arg(command)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -142,22 +179,28 @@ pub fn run(command: &str, plan: &ExecPlan<'_>) -> Result<Ran, String> {
             cmd.env_remove(key);
         }
     }
-    cmd.envs(plan.environment);
+    cmd.envs(environment);
     let mut child = cmd
         .spawn()
-        .map_err(|e| format!("cannot start {command:?}: {e}"))?;
-    let deadline = Instant::now() + plan.timeout;
+        .map_err(|e| RunError::Start(format!("{shown}: {e}")))?;
+    let deadline = Instant::now() + timeout;
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let mut reader = Reader::new(stdout, stderr);
     let mut exited: Option<(ExitStatus, Instant)> = None;
     loop {
         let now = Instant::now();
         if exited.is_none() {
-            if let Some(status) = child.try_wait().map_err(|e| format!("wait: {e}"))? {
+            let status = child
+                .try_wait()
+                .map_err(|e| RunError::Start(format!("{shown}: wait: {e}")))?;
+            if let Some(status) = status {
                 exited = Some((status, (now + OUTPUT_GRACE).min(deadline.max(now))));
             } else if now >= deadline {
                 kill_group(&mut child);
-                return Err(format!("{command:?} timed out after {:?}", plan.timeout));
+                return Err(RunError::TimedOut {
+                    program: shown,
+                    timeout,
+                });
             }
         }
         if let Some((status, stop_reading)) = exited

@@ -3,10 +3,10 @@
 
 #[cfg(test)]
 mod attacks;
-mod exec;
+pub(crate) mod exec;
 mod file;
 mod file_line;
-mod fsops;
+pub(crate) mod fsops;
 
 pub use exec::{DEFAULT_TIMEOUT, ExecPlan, apply_exec};
 pub use file::{apply_directory, apply_file, apply_symlink};
