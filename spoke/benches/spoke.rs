@@ -5,9 +5,7 @@
 //! count live heap bytes through a counting allocator. Storage figures use real redb
 //! files in a temporary directory, fsync included.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,6 +13,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey};
 use prost::Message;
 use vigo_common::EnvoyId;
 use vigo_common::signing::{Domain, signed_message};
+use vigo_common::telemetry::heap::{CountingAllocator, live_bytes};
 use vigo_proto::v1 as pb;
 use vigo_spoke::fleet::{EnvoyRecord, EnvoyState, FleetIndex};
 use vigo_spoke::flush_rows::StateRowsBuilder;
@@ -26,27 +25,8 @@ use vigo_spoke::store::{Store, StoredEnvoy, StoredState, WriteOp};
 use vigo_spoke::traits_store::TraitsStore;
 use vigo_spoke::verifier::BatchVerifier;
 
-struct Counting;
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards to the system allocator, only counting.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
-        LIVE.fetch_add(new as isize - layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new) }
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: CountingAllocator = CountingAllocator;
 
 fn thread_cpu() -> Duration {
     let mut ts = libc::timespec {
@@ -92,12 +72,12 @@ fn record(i: u64) -> EnvoyRecord {
 }
 
 fn fleet_memory(n: u64) {
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = live_bytes();
     let fleet = FleetIndex::new();
     for i in 0..n {
         fleet.insert(record(i), EnvoyState::new(1));
     }
-    let bytes = LIVE.load(Ordering::Relaxed) - before;
+    let bytes = live_bytes() - before;
     println!(
         "fleet_index_bytes_per_envoy: {:.0} B ({} envoys, {:.1} MiB heap; record {} B + state {} B inline)",
         bytes as f64 / n as f64,

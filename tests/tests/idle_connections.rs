@@ -7,42 +7,18 @@
 //! Heap bytes are counted by this test binary's own allocator: live bytes after N
 //! connections went idle, less live bytes before they opened, over N — both ends.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicIsize, Ordering};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use vigo_common::pki::{CertAuthority, Role};
+use vigo_common::telemetry::heap::{CountingAllocator, live_bytes};
 use vigo_common::tls;
 
-/// The system allocator, counting live bytes.
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 const CONNECTIONS: usize = 200;
 
@@ -157,12 +133,12 @@ async fn an_idle_connection_holds_no_codec_buffers_at_either_end() {
     // tracing machinery's lazily built state) is not counted against the others.
     let mut open = vec![open_and_call(address, &connector).await];
     settle().await;
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = live_bytes();
     for _ in 0..CONNECTIONS {
         open.push(open_and_call(address, &connector).await);
     }
     settle().await;
-    let per_connection = (LIVE.load(Ordering::Relaxed) - before) / CONNECTIONS as isize;
+    let per_connection = (live_bytes() - before) / CONNECTIONS as isize;
     println!(
         "live heap per idle connection, both ends: {per_connection} bytes ({CONNECTIONS} connections)"
     );

@@ -1,5 +1,7 @@
-//! Logs (tracing) and metrics (Prometheus text on a port of its own).
+//! Logs (tracing) and metrics (Prometheus text on a port of its own); live heap bytes
+//! for benchmarks.
 
+pub mod heap;
 pub mod process;
 
 use std::net::SocketAddr;
