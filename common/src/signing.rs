@@ -24,6 +24,8 @@ pub enum Domain {
     EnrollKey,
     /// A task for one envoy, signed by the hub with a bundle key (DESIGN §10).
     Task,
+    /// An envoy's result of a task it ran.
+    TaskResult,
 }
 
 impl Domain {
@@ -36,11 +38,12 @@ impl Domain {
             Domain::Stream => b"vigo.v1.Stream\0",
             Domain::EnrollKey => b"vigo.v1.EnrollKey\0",
             Domain::Task => b"vigo.v1.Task\0",
+            Domain::TaskResult => b"vigo.v1.TaskResult\0",
         }
     }
 
     /// The longest prefix, for sizing reusable message buffers.
-    pub const MAX_PREFIX_LEN: usize = 18;
+    pub const MAX_PREFIX_LEN: usize = 19;
 }
 
 /// Writes `prefix || body` into `buf` (cleared first) and returns it: the exact bytes
@@ -185,6 +188,7 @@ mod tests {
             Domain::Stream,
             Domain::EnrollKey,
             Domain::Task,
+            Domain::TaskResult,
         ] {
             assert!(d.prefix().len() <= Domain::MAX_PREFIX_LEN);
         }

@@ -32,6 +32,12 @@ pub enum HubError {
     OutcomeUnknown { waited_ms: u64 },
     #[error("{0}")]
     NotFound(String),
+    #[error("the {what} is {size} bytes; at most {limit}")]
+    TooLarge {
+        what: &'static str,
+        size: usize,
+        limit: usize,
+    },
     #[error("{} may not call {call}", vigo_common::pki::a_certificate(role))]
     WrongRole {
         role: &'static str,
@@ -77,6 +83,7 @@ impl Refusal for HubError {
             NoActiveSpoke | SpokeUnreachable { .. } | NoLeader | Raft(_) => Kind::Unavailable,
             OutcomeUnknown { .. } => Kind::OutcomeUnknown,
             NotFound(_) => Kind::NotFound,
+            TooLarge { .. } => Kind::TooLarge,
             InProgress(_) => Kind::Conflict,
             Denied(d) => d.kind(),
             Rejected(r) => r.kind(),

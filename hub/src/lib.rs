@@ -26,6 +26,7 @@ pub mod seal;
 pub mod server;
 pub mod services;
 pub mod state;
+pub mod tasks;
 
 pub use config::HubConfig;
 pub use error::HubError;

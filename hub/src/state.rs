@@ -241,6 +241,13 @@ pub enum Command {
     ReleaseTask {
         id: TaskId,
         upto: u32,
+        at_ms: u64,
+    },
+    /// A spoke silent past its targets' windows: they count unreachable.
+    WriteOffTask {
+        id: TaskId,
+        spoke: String,
+        at_ms: u64,
     },
     /// A spoke's counts for a task (cumulative: a field never goes down).
     CountTask {
@@ -480,7 +487,10 @@ impl ClusterState {
                 Applied::Done
             }
             Command::CreateTask(task) => done(self.create_task(*task)),
-            Command::ReleaseTask { id, upto } => done(self.release_task(&id, upto)),
+            Command::ReleaseTask { id, upto, at_ms } => done(self.release_task(&id, upto, at_ms)),
+            Command::WriteOffTask { id, spoke, at_ms } => {
+                done(self.write_off_task(&id, &spoke, at_ms))
+            }
             Command::CountTask {
                 id,
                 spoke,

@@ -23,6 +23,7 @@ use crate::policy_cache::PolicyCache;
 use crate::revocations::Revocations;
 use crate::store::{Store, StoredEnvoy, WriteOp};
 use crate::streams::Streams;
+use crate::tasks::SpokeTasks;
 use crate::traits_store::TraitsStore;
 
 pub struct Admin {
@@ -34,6 +35,7 @@ pub struct Admin {
     pub streams: Arc<Streams>,
     pub forwards: Arc<Forwards>,
     pub revocations: Arc<Revocations>,
+    pub tasks: Arc<SpokeTasks>,
     /// Envoys are enrolled and revoked through the hub.
     pub through_hub: bool,
 }
@@ -343,6 +345,36 @@ impl pb::spoke_admin_server::SpokeAdmin for AdminService {
         let list = request.into_inner();
         let seq = self.0.revocations.apply(&list).await?;
         Ok(Response::new(pb::ApplyRevocationsResponse { seq }))
+    }
+
+    async fn sync_tasks(
+        &self,
+        request: Request<pb::SyncTasksRequest>,
+    ) -> Result<Response<pb::SyncTasksResponse>, Status> {
+        let result = self.0.tasks.sync(request.into_inner()).await;
+        count_call("vigo_task_syncs_total", result.as_ref().map(|_| ()));
+        Ok(Response::new(result?))
+    }
+
+    async fn task_results(
+        &self,
+        request: Request<pb::SpokeTaskResultsRequest>,
+    ) -> Result<Response<pb::SpokeTaskResults>, Status> {
+        let msg = request.into_inner();
+        let admin = self.0.clone();
+        // Result rows are read from disk: off the async workers.
+        let page = tokio::task::spawn_blocking(move || {
+            let fleet = &admin.fleet;
+            admin.tasks.results(&msg, |id| {
+                EnvoyId::new(id)
+                    .and_then(|e| fleet.get(e))
+                    .map(|r| r.hostname.to_string())
+                    .unwrap_or_default()
+            })
+        })
+        .await
+        .map_err(|_| SpokeError::ShuttingDown)?;
+        Ok(Response::new(page?))
     }
 
     async fn apply_config(

@@ -6,8 +6,10 @@
 //! | Enrollment | Enroll | anyone | 64 KiB |
 //! | EnvoyGateway | CheckIn, OpenStream | envoy (relay if allowed) | `checkin.max_body` + 1 KiB |
 //! | EnvoyGateway | ReportRun | envoy (relay if allowed) | `reports.max_body` + 1 KiB |
+//! | EnvoyGateway | ReportTask | envoy (relay if allowed) | 200 KiB + 1 KiB |
 //! | SpokeAdmin | GetEnvoy, Stats, Compliance, RevokeEnvoy | admin, hub | 64 KiB |
-//! | SpokeAdmin | ListEnvoys, TraitCount | admin, hub | 256 KiB |
+//! | SpokeAdmin | ListEnvoys, TraitCount, TaskResults | admin, hub | 256 KiB |
+//! | SpokeAdmin | SyncTasks | hub | 16 MiB |
 //! | SpokeAdmin | ForcePush | admin, hub | 1 MiB |
 //! | SpokeAdmin | RegisterEnvoys | hub | 256 KiB |
 //! | SpokeAdmin | ExportEnvoys, HandOff, ApplyRevocations | hub | 1 MiB |
@@ -91,6 +93,7 @@ impl Admit for Gateway {
         let max = match call.method {
             "CheckIn" | "OpenStream" => s.max_checkin_body + KIB,
             "ReportRun" => s.max_report_body + KIB,
+            "ReportTask" => crate::tasks::MAX_RESULT_BODY + KIB,
             other => return Err(unknown(other)),
         };
         require_role(call.peer(), s.envoys(), call.method)?;
@@ -111,7 +114,8 @@ impl Admit for SpokeAdmin {
         let s = &self.0;
         let (who, limits) = match call.method {
             "GetEnvoy" | "Stats" | "Compliance" | "RevokeEnvoy" => (ADMINS, s.limits(64 * KIB)),
-            "ListEnvoys" | "TraitCount" => (ADMINS, s.limits(256 * KIB)),
+            "ListEnvoys" | "TraitCount" | "TaskResults" => (ADMINS, s.limits(256 * KIB)),
+            "SyncTasks" => (HUB, s.limits(16 * MIB)),
             "ForcePush" => (ADMINS, s.limits(MIB)),
             "RegisterEnvoys" => (HUB, s.limits(256 * KIB)),
             "ExportEnvoys" | "HandOff" => (HUB, bulk(MIB)),

@@ -53,6 +53,10 @@ pub enum SpokeError {
     IdTaken { id: EnvoyId, hostname: String },
     #[error("storage: {0}")]
     Store(#[from] StoreError),
+    #[error("task {0} was not sent to this envoy here")]
+    NoSuchTask(String),
+    #[error("the task's window closed: this envoy was counted {0}")]
+    TaskWindowClosed(&'static str),
     #[error("the spoke is shutting down")]
     ShuttingDown,
     #[error("the caller's deadline passed; the query was stopped")]
@@ -72,13 +76,14 @@ impl Refusal for SpokeError {
             WrongRole { .. } | CertificateMismatch { .. } | Revoked(_) | StaleCertificate(_) => {
                 Kind::Forbidden
             }
-            UnknownEnvoy(_) => Kind::NotFound,
+            UnknownEnvoy(_) | NoSuchTask(_) => Kind::NotFound,
             Moved { .. }
             | StaleTimestamp { .. }
             | Replay { .. }
             | EnrollThroughHub(_)
             | RevokeThroughHub(_)
-            | IdTaken { .. } => Kind::Precondition,
+            | IdTaken { .. }
+            | TaskWindowClosed(_) => Kind::Precondition,
             EnrollmentInProgress(_) => Kind::Conflict,
             Enroll(denied) => denied.kind(),
             Store(_) => Kind::Internal,

@@ -31,6 +31,9 @@ use crate::metrics::{CheckinMetrics, CheckinResult, count_call};
 use crate::policy_cache::PolicyCache;
 use crate::store::{Store, StoredLastRun, StoredRun, WriteOp, WriteOutcome};
 use crate::streams::{EnvoyStream, Streams};
+use crate::tasks::SpokeTasks;
+
+mod tasks;
 use crate::traits_store::TraitsStore;
 use crate::verifier::BatchVerifier;
 
@@ -58,6 +61,8 @@ pub struct Gateway {
     pub settings: GatewaySettings,
     pub streams: Arc<Streams>,
     pub forwards: Arc<Forwards>,
+    /// Tasks waiting for envoys, and their results (`crate::tasks`).
+    pub tasks: Arc<SpokeTasks>,
     checkins: CheckinMetrics,
 }
 
@@ -118,6 +123,7 @@ impl Gateway {
         settings: GatewaySettings,
         reach: Reach,
     ) -> Self {
+        let tasks = Arc::new(SpokeTasks::new(store.clone(), reach.streams.clone()));
         Self {
             fleet,
             traits,
@@ -125,6 +131,7 @@ impl Gateway {
             verifier,
             store,
             settings,
+            tasks,
             streams: reach.streams,
             forwards: reach.forwards,
             checkins: CheckinMetrics::default(),
@@ -202,7 +209,12 @@ impl Gateway {
         let Some((key, address)) = self.forwards.get(id) else {
             return SpokeError::UnknownEnvoy(id);
         };
-        let signed = [Domain::CheckIn, Domain::ReportRun, Domain::Stream]
+        let signed = [
+            Domain::CheckIn,
+            Domain::ReportRun,
+            Domain::Stream,
+            Domain::TaskResult,
+        ]
             .into_iter()
             .any(|d| signing::verify(&key, d, raw, signature).is_ok());
         if signed {
@@ -277,7 +289,8 @@ impl Gateway {
     }
 
     /// Opens the envoy's stream: authenticated like any request, consuming a sequence
-    /// number, then registered so a force-push can wake the envoy.
+    /// number, then registered so a force-push can wake the envoy. Tasks waiting for
+    /// the envoy go first on it.
     pub async fn open_stream(
         &self,
         peer: &Peer,
@@ -296,7 +309,9 @@ impl Gateway {
             st.mark_dirty();
             Ok::<_, SpokeError>(())
         })?;
-        Ok(self.streams.open(record.id))
+        let mut stream = self.streams.open(record.id, Vec::new());
+        stream.send_first(self.tasks.unsent(record.id, Some(stream.generation())));
+        Ok(stream)
     }
 
     /// Everything after the signature check: replay check, state update, and the answer.
@@ -344,13 +359,19 @@ impl Gateway {
             }
             _ => pb::check_in_response::Answer::NoChange(pb::NoChange {}),
         };
+        // Tasks wait for this envoy: it opens a stream to take them (or, holding one,
+        // gets what its stream has not carried yet).
+        let tasks = self.tasks.has_waiting(record.id);
+        if tasks {
+            self.tasks.resend(record.id);
+        }
         Ok(pb::CheckInResponse {
             answer: Some(answer),
             interval_ms: self.settings.interval_ms,
             jitter_ms: self.settings.jitter_ms,
-            // Work is flowing to this envoy (a new bundle, a force-push): more may follow
-            // soon, so it holds a stream until it has been idle a while.
-            open_stream: !unchanged,
+            // Work is flowing to this envoy (a new bundle, a force-push, a task): more
+            // may follow soon, so it holds a stream until it has been idle a while.
+            open_stream: !unchanged || tasks,
             send_traits,
             server_time_ms: now_ms,
         })
@@ -441,7 +462,7 @@ impl Gateway {
         let run_id = body.run_id;
         detach(async move {
             match this.store.write(write).await? {
-                WriteOutcome::DuplicateRun => Ok(pb::ReportRunResponse {
+                WriteOutcome::DuplicateRun | WriteOutcome::DuplicateResult => Ok(pb::ReportRunResponse {
                     status: record.read(|st| st.run_status).to_proto() as i32,
                     duplicate: true,
                 }),
@@ -549,6 +570,16 @@ impl pb::envoy_gateway_server::EnvoyGateway for GatewayService {
         let (_, extensions, message) = request.into_parts();
         let result = self.0.report_run(peer(&extensions), message).await;
         count_call("vigo_reports_total", result.as_ref().map(|_| ()));
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn report_task(
+        &self,
+        request: Request<pb::SignedRequest>,
+    ) -> Result<Response<pb::ReportTaskResponse>, Status> {
+        let (_, extensions, message) = request.into_parts();
+        let result = self.0.report_task(peer(&extensions), message).await;
+        count_call("vigo_task_reports_total", result.as_ref().map(|_| ()));
         result.map(Response::new).map_err(Status::from)
     }
 }

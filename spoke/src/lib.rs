@@ -30,6 +30,7 @@ pub mod revocations;
 pub mod server;
 pub mod store;
 pub mod streams;
+pub mod tasks;
 pub mod tokens;
 pub mod traits_store;
 pub mod verifier;

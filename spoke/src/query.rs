@@ -161,7 +161,7 @@ impl Admin {
             .into_iter()
             .map(|(_, c)| {
                 let hostcrate = Self::hostcrate_name(&policy, &c.record, &c.state);
-                summary(
+                let mut summary = summary(
                     &Seen {
                         record: &c.record,
                         state: c.state,
@@ -169,7 +169,9 @@ impl Admin {
                         traits: c.traits,
                     },
                     req.with_traits,
-                )
+                );
+                summary.streaming = self.streams.generation(c.record.id).is_some();
+                summary
             })
             .collect();
         Ok(pb::SpokeListResponse {
@@ -281,6 +283,7 @@ fn summary(seen: &Seen<'_>, with_traits: bool) -> api::EnvoySummary {
             (Some(t), true) => (**t).clone(),
             _ => BTreeMap::new(),
         },
+        streaming: false,
     }
 }
 

@@ -210,6 +210,7 @@ impl Spoke {
             streams: streams.clone(),
             forwards,
             revocations: revocations.clone(),
+            tasks: gateway.tasks.clone(),
             through_hub: config.hub.is_some(),
         });
         let (synced_tx, synced) = tokio::sync::watch::channel(false);
@@ -245,7 +246,14 @@ impl Spoke {
             config.flush.flushers,
             config.flush.interval,
         );
-        let sweeper = tokio::spawn(sweep_offline(fleet.clone(), config.offline_after()));
+        gateway.tasks.restore()?;
+        let sweeper = tokio::spawn({
+            let (fleet, tasks) = (fleet.clone(), gateway.tasks.clone());
+            let offline_after = config.offline_after();
+            async move {
+                tokio::join!(sweep_offline(fleet, offline_after), expire_tasks(tasks));
+            }
+        });
 
         let metrics_addr = match (metrics, config.metrics_listen) {
             (Some(handle), Some(addr)) => {
@@ -554,6 +562,15 @@ pub fn rehydrate(
 
 /// Marks envoys silent for longer than `offline_after` as offline. A background pass
 /// over the fleet every few seconds; check-ins clear the mark as they arrive.
+/// Ends the task copies whose window closed without a result, every second.
+async fn expire_tasks(tasks: Arc<crate::tasks::SpokeTasks>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        tasks.expire(vigo_common::time::now_ms());
+    }
+}
+
 async fn sweep_offline(fleet: Arc<FleetIndex>, offline_after: Duration) {
     let period = (offline_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(10));
     let mut tick = tokio::time::interval(period);

@@ -32,7 +32,10 @@ use tokio::sync::oneshot;
 
 use crate::flush_rows::StateRows;
 
+mod task_results;
 mod writer;
+
+pub use task_results::encode_row as encode_task_result;
 
 const ENVOYS: TableDefinition<u64, &[u8]> = TableDefinition::new("envoys");
 const STATES: TableDefinition<u64, &[u8]> = TableDefinition::new("envoy_states");
@@ -182,6 +185,16 @@ pub enum WriteOp {
         revocations: Vec<vigo_proto::v1::Revocation>,
         envoys: Vec<StoredEnvoy>,
     },
+    /// An envoy's result of a task (outcome byte, encoded `vigo.admin.v1.TaskResult`);
+    /// `Duplicate` when one is stored already.
+    PutTaskResult {
+        task: u128,
+        envoy: u64,
+        outcome: u8,
+        row: Vec<u8>,
+    },
+    /// Every result of these tasks goes (the oldest tasks, beyond what is kept).
+    DropTaskResults { tasks: Vec<u128> },
     /// Dirty states from a flusher, with trait sets not yet on disk.
     Flush {
         states: StateRows,
@@ -194,6 +207,8 @@ pub enum WriteOutcome {
     Done,
     /// The run was already stored (a retried report); nothing changed.
     DuplicateRun,
+    /// The task result was already stored (a retried report); nothing changed.
+    DuplicateResult,
 }
 
 struct Job {
@@ -262,6 +277,8 @@ impl Store {
             txn.open_table(CONFIG).map_err(db_err)?;
             txn.open_table(FORWARDS).map_err(db_err)?;
             txn.open_table(REVOCATIONS).map_err(db_err)?;
+            txn.open_table(task_results::TASK_RESULTS).map_err(db_err)?;
+            txn.open_table(task_results::TASK_OUTCOMES).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)
     }

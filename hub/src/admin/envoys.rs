@@ -169,6 +169,7 @@ impl AdminApi {
                 enrolled_at_ms: info.enrolled_at_ms,
                 revoked: info.revoked,
                 traits: info.traits,
+                streaming: false,
             }),
             public_key: hex::encode(&info.public_key),
             sequence: info.sequence,

@@ -90,6 +90,30 @@ macro_rules! rpcs {
                     result.map(|r| self.answer(r)).map_err(Status::from)
                 }
             )*
+
+            type WatchTaskStream = std::pin::Pin<Box<
+                dyn tokio_stream::Stream<Item = Result<api::TaskInfo, Status>> + Send + 'static,
+            >>;
+
+            /// The one streaming call: admitted and counted as the others, at its start.
+            async fn watch_task(
+                &self,
+                request: Request<api::TaskRef>,
+            ) -> Result<Response<Self::WatchTaskStream>, Status> {
+                use tokio_stream::StreamExt;
+                let started = Instant::now();
+                let result = match self.caller(&request) {
+                    Ok(caller) => match self.api.check_fresh(&caller).await {
+                        Ok(()) => self.api.watch_task(&caller, request.into_inner()).await,
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(e),
+                };
+                record("grpc:WatchTask", result.as_ref().err().map(Refusal::kind), started);
+                let updates = result.map_err(Status::from)?;
+                let stream: Self::WatchTaskStream = Box::pin(updates.map(Ok));
+                Ok(Response::new(stream))
+            }
         }
     };
 }
@@ -124,4 +148,9 @@ rpcs! {
     add_bundle_key(AddBundleKeyRequest) -> BundleKeyList = add_bundle_key;
     use_bundle_key(BundleKeyRef) -> BundleKeyList = use_bundle_key;
     retire_bundle_key(BundleKeyRef) -> BundleKeyList = retire_bundle_key;
+    list_tasks(ListTasksRequest) -> TaskList = list_tasks;
+    show_task(TaskRef) -> TaskInfo = show_task;
+    task_results(TaskResultsRequest) -> TaskResultPage = task_results;
+    run_task(RunTaskRequest) -> TaskInfo = run_task;
+    cancel_task(TaskRef) -> TaskInfo = cancel_task;
 }

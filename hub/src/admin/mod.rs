@@ -19,6 +19,7 @@ pub mod rest;
 mod rest_revocations;
 mod revocations;
 mod spokes;
+mod tasks;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -170,6 +170,13 @@ pub struct TaskRecord {
     pub targets: Vec<(u64, String)>,
     /// How many of `targets`, in order, have been released to their spokes.
     pub released: u32,
+    /// Each release: how far it went and when. A target's copy is valid from its
+    /// release for the task's timeout (`TaskRecord::not_after`), whichever leader signs it.
+    pub releases: Vec<(u32, u64)>,
+    /// Spokes that did not answer until their targets' windows closed: their targets
+    /// without an outcome were counted unreachable, and the spoke's counts are not
+    /// taken any more.
+    pub written_off: std::collections::BTreeSet<String>,
     /// Counts by spoke, as each spoke last reported them.
     pub counts: BTreeMap<String, Counts>,
     pub state: TaskState,
@@ -185,6 +192,26 @@ impl TaskRecord {
 
     fn target_count(&self) -> u32 {
         self.targets.len() as u32
+    }
+
+    /// When the target at `index` was released, if it was.
+    pub fn released_at(&self, index: u32) -> Option<u64> {
+        self.releases
+            .iter()
+            .find(|(upto, _)| index < *upto)
+            .map(|(_, at)| *at)
+    }
+
+    /// Until when the copy of the target at `index` is valid: its release plus the
+    /// task's timeout (delivery included), never past the task's own window.
+    pub fn not_after(&self, index: u32) -> Option<u64> {
+        self.released_at(index)
+            .map(|at| at.saturating_add(self.spec.timeout_ms).min(self.expires_ms))
+    }
+
+    /// When the last released target's window closes.
+    pub fn last_not_after(&self) -> Option<u64> {
+        self.released.checked_sub(1).and_then(|i| self.not_after(i))
     }
 
     /// How far the leader should release now: the canary first, then a window of
@@ -279,16 +306,47 @@ impl ClusterState {
         }
         let mut task = task;
         task.released = 0;
+        task.releases.clear();
+        task.written_off.clear();
         task.counts.clear();
         task.state = TaskState::Running;
         tasks.by_id.insert(task.id, task);
         Ok(())
     }
 
-    /// Releases targets up to `upto` (never fewer than already released).
-    pub(super) fn release_task(&mut self, id: &TaskId, upto: u32) -> Result<(), Rejection> {
+    /// Releases targets up to `upto` (never fewer than already released) at `at_ms`.
+    pub(super) fn release_task(
+        &mut self,
+        id: &TaskId,
+        upto: u32,
+        at_ms: u64,
+    ) -> Result<(), Rejection> {
         let task = self.tasks.running_mut(id)?;
-        task.released = task.released.max(upto.min(task.target_count()));
+        let upto = upto.min(task.target_count());
+        if upto > task.released {
+            task.released = upto;
+            task.releases.push((upto, at_ms));
+        }
+        Ok(())
+    }
+
+    /// Counts the targets of a spoke that stayed silent past their windows as
+    /// unreachable (all of them: none more is released there), and takes no more counts
+    /// from it.
+    pub(super) fn write_off_task(
+        &mut self,
+        id: &TaskId,
+        spoke: &str,
+        at_ms: u64,
+    ) -> Result<(), Rejection> {
+        let task = self.tasks.running_mut(id)?;
+        if !task.written_off.insert(spoke.to_string()) {
+            return Ok(());
+        }
+        let on_spoke = task.targets.iter().filter(|(_, s)| s == spoke).count() as u32;
+        let entry = task.counts.entry(spoke.to_string()).or_default();
+        entry.unreachable += on_spoke.saturating_sub(entry.ended());
+        self.settle_task(id, at_ms);
         Ok(())
     }
 
@@ -302,8 +360,21 @@ impl ClusterState {
         at_ms: u64,
     ) -> Result<(), Rejection> {
         let task = self.tasks.running_mut(id)?;
+        if task.written_off.contains(spoke) {
+            return Ok(());
+        }
         let entry = task.counts.entry(spoke.to_string()).or_default();
         *entry = entry.max(counts);
+        self.settle_task(id, at_ms);
+        Ok(())
+    }
+
+    /// Ends a running task when every target has an outcome, or stops it when its
+    /// failures reach the limit.
+    fn settle_task(&mut self, id: &TaskId, at_ms: u64) {
+        let Some(task) = self.tasks.get(id) else {
+            return;
+        };
         let state = if task.total().ended() >= task.target_count() {
             Some(TaskState::Finished)
         } else if task.failure_limit_reached() {
@@ -314,7 +385,6 @@ impl ClusterState {
         if let Some(state) = state {
             self.tasks.end(*id, state, at_ms);
         }
-        Ok(())
     }
 
     pub(super) fn cancel_task(

@@ -57,7 +57,12 @@ pub(super) fn writer_loop(db: &Database, jobs: mpsc::Receiver<Job>) {
 /// only, while the last commit started less than [`REPORT_PACE`] ago. `None`: commit now.
 fn linger_until(last_commit: Option<Instant>, now: Instant, group: &[Job]) -> Option<Instant> {
     let until = last_commit? + REPORT_PACE;
-    let reports = group.iter().all(|j| matches!(j.op, WriteOp::PutRun { .. }));
+    let reports = group.iter().all(|j| {
+        matches!(
+            j.op,
+            WriteOp::PutRun { .. } | WriteOp::PutTaskResult { .. }
+        )
+    });
     (now < until && reports).then_some(until)
 }
 
@@ -75,6 +80,8 @@ fn commit_group(db: &Database, group: &[Job]) -> Result<Vec<WriteOutcome>, Store
         let mut config = txn.open_table(CONFIG).map_err(db_err)?;
         let mut forwards = txn.open_table(FORWARDS).map_err(db_err)?;
         let mut revocations = txn.open_table(REVOCATIONS).map_err(db_err)?;
+        let mut results = txn.open_table(task_results::TASK_RESULTS).map_err(db_err)?;
+        let mut outcomes_table = txn.open_table(task_results::TASK_OUTCOMES).map_err(db_err)?;
         for job in group {
             let outcome = match &job.op {
                 WriteOp::PutEnvoys {
@@ -203,6 +210,23 @@ fn commit_group(db: &Database, group: &[Job]) -> Result<Vec<WriteOutcome>, Store
                             .insert(envoy.id, envoy.encode_to_vec().as_slice())
                             .map_err(db_err)?;
                     }
+                    WriteOutcome::Done
+                }
+                WriteOp::PutTaskResult {
+                    task,
+                    envoy,
+                    outcome,
+                    row,
+                } => {
+                    let key = (*task, *envoy);
+                    if task_results::put(&mut results, &mut outcomes_table, key, *outcome, row)? {
+                        WriteOutcome::Done
+                    } else {
+                        WriteOutcome::DuplicateResult
+                    }
+                }
+                WriteOp::DropTaskResults { tasks } => {
+                    task_results::drop_tasks(&mut results, &mut outcomes_table, tasks)?;
                     WriteOutcome::Done
                 }
                 WriteOp::Flush {

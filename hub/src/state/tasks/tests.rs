@@ -28,6 +28,8 @@ fn task(id: u8, targets: usize, spec: impl FnOnce(&mut TaskSpec)) -> Command {
             .map(|e| (e, if e % 2 == 0 { "a" } else { "b" }.to_string()))
             .collect(),
         released: 0,
+        releases: Vec::new(),
+        written_off: Default::default(),
         counts: BTreeMap::new(),
         state: TaskState::Running,
         ended_ms: 0,
@@ -84,6 +86,7 @@ fn a_sliding_window_releases_as_outcomes_arrive() {
         Command::ReleaseTask {
             id: [1; 16],
             upto: 3,
+            at_ms: AT,
         },
     );
     assert_eq!(get(&s, 1).next_release(), None, "three in flight");
@@ -94,6 +97,7 @@ fn a_sliding_window_releases_as_outcomes_arrive() {
         Command::ReleaseTask {
             id: [1; 16],
             upto: 5,
+            at_ms: AT,
         },
     );
     // A release never goes back, nor past the targets.
@@ -102,6 +106,7 @@ fn a_sliding_window_releases_as_outcomes_arrive() {
         Command::ReleaseTask {
             id: [1; 16],
             upto: 2,
+            at_ms: AT,
         },
     );
     assert_eq!(get(&s, 1).released, 5);
@@ -110,6 +115,7 @@ fn a_sliding_window_releases_as_outcomes_arrive() {
         Command::ReleaseTask {
             id: [1; 16],
             upto: 99,
+            at_ms: AT,
         },
     );
     assert_eq!(get(&s, 1).released, 10);
@@ -131,6 +137,7 @@ fn the_canary_ends_before_the_rest_begins() {
         Command::ReleaseTask {
             id: [1; 16],
             upto: 1,
+            at_ms: AT,
         },
     );
     assert_eq!(get(&s, 1).next_release(), None, "the canary is running");
@@ -153,6 +160,7 @@ fn max_failures_stop_further_batches() {
         Command::ReleaseTask {
             id: [1; 16],
             upto: 10,
+            at_ms: AT,
         },
     );
     let one_failure = Counts {
@@ -174,7 +182,8 @@ fn max_failures_stop_further_batches() {
             &mut s,
             Command::ReleaseTask {
                 id: [1; 16],
-                upto: 20
+                upto: 20,
+                at_ms: AT,
             }
         ),
         Rejection::TaskEnded(hex::encode([1u8; 16]), "stopped".into())
@@ -271,7 +280,8 @@ fn creation_is_refused_for_a_taken_id_no_targets_or_too_many_running() {
             &mut s,
             Command::ReleaseTask {
                 id: [250; 16],
-                upto: 1
+                upto: 1,
+                at_ms: AT,
             }
         ),
         Rejection::NoSuchTask(_)
@@ -311,6 +321,7 @@ fn a_new_leader_continues_from_the_replicated_record() {
         Command::ReleaseTask {
             id: [1; 16],
             upto: 4,
+            at_ms: AT,
         },
     );
     ok(&mut s, count(1, "a", oks(1)));
@@ -319,4 +330,66 @@ fn a_new_leader_continues_from_the_replicated_record() {
     let restored: ClusterState = postcard::from_bytes(&bytes).expect("decode");
     assert_eq!(restored.tasks, s.tasks);
     assert_eq!(get(&restored, 1).next_release(), Some(5));
+}
+
+#[test]
+fn a_silent_spoke_is_written_off_once_and_its_late_counts_are_not_taken() {
+    let mut s = ClusterState::default();
+    // Targets 1..=10: even ids on spoke "a", odd on "b".
+    ok(&mut s, task(1, 10, |_| {}));
+    ok(
+        &mut s,
+        Command::ReleaseTask {
+            id: [1; 16],
+            upto: 10,
+            at_ms: AT + 5,
+        },
+    );
+    let t = s.tasks.get(&[1; 16]).unwrap();
+    assert_eq!(t.not_after(0), Some(AT + 5 + 60_000), "release + timeout");
+    assert_eq!(t.last_not_after(), Some(AT + 5 + 60_000));
+    ok(&mut s, count(1, "a", oks(5)));
+    ok(&mut s, count(1, "b", oks(2)));
+    let off = Command::WriteOffTask {
+        id: [1; 16],
+        spoke: "b".into(),
+        at_ms: AT + 70_000,
+    };
+    ok(&mut s, off.clone());
+    let t = s.tasks.get(&[1; 16]).unwrap();
+    assert_eq!(t.counts["b"].unreachable, 3, "the five of b less the two it counted");
+    assert_eq!(t.state, TaskState::Finished, "every target has an outcome");
+    // The spoke comes back late: the task ended, nothing changes.
+    assert!(matches!(
+        refused(&mut s, count(1, "b", oks(5))),
+        Rejection::TaskEnded(..)
+    ));
+    assert_eq!(s.tasks.get(&[1; 16]).unwrap().total().ended(), 10);
+}
+
+#[test]
+fn written_off_counts_are_final_while_the_task_runs_on() {
+    let mut s = ClusterState::default();
+    ok(&mut s, task(1, 10, |t| t.batch = Some(Portion::Count(2))));
+    ok(
+        &mut s,
+        Command::ReleaseTask {
+            id: [1; 16],
+            upto: 2,
+            at_ms: AT,
+        },
+    );
+    ok(
+        &mut s,
+        Command::WriteOffTask {
+            id: [1; 16],
+            spoke: "b".into(),
+            at_ms: AT + 1,
+        },
+    );
+    ok(&mut s, count(1, "b", oks(5)));
+    let t = s.tasks.get(&[1; 16]).unwrap();
+    assert_eq!(t.counts["b"], Counts { unreachable: 5, ..Counts::default() });
+    assert_eq!(t.state, TaskState::Running, "a's five are still to run");
+    assert_eq!(t.next_release(), Some(7), "five ended, a window of two more");
 }
