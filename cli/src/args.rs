@@ -16,7 +16,8 @@ file (--config, default ~/.config/vigo/cli.yaml, keys: hub, token, token_file, c
 addresses (comma-separated): the first that answers is used.
 
 Exit status: 0 done; 1 refused or failed (the message says why); 2 bad usage;
-3 done, but some spokes did not answer (their part is missing from the output).";
+3 done, but some spokes did not answer (their part is missing from the output);
+4 a task or query ended with envoys failed, timed out, refused or unreachable.";
 
 /// Environment variables of the connection settings, by argument id.
 const ENV: [(&str, &str); 5] = [
@@ -131,6 +132,109 @@ pub enum Command {
     /// generation, so every envoy fetches one bundle.
     #[command(subcommand, name = "bundle-key")]
     BundleKey(BundleKeyCmd),
+    /// Run a command, apply a configcrate or refresh traits across the fleet, in
+    /// batches, and follow it: `task run --where os=debian --batch 10% -- systemctl
+    /// restart nginx`. Every task is recorded with who ran it.
+    #[command(subcommand)]
+    Task(TaskCmd),
+    /// Ask envoys read-only questions now and print their answers as rows:
+    /// `query --where role=db package:openssl service:postgresql file:/etc/hosts
+    /// trait:kernel query:NAME` (a query the policy defines). Never a shell line.
+    Query(QueryArgs),
+}
+
+/// Which envoys a task targets: exactly one way.
+#[derive(Debug, Args, Default, Clone)]
+pub struct TargetArgs {
+    /// These envoys (repeatable).
+    #[arg(long = "envoy", value_name = "ID")]
+    pub envoys: Vec<String>,
+    /// Every envoy of the fleet.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+/// How a task goes out.
+#[derive(Debug, Args, Clone)]
+pub struct DispatchArgs {
+    /// Envoys in flight at once across the fleet: a count (50) or a share (10%).
+    /// Default: all at once.
+    #[arg(long)]
+    pub batch: Option<String>,
+    /// A first batch of this many envoys that must end before the rest begins.
+    #[arg(long)]
+    pub canary: Option<u32>,
+    /// Stop releasing batches once this many envoys failed or timed out: a count or a
+    /// share of the targets (2%).
+    #[arg(long)]
+    pub max_failures: Option<String>,
+    /// How long each envoy has, from its release to its result, delivery included
+    /// (an idle envoy takes up to its check-in interval to be reached).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+    pub timeout: Duration,
+    /// Print the plan — envoys per spoke, how many hold a stream now, the batches —
+    /// and run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCmd {
+    /// Start a task and follow it to its end (operator role).
+    Run {
+        #[command(flatten)]
+        targets: TargetArgs,
+        #[command(flatten)]
+        dispatch: DispatchArgs,
+        /// Hand the command to /bin/sh -c as one line (default: run the program with
+        /// its arguments, no shell).
+        #[arg(long)]
+        shell: bool,
+        /// Apply this configcrate of the live policy now, instead of a command.
+        #[arg(long, value_name = "CONFIGCRATE")]
+        apply: Option<String>,
+        /// Collect traits afresh and send them now, instead of a command.
+        #[arg(long)]
+        refresh_traits: bool,
+        /// Print the task and return; follow it later with `task watch`.
+        #[arg(long)]
+        no_wait: bool,
+        /// The program and its arguments, after `--`.
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Tasks, newest first.
+    List {
+        /// running, finished, stopped, cancelled or expired.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// One task: what, who, targets and counts.
+    Show { task_id: String },
+    /// Follow a task's progress until it ends.
+    Watch { task_id: String },
+    /// Stop dispatch: envoys not yet sent the task never run it (operator role).
+    Cancel { task_id: String },
+    /// Each envoy's outcome and output.
+    Results {
+        task_id: String,
+        /// Only failed, timed-out, refused and unreachable envoys.
+        #[arg(long)]
+        failed: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    #[command(flatten)]
+    pub targets: TargetArgs,
+    #[command(flatten)]
+    pub dispatch: DispatchArgs,
+    /// package:NAME, service:NAME, file:PATH, trait:KEY or query:NAME.
+    #[arg(required = true, value_name = "COLLECTOR")]
+    pub collectors: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -44,7 +44,7 @@ pub(crate) fn request<T>(cli: &Cli, msg: T) -> tonic::Request<T> {
     r
 }
 
-fn filter(f: &FilterArgs) -> Option<api::EnvoyFilter> {
+pub(crate) fn filter(f: &FilterArgs) -> Option<api::EnvoyFilter> {
     let filter = api::EnvoyFilter {
         hostname: f.hostname.clone().unwrap_or_default(),
         spoke: f.spoke.clone().unwrap_or_default(),
@@ -305,6 +305,8 @@ async fn run_once(cli: &Cli, request_id: &str) -> Result<u8, CliError> {
         Command::Token(cmd) => token(cli, &mut c, cmd).await,
         Command::Cert(cmd) => crate::cert::run(cli, &mut c, cmd).await,
         Command::BundleKey(cmd) => crate::bundle_key::run(cli, &mut c, cmd).await,
+        Command::Task(cmd) => crate::task::run(cli, &mut c, cmd).await,
+        Command::Query(args) => crate::task::query(cli, &mut c, args).await,
         Command::Hub(cmd) => {
             let m = match cmd {
                 HubCmd::Members => c.members(request(cli, api::MembersRequest {})).await?,

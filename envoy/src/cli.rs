@@ -73,6 +73,10 @@ pub enum Command {
         /// seconds. 0 never opens one.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
         stream_linger: std::time::Duration,
+        /// Refuse exec tasks (commands sent from `vigocli task run -- ...`): they are
+        /// answered "refused". Queries, applies and trait refreshes still run.
+        #[arg(long)]
+        no_exec_tasks: bool,
     },
     /// Check in, converge once and report; the exit status tells the outcome.
     Once {
@@ -84,6 +88,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+fn task_policy(no_exec: bool) -> crate::agent::tasks::TaskPolicy {
+    crate::agent::tasks::TaskPolicy { exec: !no_exec }
 }
 
 pub fn main() -> ExitCode {
@@ -129,12 +137,14 @@ pub fn main() -> ExitCode {
         Command::Run {
             dry_run,
             stream_linger,
+            no_exec_tasks,
         } => runtime.block_on(async {
             let mut agent = match Agent::load(dir) {
                 Ok(a) => a,
                 Err(e) => return fail(e.to_string()),
             };
             agent.set_stream_linger(stream_linger);
+            agent.set_task_policy(task_policy(no_exec_tasks));
             info!(envoy = %agent.identity().envoy_id, spoke = %agent.identity().spoke_address, "agent running");
             agent.run(dry_run, shutdown_signal()).await;
             ExitCode::SUCCESS

@@ -125,6 +125,7 @@ impl HubNode {
         let background = vec![
             tokio::spawn(roll_up_compliance(api.clone())),
             tokio::spawn(resume_moves(node.clone())),
+            tokio::spawn(crate::dispatch::run(node.clone())),
         ];
         let rest = match config.admin_listen {
             None => None,

@@ -70,7 +70,10 @@ fn action_of(req: &api::RunTaskRequest) -> Result<TaskAction, HubError> {
         "apply" => {
             let name = req.configcrate.trim();
             if name.is_empty() || name.len() > 255 {
-                return Err(HubError::malformed("configcrate", "apply names a configcrate"));
+                return Err(HubError::malformed(
+                    "configcrate",
+                    "apply names a configcrate",
+                ));
             }
             TaskAction::Apply {
                 configcrate: name.to_string(),
@@ -91,7 +94,9 @@ fn action_of(req: &api::RunTaskRequest) -> Result<TaskAction, HubError> {
                 if !known {
                     return Err(HubError::malformed(
                         "collectors",
-                        format!("{c:?}: package:NAME, service:NAME, file:PATH, trait:KEY or query:NAME"),
+                        format!(
+                            "{c:?}: package:NAME, service:NAME, file:PATH, trait:KEY or query:NAME"
+                        ),
                     ));
                 }
             }
@@ -238,7 +243,9 @@ pub fn batches(spec: &TaskSpec, total: u32) -> Vec<u64> {
 }
 
 /// How many of `spokes` name each spoke.
-pub fn per_spoke<'a>(spokes: impl Iterator<Item = &'a str>) -> std::collections::BTreeMap<&'a str, u64> {
+pub fn per_spoke<'a>(
+    spokes: impl Iterator<Item = &'a str>,
+) -> std::collections::BTreeMap<&'a str, u64> {
     let mut out = std::collections::BTreeMap::new();
     for s in spokes {
         *out.entry(s).or_default() += 1;
@@ -307,8 +314,14 @@ mod tests {
     #[test]
     fn portions_are_counts_or_shares() {
         assert_eq!(parse_portion("batch", "").unwrap(), None);
-        assert_eq!(parse_portion("batch", "50").unwrap(), Some(Portion::Count(50)));
-        assert_eq!(parse_portion("batch", "10%").unwrap(), Some(Portion::Percent(10)));
+        assert_eq!(
+            parse_portion("batch", "50").unwrap(),
+            Some(Portion::Count(50))
+        );
+        assert_eq!(
+            parse_portion("batch", "10%").unwrap(),
+            Some(Portion::Percent(10))
+        );
         for bad in ["0", "0%", "101%", "-3", "ten", "5%%"] {
             assert!(parse_portion("batch", bad).is_err(), "{bad}");
         }
@@ -349,7 +362,10 @@ mod tests {
             batches(&spec(Some(Portion::Percent(25)), Some(1)), 10),
             vec![1, 3, 3, 3]
         );
-        assert_eq!(batches(&spec(Some(Portion::Count(4)), None), 10), vec![4, 4, 2]);
+        assert_eq!(
+            batches(&spec(Some(Portion::Count(4)), None), 10),
+            vec![4, 4, 2]
+        );
     }
 
     #[test]

@@ -215,8 +215,8 @@ impl Gateway {
             Domain::Stream,
             Domain::TaskResult,
         ]
-            .into_iter()
-            .any(|d| signing::verify(&key, d, raw, signature).is_ok());
+        .into_iter()
+        .any(|d| signing::verify(&key, d, raw, signature).is_ok());
         if signed {
             SpokeError::Moved {
                 id,
@@ -462,10 +462,12 @@ impl Gateway {
         let run_id = body.run_id;
         detach(async move {
             match this.store.write(write).await? {
-                WriteOutcome::DuplicateRun | WriteOutcome::DuplicateResult => Ok(pb::ReportRunResponse {
-                    status: record.read(|st| st.run_status).to_proto() as i32,
-                    duplicate: true,
-                }),
+                WriteOutcome::DuplicateRun | WriteOutcome::DuplicateResult => {
+                    Ok(pb::ReportRunResponse {
+                        status: record.read(|st| st.run_status).to_proto() as i32,
+                        duplicate: true,
+                    })
+                }
                 WriteOutcome::Done => {
                     this.fleet.update(&record, |st| {
                         if run_id > st.last_run_id {

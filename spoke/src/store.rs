@@ -278,7 +278,8 @@ impl Store {
             txn.open_table(FORWARDS).map_err(db_err)?;
             txn.open_table(REVOCATIONS).map_err(db_err)?;
             txn.open_table(task_results::TASK_RESULTS).map_err(db_err)?;
-            txn.open_table(task_results::TASK_OUTCOMES).map_err(db_err)?;
+            txn.open_table(task_results::TASK_OUTCOMES)
+                .map_err(db_err)?;
         }
         txn.commit().map_err(db_err)
     }

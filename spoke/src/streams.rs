@@ -35,7 +35,11 @@ impl Streams {
     /// Registers a new stream for `id`, replacing any older one (whose envoy has
     /// reconnected), that sends `first` before anything else. The returned stream
     /// unregisters itself when dropped.
-    pub fn open(self: &std::sync::Arc<Self>, id: EnvoyId, first: Vec<pb::StreamEvent>) -> EnvoyStream {
+    pub fn open(
+        self: &std::sync::Arc<Self>,
+        id: EnvoyId,
+        first: Vec<pb::StreamEvent>,
+    ) -> EnvoyStream {
         let (tx, rx) = mpsc::channel(QUEUE);
         let generation = self.next.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(id.get(), (generation, tx));

@@ -195,7 +195,8 @@ impl SpokeTasks {
     }
 
     fn publish_waiting(&self, inner: &Inner) {
-        self.waiting_envoys.store(inner.waiting.len(), Ordering::Relaxed);
+        self.waiting_envoys
+            .store(inner.waiting.len(), Ordering::Relaxed);
         metrics::gauge!("vigo_tasks_waiting_envoys").set(inner.waiting.len() as f64);
     }
 
@@ -244,7 +245,10 @@ impl SpokeTasks {
 
     /// The leader's sync: forget what no longer runs, take new copies (sent at once on
     /// open streams), and answer every dispatched task's counts.
-    pub async fn sync(&self, req: pb::SyncTasksRequest) -> Result<pb::SyncTasksResponse, SpokeError> {
+    pub async fn sync(
+        &self,
+        req: pb::SyncTasksRequest,
+    ) -> Result<pb::SyncTasksResponse, SpokeError> {
         let running = req
             .running
             .iter()
@@ -254,7 +258,10 @@ impl SpokeTasks {
         for d in req.dispatch {
             let id = task_key(&d.task_id)?;
             if !running.contains(&id) {
-                return Err(SpokeError::malformed("dispatch", "a task that is not running"));
+                return Err(SpokeError::malformed(
+                    "dispatch",
+                    "a task that is not running",
+                ));
             }
             dispatch.push((id, d.copies));
         }
@@ -410,7 +417,10 @@ impl SpokeTasks {
     ) -> Result<bool, SpokeError> {
         let id = task_key(&body.task_id)?;
         let outcome = Outcome::reported(&body.status).ok_or_else(|| {
-            SpokeError::malformed("status", format!("{:?}: ok, failed, timed_out or refused", body.status))
+            SpokeError::malformed(
+                "status",
+                format!("{:?}: ok, failed, timed_out or refused", body.status),
+            )
         })?;
         {
             let inner = self.lock();
@@ -481,13 +491,21 @@ impl SpokeTasks {
         let more = rows.len() > limit;
         let mut results = Vec::with_capacity(limit);
         for (envoy, outcome, stored) in rows.into_iter().take(limit) {
-            let stored_row = if stored { self.store.task_result(id, envoy)? } else { None };
-            results.push(stored_row.unwrap_or_else(|| api::TaskResult {
-                envoy_id: EnvoyId::new(envoy).map(|e| e.to_string()).unwrap_or_default(),
-                hostname: hostname(envoy),
-                status: outcome.map_or("running", Outcome::as_str).into(),
-                exit_code: -1,
-                ..Default::default()
+            let stored_row = if stored {
+                self.store.task_result(id, envoy)?
+            } else {
+                None
+            };
+            results.push(stored_row.unwrap_or_else(|| {
+                api::TaskResult {
+                    envoy_id: EnvoyId::new(envoy)
+                        .map(|e| e.to_string())
+                        .unwrap_or_default(),
+                    hostname: hostname(envoy),
+                    status: outcome.map_or("running", Outcome::as_str).into(),
+                    exit_code: -1,
+                    ..Default::default()
+                }
             }));
         }
         Ok(pb::SpokeTaskResults { results, more })

@@ -112,6 +112,7 @@ pub struct Agent {
     traits_known: bool,
     backoff: Backoff,
     promotion: promotion::Promotion,
+    tasks: tasks::handle::TaskLoop,
 }
 
 /// Runs blocking work (redb commits, resource executors) off the async workers.
@@ -128,6 +129,7 @@ impl Agent {
         let local = Arc::new(LocalState::open(&dir.db_path())?);
         let gateway = client::gateway(&identity.spoke_address, identity.tls_config()?)?;
         let sequence = Sequencer::starting_after(local.sequence()?);
+        let tasks = tasks::handle::TaskLoop::new();
         Ok(Self {
             dir,
             identity,
@@ -138,14 +140,20 @@ impl Agent {
             jitter: Duration::from_secs(6),
             traits_known: false,
             backoff: Backoff::new(),
-            promotion: promotion::Promotion::new(promotion::DEFAULT_LINGER),
+            promotion: promotion::Promotion::new(promotion::DEFAULT_LINGER, tasks.sender()),
+            tasks,
         })
     }
 
     /// How long a stream is held after the spoke last said work is flowing (zero:
     /// never open one).
     pub fn set_stream_linger(&mut self, linger: Duration) {
-        self.promotion = promotion::Promotion::new(linger);
+        self.promotion = promotion::Promotion::new(linger, self.tasks.sender());
+    }
+
+    /// What tasks may do here (`--no-exec-tasks`).
+    pub fn set_task_policy(&mut self, policy: tasks::TaskPolicy) {
+        self.tasks.policy = policy;
     }
 
     pub fn identity(&self) -> &Identity {
@@ -451,6 +459,7 @@ impl Agent {
             let woken = self.promotion.woken();
             let next_run = Instant::now() + self.next_interval();
             loop {
+                self.send_task_results().await;
                 let wake = [self.backoff.due, self.promotion.closes_at()]
                     .into_iter()
                     .flatten()
@@ -461,6 +470,15 @@ impl Agent {
                         return;
                     }
                     _ = woken.notified() => break,
+                    event = self.tasks.next_event() => match event {
+                        tasks::handle::TaskEvent::Delivered(task) => {
+                            if self.take_task(task).await {
+                                // Traits are to be sent afresh: check in now.
+                                break;
+                            }
+                        }
+                        tasks::handle::TaskEvent::Finished(done) => self.tasks.finished(done),
+                    },
                     _ = tokio::time::sleep_until(wake.into()) => {}
                 }
                 if Instant::now() >= next_run {
@@ -502,7 +520,7 @@ fn permanent(status: &tonic::Status) -> bool {
 }
 
 /// The bundle in force, re-verified: a local file edited by hand is not trusted.
-fn load_bundle(
+pub(crate) fn load_bundle(
     local: &LocalState,
     keys: &[ed25519_dalek::VerifyingKey],
 ) -> Result<Option<VerifiedBundle>, StateError> {

@@ -2,14 +2,14 @@
 //! check-in answer says `open_stream` — work is flowing to it — the envoy opens a
 //! stream to its spoke and holds it for `linger` after the last such answer; while it
 //! is open, the spoke can tell it to check in at once (a force-push) instead of waiting
-//! for the next interval.
+//! for the next interval, and tasks reach it on the stream (`super::tasks`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use vigo_common::signing::Domain;
 use vigo_common::time::now_ms;
 use vigo_proto::v1 as pb;
@@ -24,15 +24,18 @@ pub struct Promotion {
     until: Option<Instant>,
     wake: Arc<Notify>,
     reader: Option<JoinHandle<()>>,
+    /// Where tasks from the stream go (the agent's loop takes them).
+    tasks: mpsc::Sender<pb::SignedTask>,
 }
 
 impl Promotion {
-    pub fn new(linger: Duration) -> Self {
+    pub fn new(linger: Duration, tasks: mpsc::Sender<pb::SignedTask>) -> Self {
         Self {
             linger,
             until: None,
             wake: Arc::new(Notify::new()),
             reader: None,
+            tasks,
         }
     }
 
@@ -91,11 +94,19 @@ impl Promotion {
         };
         info!("work is flowing: stream to the spoke open");
         let wake = self.wake.clone();
+        let tasks = self.tasks.clone();
         self.reader = Some(tokio::spawn(async move {
             while let Ok(Some(event)) = stream.message().await {
                 if event.check_in_now {
                     info!("spoke asks for a check-in now");
                     wake.notify_one();
+                }
+                if let Some(task) = event.task {
+                    // A full queue drops it: the spoke sends it again on the next
+                    // stream, and the envoy runs a task id once.
+                    if tasks.try_send(task).is_err() {
+                        warn!("too many tasks waiting to start; one is left for later");
+                    }
                 }
             }
             debug!("stream ended");

@@ -17,6 +17,7 @@ mod openapi;
 pub mod reflection;
 pub mod rest;
 mod rest_revocations;
+mod rest_tasks;
 mod revocations;
 mod spokes;
 mod tasks;

@@ -132,7 +132,7 @@ pub struct ApiError {
     pub code: String,
 }
 
-struct Failure(HubError);
+pub(super) struct Failure(pub(super) HubError);
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
@@ -626,6 +626,16 @@ pub fn router(api: Arc<AdminApi>) -> axum::Router {
             super::bundle_keys::add_bundle_key
         ))
         .routes(routes!(super::bundle_keys::use_bundle_key))
+        .routes(routes!(
+            super::rest_tasks::list_tasks,
+            super::rest_tasks::run_task
+        ))
+        .routes(routes!(
+            super::rest_tasks::show_task,
+            super::rest_tasks::cancel_task
+        ))
+        .routes(routes!(super::rest_tasks::task_results))
+        .routes(routes!(super::rest_tasks::task_events))
         .routes(routes!(super::bundle_keys::retire_bundle_key))
         .with_state(api.clone())
         .split_for_parts();

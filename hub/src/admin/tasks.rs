@@ -87,7 +87,9 @@ impl AdminApi {
                 let spoke = self
                     .node
                     .read(|s| s.pins.get(&id).map(|p| p.spoke.clone()))
-                    .ok_or_else(|| HubError::NotFound(format!("envoy {text} is not pinned to any spoke")))?;
+                    .ok_or_else(|| {
+                        HubError::NotFound(format!("envoy {text} is not pinned to any spoke"))
+                    })?;
                 per_spoke.entry(spoke.clone()).or_default().0 += 1;
                 targets.push((id, spoke));
             }
@@ -130,7 +132,10 @@ impl AdminApi {
                             after = Some(pb::SortKey {
                                 text: String::new(),
                                 number: 0,
-                                envoy_id: last.envoy_id.parse::<vigo_common::EnvoyId>().map_or(0, |e| e.get()),
+                                envoy_id: last
+                                    .envoy_id
+                                    .parse::<vigo_common::EnvoyId>()
+                                    .map_or(0, |e| e.get()),
                             })
                         }
                         _ => return Ok(found),
@@ -155,7 +160,10 @@ impl AdminApi {
         if targets.len() > MAX_TARGETS {
             return Err(HubError::malformed(
                 "targets",
-                format!("{} envoys match; a task targets at most {MAX_TARGETS}", targets.len()),
+                format!(
+                    "{} envoys match; a task targets at most {MAX_TARGETS}",
+                    targets.len()
+                ),
             ));
         }
         Ok(Resolved {
@@ -276,7 +284,9 @@ impl AdminApi {
                     by: caller.name.clone(),
                     at_ms: now_ms(),
                 };
-                self.node.propose_ok(cancel.once(&caller.tag(), "cancel")).await?;
+                self.node
+                    .propose_ok(cancel.once(&caller.tag(), "cancel"))
+                    .await?;
                 tracing::warn!(task = %hex::encode(id), by = %caller.name, "task cancelled");
                 self.task_info(&id)
             },
@@ -295,7 +305,10 @@ impl AdminApi {
         let limit = match req.limit {
             0 => DEFAULT_RESULTS,
             n if n > MAX_RESULTS => {
-                return Err(HubError::malformed("limit", format!("{n}: at most {MAX_RESULTS}")));
+                return Err(HubError::malformed(
+                    "limit",
+                    format!("{n}: at most {MAX_RESULTS}"),
+                ));
             }
             n => n,
         };
@@ -305,7 +318,11 @@ impl AdminApi {
         };
         let spokes: std::collections::BTreeSet<String> = self
             .node
-            .read(|s| s.tasks.get(&id).map(|t| t.targets.iter().map(|(_, s)| s.clone()).collect()))
+            .read(|s| {
+                s.tasks
+                    .get(&id)
+                    .map(|t| t.targets.iter().map(|(_, s)| s.clone()).collect())
+            })
             .ok_or_else(|| HubError::NotFound(format!("no task {}", hex::encode(id))))?;
         let targets: Vec<_> = fanout::targets(&self.node, None)?
             .into_iter()
@@ -317,11 +334,12 @@ impl AdminApi {
             limit,
             failed_only: req.failed_only,
         };
-        let (answers, missing) = fan_out(&self.node, targets, fanout::QUERY_DEADLINE, |_, mut c| {
-            let ask = ask.clone();
-            async move { c.task_results(ask).await.map(tonic::Response::into_inner) }
-        })
-        .await;
+        let (answers, missing) =
+            fan_out(&self.node, targets, fanout::QUERY_DEADLINE, |_, mut c| {
+                let ask = ask.clone();
+                async move { c.task_results(ask).await.map(tonic::Response::into_inner) }
+            })
+            .await;
         let more = answers.iter().any(|(_, a)| a.more);
         let mut rows: Vec<api::TaskResult> = answers
             .into_iter()

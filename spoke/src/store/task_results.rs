@@ -40,7 +40,9 @@ pub(super) fn drop_tasks(
 ) -> Result<(), StoreError> {
     for &task in tasks {
         let range = (task, 0)..=(task, u64::MAX);
-        results.retain_in(range.clone(), |_, _| false).map_err(db_err)?;
+        results
+            .retain_in(range.clone(), |_, _| false)
+            .map_err(db_err)?;
         outcomes.retain_in(range, |_, _| false).map_err(db_err)?;
     }
     Ok(())
@@ -61,7 +63,11 @@ impl Store {
     }
 
     /// One stored result.
-    pub fn task_result(&self, task: u128, envoy: u64) -> Result<Option<api::TaskResult>, StoreError> {
+    pub fn task_result(
+        &self,
+        task: u128,
+        envoy: u64,
+    ) -> Result<Option<api::TaskResult>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(TASK_RESULTS).map_err(db_err)?;
         match table.get((task, envoy)).map_err(db_err)? {

@@ -57,12 +57,9 @@ pub(super) fn writer_loop(db: &Database, jobs: mpsc::Receiver<Job>) {
 /// only, while the last commit started less than [`REPORT_PACE`] ago. `None`: commit now.
 fn linger_until(last_commit: Option<Instant>, now: Instant, group: &[Job]) -> Option<Instant> {
     let until = last_commit? + REPORT_PACE;
-    let reports = group.iter().all(|j| {
-        matches!(
-            j.op,
-            WriteOp::PutRun { .. } | WriteOp::PutTaskResult { .. }
-        )
-    });
+    let reports = group
+        .iter()
+        .all(|j| matches!(j.op, WriteOp::PutRun { .. } | WriteOp::PutTaskResult { .. }));
     (now < until && reports).then_some(until)
 }
 
@@ -81,7 +78,9 @@ fn commit_group(db: &Database, group: &[Job]) -> Result<Vec<WriteOutcome>, Store
         let mut forwards = txn.open_table(FORWARDS).map_err(db_err)?;
         let mut revocations = txn.open_table(REVOCATIONS).map_err(db_err)?;
         let mut results = txn.open_table(task_results::TASK_RESULTS).map_err(db_err)?;
-        let mut outcomes_table = txn.open_table(task_results::TASK_OUTCOMES).map_err(db_err)?;
+        let mut outcomes_table = txn
+            .open_table(task_results::TASK_OUTCOMES)
+            .map_err(db_err)?;
         for job in group {
             let outcome = match &job.op {
                 WriteOp::PutEnvoys {

@@ -75,22 +75,46 @@ async fn copies_wait_for_their_envoy_go_out_on_its_stream_and_results_count_once
     let mut stream = f.streams.open(envoy(1), Vec::new());
     let answer = f
         .tasks
-        .sync(sync(&[7], vec![(7, vec![copy(1, u64::MAX), copy(2, u64::MAX)])]))
+        .sync(sync(
+            &[7],
+            vec![(7, vec![copy(1, u64::MAX), copy(2, u64::MAX)])],
+        ))
         .await
         .unwrap();
     assert_eq!(answer.progress[0].held, 2);
     assert_eq!(answer.progress[0].delivered, 1, "envoy 1 holds a stream");
     let sent = stream.next().await.unwrap().unwrap();
     assert_eq!(sent.task.unwrap().body.as_ref(), [1]);
-    assert!(f.tasks.has_waiting(envoy(2)), "envoy 2 is told to open a stream");
+    assert!(
+        f.tasks.has_waiting(envoy(2)),
+        "envoy 2 is told to open a stream"
+    );
     // Envoy 2 opens one: its copy goes first.
     let first = f.tasks.unsent(envoy(2), Some(99));
     assert_eq!(first.len(), 1);
-    assert!(f.tasks.unsent(envoy(2), Some(99)).is_empty(), "sent on that stream");
-    assert_eq!(f.tasks.unsent(envoy(2), Some(100)).len(), 1, "a new stream gets it again");
+    assert!(
+        f.tasks.unsent(envoy(2), Some(99)).is_empty(),
+        "sent on that stream"
+    );
+    assert_eq!(
+        f.tasks.unsent(envoy(2), Some(100)).len(),
+        1,
+        "a new stream gets it again"
+    );
 
-    assert!(!f.tasks.report(envoy(1), "h1", result(7, "ok"), 5).await.unwrap());
-    assert!(f.tasks.report(envoy(1), "h1", result(7, "ok"), 6).await.unwrap(), "a retry");
+    assert!(
+        !f.tasks
+            .report(envoy(1), "h1", result(7, "ok"), 5)
+            .await
+            .unwrap()
+    );
+    assert!(
+        f.tasks
+            .report(envoy(1), "h1", result(7, "ok"), 6)
+            .await
+            .unwrap(),
+        "a retry"
+    );
     assert!(!f.tasks.has_waiting(envoy(1)));
     let again = f.tasks.sync(sync(&[7], vec![])).await.unwrap();
     assert_eq!((again.progress[0].ok, again.progress[0].failed), (1, 0));
@@ -101,7 +125,9 @@ async fn copies_wait_for_their_envoy_go_out_on_its_stream_and_results_count_once
         Err(SpokeError::NoSuchTask(_))
     ));
     assert!(matches!(
-        f.tasks.report(envoy(2), "h2", result(7, "unreachable"), 7).await,
+        f.tasks
+            .report(envoy(2), "h2", result(7, "unreachable"), 7)
+            .await,
         Err(SpokeError::Malformed { .. })
     ));
 }
@@ -115,10 +141,17 @@ async fn a_closed_window_counts_timed_out_or_unreachable_and_refuses_late_result
         .await
         .unwrap();
     f.tasks.expire(1_000 + GRACE_MS);
-    assert!(f.tasks.has_waiting(envoy(2)), "not before the grace has passed");
+    assert!(
+        f.tasks.has_waiting(envoy(2)),
+        "not before the grace has passed"
+    );
     f.tasks.expire(1_001 + GRACE_MS);
     let p = &f.tasks.sync(sync(&[7], vec![])).await.unwrap().progress[0];
-    assert_eq!((p.timed_out, p.unreachable), (1, 1), "sent to 1, never to 2");
+    assert_eq!(
+        (p.timed_out, p.unreachable),
+        (1, 1),
+        "sent to 1, never to 2"
+    );
     assert!(!f.tasks.has_waiting(envoy(2)));
     assert!(matches!(
         f.tasks.report(envoy(1), "h1", result(7, "ok"), 9_000).await,
@@ -139,17 +172,28 @@ async fn an_ended_task_is_not_delivered_any_more() {
     assert!(!f.tasks.has_waiting(envoy(2)));
     assert!(f.tasks.unsent(envoy(2), Some(1)).is_empty());
     // A copy for a task the hub does not list as running is refused.
-    assert!(f.tasks.sync(sync(&[], vec![(8, vec![copy(2, 1)])])).await.is_err());
+    assert!(
+        f.tasks
+            .sync(sync(&[], vec![(8, vec![copy(2, 1)])]))
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
 async fn results_survive_a_restart_and_copies_sent_again_do_not_undo_them() {
     let f = Fixture::new();
     f.tasks
-        .sync(sync(&[7], vec![(7, vec![copy(1, u64::MAX), copy(2, u64::MAX)])]))
+        .sync(sync(
+            &[7],
+            vec![(7, vec![copy(1, u64::MAX), copy(2, u64::MAX)])],
+        ))
         .await
         .unwrap();
-    f.tasks.report(envoy(1), "h1", result(7, "failed"), 5).await.unwrap();
+    f.tasks
+        .report(envoy(1), "h1", result(7, "failed"), 5)
+        .await
+        .unwrap();
     let Fixture {
         _dir,
         path,
@@ -163,9 +207,15 @@ async fn results_survive_a_restart_and_copies_sent_again_do_not_undo_them() {
     let tasks = SpokeTasks::new(store, Arc::new(Streams::default()));
     tasks.restore().unwrap();
     let before = tasks.sync(sync(&[7], vec![])).await.unwrap();
-    assert!(before.progress.is_empty(), "counts wait until the copies come again");
+    assert!(
+        before.progress.is_empty(),
+        "counts wait until the copies come again"
+    );
     let after = tasks
-        .sync(sync(&[7], vec![(7, vec![copy(1, u64::MAX), copy(2, u64::MAX)])]))
+        .sync(sync(
+            &[7],
+            vec![(7, vec![copy(1, u64::MAX), copy(2, u64::MAX)])],
+        ))
         .await
         .unwrap();
     assert_eq!(after.progress[0].failed, 1);

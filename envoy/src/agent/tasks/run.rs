@@ -75,8 +75,12 @@ pub fn timeout_of(body: &pb::TaskBody) -> Duration {
 }
 
 /// Runs an exec action: the program and its arguments, or one line through `/bin/sh -c`
-/// when `shell`.
-pub fn run_exec(action: &pb::ExecAction, timeout: Duration) -> TaskOutcome {
+/// when `shell`, with `env` added to the agent's environment.
+pub fn run_exec(
+    action: &pb::ExecAction,
+    timeout: Duration,
+    env: &BTreeMap<String, String>,
+) -> TaskOutcome {
     let started = Instant::now();
     let line;
     let program = if action.shell {
@@ -85,7 +89,7 @@ pub fn run_exec(action: &pb::ExecAction, timeout: Duration) -> TaskOutcome {
     } else {
         Program::Argv(&action.argv)
     };
-    match run_program(program, timeout, &BTreeMap::new()) {
+    match run_program(program, timeout, env) {
         Ok(ran) => TaskOutcome {
             status: if ran.success() {
                 TaskStatus::Ok
@@ -144,7 +148,7 @@ mod tests {
             argv: argv.iter().map(|a| a.to_string()).collect(),
             shell,
         };
-        run_exec(&action, timeout)
+        run_exec(&action, timeout, &BTreeMap::new())
     }
 
     fn query(collectors: &[&str]) -> Vec<Row> {

@@ -357,7 +357,10 @@ fn a_silent_spoke_is_written_off_once_and_its_late_counts_are_not_taken() {
     };
     ok(&mut s, off.clone());
     let t = s.tasks.get(&[1; 16]).unwrap();
-    assert_eq!(t.counts["b"].unreachable, 3, "the five of b less the two it counted");
+    assert_eq!(
+        t.counts["b"].unreachable, 3,
+        "the five of b less the two it counted"
+    );
     assert_eq!(t.state, TaskState::Finished, "every target has an outcome");
     // The spoke comes back late: the task ended, nothing changes.
     assert!(matches!(
@@ -389,7 +392,17 @@ fn written_off_counts_are_final_while_the_task_runs_on() {
     );
     ok(&mut s, count(1, "b", oks(5)));
     let t = s.tasks.get(&[1; 16]).unwrap();
-    assert_eq!(t.counts["b"], Counts { unreachable: 5, ..Counts::default() });
+    assert_eq!(
+        t.counts["b"],
+        Counts {
+            unreachable: 5,
+            ..Counts::default()
+        }
+    );
     assert_eq!(t.state, TaskState::Running, "a's five are still to run");
-    assert_eq!(t.next_release(), Some(7), "five ended, a window of two more");
+    assert_eq!(
+        t.next_release(),
+        Some(7),
+        "five ended, a window of two more"
+    );
 }
