@@ -14,6 +14,9 @@
 //! | HubAdmin | SetOverrides | API caller | 1 MiB |
 //! | HubAdmin | ListEnvoys, TraitCount, Push | API caller | 256 KiB |
 //! | HubAdmin | every other | API caller | 64 KiB |
+//!
+//! Deadlines are 30 s but for PublishConfig (120 s), moves (600 s), key changes and
+//! RunTask (60 s); WatchTask's deadline covers its answer's start, not the stream.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,6 +120,11 @@ impl Admit for HubAdmin {
             | "ListRevocations" | "RevokeCertificate" | "ListBundleKeys" => limits(64 * KIB, 30),
             // A key change compiles and re-signs the current config version.
             "AddBundleKey" | "UseBundleKey" | "RetireBundleKey" => limits(64 * KIB, 60),
+            "ListTasks" | "ShowTask" | "TaskResults" | "CancelTask" | "WatchTask" => {
+                limits(64 * KIB, 30)
+            }
+            // Targets are resolved from every spoke before the task is recorded.
+            "RunTask" => limits(64 * KIB, 60),
             other => return Err(unknown(other)),
         };
         let serial = call.serial().to_string();

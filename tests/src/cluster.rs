@@ -46,6 +46,8 @@ pub struct Cluster {
     pub spoke_ids: Vec<String>,
     /// A secret the hub accepts (100,000 uses).
     pub token: String,
+    /// The spokes' `checkin:` section (YAML).
+    checkin: String,
 }
 
 pub type Admin = api::hub_admin_client::HubAdminClient<Channel>;
@@ -63,6 +65,11 @@ impl Cluster {
     /// As [`Cluster::start`] with the hubs' `raft:` section given as YAML ("{}" for the
     /// defaults).
     pub async fn start_with(hubs: usize, spokes: &[&str], raft: &str) -> Cluster {
+        Self::start_tuned(hubs, spokes, raft, "{interval: 5m}").await
+    }
+
+    /// As [`Cluster::start_with`] with the spokes' `checkin:` section given as YAML.
+    pub async fn start_tuned(hubs: usize, spokes: &[&str], raft: &str, checkin: &str) -> Cluster {
         init();
         let dir = tempfile::tempdir().expect("temp dir");
         let ids: Vec<u64> = (1..=hubs as u64).collect();
@@ -77,6 +84,7 @@ impl Cluster {
             spokes: spoke_ids.iter().map(|_| None).collect(),
             spoke_ids,
             token: vigo_spoke::tokens::new_secret(),
+            checkin: checkin.to_string(),
             dir,
         };
         for i in 0..hubs {
@@ -196,11 +204,12 @@ impl Cluster {
             "name: {id}\nlisten: 127.0.0.1:{port}\nmetrics_listen: null\ndata_dir: {id}-data\n\
              tls: {{ca_cert: {p}/ca.pem, cert: {p}/{id}.pem, key: {p}/{id}.key}}\n\
              flush: {{interval: 500ms}}\n\
-             checkin: {{interval: 5m}}\n\
+             checkin: {checkin}\n\
              hub: {{addresses: [{hubs}], spoke_id: {id}, heartbeat: 200ms}}\n",
             port = self.spoke_ports[j],
             p = pki.display(),
             hubs = hubs.join(", "),
+            checkin = self.checkin,
         );
         std::fs::write(self.spoke_config_path(j), yaml).expect("spoke config");
     }
