@@ -181,6 +181,23 @@ pub fn describe() {
         "vigo_hub_fanout_missing_total",
         "Spokes that did not answer a fan-out in time, by spoke"
     );
+    describe_gauge!(
+        "vigo_hub_tasks",
+        "Tasks and live queries by state (running, finished, stopped, cancelled, expired); exported by the raft leader"
+    );
+    describe_histogram!(
+        "vigo_hub_task_dispatch_seconds",
+        "From a batch's release to its copies being taken by their spoke"
+    );
+    describe_counter!(
+        "vigo_hub_task_results_total",
+        "Envoy outcomes of tasks counted by the leader (ok, failed, timed out, refused, unreachable)"
+    );
+    metrics::counter!("vigo_hub_task_results_total").increment(0);
+    let _ = metrics::histogram!("vigo_hub_task_dispatch_seconds");
+    for state in ["running", "finished", "stopped", "cancelled", "expired"] {
+        metrics::gauge!("vigo_hub_tasks", "state" => state).set(0.0);
+    }
     for name in [
         "vigo_hub_enrollments_total",
         "vigo_hub_enrollment_refusals_total",

@@ -111,6 +111,14 @@ pub fn describe() {
             "vigo_revocations_total",
             "Envoy revocations applied here, by result: ok or the refusal kind",
         ),
+        (
+            "vigo_task_reports_total",
+            "Task results envoys sent, by result: ok or the refusal kind",
+        ),
+        (
+            "vigo_task_syncs_total",
+            "Task syncs from the hub's leader, by result: ok or the refusal kind",
+        ),
     ] {
         describe_counter!(name, what);
         counter!(name, "result" => "ok").increment(0);
@@ -161,6 +169,23 @@ pub fn describe() {
         "Check-in signatures verified in one batch"
     );
     describe_gauge!("vigo_open_streams", "Streams envoys hold open now");
+    describe_gauge!(
+        "vigo_tasks_waiting_envoys",
+        "Envoys with task copies not yet answered (told to open a stream at check-in)"
+    );
+    describe_counter!(
+        "vigo_tasks_sent_on_stream_total",
+        "Task copies sent on an envoy's stream as they arrived from the hub"
+    );
+    describe_counter!(
+        "vigo_task_results_total",
+        "Task results stored, by outcome: ok, failed, timed_out or refused"
+    );
+    gauge!("vigo_tasks_waiting_envoys").set(0.0);
+    counter!("vigo_tasks_sent_on_stream_total").increment(0);
+    for outcome in ["ok", "failed", "timed_out", "refused"] {
+        counter!("vigo_task_results_total", "outcome" => outcome).increment(0);
+    }
     for result in ["applied", "rejected"] {
         counter!("vigo_policy_reloads_total", "result" => result).increment(0);
     }

@@ -221,7 +221,11 @@ async fn an_exec_task_reaches_idle_and_streaming_agents_runs_once_and_reports_ou
     assert!(
         listed.tasks.iter().all(|t| t.requested_by == "cert:admin"),
         "{:?}",
-        listed.tasks.iter().map(|t| &t.requested_by).collect::<Vec<_>>()
+        listed
+            .tasks
+            .iter()
+            .map(|t| &t.requested_by)
+            .collect::<Vec<_>>()
     );
 }
 
