@@ -183,28 +183,7 @@ pub struct DispatchArgs {
 #[derive(Debug, Subcommand)]
 pub enum TaskCmd {
     /// Start a task and follow it to its end (operator role).
-    Run {
-        #[command(flatten)]
-        targets: TargetArgs,
-        #[command(flatten)]
-        dispatch: DispatchArgs,
-        /// Hand the command to /bin/sh -c as one line (default: run the program with
-        /// its arguments, no shell).
-        #[arg(long)]
-        shell: bool,
-        /// Apply this configcrate of the live policy now, instead of a command.
-        #[arg(long, value_name = "CONFIGCRATE")]
-        apply: Option<String>,
-        /// Collect traits afresh and send them now, instead of a command.
-        #[arg(long)]
-        refresh_traits: bool,
-        /// Print the task and return; follow it later with `task watch`.
-        #[arg(long)]
-        no_wait: bool,
-        /// The program and its arguments, after `--`.
-        #[arg(last = true, value_name = "COMMAND")]
-        command: Vec<String>,
-    },
+    Run(Box<TaskRunArgs>),
     /// Tasks, newest first.
     List {
         /// running, finished, stopped, cancelled or expired.
@@ -224,6 +203,30 @@ pub enum TaskCmd {
         #[arg(long)]
         failed: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct TaskRunArgs {
+    #[command(flatten)]
+    pub targets: TargetArgs,
+    #[command(flatten)]
+    pub dispatch: DispatchArgs,
+    /// Hand the command to /bin/sh -c as one line (default: run the program with its
+    /// arguments, no shell).
+    #[arg(long)]
+    pub shell: bool,
+    /// Apply this configcrate of the live policy now, instead of a command.
+    #[arg(long, value_name = "CONFIGCRATE")]
+    pub apply: Option<String>,
+    /// Collect traits afresh and send them now, instead of a command.
+    #[arg(long)]
+    pub refresh_traits: bool,
+    /// Print the task and return; follow it later with `task watch`.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// The program and its arguments, after `--`.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -4,7 +4,7 @@
 
 use vigo_proto::admin::v1 as api;
 
-use crate::args::{Cli, DispatchArgs, QueryArgs, TargetArgs, TaskCmd};
+use crate::args::{Cli, DispatchArgs, QueryArgs, TargetArgs, TaskCmd, TaskRunArgs};
 use crate::connect::{CliError, Client};
 use crate::render::{age, table};
 use crate::run::{emit, filter, request};
@@ -37,7 +37,7 @@ fn dispatch(d: &DispatchArgs, req: &mut api::RunTaskRequest) {
 }
 
 fn counts(info: &api::TaskInfo) -> api::TaskCounts {
-    info.counts.clone().unwrap_or_default()
+    info.counts.unwrap_or_default()
 }
 
 /// One line of progress: targeted, dispatched, running and each outcome.
@@ -262,15 +262,16 @@ async fn follow(cli: &Cli, c: &mut Client, info: api::TaskInfo) -> Result<u8, Cl
 
 pub async fn run(cli: &Cli, c: &mut Client, cmd: &TaskCmd) -> Result<u8, CliError> {
     match cmd {
-        TaskCmd::Run {
-            targets: t,
-            dispatch: d,
-            shell,
-            apply,
-            refresh_traits,
-            no_wait,
-            command,
-        } => {
+        TaskCmd::Run(args) => {
+            let TaskRunArgs {
+                targets: t,
+                dispatch: d,
+                shell,
+                apply,
+                refresh_traits,
+                no_wait,
+                command,
+            } = args.as_ref();
             let mut req = api::RunTaskRequest::default();
             targets(t, &mut req)?;
             dispatch(d, &mut req);

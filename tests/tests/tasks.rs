@@ -175,7 +175,7 @@ fn exec(argv: Vec<String>) -> api::RunTaskRequest {
 }
 
 fn counts(info: &api::TaskInfo) -> api::TaskCounts {
-    info.counts.clone().unwrap()
+    info.counts.unwrap()
 }
 
 fn write(path: &Path, text: &str) {

@@ -6,6 +6,7 @@
 
 mod identities;
 mod stats;
+mod tasks;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -26,7 +27,7 @@ use vigo_common::traits::TraitMap;
 use vigo_common::{fsutil, tls};
 use vigo_proto::v1 as pb;
 
-use crate::client::{self, ClientError, Identity, Sequencer};
+use crate::client::{self, ClientError, Identity};
 pub use identities::IdentityFile;
 pub use stats::{Stats, Summary};
 
@@ -120,6 +121,19 @@ pub struct SimArgs {
     pub timeline: Option<PathBuf>,
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     pub timeline_every: Duration,
+    /// How long a simulated envoy takes to run a task it is sent (it runs nothing).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "100ms")]
+    pub task_run_time: Duration,
+    /// Share of tasks a simulated envoy answers "failed", 0 to 1.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_share)]
+    pub task_fail: f64,
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?}: a share from 0 to 1")),
+    }
 }
 
 fn parse_percent(s: &str) -> Result<Percent, String> {
@@ -171,6 +185,11 @@ pub async fn run(args: SimArgs) -> Result<Summary, SimError> {
 
     let clients = build_clients(&args, &ca_pem, &identities, connections)?;
     let stats = Arc::new(Stats::default());
+    let task_stats = Arc::new(tasks::TaskStats::default());
+    let behaviour = tasks::TaskBehaviour {
+        run_time: args.task_run_time,
+        fail: args.task_fail,
+    };
     let modules: ModuleCache = Arc::default();
     let started = Instant::now();
     let stop_at = started + args.duration;
@@ -189,8 +208,12 @@ pub async fn run(args: SimArgs) -> Result<Summary, SimError> {
             identity,
             client,
             plan,
-            stats.clone(),
-            modules.clone(),
+            Shared {
+                stats: stats.clone(),
+                modules: modules.clone(),
+                tasks: task_stats.clone(),
+                behaviour,
+            },
         ));
     }
 
@@ -260,6 +283,10 @@ pub async fn run(args: SimArgs) -> Result<Summary, SimError> {
             .map(|kib| kib as f64 * 1024.0 / args.envoys.max(1) as f64),
         sim_cpu_us_per_checkin: per_checkin(sim_cpu_start, sim_cpu_end),
         sim_rss_per_envoy_bytes: sim_rss.map(|kib| kib as f64 * 1024.0 / args.envoys.max(1) as f64),
+        streams_opened: task_stats.streams_opened.load(Ordering::Relaxed),
+        tasks_received: task_stats.received.load(Ordering::Relaxed),
+        task_results_sent: task_stats.results_sent.load(Ordering::Relaxed),
+        task_results_failed: task_stats.results_failed.load(Ordering::Relaxed),
     })
 }
 
@@ -420,15 +447,25 @@ fn sim_traits(identity: &Identity) -> TraitMap {
 }
 
 /// One simulated envoy: check in on the plan, apply (verify) bundles, report runs.
-async fn envoy(
-    identity: Identity,
-    mut gateway: Gateway,
-    plan: Plan,
+/// What every simulated envoy shares.
+struct Shared {
     stats: Arc<Stats>,
     modules: ModuleCache,
-) {
+    tasks: Arc<tasks::TaskStats>,
+    behaviour: tasks::TaskBehaviour,
+}
+
+async fn envoy(identity: Identity, mut gateway: Gateway, plan: Plan, shared: Shared) {
+    let Shared {
+        stats,
+        modules,
+        tasks: task_stats,
+        behaviour,
+    } = shared;
+    let identity = Arc::new(identity);
     let traits = sim_traits(&identity);
-    let mut seq = Sequencer::default();
+    let seq: tasks::SharedSequence = Arc::default();
+    let mut stream = tasks::Stream::default();
     let mut fingerprint: Option<[u8; 32]> = None;
     let mut traits_known = false;
     let mut connected = false;
@@ -445,7 +482,7 @@ async fn envoy(
         let request = client::check_in_request(
             identity.envoy_id,
             &identity.key,
-            seq.advance(),
+            tasks::next(&seq),
             fingerprint.as_ref(),
             &traits,
             !traits_known,
@@ -463,6 +500,11 @@ async fn envoy(
                 }
                 retries = 0;
                 traits_known = !response.send_traits;
+                if response.open_stream {
+                    stream
+                        .open(&identity, &gateway, &seq, behaviour, &task_stats)
+                        .await;
+                }
                 let bundle = matches!(
                     response.answer,
                     Some(pb::check_in_response::Answer::Bundle(_))
@@ -478,7 +520,7 @@ async fn envoy(
                                 let request = client::report_request(
                                     identity.envoy_id,
                                     &identity.key,
-                                    seq.advance(),
+                                    tasks::next(&seq),
                                     report.clone(),
                                 );
                                 match client::send_report(&mut gateway, request).await {

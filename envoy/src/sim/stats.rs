@@ -210,11 +210,26 @@ pub struct Summary {
     pub sim_cpu_us_per_checkin: Option<f64>,
     /// The simulator's own resident memory at the end of the window, per envoy.
     pub sim_rss_per_envoy_bytes: Option<f64>,
+    /// Streams opened when a check-in answer said work waits; tasks taken on them
+    /// (each once), results the spokes took, and results given up on.
+    pub streams_opened: u64,
+    pub tasks_received: u64,
+    pub task_results_sent: u64,
+    pub task_results_failed: u64,
 }
 
 impl Summary {
     pub fn print(&self) {
         println!("vigo-sim summary");
+        if self.tasks_received > 0 {
+            println!(
+                "  tasks: streams opened {}, tasks taken {}, results sent {} (given up {})",
+                self.streams_opened,
+                self.tasks_received,
+                self.task_results_sent,
+                self.task_results_failed
+            );
+        }
         println!(
             "  envoys {} on {} connection(s), interval {:.1}s; enrolled now {} in {:.1}s",
             self.envoys, self.connections, self.interval_s, self.enrolled_now, self.enroll_seconds

@@ -20,6 +20,12 @@ const HOSTNAME_GLOB: &str = r"^[^\[\]{}\\]*$";
 /// 16 hex digits, not all zero.
 const ENVOY_ID: &str = "^(?!0{16}$)[0-9a-fA-F]{16}$";
 
+/// 32 hex digits.
+const TASK_ID: &str = "^[0-9a-fA-F]{32}$";
+
+/// What a task listing filters on ("" or absent: every state).
+const TASK_STATES: [&str; 6] = ["", "running", "finished", "stopped", "cancelled", "expired"];
+
 fn refusal(description: &str) -> Value {
     json!({
         "description": description,
@@ -132,6 +138,8 @@ fn shape_parameter(path: &str, p: &mut Value) {
     };
     match name.as_str() {
         "envoy_id" => schema["pattern"] = json!(ENVOY_ID),
+        "task_id" => schema["pattern"] = json!(TASK_ID),
+        "state" if path == "/api/v1/tasks" => schema["enum"] = json!(TASK_STATES),
         "node_id" => schema["minimum"] = json!(1),
         "key" if path.starts_with("/api/v1/bundle-keys") => {
             schema["pattern"] = json!("^[0-9a-fA-F]{8,64}$");
@@ -168,7 +176,13 @@ fn shape_schemas(schemas: &mut Value) {
         values.extend_from_slice(list);
         json!(values)
     };
-    let fields: [(&str, &str, Value); 6] = [
+    let fields: [(&str, &str, Value); 8] = [
+        (
+            "RunTaskRequest",
+            "kind",
+            json!(["exec", "apply", "refresh_traits", "query"]),
+        ),
+        ("ListTasksRequest", "state", json!(TASK_STATES)),
         ("EnvoyFilter", "status", with_unset(&STATUSES)),
         ("ListEnvoysRequest", "sort", json!(sort_keys())),
         (
@@ -197,6 +211,8 @@ fn shape_schemas(schemas: &mut Value) {
         ("RevokeEnvoyRequest", "envoy_id", ENVOY_ID),
         ("ReassignEnvoyRequest", "envoy_id", ENVOY_ID),
         ("EnvoyRef", "envoy_id", ENVOY_ID),
+        ("TaskRef", "task_id", TASK_ID),
+        ("TaskResultsRequest", "task_id", TASK_ID),
         ("EnvoyFilter", "hostname", HOSTNAME_GLOB),
     ] {
         if let Some(property) = property(schemas, schema, field) {

@@ -22,23 +22,30 @@ use super::Caller;
 use super::rest::{Api, ApiError, Failure, answer, body};
 use crate::error::HubError;
 
-/// Query parameters of a listing or a results page (documentation only: the query
-/// string is parsed by hand so an unknown parameter is refused by name).
+/// Query parameters of the listing (documentation only: the query string is parsed by
+/// hand so an unknown parameter is refused by name).
 #[allow(dead_code)]
 #[derive(Debug, Default, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct TaskQuery {
-    /// Listing: running | finished | stopped | cancelled | expired.
+pub struct TaskListQuery {
+    /// running | finished | stopped | cancelled | expired.
     state: Option<String>,
-    /// Results: only failed, timed-out, refused and unreachable envoys.
+}
+
+/// Query parameters of a results page (documentation only, as [`TaskListQuery`]).
+#[allow(dead_code)]
+#[derive(Debug, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TaskResultsQuery {
+    /// Only failed, timed-out, refused and unreachable envoys.
     failed_only: Option<bool>,
-    /// Results: 1..=1000 (default 100).
+    /// 1..=1000 (default 100).
     limit: Option<u32>,
-    /// Results: next_cursor of the previous page.
+    /// next_cursor of the previous page.
     cursor: Option<String>,
 }
 
-fn query<'a>(raw: Option<&'a str>, allowed: &[&str]) -> Result<Vec<(String, String)>, HubError> {
+fn query(raw: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, String)>, HubError> {
     let mut out = Vec::new();
     for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
         if !allowed.contains(&key.as_ref()) {
@@ -65,7 +72,7 @@ pub async fn run_task(State(a): Api, Extension(c): Extension<Caller>, b: Bytes) 
     .await
 }
 
-#[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks", params(TaskQuery),
+#[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks", params(TaskListQuery),
     responses((status = 200, body = api::TaskList), (status = 400, body = ApiError)))]
 pub async fn list_tasks(
     State(a): Api,
@@ -123,7 +130,7 @@ pub async fn cancel_task(
 }
 
 #[utoipa::path(get, path = "/api/v1/tasks/{task_id}/results", tag = "tasks",
-    params(("task_id" = String, Path, description = "32 hex digits"), TaskQuery),
+    params(("task_id" = String, Path, description = "32 hex digits"), TaskResultsQuery),
     responses((status = 200, body = api::TaskResultPage), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
 pub async fn task_results(
     State(a): Api,

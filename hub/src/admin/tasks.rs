@@ -263,7 +263,7 @@ impl AdminApi {
                 .map(tasks::info)
                 .collect()
         });
-        list.sort_by(|a, b| b.created_ms.cmp(&a.created_ms));
+        list.sort_by_key(|t| std::cmp::Reverse(t.created_ms));
         Ok(api::TaskList { tasks: list })
     }
 
