@@ -62,15 +62,15 @@ sleep $((RAMP + 10))
 
 # run_task NAME ARGS...: starts a task, waits for its end, saves its record and results.
 run_task() {
-    local name=$1 id
+    local name=$1 task
     shift
     mark "$name"
-    id=$(vigocli --json task run --all --no-wait --timeout "$((2 * IVL + 60))s" "$@" -- true \
+    task=$(vigocli --json task run --all --no-wait --timeout "$((2 * IVL + 60))s" "$@" -- true \
         | python3 -c 'import json,sys; print(json.load(sys.stdin)["task_id"])')
-    vigocli task watch "$id" > "$OUT/$name.watch" || true
+    vigocli task watch "$task" > "$OUT/$name.watch" || true
     mark "$name-end"
-    vigocli --json task show "$id" > "$OUT/$name.task.json"
-    vigocli --json task results "$id" > "$OUT/$name.results.json" || true
+    vigocli --json task show "$task" > "$OUT/$name.task.json"
+    vigocli --json task results "$task" > "$OUT/$name.results.json" || true
     echo "$name: $(tail -1 "$OUT/$name.watch")"
 }
 

@@ -7,8 +7,9 @@
 //!    with the cluster's bundle-signing key, valid from its release for the task's
 //!    timeout;
 //! 3. sync — one `SyncTasks` call per spoke: the running task ids (a spoke drops
-//!    copies of any other: cancelled, ended), the new copies, and back the spoke's
-//!    counts, folded in through raft when they grew;
+//!    copies of any other: cancelled, ended), the tasks cancelled lately (envoys
+//!    running them are told to stop), the new copies, and back the spoke's counts,
+//!    folded in through raft when they grew;
 //! 4. write off — a spoke that has not answered until its targets' windows closed
 //!    (plus a grace) has them counted unreachable.
 //!
@@ -39,6 +40,9 @@ const SYNC_DEADLINE: Duration = Duration::from_secs(5);
 /// targets are counted unreachable (spokes end their copies `GRACE_MS` after the
 /// window, and report within a tick).
 pub const WRITE_OFF_GRACE_MS: u64 = 15_000;
+/// How long after a cancel spokes are told of it (envoys running it stop; a spoke
+/// that was away meanwhile learns it when back).
+const TELL_CANCELLED_MS: u64 = 600_000;
 /// Copies sent to one spoke in one sync at most (the rest go in the next).
 const MAX_COPIES_PER_SYNC: usize = 20_000;
 
@@ -86,12 +90,26 @@ pub async fn run(node: Arc<Node>) {
 async fn dispatch(node: &Arc<Node>, sent: &mut Sent) -> Result<bool, HubError> {
     decide(node).await?;
     let now = now_ms();
-    let (running, work, signer) = node.read(|s| {
+    let (running, cancelled, work, signer) = node.read(|s| {
         let running: Vec<TaskId> = s.tasks.running().map(|t| t.id).collect();
-        (running, plan(s, sent, now), s.bundle_keys.signer())
+        let cancelled: Vec<bytes::Bytes> = s
+            .tasks
+            .iter()
+            .filter(|t| {
+                matches!(t.state, TaskState::Cancelled { .. })
+                    && now.saturating_sub(t.ended_ms) < TELL_CANCELLED_MS
+            })
+            .map(|t| t.id.to_vec().into())
+            .collect();
+        (
+            running,
+            cancelled,
+            plan(s, sent, now),
+            s.bundle_keys.signer(),
+        )
     });
     let requests = match signer {
-        Some(key) => sign_all(key, running.clone(), work).await?,
+        Some(key) => sign_all(key, running.clone(), cancelled.clone(), work).await?,
         None if running.is_empty() => HashMap::new(),
         None => {
             return Err(HubError::Internal(
@@ -108,6 +126,7 @@ async fn dispatch(node: &Arc<Node>, sent: &mut Sent) -> Result<bool, HubError> {
             .unwrap_or_else(|| pb::SyncTasksRequest {
                 running: running.iter().map(|id| id.to_vec().into()).collect(),
                 dispatch: Vec::new(),
+                cancelled: cancelled.clone(),
             });
         async move { c.sync_tasks(request).await.map(tonic::Response::into_inner) }
     })
@@ -212,6 +231,7 @@ fn plan(s: &ClusterState, sent: &Sent, now: u64) -> HashMap<String, Vec<Work>> {
 async fn sign_all(
     key: SigningKey,
     running: Vec<TaskId>,
+    cancelled: Vec<bytes::Bytes>,
     work: HashMap<String, Vec<Work>>,
 ) -> Result<HashMap<String, (pb::SyncTasksRequest, Vec<(TaskId, u32, u64)>)>, HubError> {
     tokio::task::spawn_blocking(move || {
@@ -250,6 +270,7 @@ async fn sign_all(
                 let request = pb::SyncTasksRequest {
                     running: running.clone(),
                     dispatch,
+                    cancelled: cancelled.clone(),
                 };
                 (spoke, (request, reached))
             })

@@ -100,6 +100,8 @@ struct Task {
     /// Copies came since this spoke started: only then are its counts reported (a
     /// spoke that lost its copies in a restart is sent them again).
     dispatched_here: bool,
+    /// Envoys running it were told it was cancelled.
+    cancel_sent: bool,
 }
 
 impl Task {
@@ -265,18 +267,31 @@ impl SpokeTasks {
             }
             dispatch.push((id, d.copies));
         }
+        let cancelled = req
+            .cancelled
+            .iter()
+            .filter_map(|r| task_key(r).ok())
+            .collect::<Vec<u128>>();
         let mut to_send = Vec::new();
-        let dropped = {
+        let (dropped, stops) = {
             let mut inner = self.lock();
             let inner = &mut *inner;
             self.end_tasks(inner, &running);
+            let stops = to_stop(inner, &cancelled);
             for (id, copies) in dispatch {
                 self.take_copies(inner, id, copies, &mut to_send);
             }
             self.publish_waiting(inner);
-            evict(inner)
+            (evict(inner), stops)
         };
         self.send_now(to_send);
+        for (envoy, id) in stops {
+            let event = pb::StreamEvent {
+                cancel_task_id: id.to_be_bytes().to_vec().into(),
+                ..Default::default()
+            };
+            self.streams.send(envoy, event);
+        }
         let progress = self
             .lock()
             .tasks
@@ -510,6 +525,24 @@ impl SpokeTasks {
         }
         Ok(pb::SpokeTaskResults { results, more })
     }
+}
+
+/// The envoys to tell that a task was cancelled: those it was sent to and that have not
+/// answered (once per task).
+fn to_stop(inner: &mut Inner, cancelled: &[u128]) -> Vec<(EnvoyId, u128)> {
+    let mut out = Vec::new();
+    for id in cancelled {
+        let Some(task) = inner.tasks.get_mut(id).filter(|t| !t.cancel_sent) else {
+            continue;
+        };
+        task.cancel_sent = true;
+        for (envoy, copy) in &task.copies {
+            if copy.sent_on.is_some() && copy.outcome.is_none() {
+                out.extend(EnvoyId::new(*envoy).map(|e| (e, *id)));
+            }
+        }
+    }
+    out
 }
 
 /// Drops the oldest tasks beyond [`KEEP_TASKS`] that no longer run; their ids, for

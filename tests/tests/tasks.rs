@@ -290,7 +290,7 @@ async fn batches_stop_at_max_failures_and_the_rest_never_run() {
 async fn cancel_stops_dispatch_and_an_offline_envoy_is_named_unreachable() {
     let mut fleet = Fleet::start(3).await;
     // A slow task one at a time: cancelled while the first runs.
-    let mut slow = exec(fleet.command("sleep 3;"));
+    let mut slow = exec(fleet.command("sleep 30;"));
     slow.batch = "1".into();
     let task = fleet.run(0, slow).await;
     eventually(Duration::from_secs(30), || async {
@@ -312,9 +312,22 @@ async fn cancel_stops_dispatch_and_an_offline_envoy_is_named_unreachable() {
         .into_inner();
     assert_eq!(cancelled.state, "cancelled");
     assert_eq!(cancelled.cancelled_by, "cert:admin");
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    assert!(
-        fleet.runs().len() <= 1,
+    // The envoy running it is told to stop: its command is killed long before its
+    // 30 s sleep would end, and its result says so.
+    let stopped = eventually(Duration::from_secs(15), || async {
+        let results = fleet.results(&task.task_id).await;
+        match results.into_iter().find(|r| r.status == "failed") {
+            Some(r) => Ok(r),
+            None => Err("no result yet"),
+        }
+    })
+    .await;
+    assert!(stopped.message.contains("cancelled"), "{}", stopped.message);
+    assert!(stopped.stdout.is_empty(), "killed before it printed");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        fleet.runs().len(),
+        1,
         "nothing released after the cancel: {:?}",
         fleet.runs()
     );

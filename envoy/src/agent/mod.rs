@@ -477,6 +477,7 @@ impl Agent {
                                 break;
                             }
                         }
+                        tasks::handle::TaskEvent::Cancelled(id) => self.tasks.cancel(id),
                         tasks::handle::TaskEvent::Finished(done) => self.tasks.finished(done),
                     },
                     _ = tokio::time::sleep_until(wake.into()) => {}

@@ -24,12 +24,12 @@ pub struct Promotion {
     until: Option<Instant>,
     wake: Arc<Notify>,
     reader: Option<JoinHandle<()>>,
-    /// Where tasks from the stream go (the agent's loop takes them).
-    tasks: mpsc::Sender<pb::SignedTask>,
+    /// Where tasks and cancels from the stream go (the agent's loop takes them).
+    tasks: mpsc::Sender<pb::StreamEvent>,
 }
 
 impl Promotion {
-    pub fn new(linger: Duration, tasks: mpsc::Sender<pb::SignedTask>) -> Self {
+    pub fn new(linger: Duration, tasks: mpsc::Sender<pb::StreamEvent>) -> Self {
         Self {
             linger,
             until: None,
@@ -101,10 +101,10 @@ impl Promotion {
                     info!("spoke asks for a check-in now");
                     wake.notify_one();
                 }
-                if let Some(task) = event.task {
-                    // A full queue drops it: the spoke sends it again on the next
+                if event.task.is_some() || !event.cancel_task_id.is_empty() {
+                    // A full queue drops it: the spoke sends a task again on the next
                     // stream, and the envoy runs a task id once.
-                    if tasks.try_send(task).is_err() {
+                    if tasks.try_send(event).is_err() {
                         warn!("too many tasks waiting to start; one is left for later");
                     }
                 }

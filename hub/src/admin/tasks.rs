@@ -15,7 +15,7 @@ use super::{AdminApi, Caller, parse_envoy_id};
 use crate::error::HubError;
 use crate::fanout::{self, fan_out};
 use crate::state::tasks::MAX_TARGETS;
-use crate::state::{ApiRole, Command, TaskId, TaskRecord, TaskState};
+use crate::state::{ApiRole, Command, TaskId, TaskRecord};
 use crate::tasks::{self, MAX_TIMEOUT_MS};
 
 /// How long resolving targets may take on one spoke (it pages through its envoys).
@@ -200,20 +200,14 @@ impl AdminApi {
                     ));
                 }
                 let now = now_ms();
-                let record = TaskRecord {
+                let record = TaskRecord::new(
                     id,
                     spec,
-                    requested_by: caller.name.clone(),
-                    created_ms: now,
-                    expires_ms: now + MAX_TIMEOUT_MS,
-                    targets: resolved.targets,
-                    released: 0,
-                    releases: Vec::new(),
-                    written_off: Default::default(),
-                    counts: BTreeMap::new(),
-                    state: TaskState::Running,
-                    ended_ms: 0,
-                };
+                    caller.name.clone(),
+                    now,
+                    now + MAX_TIMEOUT_MS,
+                    resolved.targets,
+                );
                 self.node
                     .propose_ok(Command::CreateTask(Box::new(record)).once(&tag, "task"))
                     .await?;
@@ -401,20 +395,14 @@ impl AdminApi {
 fn plan(spec: crate::state::tasks::TaskSpec, resolved: Resolved, caller: &Caller) -> api::TaskInfo {
     let total = resolved.targets.len() as u32;
     let batches = tasks::batches(&spec, total);
-    let record = TaskRecord {
-        id: [0; 16],
+    let record = TaskRecord::new(
+        [0; 16],
         spec,
-        requested_by: caller.name.clone(),
-        created_ms: now_ms(),
-        expires_ms: 0,
-        targets: resolved.targets,
-        released: 0,
-        releases: Vec::new(),
-        written_off: Default::default(),
-        counts: BTreeMap::new(),
-        state: TaskState::Running,
-        ended_ms: 0,
-    };
+        caller.name.clone(),
+        now_ms(),
+        0,
+        resolved.targets,
+    );
     let mut info = tasks::info(&record);
     info.task_id = String::new();
     info.state = "planned".into();

@@ -184,6 +184,31 @@ pub struct TaskRecord {
 }
 
 impl TaskRecord {
+    /// A task as the leader proposes it: running, nothing released or counted yet.
+    pub fn new(
+        id: TaskId,
+        spec: TaskSpec,
+        requested_by: String,
+        created_ms: u64,
+        expires_ms: u64,
+        targets: Vec<(u64, String)>,
+    ) -> Self {
+        Self {
+            id,
+            spec,
+            requested_by,
+            created_ms,
+            expires_ms,
+            targets,
+            released: 0,
+            releases: Vec::new(),
+            written_off: Default::default(),
+            counts: BTreeMap::new(),
+            state: TaskState::Running,
+            ended_ms: 0,
+        }
+    }
+
     pub fn total(&self) -> Counts {
         self.counts
             .values()

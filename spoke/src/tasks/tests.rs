@@ -27,6 +27,7 @@ fn sync(running: &[u128], dispatch: Vec<(u128, Vec<pb::TaskCopy>)>) -> pb::SyncT
                 copies,
             })
             .collect(),
+        cancelled: Vec::new(),
     }
 }
 
@@ -235,4 +236,30 @@ async fn results_survive_a_restart_and_copies_sent_again_do_not_undo_them() {
     assert_eq!(page.results[0].status, "failed");
     assert_eq!(page.results[0].stdout, "hello\n");
     assert_eq!(page.results[1].status, "running");
+}
+
+#[tokio::test]
+async fn a_cancel_reaches_the_envoys_running_the_task_once() {
+    let f = Fixture::new();
+    let mut running = f.streams.open(envoy(1), Vec::new());
+    let mut idle = f.streams.open(envoy(3), Vec::new());
+    f.tasks
+        .sync(sync(
+            &[7],
+            vec![(7, vec![copy(1, u64::MAX), copy(2, u64::MAX)])],
+        ))
+        .await
+        .unwrap();
+    running.next().await.unwrap().unwrap();
+    let mut cancel = sync(&[], vec![]);
+    cancel.cancelled = vec![7u128.to_be_bytes().to_vec().into()];
+    f.tasks.sync(cancel.clone()).await.unwrap();
+    let told = running.next().await.unwrap().unwrap();
+    assert_eq!(told.cancel_task_id.as_ref(), 7u128.to_be_bytes());
+    // Told once; an envoy never sent the task is not told.
+    f.tasks.sync(cancel).await.unwrap();
+    f.streams.wake(envoy(1));
+    assert!(running.next().await.unwrap().unwrap().check_in_now);
+    f.streams.wake(envoy(3));
+    assert!(idle.next().await.unwrap().unwrap().check_in_now);
 }

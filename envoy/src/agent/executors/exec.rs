@@ -14,6 +14,7 @@ use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -148,6 +149,8 @@ pub enum RunError {
     Start(String),
     #[error("{program} timed out after {timeout:?}")]
     TimedOut { program: String, timeout: Duration },
+    #[error("{program} was stopped: its task was cancelled")]
+    Stopped { program: String },
 }
 
 /// Runs `program` in a process group of its own, with `environment` added to the
@@ -156,6 +159,17 @@ pub fn run_program(
     program: Program<'_>,
     timeout: Duration,
     environment: &BTreeMap<String, String>,
+) -> Result<Ran, RunError> {
+    run_stoppable(program, timeout, environment, &AtomicBool::new(false))
+}
+
+/// As [`run_program`]; the whole group is killed as soon as `stop` is set (a task
+/// cancelled while it runs).
+pub fn run_stoppable(
+    program: Program<'_>,
+    timeout: Duration,
+    environment: &BTreeMap<String, String>,
+    stop: &AtomicBool,
 ) -> Result<Ran, RunError> {
     let (mut cmd, shown) = match program {
         Program::Shell(line) => {
@@ -195,6 +209,9 @@ pub fn run_program(
                 .map_err(|e| RunError::Start(format!("{shown}: wait: {e}")))?;
             if let Some(status) = status {
                 exited = Some((status, (now + OUTPUT_GRACE).min(deadline.max(now))));
+            } else if stop.load(Ordering::Relaxed) {
+                kill_group(&mut child);
+                return Err(RunError::Stopped { program: shown });
             } else if now >= deadline {
                 kill_group(&mut child);
                 return Err(RunError::TimedOut {

@@ -8,8 +8,9 @@
 //! and a genuine copy ends at its window on the spoke. A copy delivered again is
 //! dropped quietly: the first delivery's result stands.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::VerifyingKey;
@@ -43,8 +44,12 @@ pub struct TaskContext {
 
 /// What became of a delivered task.
 pub enum Taken {
-    /// Admitted: this runs it (blocking) and gives its result.
-    Run(Box<dyn FnOnce() -> pb::TaskResultBody + Send>),
+    /// Admitted: this runs it (blocking) and gives its result; setting the flag it is
+    /// given stops it.
+    Run {
+        id: [u8; 16],
+        work: Box<dyn FnOnce(&AtomicBool) -> pb::TaskResultBody + Send>,
+    },
     /// Answered at once (refused here).
     Answer(pb::TaskResultBody),
     /// Not a task to answer (logged).
@@ -95,11 +100,14 @@ pub async fn take(ctx: &TaskContext, signed: pb::SignedTask) -> Taken {
         return Taken::RefreshTraits(result_body(&admitted, &outcome));
     }
     let ctx = ctx.clone();
-    Taken::Run(Box::new(move || {
-        let outcome = run(&ctx, &admitted);
-        info!(task = %admitted.id_hex(), status = outcome.status.as_str(), "task finished");
-        result_body(&admitted, &outcome)
-    }))
+    Taken::Run {
+        id: admitted.id,
+        work: Box::new(move |stop| {
+            let outcome = run(&ctx, &admitted, stop);
+            info!(task = %admitted.id_hex(), status = outcome.status.as_str(), "task finished");
+            result_body(&admitted, &outcome)
+        }),
+    }
 }
 
 /// A task refused by this envoy's configuration, answered "refused". The checks ran up
@@ -134,7 +142,7 @@ fn budget(body: &pb::TaskBody) -> Duration {
     timeout_of(body).min(left).max(Duration::from_millis(1))
 }
 
-fn run(ctx: &TaskContext, task: &Admitted) -> TaskOutcome {
+fn run(ctx: &TaskContext, task: &Admitted, stop: &AtomicBool) -> TaskOutcome {
     use pb::task_body::Action;
     match &task.body.action {
         Some(Action::Exec(exec)) => {
@@ -142,7 +150,7 @@ fn run(ctx: &TaskContext, task: &Admitted) -> TaskOutcome {
                 ("VIGO_TASK_ID".to_string(), task.id_hex()),
                 ("VIGO_ENVOY_ID".to_string(), ctx.envoy.to_string()),
             ]);
-            run_exec(exec, budget(&task.body), &env)
+            run_exec(exec, budget(&task.body), &env, stop)
         }
         Some(Action::Query(query)) => run_query(query, &traits::collect(&ctx.hostname)),
         Some(Action::Apply(apply)) => apply_configcrate(ctx, &apply.configcrate),
@@ -246,15 +254,18 @@ impl TaskOutcome {
 /// Tasks delivered and not yet started (bounded: a flood waits on the spoke, which
 /// sends again), tasks running, and results not yet taken by the spoke.
 pub struct TaskLoop {
-    tx: mpsc::Sender<pb::SignedTask>,
-    rx: mpsc::Receiver<pb::SignedTask>,
+    tx: mpsc::Sender<pb::StreamEvent>,
+    rx: mpsc::Receiver<pb::StreamEvent>,
     running: JoinSet<pb::TaskResultBody>,
+    /// The stop flag of each task running.
+    stops: HashMap<[u8; 16], Arc<AtomicBool>>,
     results: VecDeque<pb::TaskResultBody>,
     pub policy: TaskPolicy,
 }
 
 pub enum TaskEvent {
     Delivered(pb::SignedTask),
+    Cancelled([u8; 16]),
     Finished(Result<pb::TaskResultBody, JoinError>),
 }
 
@@ -277,13 +288,14 @@ impl TaskLoop {
             tx,
             rx,
             running: JoinSet::new(),
+            stops: HashMap::new(),
             results: VecDeque::new(),
             policy: TaskPolicy::default(),
         }
     }
 
-    /// Where the stream reader puts delivered tasks.
-    pub fn sender(&self) -> mpsc::Sender<pb::SignedTask> {
+    /// Where the stream reader puts delivered tasks and cancels.
+    pub fn sender(&self) -> mpsc::Sender<pb::StreamEvent> {
         self.tx.clone()
     }
 
@@ -291,7 +303,14 @@ impl TaskLoop {
     pub async fn next_event(&mut self) -> TaskEvent {
         loop {
             tokio::select! {
-                Some(task) = self.rx.recv() => return TaskEvent::Delivered(task),
+                Some(event) = self.rx.recv() => {
+                    if let Some(task) = event.task {
+                        return TaskEvent::Delivered(task);
+                    }
+                    if let Ok(id) = <[u8; 16]>::try_from(event.cancel_task_id.as_ref()) {
+                        return TaskEvent::Cancelled(id);
+                    }
+                }
                 Some(done) = self.running.join_next(), if !self.running.is_empty() => {
                     return TaskEvent::Finished(done);
                 }
@@ -302,8 +321,21 @@ impl TaskLoop {
 
     pub fn finished(&mut self, done: Result<pb::TaskResultBody, JoinError>) {
         match done {
-            Ok(body) => self.queue(body),
+            Ok(body) => {
+                if let Ok(id) = <[u8; 16]>::try_from(body.task_id.as_ref()) {
+                    self.stops.remove(&id);
+                }
+                self.queue(body)
+            }
             Err(e) => warn!(error = %e, "a task stopped without a result"),
+        }
+    }
+
+    /// A task cancelled at the hub: if it runs here, it is stopped.
+    pub fn cancel(&mut self, id: [u8; 16]) {
+        if let Some(stop) = self.stops.get(&id) {
+            info!(task = %hex::encode(id), "task cancelled: stopping it");
+            stop.store(true, Ordering::Relaxed);
         }
     }
 
@@ -340,8 +372,10 @@ impl Agent {
             local: self.local.clone(),
         };
         match take(&ctx, signed).await {
-            Taken::Run(work) => {
-                self.tasks.running.spawn_blocking(work);
+            Taken::Run { id, work } => {
+                let stop = Arc::new(AtomicBool::new(false));
+                self.tasks.stops.insert(id, stop.clone());
+                self.tasks.running.spawn_blocking(move || work(&stop));
                 false
             }
             Taken::Answer(body) => {

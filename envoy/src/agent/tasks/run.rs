@@ -10,7 +10,7 @@ use vigo_common::traits::TraitMap;
 use vigo_proto::v1 as pb;
 
 use super::collect::{self, MAX_COLLECTORS, Row};
-use crate::agent::executors::exec::{Program, RunError, run_program};
+use crate::agent::executors::exec::{Program, RunError, run_stoppable};
 
 /// A task that names no timeout gets this one.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -75,11 +75,12 @@ pub fn timeout_of(body: &pb::TaskBody) -> Duration {
 }
 
 /// Runs an exec action: the program and its arguments, or one line through `/bin/sh -c`
-/// when `shell`, with `env` added to the agent's environment.
+/// when `shell`, with `env` added to the agent's environment; killed when `stop` is set.
 pub fn run_exec(
     action: &pb::ExecAction,
     timeout: Duration,
     env: &BTreeMap<String, String>,
+    stop: &std::sync::atomic::AtomicBool,
 ) -> TaskOutcome {
     let started = Instant::now();
     let line;
@@ -89,7 +90,7 @@ pub fn run_exec(
     } else {
         Program::Argv(&action.argv)
     };
-    match run_program(program, timeout, env) {
+    match run_stoppable(program, timeout, env, stop) {
         Ok(ran) => TaskOutcome {
             status: if ran.success() {
                 TaskStatus::Ok
@@ -148,7 +149,12 @@ mod tests {
             argv: argv.iter().map(|a| a.to_string()).collect(),
             shell,
         };
-        run_exec(&action, timeout, &BTreeMap::new())
+        run_exec(
+            &action,
+            timeout,
+            &BTreeMap::new(),
+            &std::sync::atomic::AtomicBool::new(false),
+        )
     }
 
     fn query(collectors: &[&str]) -> Vec<Row> {

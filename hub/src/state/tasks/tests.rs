@@ -18,22 +18,16 @@ fn task(id: u8, targets: usize, spec: impl FnOnce(&mut TaskSpec)) -> Command {
         timeout_ms: 60_000,
     };
     spec(&mut s);
-    Command::CreateTask(Box::new(TaskRecord {
-        id: [id; 16],
-        spec: s,
-        requested_by: "ops".into(),
-        created_ms: AT,
-        expires_ms: AT + 3_600_000,
-        targets: (1..=targets as u64)
+    Command::CreateTask(Box::new(TaskRecord::new(
+        [id; 16],
+        s,
+        "ops".into(),
+        AT,
+        AT + 3_600_000,
+        (1..=targets as u64)
             .map(|e| (e, if e % 2 == 0 { "a" } else { "b" }.to_string()))
             .collect(),
-        released: 0,
-        releases: Vec::new(),
-        written_off: Default::default(),
-        counts: BTreeMap::new(),
-        state: TaskState::Running,
-        ended_ms: 0,
-    }))
+    )))
 }
 
 fn ok(s: &mut ClusterState, command: Command) {
