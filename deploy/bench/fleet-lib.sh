@@ -108,6 +108,17 @@ mark() {
     echo "[$(date -u +%T)] $name"
 }
 
+# start_cluster: the PKI, three hub nodes, SPOKES spokes and an enrollment token in
+# $OUT/enroll.token.
+start_cluster() {
+    local names=() i
+    for i in $(seq 0 $((SPOKES - 1))); do names+=("spoke-$i"); done
+    "$BIN/vigo-hub" pki init "$OUT/pki" --hubs 1,2,3 --spokes "$(IFS=,; echo "${names[*]}")" >/dev/null
+    start_hubs
+    start_spokes
+    vigocli token create fleet --role enroll --uses 10000000 --write-secret "$OUT/enroll.token" >/dev/null
+}
+
 is_leader() { # hub id
     [ "$(curl -s --max-time 1 "127.0.0.1:$((9600 + $1 - 1))/metrics" | awk '/^vigo_hub_raft_is_leader / {print $2}')" = 1 ]
 }

@@ -50,12 +50,7 @@ BIN=$ROOT/${CARGO_TARGET_DIR:-target}/release
 ulimit -n "$(ulimit -Hn)"
 . deploy/bench/fleet-lib.sh
 
-names=()
-for i in $(seq 0 $((SPOKES - 1))); do names+=("spoke-$i"); done
-"$BIN/vigo-hub" pki init "$OUT/pki" --hubs 1,2,3 --spokes "$(IFS=,; echo "${names[*]}")" >/dev/null
-start_hubs
-start_spokes
-vigocli token create fleet --role enroll --uses 10000000 --write-secret "$OUT/enroll.token" >/dev/null
+start_cluster
 vigocli config publish "$ROOT/deploy/policy" -m "fleet bench" >/dev/null
 sleep 2
 

@@ -11,7 +11,8 @@
 #
 # For each: time from the task's creation to its first result, to 50% / 99% / 100% of
 # results (the spokes' receive times), results per second, hub (all three) and spoke CPU
-# per result, and the spokes' RSS per held stream (after the idle task opened them).
+# per result (less the check-ins' own CPU, measured over a quiet 20 s first), and the
+# spokes' RSS per held stream (after the idle task opened them).
 #
 #   deploy/bench/tasks.sh                           10,000 envoys, 2 spokes
 #   ENVOYS=2000 INTERVAL=20s deploy/bench/tasks.sh
@@ -38,12 +39,7 @@ BIN=$ROOT/${CARGO_TARGET_DIR:-target}/release
 ulimit -n "$(ulimit -Hn)"
 . deploy/bench/fleet-lib.sh
 
-names=()
-for i in $(seq 0 $((SPOKES - 1))); do names+=("spoke-$i"); done
-"$BIN/vigo-hub" pki init "$OUT/pki" --hubs 1,2,3 --spokes "$(IFS=,; echo "${names[*]}")" >/dev/null
-start_hubs
-start_spokes
-vigocli token create fleet --role enroll --uses 10000000 --write-secret "$OUT/enroll.token" >/dev/null
+start_cluster
 sleep 2
 
 echo "[$(date -u +%T)] enrolling $ENVOYS envoys"
@@ -75,6 +71,11 @@ run_task() {
 }
 
 spoke_rss() { local t=0 s; for i in $(seq 0 $((SPOKES - 1))); do s=$(proc_sample "${SPOKE_PIDS[$i]}"); t=$((t + ${s#* })); done; echo "$t"; }
+# Check-ins go on during every phase: their CPU over a quiet stretch is taken off each
+# phase's figures (per millisecond, times the phase's length).
+mark baseline
+sleep 20
+mark baseline-end
 RSS_IDLE=$(spoke_rss)
 run_task idle
 sleep 5
@@ -88,6 +89,10 @@ out, envoys, rss_idle, rss_streams = sys.argv[1], int(sys.argv[2]), int(sys.argv
 marks = {m["name"]: m for m in map(json.loads, open(f"{out}/marks.jsonl"))}
 def cpu(m, role):
     return sum(p["cpu_us"] for p in m[role])
+def background(role, a, b):
+    base, end = marks["baseline"], marks["baseline-end"]
+    per_ms = (cpu(end, role) - cpu(base, role)) / (end["at_ms"] - base["at_ms"])
+    return per_ms * (b["at_ms"] - a["at_ms"])
 report = {"envoys": envoys,
           "spoke_rss_per_held_stream_bytes": (rss_streams - rss_idle) * 1024 / envoys}
 print(f"{envoys} envoys; spoke RSS per held stream: {report['spoke_rss_per_held_stream_bytes']:.0f} B")
@@ -109,13 +114,14 @@ for name in ["idle", "streaming", "failing"]:
         "first_result_ms": got[0] if got else None, "p50_ms": q(0.5), "p99_ms": q(0.99),
         "last_ms": got[-1] if got else None,
         "results_per_s": len(got) / max(1e-3, (got[-1] - got[0]) / 1000) if len(got) > 1 else None,
-        "hub_cpu_us_per_result": (cpu(b, "hubs") - cpu(a, "hubs")) / max(1, ended),
-        "spoke_cpu_us_per_result": (cpu(b, "spokes") - cpu(a, "spokes")) / max(1, ended),
+        "hub_cpu_us_per_result": (cpu(b, "hubs") - cpu(a, "hubs") - background("hubs", a, b)) / max(1, ended),
+        "spoke_cpu_us_per_result": (cpu(b, "spokes") - cpu(a, "spokes") - background("spokes", a, b)) / max(1, ended),
+        "in_flight_at_end": c["released"] - ended,
     }
     report[name] = row
     print(f"{name:9} {row['state']:8} released {row['released']}/{row['targets']} ok {row['ok']} failed {row['failed']} "
           f"timed out {row['timed_out']} unreachable {row['unreachable']}; first {row['first_result_ms']} ms, "
-          f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, last {row['last_ms']} ms; "
+          f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, last {row['last_ms']} ms, in flight at the end {row['in_flight_at_end']}; "
           f"hub {row['hub_cpu_us_per_result']:.0f} us/result, spoke {row['spoke_cpu_us_per_result']:.0f} us/result")
 json.dump(report, open(f"{out}/tasks.json", "w"), indent=2)
 PY

@@ -155,8 +155,12 @@ async fn answer(
                 stats.results_sent.fetch_add(1, Ordering::Relaxed);
                 return;
             }
+            // A check-in of this envoy signed after this result can reach the spoke
+            // first and make this one's sequence look replayed: sign it anew.
             Err(s)
-                if super::passing(&s) || vigo_common::net::shedding::retry_after(&s).is_some() =>
+                if super::passing(&s)
+                    || s.code() == tonic::Code::FailedPrecondition
+                    || vigo_common::net::shedding::retry_after(&s).is_some() =>
             {
                 tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
             }
