@@ -31,7 +31,7 @@ use crate::error::HubError;
 use crate::fanout::{self, fan_out};
 use crate::node::{Leader, Node};
 use crate::state::tasks::{Counts, TaskAction};
-use crate::state::{ClusterState, Command, TaskId, TaskState};
+use crate::state::{ClusterState, Command, TaskId, TaskRecord, TaskState};
 
 /// How often the leader dispatches.
 pub const TICK: Duration = Duration::from_millis(250);
@@ -75,7 +75,8 @@ pub async fn run(node: Arc<Node>) {
             continue;
         }
         publish_gauges(&node);
-        let running = node.read(|s| s.tasks.running().count());
+        let now = now_ms();
+        let running = node.read(|s| s.tasks.iter().filter(|t| active(t, now)).count());
         if running == 0 && quiet {
             continue;
         }
@@ -302,10 +303,11 @@ async fn take_counts(
             refused: p.refused,
             unreachable: p.unreachable,
         };
+        let now = now_ms();
         let known = node.read(|s| {
             s.tasks
                 .get(&id)
-                .filter(|t| t.state == TaskState::Running)
+                .filter(|t| active(t, now))
                 .map(|t| t.counts.get(spoke).copied().unwrap_or_default())
         });
         let Some(known) = known else { continue };
@@ -330,6 +332,13 @@ async fn take_counts(
             sent.remove(&key);
         }
     }
+}
+
+/// A task whose counts the leader still takes: running, or stopped or cancelled lately
+/// with envoys sent it that have not answered yet.
+fn active(t: &TaskRecord, now: u64) -> bool {
+    t.state == TaskState::Running
+        || (t.settling() && now.saturating_sub(t.ended_ms) < TELL_CANCELLED_MS)
 }
 
 fn counts_grew(known: &Counts, now: &Counts) -> bool {

@@ -323,6 +323,23 @@ async fn cancel_stops_dispatch_and_an_offline_envoy_is_named_unreachable() {
     })
     .await;
     assert!(stopped.message.contains("cancelled"), "{}", stopped.message);
+    // Its outcome is counted on the cancelled task's record.
+    eventually(Duration::from_secs(15), || async {
+        let info = fleet
+            .cluster
+            .admin(0)
+            .show_task(api::TaskRef {
+                task_id: task.task_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        match counts(&info) {
+            c if c.failed == 1 && c.running == 0 => Ok(()),
+            c => Err(format!("{c:?}")),
+        }
+    })
+    .await;
     assert!(stopped.stdout.is_empty(), "killed before it printed");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
@@ -429,7 +446,8 @@ async fn a_query_answers_the_agents_facts_and_a_viewer_may_read_but_not_run() {
         .unwrap()
         .into_inner()
         .secret;
-    let mut as_viewer = fleet.cluster.admin_with_token(1, &viewer);
+    // Through the node that created the token: it has applied it (another may lag).
+    let mut as_viewer = fleet.cluster.admin_with_token(0, &viewer);
     let refused = as_viewer.run_task(req).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     let refused = as_viewer

@@ -234,6 +234,13 @@ impl TaskRecord {
             .map(|at| at.saturating_add(self.spec.timeout_ms).min(self.expires_ms))
     }
 
+    /// Stopped or cancelled with envoys sent it still without an outcome: their
+    /// outcomes are still counted as they come.
+    pub fn settling(&self) -> bool {
+        matches!(self.state, TaskState::Stopped | TaskState::Cancelled { .. })
+            && self.total().ended() < self.released
+    }
+
     /// When the last released target's window closes.
     pub fn last_not_after(&self) -> Option<u64> {
         self.released.checked_sub(1).and_then(|i| self.not_after(i))
@@ -384,13 +391,28 @@ impl ClusterState {
         counts: Counts,
         at_ms: u64,
     ) -> Result<(), Rejection> {
-        let task = self.tasks.running_mut(id)?;
+        let task = self
+            .tasks
+            .by_id
+            .get_mut(id)
+            .ok_or_else(|| Rejection::NoSuchTask(hex::encode(id)))?;
+        // Envoys sent a task before it was stopped or cancelled finish it (or are told to
+        // stop): their outcomes still count, the state stays.
+        let settling = matches!(task.state, TaskState::Stopped | TaskState::Cancelled { .. });
+        if task.state != TaskState::Running && !settling {
+            return Err(Rejection::TaskEnded(
+                hex::encode(id),
+                task.state.as_str().into(),
+            ));
+        }
         if task.written_off.contains(spoke) {
             return Ok(());
         }
         let entry = task.counts.entry(spoke.to_string()).or_default();
         *entry = entry.max(counts);
-        self.settle_task(id, at_ms);
+        if !settling {
+            self.settle_task(id, at_ms);
+        }
         Ok(())
     }
 

@@ -400,3 +400,40 @@ fn written_off_counts_are_final_while_the_task_runs_on() {
         "five ended, a window of two more"
     );
 }
+
+#[test]
+fn outcomes_of_envoys_in_flight_still_count_after_a_stop_or_cancel() {
+    let mut s = ClusterState::default();
+    ok(
+        &mut s,
+        task(1, 10, |t| {
+            t.batch = Some(Portion::Count(4));
+            t.max_failures = Some(Portion::Count(1));
+        }),
+    );
+    ok(
+        &mut s,
+        Command::ReleaseTask {
+            id: [1; 16],
+            upto: 4,
+            at_ms: AT,
+        },
+    );
+    let failed = Counts {
+        failed: 1,
+        ..Counts::default()
+    };
+    ok(&mut s, count(1, "a", failed));
+    assert_eq!(s.tasks.get(&[1; 16]).unwrap().state, TaskState::Stopped);
+    assert!(s.tasks.get(&[1; 16]).unwrap().settling());
+    // The three others sent the task before the stop finish it.
+    ok(&mut s, count(1, "b", oks(2)));
+    ok(&mut s, count(1, "a", Counts { ok: 1, ..failed }));
+    let t = s.tasks.get(&[1; 16]).unwrap();
+    assert_eq!(
+        (t.state.clone(), t.total().ended()),
+        (TaskState::Stopped, 4)
+    );
+    assert!(!t.settling());
+    assert_eq!(t.next_release(), None, "nothing more is released");
+}
