@@ -5,6 +5,7 @@
 //! reports (durably); once the spoke answers again they go out, oldest first, with
 //! exponential backoff and jitter between failed attempts.
 
+mod backoff;
 pub mod executors;
 pub mod plan;
 pub mod promotion;
@@ -23,6 +24,7 @@ use vigo_common::time::now_ms;
 use vigo_proto::v1 as pb;
 
 use crate::client::{self, Identity, Sequencer};
+use backoff::Backoff;
 use plan::{Facts, Tally, tally};
 use state::{LocalState, RunStatus, StateDir, StateError};
 
@@ -66,38 +68,6 @@ impl RunSummary {
             (false, true) => 4,
             (true, true) => 6,
         }
-    }
-}
-
-/// Doubling waits with jitter between report flush attempts.
-struct Backoff {
-    next: Duration,
-    due: Option<Instant>,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_secs(1);
-    const MAX: Duration = Duration::from_secs(300);
-
-    fn new() -> Self {
-        Self {
-            next: Self::FIRST,
-            due: None,
-        }
-    }
-
-    /// A failed attempt; a busy spoke's retry hint, if it gave one, is waited at least.
-    fn failed(&mut self, hint: Option<Duration>) {
-        let jitter = 0.8 + rand::random::<f64>() * 0.4;
-        let wait = self.next.mul_f64(jitter);
-        let wait = hint.map_or(wait, |h| wait.max(vigo_common::net::shedding::jittered(h)));
-        self.due = Some(Instant::now() + wait);
-        self.next = (self.next * 2).min(Self::MAX);
-    }
-
-    fn succeeded(&mut self) {
-        self.next = Self::FIRST;
-        self.due = None;
     }
 }
 
