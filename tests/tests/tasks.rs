@@ -122,23 +122,34 @@ impl Fleet {
             .into_inner()
     }
 
+    async fn show(&self, hub: usize, task_id: &str) -> Result<api::TaskInfo, tonic::Status> {
+        let task = api::TaskRef {
+            task_id: task_id.into(),
+        };
+        Ok(self.cluster.admin(hub).show_task(task).await?.into_inner())
+    }
+
+    /// Waits until some envoy started the task under test.
+    async fn until_started(&self) {
+        eventually(Duration::from_secs(30), || async {
+            if self.runs().is_empty() {
+                Err("not started")
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+    }
+
     /// Waits until the task ends (through any running hub); its last state.
     async fn ended(&self, task_id: &str) -> api::TaskInfo {
         let deadline = std::time::Instant::now() + Duration::from_secs(90);
         loop {
             for i in self.cluster.running_hubs() {
-                if let Ok(r) = self
-                    .cluster
-                    .admin(i)
-                    .show_task(api::TaskRef {
-                        task_id: task_id.into(),
-                    })
-                    .await
+                if let Ok(info) = self.show(i, task_id).await
+                    && info.state != "running"
                 {
-                    let info = r.into_inner();
-                    if info.state != "running" {
-                        return info;
-                    }
+                    return info;
                 }
             }
             assert!(
@@ -293,14 +304,7 @@ async fn cancel_stops_dispatch_and_an_offline_envoy_is_named_unreachable() {
     let mut slow = exec(fleet.command("sleep 30;"));
     slow.batch = "1".into();
     let task = fleet.run(0, slow).await;
-    eventually(Duration::from_secs(30), || async {
-        if fleet.runs().is_empty() {
-            Err("not started")
-        } else {
-            Ok(())
-        }
-    })
-    .await;
+    fleet.until_started().await;
     let cancelled = fleet
         .cluster
         .admin(2)
@@ -325,16 +329,7 @@ async fn cancel_stops_dispatch_and_an_offline_envoy_is_named_unreachable() {
     assert!(stopped.message.contains("cancelled"), "{}", stopped.message);
     // Its outcome is counted on the cancelled task's record.
     eventually(Duration::from_secs(15), || async {
-        let info = fleet
-            .cluster
-            .admin(0)
-            .show_task(api::TaskRef {
-                task_id: task.task_id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        match counts(&info) {
+        match counts(&fleet.show(0, &task.task_id).await.unwrap()) {
             c if c.failed == 1 && c.running == 0 => Ok(()),
             c => Err(format!("{c:?}")),
         }
@@ -382,14 +377,7 @@ async fn a_leader_killed_mid_task_loses_nothing_and_runs_nothing_twice() {
     req.batch = "1".into();
     let leader = fleet.cluster.leader().await;
     let task = fleet.run(leader, req).await;
-    eventually(Duration::from_secs(30), || async {
-        if fleet.runs().is_empty() {
-            Err("not started")
-        } else {
-            Ok(())
-        }
-    })
-    .await;
+    fleet.until_started().await;
     fleet.cluster.stop_hub(leader).await;
     let end = fleet.ended(&task.task_id).await;
     assert_eq!(end.state, "finished", "{end:?}");

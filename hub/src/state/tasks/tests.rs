@@ -30,6 +30,14 @@ fn task(id: u8, targets: usize, spec: impl FnOnce(&mut TaskSpec)) -> Command {
     )))
 }
 
+fn release(id: u8, upto: u32, at_ms: u64) -> Command {
+    Command::ReleaseTask {
+        id: [id; 16],
+        upto,
+        at_ms,
+    }
+}
+
 fn ok(s: &mut ClusterState, command: Command) {
     assert_eq!(s.apply(command), Applied::Done);
 }
@@ -75,43 +83,15 @@ fn a_sliding_window_releases_as_outcomes_arrive() {
     let mut s = ClusterState::default();
     ok(&mut s, task(1, 10, |t| t.batch = Some(Portion::Count(3))));
     assert_eq!(get(&s, 1).next_release(), Some(3));
-    ok(
-        &mut s,
-        Command::ReleaseTask {
-            id: [1; 16],
-            upto: 3,
-            at_ms: AT,
-        },
-    );
+    ok(&mut s, release(1, 3, AT));
     assert_eq!(get(&s, 1).next_release(), None, "three in flight");
     ok(&mut s, count(1, "a", oks(2)));
     assert_eq!(get(&s, 1).next_release(), Some(5));
-    ok(
-        &mut s,
-        Command::ReleaseTask {
-            id: [1; 16],
-            upto: 5,
-            at_ms: AT,
-        },
-    );
+    ok(&mut s, release(1, 5, AT));
     // A release never goes back, nor past the targets.
-    ok(
-        &mut s,
-        Command::ReleaseTask {
-            id: [1; 16],
-            upto: 2,
-            at_ms: AT,
-        },
-    );
+    ok(&mut s, release(1, 2, AT));
     assert_eq!(get(&s, 1).released, 5);
-    ok(
-        &mut s,
-        Command::ReleaseTask {
-            id: [1; 16],
-            upto: 99,
-            at_ms: AT,
-        },
-    );
+    ok(&mut s, release(1, 99, AT));
     assert_eq!(get(&s, 1).released, 10);
 }
 
@@ -126,14 +106,7 @@ fn the_canary_ends_before_the_rest_begins() {
         }),
     );
     assert_eq!(get(&s, 1).next_release(), Some(1));
-    ok(
-        &mut s,
-        Command::ReleaseTask {
-            id: [1; 16],
-            upto: 1,
-            at_ms: AT,
-        },
-    );
+    ok(&mut s, release(1, 1, AT));
     assert_eq!(get(&s, 1).next_release(), None, "the canary is running");
     ok(&mut s, count(1, "b", oks(1)));
     assert_eq!(get(&s, 1).next_release(), Some(6), "then 25 % in flight");
@@ -149,14 +122,7 @@ fn max_failures_stop_further_batches() {
             t.max_failures = Some(Portion::Percent(2));
         }),
     );
-    ok(
-        &mut s,
-        Command::ReleaseTask {
-            id: [1; 16],
-            upto: 10,
-            at_ms: AT,
-        },
-    );
+    ok(&mut s, release(1, 10, AT));
     let one_failure = Counts {
         ok: 5,
         failed: 1,
@@ -172,14 +138,7 @@ fn max_failures_stop_further_batches() {
     assert_eq!(get(&s, 1).state, TaskState::Stopped, "2 % of 100 failed");
     assert_eq!(get(&s, 1).next_release(), None);
     assert_eq!(
-        refused(
-            &mut s,
-            Command::ReleaseTask {
-                id: [1; 16],
-                upto: 20,
-                at_ms: AT,
-            }
-        ),
+        refused(&mut s, release(1, 20, AT)),
         Rejection::TaskEnded(hex::encode([1u8; 16]), "stopped".into())
     );
 }
@@ -270,14 +229,7 @@ fn creation_is_refused_for_a_taken_id_no_targets_or_too_many_running() {
         Rejection::TooManyTasks(MAX_RUNNING)
     );
     assert!(matches!(
-        refused(
-            &mut s,
-            Command::ReleaseTask {
-                id: [250; 16],
-                upto: 1,
-                at_ms: AT,
-            }
-        ),
+        refused(&mut s, release(250, 1, AT)),
         Rejection::NoSuchTask(_)
     ));
 }
@@ -310,14 +262,7 @@ fn ended_tasks_are_kept_up_to_a_bound_oldest_dropped_first() {
 fn a_new_leader_continues_from_the_replicated_record() {
     let mut s = ClusterState::default();
     ok(&mut s, task(1, 10, |t| t.batch = Some(Portion::Count(4))));
-    ok(
-        &mut s,
-        Command::ReleaseTask {
-            id: [1; 16],
-            upto: 4,
-            at_ms: AT,
-        },
-    );
+    ok(&mut s, release(1, 4, AT));
     ok(&mut s, count(1, "a", oks(1)));
     // The state as a snapshot carries it to another node.
     let bytes = postcard::to_allocvec(&s).expect("encode");
@@ -331,14 +276,7 @@ fn a_silent_spoke_is_written_off_once_and_its_late_counts_are_not_taken() {
     let mut s = ClusterState::default();
     // Targets 1..=10: even ids on spoke "a", odd on "b".
     ok(&mut s, task(1, 10, |_| {}));
-    ok(
-        &mut s,
-        Command::ReleaseTask {
-            id: [1; 16],
-            upto: 10,
-            at_ms: AT + 5,
-        },
-    );
+    ok(&mut s, release(1, 10, AT + 5));
     let t = s.tasks.get(&[1; 16]).unwrap();
     assert_eq!(t.not_after(0), Some(AT + 5 + 60_000), "release + timeout");
     assert_eq!(t.last_not_after(), Some(AT + 5 + 60_000));
@@ -368,14 +306,7 @@ fn a_silent_spoke_is_written_off_once_and_its_late_counts_are_not_taken() {
 fn written_off_counts_are_final_while_the_task_runs_on() {
     let mut s = ClusterState::default();
     ok(&mut s, task(1, 10, |t| t.batch = Some(Portion::Count(2))));
-    ok(
-        &mut s,
-        Command::ReleaseTask {
-            id: [1; 16],
-            upto: 2,
-            at_ms: AT,
-        },
-    );
+    ok(&mut s, release(1, 2, AT));
     ok(
         &mut s,
         Command::WriteOffTask {
@@ -411,14 +342,7 @@ fn outcomes_of_envoys_in_flight_still_count_after_a_stop_or_cancel() {
             t.max_failures = Some(Portion::Count(1));
         }),
     );
-    ok(
-        &mut s,
-        Command::ReleaseTask {
-            id: [1; 16],
-            upto: 4,
-            at_ms: AT,
-        },
-    );
+    ok(&mut s, release(1, 4, AT));
     let failed = Counts {
         failed: 1,
         ..Counts::default()
