@@ -542,3 +542,62 @@ async fn a_spoke_refuses_results_for_tasks_it_did_not_send_and_bad_requests_chan
     let refused = envoy.gateway.report_task(request).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
 }
+
+/// The task calls are refused by who is calling, before their bodies are read: a
+/// result from an anonymous peer, a sync from an envoy or an admin (the hub's call),
+/// a result larger than its method takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_calls_are_refused_by_role_and_size_before_their_body_is_read() {
+    use std::sync::Arc;
+    use tonic::Code;
+    use vigo_tests::raw::{call, frame};
+
+    let fleet = Fleet::start(0).await;
+    let c = &fleet.cluster;
+    let spoke = c.spoke_address(0);
+    let ca = c.ca_pem();
+    let tls = |cert: Option<(&str, &str)>| {
+        let read = |f: &str| std::fs::read_to_string(c.pki(f)).unwrap();
+        let pair = cert.map(|(p, k)| (read(p), read(k)));
+        let pair = pair.as_ref().map(|(p, k)| (p.as_str(), k.as_str()));
+        Arc::new(vigo_common::tls::client_config(&ca, pair, vigo_tests::ANY_SERVER).unwrap())
+    };
+    let report = "/vigo.v1.EnvoyGateway/ReportTask";
+    let sync = "/vigo.v1.SpokeAdmin/SyncTasks";
+    // An anonymous result announcing 64 MiB it never sends: answered at once.
+    let (code, message) = call(&spoke, tls(None), report, frame(64 << 20, &[]), false, &[])
+        .await
+        .unwrap();
+    assert_eq!(code, Code::Unauthenticated, "{message}");
+    let admin = tls(Some(("admin.pem", "admin.key")));
+    let (code, message) = call(&spoke, admin.clone(), sync, frame(16, &[0; 16]), true, &[])
+        .await
+        .unwrap();
+    assert_eq!(code, Code::PermissionDenied, "the hub's call: {message}");
+    let (identity, _) = c.enroll(0, "task-raw").await.unwrap();
+    let address = identity.spoke_address.clone();
+    let envoy = identity.tls_config().unwrap();
+    let (code, message) = call(
+        &address,
+        envoy.clone(),
+        sync,
+        frame(16, &[0; 16]),
+        true,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, Code::PermissionDenied, "{message}");
+    // The envoy's own result, above 200 KiB + 1 KiB: refused from its frame header.
+    let (code, message) = call(
+        &address,
+        envoy,
+        report,
+        frame(1 << 20, &[0; 64]),
+        false,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, Code::ResourceExhausted, "{message}");
+}
