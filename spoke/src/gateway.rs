@@ -309,7 +309,7 @@ impl Gateway {
             st.mark_dirty();
             Ok::<_, SpokeError>(())
         })?;
-        let mut stream = self.streams.open(record.id, Vec::new());
+        let mut stream = self.streams.open(record.id);
         stream.send_first(self.tasks.unsent(record.id, Some(stream.generation())));
         Ok(stream)
     }

@@ -33,19 +33,15 @@ impl Streams {
     }
 
     /// Registers a new stream for `id`, replacing any older one (whose envoy has
-    /// reconnected), that sends `first` before anything else. The returned stream
-    /// unregisters itself when dropped.
-    pub fn open(
-        self: &std::sync::Arc<Self>,
-        id: EnvoyId,
-        first: Vec<pb::StreamEvent>,
-    ) -> EnvoyStream {
+    /// reconnected); `EnvoyStream::send_first` puts events ahead of what is queued. The
+    /// returned stream unregisters itself when dropped.
+    pub fn open(self: &std::sync::Arc<Self>, id: EnvoyId) -> EnvoyStream {
         let (tx, rx) = mpsc::channel(QUEUE);
         let generation = self.next.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(id.get(), (generation, tx));
         metrics::gauge!("vigo_open_streams").set(self.len() as f64);
         EnvoyStream {
-            first: first.into(),
+            first: VecDeque::new(),
             rx,
             id,
             generation,
@@ -152,8 +148,8 @@ mod tests {
         let streams = Arc::new(Streams::default());
         let id = EnvoyId::new(7).unwrap();
         assert!(!streams.wake(id));
-        let old = streams.open(id, Vec::new());
-        let mut new = streams.open(id, Vec::new());
+        let old = streams.open(id);
+        let mut new = streams.open(id);
         drop(old);
         assert_eq!(streams.len(), 1, "an old stream's drop keeps the new one");
         assert!(streams.wake(id));
@@ -175,14 +171,15 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(streams.send(id, first(0)), None, "no stream");
-        let mut stream = streams.open(id, vec![first(1), first(2)]);
+        let mut stream = streams.open(id);
+        stream.send_first(vec![first(1), first(2)]);
         let generation = streams.generation(id).unwrap();
         assert_eq!(streams.send(id, first(3)), Some(generation));
         for n in 1..=3 {
             let event = stream.next().await.unwrap().unwrap();
             assert_eq!(event.task.unwrap().body.as_ref(), [n]);
         }
-        let newer = streams.open(id, Vec::new());
+        let newer = streams.open(id);
         assert_ne!(streams.generation(id), Some(generation));
         drop(newer);
     }

@@ -73,7 +73,7 @@ impl Fixture {
 #[tokio::test]
 async fn copies_wait_for_their_envoy_go_out_on_its_stream_and_results_count_once() {
     let f = Fixture::new();
-    let mut stream = f.streams.open(envoy(1), Vec::new());
+    let mut stream = f.streams.open(envoy(1));
     let answer = f
         .tasks
         .sync(sync(
@@ -136,7 +136,7 @@ async fn copies_wait_for_their_envoy_go_out_on_its_stream_and_results_count_once
 #[tokio::test]
 async fn a_closed_window_counts_timed_out_or_unreachable_and_refuses_late_results() {
     let f = Fixture::new();
-    let _stream = f.streams.open(envoy(1), Vec::new());
+    let _stream = f.streams.open(envoy(1));
     f.tasks
         .sync(sync(&[7], vec![(7, vec![copy(1, 1_000), copy(2, 1_000)])]))
         .await
@@ -241,8 +241,8 @@ async fn results_survive_a_restart_and_copies_sent_again_do_not_undo_them() {
 #[tokio::test]
 async fn a_cancel_reaches_the_envoys_running_the_task_once() {
     let f = Fixture::new();
-    let mut running = f.streams.open(envoy(1), Vec::new());
-    let mut idle = f.streams.open(envoy(3), Vec::new());
+    let mut running = f.streams.open(envoy(1));
+    let mut idle = f.streams.open(envoy(3));
     f.tasks
         .sync(sync(
             &[7],
