@@ -9,6 +9,36 @@ use ring::digest::{Context, SHA256};
 
 pub type TraitMap = BTreeMap<String, String>;
 
+/// Whether a trait holds a number or text, for conditions (`when:`) checked at publish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TraitKind {
+    Text,
+    Number,
+}
+
+/// Every trait an envoy reports, and its kind: a condition naming another is refused at
+/// publish. The envoy's collector reports exactly these keys.
+pub const KNOWN_TRAITS: &[(&str, TraitKind)] = &[
+    ("hostname", TraitKind::Text),
+    ("os", TraitKind::Text),
+    ("os_version", TraitKind::Text),
+    ("kernel", TraitKind::Text),
+    ("arch", TraitKind::Text),
+    ("cpus", TraitKind::Number),
+    ("memory_mb", TraitKind::Number),
+    ("ipv4", TraitKind::Text),
+    ("ipv6", TraitKind::Text),
+    ("boot_time", TraitKind::Number),
+];
+
+/// The kind of a known trait.
+pub fn trait_kind(name: &str) -> Option<TraitKind> {
+    KNOWN_TRAITS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, k)| *k)
+}
+
 /// SHA-256 over the sorted pairs, each field length-prefixed so that no two different
 /// maps share an encoding.
 pub fn traits_hash(traits: &TraitMap) -> [u8; 32] {

@@ -131,7 +131,7 @@ fn bad_values_are_refused_with_reasons() {
                 "resources:\n",
                 "  - {id: m, type: file, path: /m, mode: 644}\n",
                 "  - {id: rel, type: directory, path: relative}\n",
-                "  - {id: t, type: package, name: nginx}\n",
+                "  - {id: t, type: helm_chart, name: nginx}\n",
                 "  - {id: re, type: file_line, path: /f, line: x, match: '('}\n",
                 "  - {id: dep, type: directory, path: /d, depends_on: [nowhere]}\n",
                 "  - {id: tpl, type: file, path: /t, content: '{{ unclosed'}\n",
@@ -144,7 +144,7 @@ fn bad_values_are_refused_with_reasons() {
     for needle in [
         "resource c/m: mode must be a quoted octal string",
         "resource c/rel: path \"relative\" must be absolute",
-        "resource c/t: unknown type \"package\"",
+        "resource c/t: unknown type \"helm_chart\"",
         "resource c/re: match: bad regular expression",
         "resource c/dep: depends on unknown resource \"c/nowhere\"",
         "resource c/tpl: content: bad template",

@@ -49,9 +49,11 @@ impl Seal {
             modules: hostcrate
                 .modules
                 .iter()
-                .map(|m| pb::ModuleRef {
+                .zip(&hostcrate.conditions)
+                .map(|(m, when)| pb::ModuleRef {
                     name: m.name.clone(),
                     sha256: Bytes::copy_from_slice(&m.sha256),
+                    when: when.clone(),
                 })
                 .collect(),
             variables: hostcrate.variables.clone(),

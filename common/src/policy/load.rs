@@ -4,11 +4,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use serde_yaml_ng::{Mapping, Value};
+use serde_yaml_ng::Value;
 
-use super::{
-    Configcrate, Hostcrate, PolicyErrors, PolicyIssue, PolicyTree, Resource, ResourceSpec, Role,
-};
+use super::{Configcrate, Hostcrate, PolicyErrors, PolicyIssue, PolicyTree, Role};
 
 use super::HOSTCRATES_FILE;
 use crate::limits::MAX_POLICY_BYTES;
@@ -192,9 +190,17 @@ enum OneOrMany {
 #[serde(deny_unknown_fields)]
 struct RawRole {
     #[serde(default)]
-    configcrates: Vec<String>,
+    configcrates: Vec<RawInclude>,
     #[serde(default)]
     vars: BTreeMap<String, Value>,
+}
+
+/// A configcrate a role pulls in: its name, or its name and a condition.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawInclude {
+    Name(String),
+    When { name: String, when: String },
 }
 
 #[derive(Deserialize)]
@@ -206,88 +212,8 @@ struct RawConfigcrate {
     resources: Vec<Value>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    path: String,
-    #[serde(default)]
-    content: String,
-    #[serde(default)]
-    mode: Option<Value>,
-    #[serde(default)]
-    owner: String,
-    #[serde(default)]
-    group: String,
-    #[serde(default = "yes")]
-    template: bool,
-    #[serde(default)]
-    allow_unsafe_parent: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDirectory {
-    path: String,
-    #[serde(default)]
-    mode: Option<Value>,
-    #[serde(default)]
-    owner: String,
-    #[serde(default)]
-    group: String,
-    #[serde(default)]
-    allow_unsafe_parent: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSymlink {
-    path: String,
-    target: String,
-    #[serde(default)]
-    allow_unsafe_parent: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFileLine {
-    path: String,
-    line: String,
-    #[serde(default = "present")]
-    ensure: String,
-    #[serde(default, rename = "match")]
-    pattern: String,
-    #[serde(default)]
-    allow_unsafe_parent: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawExec {
-    command: String,
-    #[serde(default)]
-    creates: String,
-    #[serde(default)]
-    unless: String,
-    #[serde(default)]
-    onlyif: String,
-    #[serde(default, with = "humantime_serde")]
-    timeout: Option<std::time::Duration>,
-    #[serde(default)]
-    environment: BTreeMap<String, Value>,
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn present() -> String {
-    "present".into()
-}
-
-const RESOURCE_TYPES: &str = "file, directory, symlink, file_line, exec";
-
 #[derive(Default)]
-struct Parser {
+pub(super) struct Parser {
     issues: Vec<PolicyIssue>,
     hostcrates: Vec<Hostcrate>,
     hostcrates_file: PathBuf,
@@ -296,7 +222,7 @@ struct Parser {
 }
 
 impl Parser {
-    fn push(&mut self, file: &Path, item: impl Into<String>, why: impl Into<String>) {
+    pub(super) fn push(&mut self, file: &Path, item: impl Into<String>, why: impl Into<String>) {
         self.issues.push(issue(file, item, why));
     }
 
@@ -332,7 +258,7 @@ impl Parser {
         }
     }
 
-    fn vars(
+    pub(super) fn vars(
         &mut self,
         path: &Path,
         item: &str,
@@ -423,10 +349,23 @@ impl Parser {
             return;
         };
         let vars = self.vars(path, &item, raw.vars);
-        let role = Role {
-            configcrates: raw.configcrates,
+        let mut role = Role {
+            configcrates: Vec::new(),
             vars,
+            conditions: BTreeMap::new(),
         };
+        for include in raw.configcrates {
+            match include {
+                RawInclude::Name(name) => role.configcrates.push(name),
+                RawInclude::When { name, when } => {
+                    if let Err(e) = super::when::Condition::parse(&when) {
+                        self.push(path, &item, format!("configcrate {name}: when: {e}"));
+                    }
+                    role.conditions.insert(name.clone(), when);
+                    role.configcrates.push(name);
+                }
+            }
+        }
         if self
             .roles
             .insert(name.to_string(), (path.to_path_buf(), role))
@@ -464,213 +403,6 @@ impl Parser {
         }
     }
 
-    fn parse_resource(
-        &mut self,
-        path: &Path,
-        crate_name: &str,
-        index: usize,
-        value: Value,
-    ) -> Option<Resource> {
-        let Value::Mapping(mut map) = value else {
-            self.push(
-                path,
-                format!("resources[{index}]"),
-                "a resource must be a mapping",
-            );
-            return None;
-        };
-        let id = take_string(&mut map, "id");
-        let item = match &id {
-            Some(id) => format!("resource {crate_name}/{id}"),
-            None => format!("resources[{index}]"),
-        };
-        let Some(id) = id else {
-            self.push(path, item, "missing `id`");
-            return None;
-        };
-        if !valid_name(&id) {
-            self.push(path, &item, "id must be letters, digits, '.', '_' or '-'");
-        }
-        let Some(kind) = take_string(&mut map, "type") else {
-            self.push(
-                path,
-                item,
-                format!("missing `type` (one of {RESOURCE_TYPES})"),
-            );
-            return None;
-        };
-        let depends_on = match map.remove("depends_on") {
-            None => Vec::new(),
-            Some(v) => match serde_yaml_ng::from_value::<Vec<String>>(v) {
-                Ok(deps) => deps.into_iter().map(|d| qualify(crate_name, &d)).collect(),
-                Err(e) => {
-                    self.push(path, &item, format!("depends_on: {e}"));
-                    Vec::new()
-                }
-            },
-        };
-        let rest = Value::Mapping(map);
-        let spec = match kind.as_str() {
-            "file" => self.spec::<RawFile>(path, &item, rest).and_then(|f| {
-                let mode = self.mode(path, &item, f.mode)?;
-                self.absolute(path, &item, &f.path)?;
-                if f.template {
-                    self.template(path, &item, "content", &f.content)?;
-                }
-                Some(ResourceSpec::File {
-                    path: f.path,
-                    content: f.content,
-                    mode,
-                    owner: f.owner,
-                    group: f.group,
-                    template: f.template,
-                    allow_unsafe_parent: f.allow_unsafe_parent,
-                })
-            }),
-            "directory" => self.spec::<RawDirectory>(path, &item, rest).and_then(|d| {
-                let mode = self.mode(path, &item, d.mode)?;
-                self.absolute(path, &item, &d.path)?;
-                Some(ResourceSpec::Directory {
-                    path: d.path,
-                    mode,
-                    owner: d.owner,
-                    group: d.group,
-                    allow_unsafe_parent: d.allow_unsafe_parent,
-                })
-            }),
-            "symlink" => self.spec::<RawSymlink>(path, &item, rest).and_then(|s| {
-                self.absolute(path, &item, &s.path)?;
-                Some(ResourceSpec::Symlink {
-                    path: s.path,
-                    target: s.target,
-                    allow_unsafe_parent: s.allow_unsafe_parent,
-                })
-            }),
-            "file_line" => self.spec::<RawFileLine>(path, &item, rest).and_then(|l| {
-                self.absolute(path, &item, &l.path)?;
-                self.template(path, &item, "line", &l.line)?;
-                let present = match l.ensure.as_str() {
-                    "present" => true,
-                    "absent" => false,
-                    other => {
-                        self.push(
-                            path,
-                            &item,
-                            format!("ensure: {other:?} must be present or absent"),
-                        );
-                        return None;
-                    }
-                };
-                if !l.pattern.is_empty()
-                    && let Err(e) = regex::Regex::new(&l.pattern)
-                {
-                    self.push(path, &item, format!("match: bad regular expression: {e}"));
-                    return None;
-                }
-                Some(ResourceSpec::FileLine {
-                    path: l.path,
-                    line: l.line,
-                    present,
-                    pattern: l.pattern,
-                    allow_unsafe_parent: l.allow_unsafe_parent,
-                })
-            }),
-            "exec" => self.spec::<RawExec>(path, &item, rest).and_then(|e| {
-                if e.command.trim().is_empty() {
-                    self.push(path, &item, "command is empty");
-                    return None;
-                }
-                for (field, value) in [
-                    ("command", &e.command),
-                    ("creates", &e.creates),
-                    ("unless", &e.unless),
-                    ("onlyif", &e.onlyif),
-                ] {
-                    self.template(path, &item, field, value)?;
-                }
-                let environment = self.vars(path, &item, e.environment);
-                let timeout_ms = e
-                    .timeout
-                    .map(|t| t.as_millis().min(u32::MAX as u128) as u32)
-                    .unwrap_or(0);
-                Some(ResourceSpec::Exec {
-                    command: e.command,
-                    creates: e.creates,
-                    unless: e.unless,
-                    onlyif: e.onlyif,
-                    timeout_ms,
-                    environment,
-                })
-            }),
-            other => {
-                self.push(
-                    path,
-                    &item,
-                    format!("unknown type {other:?} (one of {RESOURCE_TYPES})"),
-                );
-                None
-            }
-        }?;
-        Some(Resource {
-            id,
-            depends_on,
-            spec,
-        })
-    }
-
-    fn spec<T: serde::de::DeserializeOwned>(
-        &mut self,
-        path: &Path,
-        item: &str,
-        value: Value,
-    ) -> Option<T> {
-        match serde_yaml_ng::from_value(value) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                self.push(path, item, e.to_string());
-                None
-            }
-        }
-    }
-
-    fn mode(&mut self, path: &Path, item: &str, raw: Option<Value>) -> Option<u32> {
-        let Some(raw) = raw else { return Some(0) };
-        let parsed = match &raw {
-            Value::String(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8).ok(),
-            _ => None,
-        };
-        match parsed {
-            Some(m) if m <= 0o7777 => Some(m),
-            _ => {
-                self.push(
-                    path,
-                    item,
-                    "mode must be a quoted octal string such as \"0644\"",
-                );
-                None
-            }
-        }
-    }
-
-    fn template(&mut self, path: &Path, item: &str, field: &str, source: &str) -> Option<()> {
-        match crate::templates::check_syntax(source) {
-            Ok(()) => Some(()),
-            Err(e) => {
-                self.push(path, item, format!("{field}: bad template: {e}"));
-                None
-            }
-        }
-    }
-
-    fn absolute(&mut self, path: &Path, item: &str, p: &str) -> Option<()> {
-        if p.starts_with('/') {
-            Some(())
-        } else {
-            self.push(path, item, format!("path {p:?} must be absolute"));
-            None
-        }
-    }
-
     /// Cross-file checks: every name used exists, dependencies resolve inside every
     /// bundle that includes them, and no dependency cycle exists.
     fn check_references(&mut self) {
@@ -697,20 +429,33 @@ impl Parser {
                 }
             }
         }
-        let mut all_ids = HashMap::new();
-        for (crate_name, (path, c)) in &self.configcrates {
+        // Every resource by id: whether a notification means something to it.
+        let mut refreshable = HashMap::new();
+        for (crate_name, (_, c)) in &self.configcrates {
             for r in &c.resources {
-                all_ids.insert(format!("{crate_name}/{}", r.id), path.clone());
+                refreshable.insert(format!("{crate_name}/{}", r.id), r.spec.refreshable());
             }
         }
         for (crate_name, (path, c)) in &self.configcrates {
             for r in &c.resources {
-                for d in &r.depends_on {
-                    if !all_ids.contains_key(d) {
+                let item = format!("resource {crate_name}/{}", r.id);
+                for (how, ids) in [
+                    ("depends on", &r.depends_on),
+                    ("notifies", &r.notify),
+                    ("subscribes to", &r.subscribes),
+                ] {
+                    for d in ids {
+                        if !refreshable.contains_key(d) {
+                            found.push(issue(path, &item, format!("{how} unknown resource {d:?}")));
+                        }
+                    }
+                }
+                for n in &r.notify {
+                    if refreshable.get(n) == Some(&false) {
                         found.push(issue(
                             path,
-                            format!("resource {crate_name}/{}", r.id),
-                            format!("depends on unknown resource {d:?}"),
+                            &item,
+                            format!("notifies {n}, which cannot be refreshed (services restart, execs run)"),
                         ));
                     }
                 }
@@ -748,7 +493,7 @@ impl Parser {
                     continue;
                 };
                 for r in &cc.resources {
-                    for d in &r.depends_on {
+                    for d in r.depends_on.iter().chain(&r.notify).chain(&r.subscribes) {
                         let dep_crate = d.split('/').next().unwrap_or("");
                         if self.configcrates.contains_key(dep_crate) && !crates.contains(dep_crate)
                         {
@@ -756,7 +501,7 @@ impl Parser {
                                 &self.hostcrates_file,
                                 format!("hostcrate {}", h.name),
                                 format!(
-                                    "resource {c}/{} depends on {d}, but configcrate {dep_crate} is not in this hostcrate's roles",
+                                    "resource {c}/{} refers to {d}, but configcrate {dep_crate} is not in this hostcrate's roles",
                                     r.id
                                 ),
                             ));
@@ -773,8 +518,19 @@ impl Parser {
         let mut edges: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (crate_name, (_, c)) in &self.configcrates {
             for r in &c.resources {
-                edges.insert(format!("{crate_name}/{}", r.id), r.depends_on.clone());
+                let id = format!("{crate_name}/{}", r.id);
+                let deps = edges.entry(id.clone()).or_default();
+                deps.extend(r.depends_on.iter().chain(&r.subscribes).cloned());
+                // A notified resource is applied after the one that notifies it.
+                for n in &r.notify {
+                    edges.entry(n.clone()).or_default().push(id.clone());
+                }
             }
+        }
+        // Edges to unknown resources were reported above; a walk needs every node.
+        let known: BTreeSet<String> = edges.keys().cloned().collect();
+        for deps in edges.values_mut() {
+            deps.retain(|d| known.contains(d));
         }
         #[derive(Clone, Copy, PartialEq)]
         enum Mark {
@@ -820,28 +576,12 @@ impl Parser {
     }
 }
 
-fn take_string(map: &mut Mapping, key: &str) -> Option<String> {
-    match map.remove(key) {
-        Some(Value::String(s)) => Some(s),
-        Some(other) => scalar(&other),
-        None => None,
-    }
-}
-
-fn scalar(v: &Value) -> Option<String> {
+pub(super) fn scalar(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         Value::Bool(b) => Some(b.to_string()),
         _ => None,
-    }
-}
-
-fn qualify(crate_name: &str, dep: &str) -> String {
-    if dep.contains('/') {
-        dep.to_string()
-    } else {
-        format!("{crate_name}/{dep}")
     }
 }
 

@@ -14,14 +14,21 @@
 //! [`bundle`] signs bundles and verifies them on the envoy side.
 
 pub mod bundle;
+pub mod checks;
 mod compile;
 mod load;
+mod resources;
+pub mod when;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-pub use compile::{CompiledHostcrate, CompiledPolicy, compile};
+use vigo_proto::v1 as pb;
+
+pub use compile::{
+    CompiledHostcrate, CompiledPolicy, ResolvedVar, VarSource, compile, resolve_vars,
+};
 pub use load::{load_dir, parse_tree, read_files};
 
 /// The file that lists hostcrates, at the root of a tree.
@@ -92,6 +99,8 @@ pub struct Hostcrate {
 pub struct Role {
     pub configcrates: Vec<String>,
     pub vars: BTreeMap<String, String>,
+    /// Conditions of includes that have one (`- {name: nginx, when: ...}`), by configcrate.
+    pub conditions: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -106,6 +115,12 @@ pub struct Resource {
     pub id: String,
     /// Fully qualified ids ("crate/id") of resources applied first.
     pub depends_on: Vec<String>,
+    /// Condition on traits and vars (checked); empty: always.
+    pub when: String,
+    /// Fully qualified ids of resources this one refreshes when it changes.
+    pub notify: Vec<String>,
+    /// Fully qualified ids of resources whose change refreshes this one.
+    pub subscribes: Vec<String>,
     pub spec: ResourceSpec,
 }
 
@@ -120,6 +135,7 @@ pub enum ResourceSpec {
         template: bool,
         /// Manage the file even where a user who does not own it can write its directory.
         allow_unsafe_parent: bool,
+        absent: bool,
     },
     Directory {
         path: String,
@@ -127,11 +143,14 @@ pub enum ResourceSpec {
         owner: String,
         group: String,
         allow_unsafe_parent: bool,
+        absent: bool,
+        recursive: bool,
     },
     Symlink {
         path: String,
         target: String,
         allow_unsafe_parent: bool,
+        absent: bool,
     },
     FileLine {
         path: String,
@@ -147,7 +166,15 @@ pub enum ResourceSpec {
         onlyif: String,
         timeout_ms: u32,
         environment: BTreeMap<String, String>,
+        refresh_only: bool,
     },
+    // The newer types are carried as their wire form: the checks of `load` are what
+    // the policy adds to them.
+    Package(pb::PackageSpec),
+    Service(pb::ServiceSpec),
+    User(pb::UserSpec),
+    Group(pb::GroupSpec),
+    Cron(pb::CronSpec),
 }
 
 impl ResourceSpec {
@@ -158,6 +185,17 @@ impl ResourceSpec {
             ResourceSpec::Symlink { .. } => "symlink",
             ResourceSpec::FileLine { .. } => "file_line",
             ResourceSpec::Exec { .. } => "exec",
+            ResourceSpec::Package(_) => "package",
+            ResourceSpec::Service(_) => "service",
+            ResourceSpec::User(_) => "user",
+            ResourceSpec::Group(_) => "group",
+            ResourceSpec::Cron(_) => "cron",
         }
+    }
+
+    /// Whether a notification means something to this resource: a service restarts,
+    /// an exec runs.
+    pub fn refreshable(&self) -> bool {
+        matches!(self, ResourceSpec::Service(_) | ResourceSpec::Exec { .. })
     }
 }

@@ -162,7 +162,7 @@ impl Agent {
                 hostname: &hostname,
                 traits: &traits,
             };
-            let results = plan::apply(&modules, &bundle.manifest.variables, &facts, dry_run);
+            let results = plan::apply(&modules, &bundle.manifest, &facts, dry_run);
             Ok::<_, String>((bundle.fingerprint, results))
         })
         .await

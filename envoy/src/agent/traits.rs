@@ -121,5 +121,17 @@ mod tests {
             assert!(!a[key].is_empty(), "{key} is empty");
         }
         assert_eq!(a, super::collect("h"), "nothing volatile in the traits");
+        let known: Vec<&str> = vigo_common::traits::KNOWN_TRAITS
+            .iter()
+            .map(|(name, _)| *name)
+            .collect();
+        let mut reported: Vec<&str> = a.keys().map(String::as_str).collect();
+        let mut expected = known.clone();
+        reported.sort();
+        expected.sort();
+        assert_eq!(
+            reported, expected,
+            "conditions know exactly the traits reported"
+        );
     }
 }

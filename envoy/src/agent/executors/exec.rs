@@ -109,7 +109,7 @@ impl Ran {
     }
 
     /// The end of the combined output, for a report message.
-    fn message_tail(&self) -> String {
+    pub fn message_tail(&self) -> String {
         let mut output = self.stdout.text();
         output.push_str(&self.stderr.text());
         let start = output.len().saturating_sub(MESSAGE_TAIL);

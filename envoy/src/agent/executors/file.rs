@@ -6,6 +6,7 @@ use nix::sys::stat::SFlag;
 use vigo_proto::v1 as pb;
 
 use super::fsops::{Owner, Target};
+use super::remove::{Removes, apply_absent};
 use super::{Applied, Failure, Outcome, act, combine};
 
 /// The target of a resource with an owner: its parent opened and checked against the
@@ -30,6 +31,9 @@ fn open_owned(
 /// A file with exactly `content` (already rendered), then mode and ownership. A file
 /// that is replaced keeps its owner, group and mode unless the resource sets them.
 pub fn apply_file(spec: &pb::FileSpec, content: &str, dry_run: bool) -> Outcome {
+    if spec.absent {
+        return apply_absent(&spec.path, Removes::File, spec.allow_unsafe_parent, dry_run);
+    }
     let (target, owner, current) = open_owned(
         &spec.path,
         &spec.owner,
@@ -74,6 +78,12 @@ pub fn apply_file(spec: &pb::FileSpec, content: &str, dry_run: bool) -> Outcome 
 
 /// A directory (its parent must exist), then mode and ownership.
 pub fn apply_directory(spec: &pb::DirectorySpec, dry_run: bool) -> Outcome {
+    if spec.absent {
+        let what = Removes::Directory {
+            recursive: spec.recursive,
+        };
+        return apply_absent(&spec.path, what, spec.allow_unsafe_parent, dry_run);
+    }
     let (target, owner, current) = open_owned(
         &spec.path,
         &spec.owner,
@@ -102,6 +112,9 @@ pub fn apply_directory(spec: &pb::DirectorySpec, dry_run: bool) -> Outcome {
 /// A symbolic link at `path` pointing to `target`. A link pointing elsewhere is
 /// replaced; a file or directory in the way is not (it may hold data).
 pub fn apply_symlink(spec: &pb::SymlinkSpec, dry_run: bool) -> Outcome {
+    if spec.absent {
+        return apply_absent(&spec.path, Removes::Link, spec.allow_unsafe_parent, dry_run);
+    }
     let target = Target::open(&spec.path)?;
     target.check_parent(None, spec.allow_unsafe_parent)?;
     match target.stat()? {

@@ -63,7 +63,7 @@ fn other_writer(st: &FileStat) -> Option<Writer> {
     None
 }
 
-fn is_kind(st: &FileStat, kind: SFlag) -> bool {
+pub(super) fn is_kind(st: &FileStat, kind: SFlag) -> bool {
     SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == kind
 }
 
@@ -335,6 +335,12 @@ impl Target {
             err(e)
         })?;
         fsync(&self.dir).map_err(err)
+    }
+
+    /// The open parent directory, the last component and the whole path: for the
+    /// removal steps (`remove.rs`).
+    pub(super) fn parts(&self) -> (&OwnedFd, &OsStr, &str) {
+        (&self.dir, self.name.as_os_str(), &self.path)
     }
 
     /// A name no one can have prepared: the target's, hidden, with 64 random bits.

@@ -183,7 +183,7 @@ fn apply_configcrate(ctx: &TaskContext, name: &str) -> TaskOutcome {
         hostname: &ctx.hostname,
         traits: &traits,
     };
-    let results = plan::apply(&chosen, &bundle.manifest.variables, &facts, false);
+    let results = plan::apply(&chosen, &bundle.manifest, &facts, false);
     let tally = plan::tally(&results);
     let lines: Vec<String> = results
         .iter()
