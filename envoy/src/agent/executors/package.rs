@@ -23,6 +23,8 @@ const APT_INSTALL: &[&str] = &[
     "--no-install-recommends",
     "--allow-downgrades",
     "-o",
+    "DPkg::Lock::Timeout=120",
+    "-o",
     "Dpkg::Options::=--force-confdef",
     "-o",
     "Dpkg::Options::=--force-confold",
@@ -173,10 +175,18 @@ impl Manager {
 
     fn remove(self, names: &[&str]) -> Result<String, Failure> {
         match self {
-            Manager::Apt => tool(
-                &[&["apt-get", "remove", "-y", "-q", "--"], names].concat(),
-                APT_ENV,
-            ),
+            Manager::Apt => {
+                let argv = [
+                    "apt-get",
+                    "remove",
+                    "-y",
+                    "-q",
+                    "-o",
+                    "DPkg::Lock::Timeout=120",
+                    "--",
+                ];
+                tool(&[&argv, names].concat(), APT_ENV)
+            }
             Manager::Dnf => tool(&[&["dnf", "-y", "remove", "--"], names].concat(), &[]),
         }
     }
@@ -401,4 +411,168 @@ fn decide(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a package file with dpkg-deb; `fail_install` gives it a preinst that fails.
+    fn deb(dir: &std::path::Path, name: &str, version: &str, fail_install: bool) -> String {
+        let root = dir.join(format!("{name}-{version}"));
+        std::fs::create_dir_all(root.join("DEBIAN")).unwrap();
+        std::fs::create_dir_all(root.join("usr/share/doc").join(name)).unwrap();
+        std::fs::write(
+            root.join("usr/share/doc").join(name).join("version"),
+            version,
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("DEBIAN/control"),
+            format!(
+                "Package: {name}\nVersion: {version}\nArchitecture: all\n\
+                 Maintainer: Vigo tests <tests@vigo.invalid>\nDescription: test fixture\n"
+            ),
+        )
+        .unwrap();
+        if fail_install {
+            use std::os::unix::fs::PermissionsExt;
+            let script = root.join("DEBIAN/preinst");
+            std::fs::write(&script, "#!/bin/sh\necho refusing to install >&2\nexit 1\n").unwrap();
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let out = dir.join(format!("{name}_{version}_all.deb"));
+        let built = std::process::Command::new("dpkg-deb")
+            .args(["--build", "--root-owner-group"])
+            .arg(&root)
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(built.status.success(), "{built:?}");
+        out.to_string_lossy().into_owned()
+    }
+
+    /// Fixture packages are purged however the test ends.
+    struct Purge(Vec<String>);
+
+    impl Drop for Purge {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("dpkg")
+                .arg("--purge")
+                .args(&self.0)
+                .output();
+        }
+    }
+
+    fn spec(name: &str, state: pb::PackageState, version: &str, source: &str) -> pb::PackageSpec {
+        pb::PackageSpec {
+            name: name.into(),
+            state: state as i32,
+            version: version.into(),
+            source: source.into(),
+        }
+    }
+
+    /// apt's own record of its calls: the command lines that mention `name`.
+    fn apt_calls_naming(name: &str) -> Vec<String> {
+        std::fs::read_to_string("/var/log/apt/history.log")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("Commandline:") && l.contains(name))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn packages_install_pin_and_remove_in_batches_with_the_real_dpkg() {
+        if Manager::detect() != Ok(Manager::Apt) || !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root, dpkg and apt-get");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let tag = std::process::id();
+        let (a, b, bad) = (
+            format!("vigo-fixture-a{tag}"),
+            format!("vigo-fixture-b{tag}"),
+            format!("vigo-fixture-bad{tag}"),
+        );
+        let _purge = Purge(vec![a.clone(), b.clone(), bad.clone()]);
+        let a1 = deb(dir.path(), &a, "1.0-1", false);
+        let a2 = deb(dir.path(), &a, "2.0-1", false);
+        let b1 = deb(dir.path(), &b, "1.0-1", false);
+        let bad1 = deb(dir.path(), &bad, "1.0-1", true);
+        use pb::PackageState::*;
+
+        // Dry run: says what it would do and installs nothing.
+        let want = [spec(&a, Present, "", &a1), spec(&b, Pinned, "1.0-1", &b1)];
+        let refs: Vec<&pb::PackageSpec> = want.iter().collect();
+        assert_eq!(
+            apply_packages(&refs, true),
+            [
+                Ok(Applied::WouldChange("installed 1.0-1".into())),
+                Ok(Applied::WouldChange("installed 1.0-1 (pinned)".into()))
+            ]
+        );
+        assert!(Manager::Apt.installed(&[&a]).unwrap().is_empty());
+
+        // Two packages, one apt call naming both.
+        let calls_before = apt_calls_naming(&a).len();
+        let got = apply_packages(&refs, false);
+        assert!(
+            got.iter().all(|o| matches!(o, Ok(Applied::Changed(_)))),
+            "{got:?}"
+        );
+        let calls = apt_calls_naming(&a);
+        assert_eq!(calls.len() - calls_before, 1, "{calls:?}");
+        assert!(calls.last().unwrap().contains(&b), "{calls:?}");
+        assert_eq!(
+            apply_packages(&refs, false),
+            [Ok(Applied::InPolicy), Ok(Applied::InPolicy)]
+        );
+
+        // A pin moves the version; a pin that disagrees with its file is refused.
+        let pin = spec(&a, Pinned, "2.0-1", &a2);
+        assert_eq!(
+            apply_packages(&[&pin], false),
+            [Ok(Applied::Changed("1.0-1 -> 2.0-1 (pinned)".into()))]
+        );
+        let wrong = spec(&a, Pinned, "3.0-1", &a2);
+        let err = apply_packages(&[&wrong], false).pop().unwrap().unwrap_err();
+        assert!(
+            err.contains("has version 2.0-1, not the pinned 3.0-1"),
+            "{err}"
+        );
+        let other = spec(&b, Present, "", &a2);
+        let err = apply_packages(&[&other], false).pop().unwrap().unwrap_err();
+        assert!(err.contains(&format!("holds package \"{a}\"")), "{err}");
+
+        // A batch holding a package whose install fails: each is tried alone, the
+        // failure lands on the one that caused it and the others are done.
+        let mixed = [
+            spec(&a, Absent, "", ""),
+            spec(&bad, Present, "", &bad1),
+            spec(&b, Absent, "", ""),
+        ];
+        let refs: Vec<&pb::PackageSpec> = mixed.iter().collect();
+        let got = apply_packages(&refs, false);
+        assert_eq!(got[0], Ok(Applied::Changed("removed (was 2.0-1)".into())));
+        let err = got[1].clone().unwrap_err();
+        assert!(err.contains("refusing to install"), "{err}");
+        assert_eq!(got[2], Ok(Applied::Changed("removed (was 1.0-1)".into())));
+        assert!(Manager::Apt.installed(&[&a, &b, &bad]).unwrap().is_empty());
+
+        // Latest of a package no repository has, and a name that is an option.
+        let latest = spec(&format!("vigo-nowhere{tag}"), Latest, "", "");
+        let err = apply_packages(&[&latest], false)
+            .pop()
+            .unwrap()
+            .unwrap_err();
+        assert!(err.contains("no version of vigo-nowhere"), "{err}");
+        let hostile = spec("--force-all", Present, "", "");
+        let err = apply_packages(&[&hostile], false)
+            .pop()
+            .unwrap()
+            .unwrap_err();
+        assert!(err.contains("may not start with '-'"), "{err}");
+    }
 }
