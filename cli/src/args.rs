@@ -328,7 +328,21 @@ pub enum EnvoysCmd {
         with_traits: bool,
     },
     /// One envoy in detail, live from its spoke.
-    Show { envoy_id: String },
+    Show {
+        envoy_id: String,
+        /// Also one of its runs, every resource with its outcome, message and duration:
+        /// `latest` or a run id from `envoys runs`.
+        #[arg(long, value_name = "latest|RUN_ID")]
+        run: Option<crate::runs::Which>,
+    },
+    /// The envoy's recent runs, newest first: each run's status and counts, and the
+    /// resources that did not end ok (changed, failed, skipped, would change).
+    Runs {
+        envoy_id: String,
+        /// At most this many runs (the spoke keeps the last few; `reports.keep_runs`).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
+        limit: u32,
+    },
     /// Revoke an envoy for good: every spoke refuses it within seconds, also after a
     /// move or a restore from backup (operator role).
     Revoke {
@@ -366,6 +380,18 @@ pub enum ConfigCmd {
     History,
     /// Serve an earlier version again (a unique prefix of its hash is enough).
     Rollback { version: String },
+    /// Why a host gets what it gets: the hostcrate its name matches, the roles and
+    /// configcrates (with their conditions) and every variable with where its value
+    /// came from and what it overrode.
+    Trace {
+        hostname: String,
+        /// A published version (unique prefix); default: the current one.
+        #[arg(long, conflicts_with = "dir")]
+        version: Option<String>,
+        /// Trace a policy directory instead (not published; no hub needed).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]

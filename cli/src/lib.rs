@@ -11,6 +11,7 @@ mod cert;
 mod connect;
 mod render;
 mod run;
+mod runs;
 mod task;
 
 use std::process::ExitCode;

@@ -176,6 +176,14 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
     };
     let deadline = std::time::Instant::now() + cli.timeout;
     let mut pause = std::time::Duration::from_millis(250);
+    if let Command::Config(ConfigCmd::Trace {
+        hostname,
+        dir: Some(dir),
+        ..
+    }) = &cli.command
+    {
+        return crate::runs::trace_dir(&cli, hostname, dir);
+    }
     loop {
         match run_once(&cli, &request_id).await {
             Err(e) if e.retryable() && std::time::Instant::now() + pause < deadline => {
@@ -393,7 +401,16 @@ async fn envoys(cli: &Cli, c: &mut Client, cmd: &EnvoysCmd) -> Result<u8, CliErr
                 out
             }))
         }
-        EnvoysCmd::Show { envoy_id } => {
+        EnvoysCmd::Runs { envoy_id, limit } => crate::runs::runs(cli, c, envoy_id, *limit).await,
+        EnvoysCmd::Show {
+            envoy_id,
+            run: Some(which),
+        } if cli.json => {
+            let (code, run) = crate::runs::show_run(cli, c, envoy_id, *which).await?;
+            println!("{run}");
+            Ok(code)
+        }
+        EnvoysCmd::Show { envoy_id, run } => {
             let d = c
                 .show_envoy(request(
                     cli,
@@ -403,7 +420,7 @@ async fn envoys(cli: &Cli, c: &mut Client, cmd: &EnvoysCmd) -> Result<u8, CliErr
                 ))
                 .await?
                 .into_inner();
-            Ok(emit(json, &d, &[], |d| {
+            let code = emit(json, &d, &[], |d| {
                 let e = d.envoy.clone().unwrap_or_default();
                 let mut out = format!(
                     "envoy      {}\nhostname   {}\nspoke      {} ({})\nstatus     {}\nhostcrate  {}\nlast seen  {}\nenrolled   {}\nkey        {}\nbundle     {}\nruns kept  {}\n",
@@ -426,7 +443,12 @@ async fn envoys(cli: &Cli, c: &mut Client, cmd: &EnvoysCmd) -> Result<u8, CliErr
                     }
                 }
                 out
-            }))
+            });
+            if let Some(which) = run {
+                let (_, text) = crate::runs::show_run(cli, c, envoy_id, *which).await?;
+                print!("{text}");
+            }
+            Ok(code)
         }
         EnvoysCmd::Revoke { envoy_id, reason } => {
             let r = c
@@ -524,6 +546,9 @@ async fn config(cli: &Cli, c: &mut Client, cmd: &ConfigCmd) -> Result<u8, CliErr
                 )
             }))
         }
+        ConfigCmd::Trace {
+            hostname, version, ..
+        } => crate::runs::trace(cli, c, hostname, version.as_deref().unwrap_or("")).await,
         ConfigCmd::Rollback { version } => {
             let v = c
                 .rollback_config(request(

@@ -255,3 +255,70 @@ fn notifications_order_and_cycles_are_checked() {
     )));
     assert!(msg.contains("dependency cycle"), "{msg}");
 }
+
+#[test]
+fn a_trace_names_the_hostcrate_roles_configcrates_and_var_sources() {
+    use vigo_common::policy::{compile, parse_tree, trace::trace};
+    let tree = files(&[
+        (
+            "hostcrates.yaml",
+            concat!(
+                "hostcrates:\n",
+                "  - {name: web, match: 'web-*', roles: [base, webserver], vars: {port: '8080'}}\n",
+                "  - {name: rest, match: '*', roles: [base]}\n",
+            ),
+        ),
+        (
+            "roles/base.yaml",
+            "configcrates: [motd]\nvars: {port: '81'}\n",
+        ),
+        (
+            "roles/webserver.yaml",
+            "configcrates:\n  - motd\n  - {name: nginx, when: 'traits.os == \"debian\"'}\n",
+        ),
+        (
+            "configcrates/motd.yaml",
+            "resources:\n  - {id: m, type: file, path: /etc/motd, content: x}\n",
+        ),
+        (
+            "configcrates/nginx.yaml",
+            "vars: {port: '8000'}\nresources: []\n",
+        ),
+    ]);
+    let parsed = parse_tree(&tree).unwrap();
+    let compiled = compile(&parsed).unwrap();
+    let t = trace(&parsed, &compiled, "web-7");
+    assert_eq!(t.hostcrate, "web");
+    assert_eq!(t.roles, ["base", "webserver"]);
+    let crates: Vec<_> = t
+        .configcrates
+        .iter()
+        .map(|c| {
+            (
+                c.name.as_str(),
+                c.roles.clone(),
+                c.when.as_str(),
+                c.resources,
+            )
+        })
+        .collect();
+    assert_eq!(
+        crates,
+        [
+            (
+                "motd",
+                vec!["base".to_string(), "webserver".to_string()],
+                "",
+                1
+            ),
+            (
+                "nginx",
+                vec!["webserver".to_string()],
+                "traits.os == \"debian\"",
+                0
+            ),
+        ]
+    );
+    assert_eq!(t.vars["port"].from, VarSource::Hostcrate("web".into()));
+    assert_eq!(trace(&parsed, &compiled, "db-1").hostcrate, "rest");
+}

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use prost::Message;
+
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 use vigo_common::EnvoyId;
@@ -21,7 +23,7 @@ use crate::grpc::{detach, walk};
 use crate::metrics::count_call;
 use crate::policy_cache::PolicyCache;
 use crate::revocations::Revocations;
-use crate::store::{Store, StoredEnvoy, WriteOp};
+use crate::store::{Store, StoreError, StoredEnvoy, WriteOp};
 use crate::streams::Streams;
 use crate::tasks::SpokeTasks;
 use crate::traits_store::TraitsStore;
@@ -45,6 +47,35 @@ fn envoy_id(raw: u64) -> Result<EnvoyId, SpokeError> {
 }
 
 impl Admin {
+    /// An envoy's stored runs, newest first (at most `limit`; 0: all).
+    pub fn envoy_runs(&self, id: EnvoyId, limit: u32) -> Result<pb::EnvoyRunsAnswer, SpokeError> {
+        self.fleet.get(id).ok_or(SpokeError::UnknownEnvoy(id))?;
+        let mut runs = self.store.runs(id.get())?;
+        runs.reverse();
+        if limit > 0 {
+            runs.truncate(limit as usize);
+        }
+        let runs = runs
+            .into_iter()
+            .map(|(run_id, run)| {
+                let report = pb::RunReportBody::decode(run.report.as_slice()).map_err(|e| {
+                    StoreError::Corrupt {
+                        table: "runs",
+                        key: format!("({id}, {run_id})"),
+                        why: e.to_string(),
+                    }
+                })?;
+                Ok(pb::StoredEnvoyRun {
+                    received_at_ms: run.received_at_ms,
+                    status: Compliance::from_index(run.status as u8)
+                        .map_or(0, |s| s.to_proto() as i32),
+                    report: Some(report),
+                })
+            })
+            .collect::<Result<_, SpokeError>>()?;
+        Ok(pb::EnvoyRunsAnswer { runs })
+    }
+
     pub fn get_envoy(&self, id: EnvoyId) -> Result<pb::EnvoyInfo, SpokeError> {
         let record = self.fleet.get(id).ok_or(SpokeError::UnknownEnvoy(id))?;
         let st = record.state();
@@ -254,6 +285,19 @@ impl pb::spoke_admin_server::SpokeAdmin for AdminService {
     ) -> Result<Response<pb::EnvoyInfo>, Status> {
         let msg = request.into_inner();
         Ok(Response::new(self.0.get_envoy(envoy_id(msg.envoy_id)?)?))
+    }
+
+    async fn envoy_runs(
+        &self,
+        request: Request<pb::EnvoyRunsQuery>,
+    ) -> Result<Response<pb::EnvoyRunsAnswer>, Status> {
+        let msg = request.into_inner();
+        let id = envoy_id(msg.envoy_id)?;
+        let admin = self.0.clone();
+        let answer = tokio::task::spawn_blocking(move || admin.envoy_runs(id, msg.limit))
+            .await
+            .map_err(|e| Status::internal(format!("reading runs: {e}")))??;
+        Ok(Response::new(answer))
     }
 
     async fn revoke_envoy(

@@ -113,7 +113,9 @@ impl Admit for SpokeAdmin {
         const HUB: &[Role] = &[Role::Hub];
         let s = &self.0;
         let (who, limits) = match call.method {
-            "GetEnvoy" | "Stats" | "Compliance" | "RevokeEnvoy" => (ADMINS, s.limits(64 * KIB)),
+            "GetEnvoy" | "EnvoyRuns" | "Stats" | "Compliance" | "RevokeEnvoy" => {
+                (ADMINS, s.limits(64 * KIB))
+            }
             "ListEnvoys" | "TraitCount" | "TaskResults" => (ADMINS, s.limits(256 * KIB)),
             "SyncTasks" => (HUB, s.limits(16 * MIB)),
             "ForcePush" => (ADMINS, s.limits(MIB)),

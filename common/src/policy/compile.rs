@@ -167,7 +167,7 @@ pub fn compile(tree: &PolicyTree) -> Result<CompiledPolicy, PolicyErrors> {
 /// The configcrates of a hostcrate in application order (first include wins the place),
 /// and each one's include condition: several includes of one configcrate are joined
 /// with `or`, and one without a condition makes it unconditional.
-fn includes<'t>(tree: &'t PolicyTree, h: &Hostcrate) -> (Vec<&'t str>, Vec<String>) {
+pub(super) fn includes<'t>(tree: &'t PolicyTree, h: &Hostcrate) -> (Vec<&'t str>, Vec<String>) {
     let mut order: Vec<&str> = Vec::new();
     let mut conditions: Vec<Option<Vec<&str>>> = Vec::new();
     for role_name in &h.roles {

@@ -111,7 +111,7 @@ impl AdminApi {
     }
 
     /// The spoke an envoy is pinned to.
-    fn pinned(&self, envoy_id: &str) -> Result<(u64, Target), HubError> {
+    pub(super) fn pinned(&self, envoy_id: &str) -> Result<(u64, Target), HubError> {
         let id = parse_envoy_id("envoy_id", envoy_id)?;
         self.node
             .read(|s| {
@@ -126,7 +126,7 @@ impl AdminApi {
             .ok_or_else(|| HubError::NotFound(format!("envoy {id} is not pinned to any spoke")))
     }
 
-    fn spoke_call_error(spoke: &str, status: tonic::Status) -> HubError {
+    pub(super) fn spoke_call_error(spoke: &str, status: tonic::Status) -> HubError {
         match status.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => {
                 HubError::SpokeUnreachable {
@@ -345,7 +345,7 @@ impl AdminApi {
     }
 }
 
-fn status_word(s: pb::ComplianceStatus) -> &'static str {
+pub(super) fn status_word(s: pb::ComplianceStatus) -> &'static str {
     match s {
         pb::ComplianceStatus::Converged => "converged",
         pb::ComplianceStatus::Relapsed => "relapsed",

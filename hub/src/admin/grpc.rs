@@ -122,6 +122,8 @@ rpcs! {
     status(StatusRequest) -> ClusterStatus = status;
     list_envoys(ListEnvoysRequest) -> EnvoyPage = list_envoys;
     show_envoy(EnvoyRef) -> EnvoyDetail = show_envoy;
+    envoy_runs(EnvoyRunsRequest) -> EnvoyRunList = envoy_runs;
+    trace_config(TraceConfigRequest) -> ConfigTrace = trace_config;
     compliance(ComplianceRequest) -> ComplianceReport = compliance;
     trait_count(TraitCountRequest) -> TraitCountReport = trait_count;
     config_history(ConfigHistoryRequest) -> ConfigVersions = config_history;

@@ -17,8 +17,10 @@ mod openapi;
 pub mod reflection;
 pub mod rest;
 mod rest_revocations;
+mod rest_runs;
 mod rest_tasks;
 mod revocations;
+mod runs;
 mod spokes;
 mod tasks;
 

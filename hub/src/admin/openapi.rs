@@ -18,6 +18,8 @@ const TRAIT_PREDICATE: &str = r"^[^=!<>]*[^=!<>\s][^=!<>]*((!=|=).*|(>=|<=|>|<)\
 const HOSTNAME_GLOB: &str = r"^[^\[\]{}\\]*$";
 
 /// 16 hex digits, not all zero.
+/// A host name as envoys enroll under (`vigo_common::hostname::normalize`).
+const HOSTNAME: &str = r"^[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*$";
 const ENVOY_ID: &str = "^(?!0{16}$)[0-9a-fA-F]{16}$";
 
 /// 32 hex digits.
@@ -148,6 +150,15 @@ fn shape_parameter(path: &str, p: &mut Value) {
         "sort" => {
             schema["enum"] = json!(sort_keys());
         }
+        "limit" if path.ends_with("/runs") => {
+            schema["minimum"] = json!(0);
+            schema["maximum"] = json!(100);
+        }
+        "host" => {
+            schema["pattern"] = json!(HOSTNAME);
+            schema["maxLength"] = json!(253);
+        }
+        "version" => schema["pattern"] = json!("^[0-9a-f]{1,64}$"),
         "limit" => {
             // 0 (as absent): the default page.
             schema["minimum"] = json!(0);

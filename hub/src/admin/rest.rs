@@ -604,6 +604,8 @@ pub fn router(api: Arc<AdminApi>) -> axum::Router {
         .routes(routes!(remove_hub))
         .routes(routes!(list_envoys))
         .routes(routes!(show_envoy))
+        .routes(routes!(super::rest_runs::envoy_runs))
+        .routes(routes!(super::rest_runs::trace_config))
         .routes(routes!(revoke_envoy))
         .routes(routes!(reassign_envoy))
         .routes(routes!(push))

@@ -45,7 +45,10 @@ pub struct TaskResultsQuery {
     cursor: Option<String>,
 }
 
-fn query(raw: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, String)>, HubError> {
+pub(super) fn query(
+    raw: Option<&str>,
+    allowed: &[&str],
+) -> Result<Vec<(String, String)>, HubError> {
     let mut out = Vec::new();
     for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
         if !allowed.contains(&key.as_ref()) {
