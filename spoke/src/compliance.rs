@@ -59,15 +59,28 @@ impl Compliance {
     }
 }
 
-/// The status a run report earns. `previous_bundle` is the bundle the envoy's previous
-/// run applied (first 8 bytes of its fingerprint), if any: changes under the same
-/// bundle are repaired drift (`relapsed`), changes under a new bundle are the bundle
-/// taking effect (`converged`).
-pub fn from_report(report: &pb::RunReportBody, previous_bundle: Option<u64>) -> Compliance {
-    if !report.error.is_empty() {
-        return Compliance::Failed;
-    }
-    let (mut failed, mut applied, mut changed, mut would_change) = (0usize, 0usize, 0, 0);
+/// What an envoy's earlier runs leave for the next one's status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct History {
+    /// The bundle the last run applied (first 8 bytes of its fingerprint).
+    pub bundle: Option<u64>,
+    /// How many consecutive runs, up to the last, made changes.
+    pub streak: u32,
+}
+
+/// The status a run report earns, and the change streak after it (README "Statuses"):
+///
+/// 1. the run failed as a whole, or every resource it tried failed: `failed`;
+/// 2. some resources failed: `degraded`;
+/// 3. otherwise by the consecutive runs that made changes, this one included: 3 or
+///    more `diverged`, 2 `relapsed`, fewer `converged`. A run under a bundle the last
+///    run did not apply starts the count afresh (its changes are the new bundle taking
+///    effect); a run without changes ends it.
+///
+/// A dry run changes nothing, so it neither extends nor ends the count: what it found
+/// out of policy shows in the run (`would_change`), not as a status of its own.
+pub fn from_report(report: &pb::RunReportBody, previous: History) -> (Compliance, u32) {
+    let (mut failed, mut applied, mut changed) = (0usize, 0usize, 0usize);
     for o in &report.outcomes {
         match pb::Outcome::try_from(o.outcome).unwrap_or(pb::Outcome::Unspecified) {
             pb::Outcome::Failed => failed += 1,
@@ -76,28 +89,31 @@ pub fn from_report(report: &pb::RunReportBody, previous_bundle: Option<u64>) -> 
                 applied += 1;
             }
             pb::Outcome::Ok => applied += 1,
-            pb::Outcome::WouldChange => would_change += 1,
-            pb::Outcome::Skipped | pb::Outcome::Unspecified => {}
+            pb::Outcome::WouldChange | pb::Outcome::Skipped | pb::Outcome::Unspecified => {}
         }
     }
-    if failed > 0 {
-        return if applied == 0 {
-            Compliance::Failed
-        } else {
-            Compliance::Degraded
-        };
-    }
-    if report.dry_run {
-        return if would_change > 0 {
-            Compliance::Diverged
-        } else {
-            Compliance::Converged
-        };
-    }
-    if changed > 0 && previous_bundle == Some(bundle_prefix(&report.bundle_fingerprint)) {
-        return Compliance::Relapsed;
-    }
-    Compliance::Converged
+    let bundle = bundle_prefix(&report.bundle_fingerprint);
+    let streak = if report.dry_run || !report.error.is_empty() {
+        previous.streak
+    } else if changed == 0 {
+        0
+    } else if previous.bundle == Some(bundle) {
+        previous.streak.saturating_add(1)
+    } else {
+        1
+    };
+    let status = if !report.error.is_empty() || (failed > 0 && applied == 0) {
+        Compliance::Failed
+    } else if failed > 0 {
+        Compliance::Degraded
+    } else {
+        match streak {
+            0 | 1 => Compliance::Converged,
+            2 => Compliance::Relapsed,
+            _ => Compliance::Diverged,
+        }
+    };
+    (status, streak)
 }
 
 /// The first 8 bytes of a fingerprint: enough to tell two bundles of one envoy apart.
@@ -131,43 +147,71 @@ mod tests {
     #[test]
     fn statuses_follow_the_rules() {
         use pb::Outcome::*;
-        let same = Some(bundle_prefix(&[7; 32]));
-        let other = Some(bundle_prefix(&[8; 32]));
+        let same = |streak| History {
+            bundle: Some(bundle_prefix(&[7; 32])),
+            streak,
+        };
+        let other = History {
+            bundle: Some(bundle_prefix(&[8; 32])),
+            streak: 5,
+        };
+        let status = |outcomes: &[pb::Outcome], dry: bool, previous| {
+            from_report(&report(outcomes, dry, ""), previous)
+        };
         assert_eq!(
-            from_report(&report(&[Ok, Ok], false, ""), same),
-            Compliance::Converged
+            status(&[Ok, Ok], false, same(4)),
+            (Compliance::Converged, 0)
+        );
+        // Consecutive runs with changes: 1 converged, 2 relapsed, 3 and more diverged.
+        assert_eq!(
+            status(&[Ok, Changed], false, same(0)),
+            (Compliance::Converged, 1)
         );
         assert_eq!(
-            from_report(&report(&[Ok, Changed], false, ""), same),
-            Compliance::Relapsed
+            status(&[Ok, Changed], false, same(1)),
+            (Compliance::Relapsed, 2)
         );
         assert_eq!(
-            from_report(&report(&[Ok, Changed], false, ""), other),
-            Compliance::Converged
+            status(&[Changed], false, same(2)),
+            (Compliance::Diverged, 3)
         );
         assert_eq!(
-            from_report(&report(&[Ok, Changed], false, ""), None),
-            Compliance::Converged
+            status(&[Changed], false, same(9)),
+            (Compliance::Diverged, 10)
+        );
+        // A new bundle taking effect starts the count afresh.
+        assert_eq!(
+            status(&[Ok, Changed], false, other),
+            (Compliance::Converged, 1)
         );
         assert_eq!(
-            from_report(&report(&[Ok, WouldChange], true, ""), same),
-            Compliance::Diverged
+            status(&[Ok, Changed], false, History::default()),
+            (Compliance::Converged, 1)
+        );
+        // A dry run neither extends nor ends the count; what it found is in the run.
+        assert_eq!(
+            status(&[Ok, WouldChange], true, same(0)),
+            (Compliance::Converged, 0)
         );
         assert_eq!(
-            from_report(&report(&[Ok, Ok], true, ""), same),
-            Compliance::Converged
+            status(&[WouldChange], true, same(2)),
+            (Compliance::Relapsed, 2)
         );
         assert_eq!(
-            from_report(&report(&[Ok, Failed, Skipped], false, ""), same),
-            Compliance::Degraded
+            status(&[Ok, Failed, Skipped], false, same(0)),
+            (Compliance::Degraded, 0)
         );
         assert_eq!(
-            from_report(&report(&[Failed, Skipped], false, ""), same),
-            Compliance::Failed
+            status(&[Changed, Failed], false, same(2)),
+            (Compliance::Degraded, 3)
         );
         assert_eq!(
-            from_report(&report(&[Ok], false, "bundle refused"), same),
-            Compliance::Failed
+            status(&[Failed, Skipped], false, same(0)),
+            (Compliance::Failed, 0)
+        );
+        assert_eq!(
+            from_report(&report(&[Ok], false, "bundle refused"), same(1)),
+            (Compliance::Failed, 1)
         );
     }
 }

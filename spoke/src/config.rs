@@ -118,7 +118,7 @@ pub struct CheckinConfig {
     pub max_body: ByteSize,
     #[serde(default = "default_max_traits")]
     pub max_traits: usize,
-    /// An envoy silent for longer is `offline`; default 3 intervals.
+    /// An envoy silent for longer is `offline`; default 2 intervals.
     #[serde(default, with = "humantime_serde")]
     pub offline_after: Option<Duration>,
 }
@@ -509,7 +509,7 @@ impl SpokeConfig {
     pub fn offline_after(&self) -> Duration {
         self.checkin
             .offline_after
-            .unwrap_or(self.checkin.interval * 3)
+            .unwrap_or(self.checkin.interval * 2)
     }
 
     /// How the envoy port keeps connections: idle ones closed after two check-in

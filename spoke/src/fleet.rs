@@ -94,6 +94,8 @@ pub struct EnvoyState {
     /// First 8 bytes of the fingerprint of the bundle the last run applied.
     pub last_run_bundle: Option<u64>,
     pub last_run_id: u64,
+    /// Consecutive runs, up to the last, that made changes.
+    pub change_streak: u32,
     pub offline: bool,
     pub revoked: bool,
     /// Send the bundle on the next check-in whatever fingerprint the envoy holds.
@@ -117,6 +119,7 @@ impl EnvoyState {
             run_status: Compliance::NoData,
             last_run_bundle: None,
             last_run_id: 0,
+            change_streak: 0,
             offline: false,
             revoked: false,
             force_push: false,

@@ -428,10 +428,14 @@ impl Gateway {
             return Err(SpokeError::malformed("report", "run_id is zero"));
         }
         optional_hash(&body.bundle_fingerprint, "bundle_fingerprint")?;
-        let (previous_bundle, last_run_id, current) = self.fleet.update(&record, |st| {
+        let (history, last_run_id, current) = self.fleet.update(&record, |st| {
             accept_fresh(st, record.id, body.sequence, now_ms)?;
             st.mark_dirty();
-            Ok::<_, SpokeError>((st.last_run_bundle, st.last_run_id, st.run_status))
+            let history = compliance::History {
+                bundle: st.last_run_bundle,
+                streak: st.change_streak,
+            };
+            Ok::<_, SpokeError>((history, st.last_run_id, st.run_status))
         })?;
         if body.run_id == last_run_id {
             return Ok(pb::ReportRunResponse {
@@ -439,7 +443,7 @@ impl Gateway {
                 duplicate: true,
             });
         }
-        let status = compliance::from_report(&body, previous_bundle);
+        let (status, streak) = compliance::from_report(&body, history);
         let prefix = bundle_prefix(&body.bundle_fingerprint);
         let write = WriteOp::PutRun {
             envoy: record.id.get(),
@@ -454,6 +458,7 @@ impl Gateway {
                 status: status.index() as u32,
                 bundle_prefix: Some(prefix),
                 sequence: body.sequence,
+                change_streak: streak,
             },
             keep: self.settings.keep_runs,
         };
@@ -474,6 +479,7 @@ impl Gateway {
                             st.run_status = status;
                             st.last_run_bundle = Some(prefix);
                             st.last_run_id = run_id;
+                            st.change_streak = streak;
                         }
                     });
                     Ok(pb::ReportRunResponse {

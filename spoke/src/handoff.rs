@@ -76,6 +76,7 @@ impl Admin {
                 run_status: st.run_status.index() as u32,
                 last_run_id: st.last_run_id,
                 last_run_bundle: st.last_run_bundle,
+                change_streak: st.change_streak,
                 runs,
                 revoked: st.revoked,
                 revoked_reason: row.revoked_reason,
@@ -114,6 +115,7 @@ impl Admin {
                 status: e.run_status,
                 bundle_prefix: e.last_run_bundle,
                 sequence,
+                change_streak: e.change_streak,
             });
             rows.push(ImportedEnvoy {
                 envoy: StoredEnvoy {
@@ -155,6 +157,7 @@ impl Admin {
             st.run_status = status;
             st.last_run_id = e.last_run_id;
             st.last_run_bundle = e.last_run_bundle;
+            st.change_streak = e.change_streak;
             st.revoked = revoked;
             records.push((
                 EnvoyRecord::new(id, EnvoyKey::parsed(key), &hostname, e.enrolled_at_ms),

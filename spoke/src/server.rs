@@ -526,6 +526,7 @@ pub fn rehydrate(
             st.run_status = Compliance::from_index(run.status as u8).unwrap_or(Compliance::NoData);
             st.last_run_bundle = run.bundle_prefix;
             st.last_run_id = run.run_id;
+            st.change_streak = run.change_streak;
             st.sequence = st.sequence.max(run.sequence);
         }
         st.offline = now.saturating_sub(st.last_seen_ms) > offline_after.as_millis() as u64;

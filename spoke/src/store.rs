@@ -127,6 +127,9 @@ pub struct StoredLastRun {
     /// The sequence of the report: a restart never accepts it again.
     #[prost(fixed64, tag = "4")]
     pub sequence: u64,
+    /// Consecutive runs, up to this one, that made changes (`compliance::History`).
+    #[prost(uint32, tag = "5")]
+    pub change_streak: u32,
 }
 
 /// One stored run: the report body exactly as the envoy signed it.

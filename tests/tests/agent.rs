@@ -142,7 +142,8 @@ async fn agent_converges_repairs_drift_and_dry_runs() {
         pb::ComplianceStatus::Converged as i32
     );
 
-    // Drift: a dry run sees it and changes nothing; the next real run repairs it.
+    // Drift: a dry run sees it and changes nothing, and says so in its run rather than
+    // in the status; the next real run repairs it.
     std::fs::write(setup.path("srv/app.conf"), "edited by hand\n").unwrap();
     let dry = agent.run_once(true).await.unwrap();
     assert_eq!(dry.tally.would_change, 1, "{dry:?}");
@@ -153,7 +154,7 @@ async fn agent_converges_repairs_drift_and_dry_runs() {
     );
     assert_eq!(
         setup.status(&agent).await.status,
-        pb::ComplianceStatus::Diverged as i32
+        pb::ComplianceStatus::Converged as i32
     );
     let repair = agent.run_once(false).await.unwrap();
     assert_eq!(repair.tally.changed, 1, "{repair:?}");
@@ -163,8 +164,24 @@ async fn agent_converges_repairs_drift_and_dry_runs() {
     );
     assert_eq!(
         setup.status(&agent).await.status,
-        pb::ComplianceStatus::Relapsed as i32,
-        "drift repaired under an unchanged bundle"
+        pb::ComplianceStatus::Converged as i32,
+        "one repair is converging"
+    );
+    // Something keeps undoing the policy: two runs in a row with changes relapsed,
+    // three diverged; a run without changes converged again.
+    for want in [
+        pb::ComplianceStatus::Relapsed,
+        pb::ComplianceStatus::Diverged,
+        pb::ComplianceStatus::Diverged,
+    ] {
+        std::fs::write(setup.path("srv/app.conf"), "edited by hand\n").unwrap();
+        assert_eq!(agent.run_once(false).await.unwrap().tally.changed, 1);
+        assert_eq!(setup.status(&agent).await.status, want as i32);
+    }
+    agent.run_once(false).await.unwrap();
+    assert_eq!(
+        setup.status(&agent).await.status,
+        pb::ComplianceStatus::Converged as i32
     );
 }
 

@@ -74,7 +74,7 @@ async fn enroll_check_in_bundle_report_then_no_change() {
         bundle.fingerprint.as_slice()
     );
 
-    // Drift repaired under the same bundle.
+    // A second run in a row with changes under the same bundle.
     let relapse = envoy.report(2, &[pb::Outcome::Changed]).await.unwrap();
     assert_eq!(relapse.status, pb::ComplianceStatus::Relapsed as i32);
     spoke.shutdown().await.unwrap();
