@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 SECS=${1:-10}
 shift || true
-TARGETS=${*:-envelope bundle policy query task}
+TARGETS=${*:-envelope bundle policy query task when}
 TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-$PWD/target}
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \

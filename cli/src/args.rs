@@ -101,8 +101,13 @@ pub enum Command {
     /// Query and act on envoys across every spoke.
     #[command(subcommand)]
     Envoys(EnvoysCmd),
-    /// Compliance of the fleet, per spoke and per hostcrate.
-    Compliance,
+    /// Compliance of the fleet, per spoke and per hostcrate; with --history, the
+    /// fleet's counts per status over time as the hub sampled them.
+    Compliance {
+        /// How far back (`90m`, `24h`, `7d`): one row per sample, oldest first.
+        #[arg(long, value_name = "WINDOW", value_parser = humantime::parse_duration)]
+        history: Option<std::time::Duration>,
+    },
     /// Trait distributions across the fleet.
     #[command(subcommand)]
     Traits(TraitsCmd),

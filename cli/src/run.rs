@@ -55,14 +55,14 @@ pub(crate) fn filter(f: &FilterArgs) -> Option<api::EnvoyFilter> {
     (filter != api::EnvoyFilter::default()).then_some(filter)
 }
 
-fn counts_row(name: &str, c: &api::StatusCounts) -> Vec<String> {
+pub(crate) fn counts_row(name: &str, c: &api::StatusCounts) -> Vec<String> {
     let get = |s: &str| c.by_status.get(s).copied().unwrap_or(0).to_string();
     let mut row = vec![name.to_string(), c.total.to_string()];
     row.extend(vigo_common::fleet_query::STATUSES.iter().map(|s| get(s)));
     row
 }
 
-fn counts_headers(first: &'static str) -> Vec<&'static str> {
+pub(crate) fn counts_headers(first: &'static str) -> Vec<&'static str> {
     let mut h = vec![first, "TOTAL"];
     h.extend([
         "CONVERGED",
@@ -234,7 +234,10 @@ async fn run_once(cli: &Cli, request_id: &str) -> Result<u8, CliError> {
             }))
         }
         Command::Envoys(cmd) => envoys(cli, &mut c, cmd).await,
-        Command::Compliance => {
+        Command::Compliance {
+            history: Some(window),
+        } => crate::history::show(cli, &mut c, *window).await,
+        Command::Compliance { history: None } => {
             let r = c
                 .compliance(request(cli, api::ComplianceRequest {}))
                 .await?

@@ -133,8 +133,9 @@ fuzz_target!(|data: &[u8]| {
         // A run report, as compliance reads it.
         2 => {
             if let Ok(report) = pb::RunReportBody::decode(input) {
-                let _ = vigo_spoke::compliance::from_report(&report, Some(1));
-                let _ = vigo_spoke::compliance::from_report(&report, None);
+                use vigo_spoke::compliance::{History, from_report};
+                let _ = from_report(&report, History { bundle: Some(1), streak: u32::MAX });
+                let _ = from_report(&report, History::default());
             }
         }
         // An enrollment request, as a spoke checks it before recording anything.

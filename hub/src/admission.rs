@@ -114,12 +114,11 @@ impl Admit for HubAdmin {
             "ListEnvoys" | "TraitCount" | "Push" => limits(256 * KIB, 30),
             // Moves take as long as the envoys they move.
             "DrainSpoke" | "ReassignEnvoy" | "RemoveSpoke" => limits(64 * KIB, 600),
-            "Status" | "ShowEnvoy" | "EnvoyRuns" | "Compliance" | "ConfigHistory"
-            | "ListSpokes" | "ShowSpoke" | "Members" | "RevokeEnvoy" | "RollbackConfig"
-            | "AddSpoke" | "CreateToken" | "ListTokens" | "RevokeToken" | "AddHub"
-            | "RemoveHub" | "ListRevocations" | "RevokeCertificate" | "ListBundleKeys" => {
-                limits(64 * KIB, 30)
-            }
+            "Status" | "ShowEnvoy" | "EnvoyRuns" | "Compliance" | "ComplianceHistory"
+            | "ConfigHistory" | "ListSpokes" | "ShowSpoke" | "Members" | "RevokeEnvoy"
+            | "RollbackConfig" | "AddSpoke" | "CreateToken" | "ListTokens" | "RevokeToken"
+            | "AddHub" | "RemoveHub" | "ListRevocations" | "RevokeCertificate"
+            | "ListBundleKeys" => limits(64 * KIB, 30),
             // A trace parses and compiles the config it reads.
             "TraceConfig" => limits(64 * KIB, 60),
             // A key change compiles and re-signs the current config version.

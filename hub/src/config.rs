@@ -46,6 +46,8 @@ pub struct HubConfig {
     /// them all.
     #[serde(default = "default_keep_config_versions")]
     pub keep_config_versions: u32,
+    #[serde(default)]
+    pub compliance: ComplianceConfig,
 }
 
 fn default_keep_config_versions() -> u32 {
@@ -86,6 +88,34 @@ pub struct RaftConfig {
     /// from its quorum cannot commit; the caller retries and reaches the new leader).
     #[serde(default = "default_commit_timeout", with = "humantime_serde")]
     pub commit_timeout: Duration,
+}
+
+/// The leader's compliance roll-up over the spokes.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComplianceConfig {
+    /// How often the fleet gauges are refreshed from the spokes' counters.
+    #[serde(default = "default_roll_up_every", with = "humantime_serde")]
+    pub roll_up_every: Duration,
+    /// How often a roll-up is kept in the history (`vigocli compliance --history`).
+    #[serde(default = "default_sample_every", with = "humantime_serde")]
+    pub sample_every: Duration,
+}
+
+fn default_roll_up_every() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_sample_every() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl Default for ComplianceConfig {
+    fn default() -> Self {
+        Self {
+            roll_up_every: default_roll_up_every(),
+            sample_every: default_sample_every(),
+        }
+    }
 }
 
 fn default_commit_timeout() -> Duration {
@@ -179,6 +209,14 @@ impl HubConfig {
         if !(1..=10_000).contains(&c.keep_config_versions) {
             return Err(bad("keep_config_versions", "must be between 1 and 10000"));
         }
+        if c.compliance.roll_up_every < Duration::from_secs(1)
+            || c.compliance.sample_every < c.compliance.roll_up_every
+        {
+            return Err(bad(
+                "compliance",
+                "need roll_up_every of at least 1s and sample_every no shorter than roll_up_every",
+            ));
+        }
         if let Err((key, why)) = c.connections.check() {
             return Err(bad(key, &why));
         }
@@ -220,6 +258,7 @@ mod tests {
         assert_eq!(c.raft.enroll_batch, d.enroll_batch);
         assert_eq!(c.raft.commit_timeout, d.commit_timeout);
         assert_eq!(c.keep_config_versions, default_keep_config_versions());
+        assert_eq!(c.compliance, ComplianceConfig::default());
         let defaults = HubConfig {
             connections: Default::default(),
             ..c.clone()

@@ -99,6 +99,8 @@ pub struct Node {
     pub commit_timeout: Duration,
     /// Config versions the replicated state keeps (`keep_config_versions`).
     pub keep_configs: u32,
+    /// How often a compliance roll-up is kept in the history.
+    pub compliance_sample_every: std::time::Duration,
     /// Certificates this node's servers refuse (kept by the state machine).
     pub revoked: Arc<vigo_common::net::RevokedCerts>,
     /// Spokes and hub nodes heard from lately (not replicated).

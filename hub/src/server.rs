@@ -110,6 +110,7 @@ impl HubNode {
             isolation: isolation.clone(),
             commit_timeout: config.raft.commit_timeout,
             keep_configs: config.keep_config_versions,
+            compliance_sample_every: config.compliance.sample_every,
             revoked: revoked.clone(),
             liveness,
             moving: tokio::sync::Mutex::new(()),
@@ -123,7 +124,7 @@ impl HubNode {
 
         let api = Arc::new(AdminApi::new(node.clone()));
         let background = vec![
-            tokio::spawn(roll_up_compliance(api.clone())),
+            tokio::spawn(roll_up_compliance(api.clone(), config.compliance.clone())),
             tokio::spawn(resume_moves(node.clone())),
             tokio::spawn(crate::dispatch::run(node.clone())),
         ];
@@ -429,12 +430,14 @@ async fn resume_moves(node: Arc<Node>) {
 /// How often the leader looks for moves left open.
 const RESUME_MOVES_EVERY: Duration = Duration::from_secs(5);
 
-/// Refreshes the fleet compliance gauges from the spokes' counters, on the leader.
-async fn roll_up_compliance(api: Arc<AdminApi>) {
+/// Refreshes the fleet compliance gauges from the spokes' counters, on the leader, and
+/// keeps one roll-up every `sample_every` in the replicated history.
+async fn roll_up_compliance(api: Arc<AdminApi>, config: crate::config::ComplianceConfig) {
     let caller = Caller::hub(ApiRole::Viewer);
     // The first roll-up waits a period: at start-up the spokes are still registering.
-    let period = Duration::from_secs(15);
+    let period = config.roll_up_every;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         if !matches!(api.node.leader(), Ok(crate::node::Leader::Here)) {
@@ -444,6 +447,26 @@ async fn roll_up_compliance(api: Arc<AdminApi>) {
         if api.node.read(|s| s.spokes.is_empty()) {
             continue;
         }
-        let _ = api.compliance(&caller, Default::default()).await;
+        let Ok(report) = api.compliance(&caller, Default::default()).await else {
+            continue;
+        };
+        let now = vigo_common::time::now_ms();
+        let due = api.node.read(|s| {
+            s.compliance_history
+                .last_at()
+                .is_none_or(|at| now >= at + config.sample_every.as_millis() as u64)
+        });
+        if due {
+            let fleet = report.fleet.unwrap_or_default();
+            let sample = crate::state::ComplianceSample {
+                at_ms: now,
+                by_status: fleet.by_status.into_iter().collect(),
+                total: fleet.total,
+                missing: report.missing.into_iter().map(|m| m.spoke).collect(),
+            };
+            if let Err(e) = api.node.propose_ok(Command::SampleCompliance(sample)).await {
+                tracing::warn!(error = %e, "keeping a compliance sample failed; the next roll-up tries again");
+            }
+        }
     }
 }

@@ -13,12 +13,14 @@ use crate::ring::{Ring, RingCache};
 
 pub mod bundle_keys;
 mod enroll;
+pub mod history;
 mod moves;
 mod rejection;
 pub mod requests;
 mod revocations;
 pub mod tasks;
 pub use bundle_keys::{BundleKey, BundleKeys, ConfigSeal, KeyChange, Resign, Secret};
+pub use history::{ComplianceHistory, ComplianceSample};
 pub use moves::{MovePhase, OpenMove};
 pub use rejection::Rejection;
 pub use requests::{RequestTag, Requests};
@@ -265,6 +267,8 @@ pub enum Command {
     ExpireTasks {
         at_ms: u64,
     },
+    /// One sample of the fleet's compliance for the history (`state::history`).
+    SampleCompliance(ComplianceSample),
 }
 
 impl Command {
@@ -312,6 +316,9 @@ pub struct ClusterState {
     /// Tasks and live queries: the running ones and the latest ended.
     #[serde(default)]
     pub tasks: Tasks,
+    /// Counts per status over time, bounded.
+    #[serde(default)]
+    pub compliance_history: ComplianceHistory,
     /// Derived from `spokes`, rebuilt after they change.
     #[serde(skip)]
     ring: RingCache,
@@ -500,6 +507,10 @@ impl ClusterState {
             Command::CancelTask { id, by, at_ms } => done(self.cancel_task(&id, by, at_ms)),
             Command::ExpireTasks { at_ms } => {
                 self.expire_tasks(at_ms);
+                Applied::Done
+            }
+            Command::SampleCompliance(sample) => {
+                self.compliance_history.record(sample);
                 Applied::Done
             }
             Command::Enroll(entries) => {

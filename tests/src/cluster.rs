@@ -48,6 +48,8 @@ pub struct Cluster {
     pub token: String,
     /// The spokes' `checkin:` section (YAML).
     checkin: String,
+    /// Lines added to every hub's config file.
+    hub_extra: String,
 }
 
 pub type Admin = api::hub_admin_client::HubAdminClient<Channel>;
@@ -70,6 +72,18 @@ impl Cluster {
 
     /// As [`Cluster::start_with`] with the spokes' `checkin:` section given as YAML.
     pub async fn start_tuned(hubs: usize, spokes: &[&str], raft: &str, checkin: &str) -> Cluster {
+        Self::start_custom(hubs, spokes, raft, checkin, "").await
+    }
+
+    /// As [`Cluster::start_tuned`] with `hub_extra` (YAML lines) added to every hub's
+    /// config.
+    pub async fn start_custom(
+        hubs: usize,
+        spokes: &[&str],
+        raft: &str,
+        checkin: &str,
+        hub_extra: &str,
+    ) -> Cluster {
         init();
         let dir = tempfile::tempdir().expect("temp dir");
         let ids: Vec<u64> = (1..=hubs as u64).collect();
@@ -85,6 +99,7 @@ impl Cluster {
             spoke_ids,
             token: vigo_spoke::tokens::new_secret(),
             checkin: checkin.to_string(),
+            hub_extra: hub_extra.to_string(),
             dir,
         };
         for i in 0..hubs {
@@ -177,7 +192,8 @@ impl Cluster {
             "node_id: {id}\nlisten: 127.0.0.1:{port}\nmetrics_listen: null\nadmin_listen: 127.0.0.1:0\ndata_dir: hub-{id}\n\
              tls: {{ca_cert: {p}/ca.pem, ca_key: {p}/ca.key, cert: {p}/hub-{id}.pem, key: {p}/hub-{id}.key}}\n\
              raft: {raft}\n\
-             connections: {{first_request_timeout: 2s}}\n",
+             connections: {{first_request_timeout: 2s}}\n{extra}",
+            extra = self.hub_extra,
             id = i + 1,
             port = self.hub_ports[i],
             p = pki.display(),

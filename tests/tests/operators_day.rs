@@ -63,10 +63,19 @@ struct Day {
     _homes: tempfile::TempDir,
 }
 
+/// Roll-ups every second, each kept in the history.
+const QUICK_HISTORY: &str = "compliance: {roll_up_every: 1s, sample_every: 1s}\n";
+
 impl Day {
     async fn start() -> Day {
-        let cluster =
-            Cluster::start_tuned(3, &["spoke-a"], Cluster::FAST_RAFT, "{interval: 2s}").await;
+        let cluster = Cluster::start_custom(
+            3,
+            &["spoke-a"],
+            Cluster::FAST_RAFT,
+            "{interval: 2s}",
+            QUICK_HISTORY,
+        )
+        .await;
         let (policy, work, homes) = (
             tempfile::tempdir().unwrap(),
             tempfile::tempdir().unwrap(),
@@ -334,4 +343,115 @@ async fn trace_and_runs_answer_the_same_over_rest_grpc_and_the_cli() {
     );
     let (status, _) = get("/api/v1/envoys/00000000000000aa/runs".to_string()).await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compliance_history_is_sampled_bounded_by_window_and_outlives_its_leader() {
+    let mut day = Day::start().await;
+    day.converge_to("hello on 8080\n").await;
+    let history = |hub: usize| {
+        let mut admin = day.cluster.admin(hub);
+        async move {
+            admin
+                .compliance_history(api::ComplianceHistoryRequest {
+                    window_ms: 3_600_000,
+                })
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    // Samples come from the leader's roll-ups; the latest counts the degraded envoy.
+    let timeline = eventually(Duration::from_secs(30), || async {
+        let t = history(0).await.map_err(|e| e.to_string())?;
+        let degraded = |s: &api::ComplianceSample| {
+            s.counts
+                .as_ref()
+                .and_then(|c| c.by_status.get("degraded"))
+                .copied()
+        };
+        match t.samples.last() {
+            Some(s) if t.samples.len() >= 2 && degraded(s) == Some(1) => Ok(t),
+            _ => Err(format!("{} samples so far", t.samples.len())),
+        }
+    })
+    .await;
+    assert_eq!(timeline.sample_every_ms, 1000);
+    assert!(timeline.samples.windows(2).all(|w| w[0].at_ms < w[1].at_ms));
+    let last = timeline.samples.last().unwrap().counts.clone().unwrap();
+    assert_eq!(last.total, 1);
+    assert!(last.by_status.contains_key("converged") && last.by_status.contains_key("offline"));
+
+    // A window that begins after the first sample leaves it out (the hub's clock is
+    // this machine's, read later than here).
+    let first = timeline.samples[0].at_ms;
+    let window_ms = vigo_common::time::now_ms() - first - 1;
+    let recent = day
+        .cluster
+        .admin(1)
+        .compliance_history(api::ComplianceHistoryRequest { window_ms })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(recent.samples.iter().all(|s| s.at_ms > first), "{recent:?}");
+
+    // The history is replicated: with the leader stopped, the others still hold it and
+    // the new leader goes on sampling.
+    let leader = day.cluster.leader().await;
+    let before = timeline.samples.len();
+    day.cluster.stop_hub(leader).await;
+    let other = (leader + 1) % 3;
+    eventually(Duration::from_secs(30), || async {
+        let t = history(other).await.map_err(|e| e.to_string())?;
+        if t.samples.len() > before + 1 {
+            Ok(())
+        } else {
+            Err(format!("{} samples", t.samples.len()))
+        }
+    })
+    .await;
+
+    let args = [
+        "--hub",
+        &day.cluster.hub_address(other),
+        "--ca",
+        &day.cluster.pki("ca.pem").display().to_string(),
+        "--token-file",
+        &day.cluster
+            .dir
+            .path()
+            .join("hub-1")
+            .join("admin.token")
+            .display()
+            .to_string(),
+        "compliance",
+        "--history",
+        "1h",
+    ]
+    .map(str::to_string);
+    let out = Command::new(binary("vigocli"))
+        .args(&args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("one sample every 1s") && text.contains("CONVERGED %"),
+        "{text}"
+    );
+    let rest = day.cluster.rest_address(other);
+    let (ca, token) = (day.cluster.ca_pem(), day.cluster.api_token());
+    for (path, want) in [
+        ("/api/v1/compliance/history?window=1h", 200),
+        ("/api/v1/compliance/history?window=soon", 400),
+        ("/api/v1/compliance/history?window=0s", 400),
+        ("/api/v1/compliance/history?span=1h", 400),
+    ] {
+        let (status, body) =
+            vigo_tests::https::request(rest, &ca, "GET", path, Some(&token), None).await;
+        assert_eq!(status, want, "{path}: {body}");
+    }
 }

@@ -346,10 +346,10 @@ fn name(word: &str) -> Result<Expr, String> {
             None => Err(format!("unknown trait {t:?}")),
         };
     }
-    if let Some(v) = word.strip_prefix("vars.") {
-        if super::load::valid_name(v) {
-            return Ok(Expr::Var(v.to_string()));
-        }
+    if let Some(v) = word.strip_prefix("vars.")
+        && super::load::valid_name(v)
+    {
+        return Ok(Expr::Var(v.to_string()));
     }
     Err(format!(
         "unknown name `{word}` (traits.NAME, vars.NAME, hostname, true, false; text is quoted)"

@@ -16,6 +16,8 @@ use crate::state::ApiRole;
 
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
+/// The history window when a request names none: a day.
+const DEFAULT_HISTORY_MS: u64 = 24 * 3600 * 1000;
 
 /// A cursor names the order it was made for and the last envoy's position in it.
 fn encode_cursor(sort: &Sort, key: &pb::SortKey) -> String {
@@ -251,6 +253,36 @@ impl AdminApi {
             marked,
             woken,
             missing,
+        })
+    }
+
+    pub async fn compliance_history(
+        &self,
+        caller: &Caller,
+        req: api::ComplianceHistoryRequest,
+    ) -> Result<api::ComplianceTimeline, HubError> {
+        caller.require(ApiRole::Viewer, "ComplianceHistory")?;
+        let window = match req.window_ms {
+            0 => DEFAULT_HISTORY_MS,
+            w => w,
+        };
+        let from = vigo_common::time::now_ms().saturating_sub(window);
+        let samples = self.node.read(|s| {
+            s.compliance_history
+                .since(from)
+                .map(|x| api::ComplianceSample {
+                    at_ms: x.at_ms,
+                    counts: Some(api::StatusCounts {
+                        by_status: x.by_status.clone().into_iter().collect(),
+                        total: x.total,
+                    }),
+                    missing_spokes: x.missing.clone(),
+                })
+                .collect()
+        });
+        Ok(api::ComplianceTimeline {
+            samples,
+            sample_every_ms: self.node.compliance_sample_every.as_millis() as u64,
         })
     }
 

@@ -125,6 +125,7 @@ rpcs! {
     envoy_runs(EnvoyRunsRequest) -> EnvoyRunList = envoy_runs;
     trace_config(TraceConfigRequest) -> ConfigTrace = trace_config;
     compliance(ComplianceRequest) -> ComplianceReport = compliance;
+    compliance_history(ComplianceHistoryRequest) -> ComplianceTimeline = compliance_history;
     trait_count(TraitCountRequest) -> TraitCountReport = trait_count;
     config_history(ConfigHistoryRequest) -> ConfigVersions = config_history;
     list_spokes(ListSpokesRequest) -> SpokeList = list_spokes;

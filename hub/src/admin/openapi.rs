@@ -159,6 +159,7 @@ fn shape_parameter(path: &str, p: &mut Value) {
             schema["maxLength"] = json!(253);
         }
         "version" => schema["pattern"] = json!("^[0-9a-f]{1,64}$"),
+        "window" => schema["pattern"] = json!("^[1-9][0-9]{0,5}(s|m|h|d)$"),
         "limit" => {
             // 0 (as absent): the default page.
             schema["minimum"] = json!(0);

@@ -610,6 +610,7 @@ pub fn router(api: Arc<AdminApi>) -> axum::Router {
         .routes(routes!(reassign_envoy))
         .routes(routes!(push))
         .routes(routes!(compliance))
+        .routes(routes!(super::rest_runs::compliance_history))
         .routes(routes!(trait_count))
         .routes(routes!(config_history, publish_config))
         .routes(routes!(rollback_config))

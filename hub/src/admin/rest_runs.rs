@@ -1,7 +1,9 @@
 //! The operator's reads on the REST face: `GET /api/v1/envoys/{id}/runs?limit=` (an
 //! envoy's recent runs with every resource's outcome) and `GET
 //! /api/v1/config/trace?host=&version=` (what a host name resolves to in a published
-//! config, and where each variable came from). Both for viewers.
+//! config, and where each variable came from), and `GET
+//! /api/v1/compliance/history?window=24h` (the fleet's counts per status over time).
+//! All for viewers.
 
 use axum::Extension;
 use axum::extract::{Path, RawQuery, State};
@@ -93,6 +95,45 @@ pub async fn trace_config(
         c,
         trace_request(q.as_deref()),
         |a, c, r| async move { a.trace_config(&c, r).await },
+    )
+    .await
+}
+
+/// Query parameters of the history route (documentation only, as [`RunsQuery`]).
+#[allow(dead_code)]
+#[derive(Debug, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// How far back: `90m`, `24h`, `7d` (default 24h).
+    window: Option<String>,
+}
+
+fn history_request(raw: Option<&str>) -> Result<api::ComplianceHistoryRequest, HubError> {
+    let mut req = api::ComplianceHistoryRequest::default();
+    for (_, value) in query(raw, &["window"])? {
+        let window = humantime::parse_duration(&value)
+            .map_err(|e| HubError::malformed("window", format!("{value:?}: {e}")))?;
+        if window.is_zero() {
+            return Err(HubError::malformed("window", "must be longer than zero"));
+        }
+        req.window_ms = window.as_millis().min(u128::from(u64::MAX)) as u64;
+    }
+    Ok(req)
+}
+
+#[utoipa::path(get, path = "/api/v1/compliance/history", tag = "compliance", params(HistoryQuery),
+    responses((status = 200, body = api::ComplianceTimeline), (status = 400, body = ApiError)))]
+pub async fn compliance_history(
+    State(a): Api,
+    Extension(c): Extension<Caller>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    answer(
+        &a,
+        "GET /compliance/history",
+        c,
+        history_request(q.as_deref()),
+        |a, c, r| async move { a.compliance_history(&c, r).await },
     )
     .await
 }

@@ -1,0 +1,84 @@
+//! The fleet's compliance over time: counts per status as the leader's roll-up found
+//! them, one sample every `compliance.sample_every`, replicated so every hub node
+//! answers the same and a new leader carries on. Bounded: the newest
+//! [`MAX_SAMPLES`] are kept (a week at the default 5 minutes).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+pub const MAX_SAMPLES: usize = 2016;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComplianceSample {
+    pub at_ms: u64,
+    /// Status word -> envoys, every status present.
+    pub by_status: BTreeMap<String, u64>,
+    pub total: u64,
+    /// Spokes that did not answer this roll-up: their envoys are not counted.
+    pub missing: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComplianceHistory {
+    samples: VecDeque<ComplianceSample>,
+}
+
+impl ComplianceHistory {
+    /// Keeps `sample` if it is newer than the newest kept (a retried proposal, or one
+    /// from a deposed leader, changes nothing).
+    pub fn record(&mut self, sample: ComplianceSample) {
+        if self.last_at().is_some_and(|at| sample.at_ms <= at) {
+            return;
+        }
+        self.samples.push_back(sample);
+        while self.samples.len() > MAX_SAMPLES {
+            self.samples.pop_front();
+        }
+    }
+
+    pub fn last_at(&self) -> Option<u64> {
+        self.samples.back().map(|s| s.at_ms)
+    }
+
+    /// The samples taken at `from_ms` or later, oldest first.
+    pub fn since(&self, from_ms: u64) -> impl Iterator<Item = &ComplianceSample> {
+        let start = self.samples.partition_point(|s| s.at_ms < from_ms);
+        self.samples.range(start..)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> ComplianceSample {
+        ComplianceSample {
+            at_ms: ms,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn bounded_ordered_and_deaf_to_replays() {
+        let mut h = ComplianceHistory::default();
+        for ms in 1..=(MAX_SAMPLES as u64 + 10) {
+            h.record(at(ms * 1000));
+        }
+        h.record(at(5_000));
+        assert_eq!(h.samples.len(), MAX_SAMPLES);
+        assert_eq!(h.samples.front().unwrap().at_ms, 11_000);
+        let window: Vec<u64> = h
+            .since((MAX_SAMPLES as u64 + 8) * 1000)
+            .map(|s| s.at_ms)
+            .collect();
+        assert_eq!(
+            window,
+            [
+                (MAX_SAMPLES as u64 + 8) * 1000,
+                (MAX_SAMPLES as u64 + 9) * 1000,
+                (MAX_SAMPLES as u64 + 10) * 1000
+            ]
+        );
+    }
+}
