@@ -46,6 +46,26 @@ fn example_policy_loads_and_compiles() {
         .map(|m| m.name.as_str())
         .collect();
     assert_eq!(names, ["motd", "vigo-layout", "webapp"]);
+    // The nginx server: its configcrate only where the package manager is Debian's, the
+    // role's port over the configcrate's, the hostcrate's revision over both.
+    let www = &compiled.hostcrates[compiled.match_hostname("www-1")];
+    assert_eq!(www.name, "www");
+    let with_conditions: Vec<_> = www
+        .modules
+        .iter()
+        .zip(&www.conditions)
+        .map(|(m, c)| (m.name.as_str(), c.as_str()))
+        .collect();
+    assert_eq!(
+        with_conditions,
+        [
+            ("motd", ""),
+            ("vigo-layout", ""),
+            ("nginx", "traits.os in [\"debian\", \"ubuntu\"]")
+        ]
+    );
+    assert_eq!(www.variables["web_port"], "80");
+    assert_eq!(www.variables["site_revision"], "1");
 }
 
 #[test]

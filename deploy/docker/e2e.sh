@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Failure tests across containers: the docker-compose deployment (3 hubs, 3 spokes, a real
-# agent, a simulator) under the failures a real deployment sees. One line per scenario:
+# agent, a Debian machine the policy makes a web server, a simulator) under the failures
+# a real deployment sees. One line per scenario:
 #
 #   PASS <scenario> (<seconds>s)     or     FAIL <scenario>: <why>
 #
@@ -18,7 +19,7 @@ LOGS=${E2E_LOGS:-/tmp/$P.log}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 for v in HUB1_ADMIN HUB1_METRICS HUB2_ADMIN HUB2_METRICS HUB3_ADMIN HUB3_METRICS \
-    SPOKEA_METRICS SPOKEB_METRICS SPOKEC_METRICS; do
+    SPOKEA_METRICS SPOKEB_METRICS SPOKEC_METRICS WWW1_HTTP; do
     export "VIGO_PORT_$v=$(free_port)"
 done
 
@@ -30,6 +31,7 @@ cleanup() {
 trap cleanup EXIT
 
 deploy/docker/build-image.sh || { echo "FAIL image: the image did not build"; exit 1; }
+deploy/docker/build-agent-image.sh || { echo "FAIL image: the Debian agent image did not build"; exit 1; }
 
 failed=0
 current=
@@ -104,13 +106,47 @@ listed_hostname() { [ "$(cli envoys list --hostname "$1" --json | field "d['matc
 scenario "enroll through the hub and converge"
 why=
 if compose up -d > /dev/null 2>&1 &&
-    wait_for 240 "every envoy to be listed" listed_at_least $((VIGO_SIM_ENVOYS + 1)) &&
+    wait_for 240 "every envoy to be listed" listed_at_least $((VIGO_SIM_ENVOYS + 2)) &&
     wait_for 90 "the agent to converge" agent_converged &&
     wait_for 30 "check-ins to flow" checkins_advance; then
     pass
 else
     fail "${why:-the deployment did not come up}"
 fi
+
+scenario "a web server from the policy: package, rendered config, service, one restart per change"
+www() { docker exec "$(container www-1)" "$@"; }
+www_id() { cli envoys list --hostname www-1 --json | field "d['envoys'][0]['envoy_id']"; }
+page_served() { www curl -sf http://127.0.0.1/ | grep -q "^www-1 runs debian "; }
+revision_served() { curl -sfI "http://127.0.0.1:$VIGO_PORT_WWW1_HTTP/" | grep -qi "^x-vigo-revision: $1"; }
+nginx_invocation() { www systemctl show nginx -p InvocationID --value; }
+# Runs (newest first) since run id $2 whose nginx/service resource says "restarted".
+restarts_since() {
+    cli envoys runs "$1" --limit 100 --json | field \
+        "sum(1 for r in d['runs'] if r['run_id'] > $2 for x in r['resources'] if x['resource_id'] == 'nginx/service' and 'restarted' in x['message'])"
+}
+latest_run() { cli envoys runs "$1" --limit 1 --json | field "d['runs'][0]['run_id']"; }
+runs_after() { [ "$(cli envoys runs "$1" --limit 100 --json | field "sum(1 for r in d['runs'] if r['run_id'] > $2)")" -ge "$3" ]; }
+why=
+if wait_for 300 "www-1 to serve the page rendered from its traits" page_served &&
+    www dpkg-query -W -f '${db:Status-Abbrev}' nginx | grep -q '^ii' &&
+    www systemctl is-enabled nginx | grep -qx enabled &&
+    wait_for 30 "the site's revision header" revision_served 1 &&
+    id=$(www_id) && before=$(nginx_invocation) && mark=$(latest_run "$id") &&
+    rm -rf "/tmp/$P-policy" && cp -r deploy/policy "/tmp/$P-policy" &&
+    sed -i 's/site_revision: "1"/site_revision: "2"/' "/tmp/$P-policy/hostcrates.yaml" &&
+    docker cp "/tmp/$P-policy" "$(container hub-1):/tmp/policy-v2" &&
+    cli_via hub-1 "hub-1:7400,hub-2:7400,hub-3:7400" config publish /tmp/policy-v2 -m "site revision 2" &&
+    wait_for 120 "nginx to serve revision 2" revision_served 2 &&
+    wait_for 60 "two more runs of www-1" runs_after "$id" "$mark" 3 &&
+    restarts=$(restarts_since "$id" "$mark") && after=$(nginx_invocation) &&
+    echo "  nginx restarted $restarts time(s) for one config change (invocation $before -> $after)" &&
+    [ "$restarts" = 1 ] && [ "$before" != "$after" ] && page_served; then
+    pass
+else
+    fail "${why:-nginx on www-1 (restarts: ${restarts:-?})}"
+fi
+rm -rf "/tmp/$P-policy"
 
 scenario "stop the hub leader"
 why=
@@ -245,5 +281,5 @@ else
     fail "${why:-spoke ${cut:-?}}"
 fi
 
-echo "$((7 - failed)) of 7 scenarios passed (logs: $LOGS)"
+echo "$((8 - failed)) of 8 scenarios passed (logs: $LOGS)"
 exit "$failed"
