@@ -147,6 +147,11 @@ else
     fail "${why:-nginx on www-1 (restarts: ${restarts:-?})}"
 fi
 rm -rf "/tmp/$P-policy"
+# Back to the policy the deployment publishes (its publish step runs again on a restart).
+docker cp deploy/policy "$(container hub-1):/tmp/policy-v1" &&
+    cli_via hub-1 "hub-1:7400,hub-2:7400,hub-3:7400" config publish /tmp/policy-v1 -m "example policy again" > /dev/null &&
+    wait_for 120 "nginx to serve revision 1 again" revision_served 1 ||
+    echo "  could not restore the example policy: ${why:-publish failed}"
 
 scenario "stop the hub leader"
 why=

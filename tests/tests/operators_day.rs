@@ -134,8 +134,13 @@ impl Day {
     }
 
     fn vigocli(&self, args: &[&str]) -> (bool, String, String) {
+        self.vigocli_at(0, args)
+    }
+
+    /// `vigocli` against hub `i`: (succeeded, stdout, stderr).
+    fn vigocli_at(&self, i: usize, args: &[&str]) -> (bool, String, String) {
         let out = Command::new(binary("vigocli"))
-            .args(["--hub", &self.cluster.hub_address(0), "--ca"])
+            .args(["--hub", &self.cluster.hub_address(i), "--ca"])
             .arg(self.cluster.pki("ca.pem"))
             .arg("--token-file")
             .arg(self.cluster.dir.path().join("hub-1").join("admin.token"))
@@ -410,34 +415,8 @@ async fn the_compliance_history_is_sampled_bounded_by_window_and_outlives_its_le
     })
     .await;
 
-    let args = [
-        "--hub",
-        &day.cluster.hub_address(other),
-        "--ca",
-        &day.cluster.pki("ca.pem").display().to_string(),
-        "--token-file",
-        &day.cluster
-            .dir
-            .path()
-            .join("hub-1")
-            .join("admin.token")
-            .display()
-            .to_string(),
-        "compliance",
-        "--history",
-        "1h",
-    ]
-    .map(str::to_string);
-    let out = Command::new(binary("vigocli"))
-        .args(&args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, text, err) = day.vigocli_at(other, &["compliance", "--history", "1h"]);
+    assert!(ok, "{err}");
     assert!(
         text.contains("one sample every 1s") && text.contains("CONVERGED %"),
         "{text}"

@@ -501,9 +501,7 @@ impl Parser {
         let Some(u) = self.spec::<RawUser>(path, item, rest) else {
             return Ok(None);
         };
-        let name = u.name.unwrap_or_else(|| id.to_string());
-        checks::account_name(&name)?;
-        let absent = absent(&u.ensure)?;
+        let (name, absent) = named(id, u.name, checks::account_name, &u.ensure)?;
         let described = u.uid.is_some()
             || !u.group.is_empty()
             || u.groups.is_some()
@@ -549,9 +547,7 @@ impl Parser {
         let Some(g) = self.spec::<RawGroup>(path, item, rest) else {
             return Ok(None);
         };
-        let name = g.name.unwrap_or_else(|| id.to_string());
-        checks::account_name(&name)?;
-        let absent = absent(&g.ensure)?;
+        let (name, absent) = named(id, g.name, checks::account_name, &g.ensure)?;
         if absent {
             only_path(g.gid.is_some() || g.system, "group")?;
             if name == "root" {
@@ -571,9 +567,7 @@ impl Parser {
         let Some(c) = self.spec::<RawCron>(path, item, rest) else {
             return Ok(None);
         };
-        let name = c.name.unwrap_or_else(|| id.to_string());
-        checks::cron_name(&name)?;
-        let absent = absent(&c.ensure)?;
+        let (name, absent) = named(id, c.name, checks::cron_name, &c.ensure)?;
         if absent {
             only_path(
                 !c.schedule.is_empty() || !c.command.is_empty() || !c.environment.is_empty(),
@@ -626,6 +620,19 @@ fn absolute(p: &str) -> Result<(), String> {
     } else {
         Err(format!("path {p:?} must be absolute"))
     }
+}
+
+/// The name a resource manages (its id unless it gives one), checked, and whether it is
+/// to be removed.
+fn named(
+    id: &str,
+    name: Option<String>,
+    check: fn(&str) -> Result<(), String>,
+    ensure: &Option<String>,
+) -> Result<(String, bool), String> {
+    let name = name.unwrap_or_else(|| id.to_string());
+    check(&name)?;
+    Ok((name, absent(ensure)?))
 }
 
 /// An absent resource names what to remove and nothing else.

@@ -431,29 +431,14 @@ impl AdminApi {
         })?;
         let entry = self.node.read(|s| {
             let wanted = if req.version.is_empty() {
+                if s.current_config.is_empty() {
+                    return Err(HubError::NotFound("no config has been published".into()));
+                }
                 s.current_config.as_str()
             } else {
                 req.version.as_str()
             };
-            let found: Vec<_> = s
-                .configs
-                .iter()
-                .filter(|c| !wanted.is_empty() && c.version.starts_with(wanted))
-                .collect();
-            match found.as_slice() {
-                [one] => Ok((one.version.clone(), one.files.clone())),
-                [] if req.version.is_empty() => {
-                    Err(HubError::NotFound("no config has been published".into()))
-                }
-                [] => Err(HubError::NotFound(format!(
-                    "no config version {:?}",
-                    req.version
-                ))),
-                _ => Err(HubError::malformed(
-                    "version",
-                    format!("{:?} is ambiguous", req.version),
-                )),
-            }
+            find_config(s, wanted).map(|c| (c.version.clone(), c.files.clone()))
         })?;
         let (version, files) = entry;
         let shown = hostname.clone();
@@ -487,25 +472,9 @@ impl AdminApi {
             return Err(HubError::malformed("version", "is empty"));
         }
         // A unique prefix is enough, as with git.
-        let full = self.node.read(|s| {
-            let found: Vec<&str> = s
-                .configs
-                .iter()
-                .map(|c| c.version.as_str())
-                .filter(|v| v.starts_with(req.version.as_str()))
-                .collect();
-            match found.as_slice() {
-                [one] => Ok(one.to_string()),
-                [] => Err(HubError::NotFound(format!(
-                    "no config version {:?}",
-                    req.version
-                ))),
-                _ => Err(HubError::malformed(
-                    "version",
-                    format!("{:?} is ambiguous", req.version),
-                )),
-            }
-        })?;
+        let full = self
+            .node
+            .read(|s| find_config(s, &req.version).map(|c| c.version.clone()))?;
         self.on_leader(
             caller,
             api::RollbackConfigRequest { version: full },
@@ -517,5 +486,26 @@ impl AdminApi {
             |mut c, r| async move { c.rollback_config(r).await },
         )
         .await
+    }
+}
+
+/// The published version that `prefix` names uniquely (as with git, a unique prefix of
+/// the hash is enough).
+fn find_config<'s>(
+    s: &'s crate::state::ClusterState,
+    prefix: &str,
+) -> Result<&'s crate::state::ConfigEntry, HubError> {
+    let found: Vec<&crate::state::ConfigEntry> = s
+        .configs
+        .iter()
+        .filter(|c| c.version.starts_with(prefix))
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one),
+        [] => Err(HubError::NotFound(format!("no config version {prefix:?}"))),
+        _ => Err(HubError::malformed(
+            "version",
+            format!("{prefix:?} is ambiguous"),
+        )),
     }
 }
