@@ -136,7 +136,7 @@ if wait_for 300 "www-1 to serve the page rendered from its traits" page_served &
     rm -rf "/tmp/$P-policy" && cp -r deploy/policy "/tmp/$P-policy" &&
     sed -i 's/site_revision: "1"/site_revision: "2"/' "/tmp/$P-policy/hostcrates.yaml" &&
     docker cp "/tmp/$P-policy" "$(container hub-1):/tmp/policy-v2" &&
-    cli_via hub-1 "hub-1:7400,hub-2:7400,hub-3:7400" config publish /tmp/policy-v2 -m "site revision 2" &&
+    cli_via hub-1 "hub-1:7400,hub-2:7400,hub-3:7400" config publish /tmp/policy-v2 -m "site revision 2" > /dev/null &&
     wait_for 120 "nginx to serve revision 2" revision_served 2 &&
     wait_for 60 "two more runs of www-1" runs_after "$id" "$mark" 3 &&
     restarts=$(restarts_since "$id" "$mark") && after=$(nginx_invocation) &&

@@ -81,4 +81,29 @@ mod tests {
             ]
         );
     }
+
+    /// A full history, as the raft snapshot holds it (postcard), stays small: every
+    /// status counted in the millions and two spokes missing in every sample.
+    #[test]
+    fn a_full_history_is_small_in_the_snapshot() {
+        let mut h = ComplianceHistory::default();
+        for i in 0..MAX_SAMPLES as u64 + 100 {
+            let by_status = vigo_common::fleet_query::STATUSES
+                .iter()
+                .map(|s| (s.to_string(), 1_000_000 + i))
+                .collect();
+            h.record(ComplianceSample {
+                at_ms: 1_800_000_000_000 + i * 300_000,
+                by_status,
+                total: 8_000_000,
+                missing: vec!["spoke-a".into(), "spoke-b".into()],
+            });
+        }
+        let bytes = postcard::to_allocvec(&h).unwrap().len();
+        println!(
+            "full compliance history: {} samples, {bytes} bytes",
+            h.samples.len()
+        );
+        assert!(bytes < 512 << 10, "{bytes} bytes");
+    }
 }
