@@ -9,6 +9,7 @@ mod args;
 mod bundle_key;
 mod cert;
 mod connect;
+mod envoys;
 mod history;
 mod render;
 mod run;

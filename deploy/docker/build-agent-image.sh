@@ -80,4 +80,4 @@ ln -sf /etc/systemd/system/vigo-envoy.service "$ROOTFS/etc/systemd/system/multi-
 
 tar -C "$ROOTFS" -c . |
     docker import --change 'CMD ["/sbin/init"]' --change 'ENV container=docker' - "$IMAGE" > /dev/null
-echo "built $IMAGE (Debian $SUITE, systemd, $PROFILE vigo-envoy; ${OFFLINE_PACKAGES[*]} in apt's cache)"
+echo "built $IMAGE (Debian $SUITE, systemd, $PROFILE vigo-envoy; ${OFFLINE_PACKAGES[*]} in apt's cache) in ${SECONDS}s"

@@ -18,6 +18,7 @@ pub mod checks;
 mod compile;
 mod load;
 mod resources;
+mod system;
 pub mod trace;
 pub mod when;
 
