@@ -30,7 +30,8 @@ trap 'rm -rf "$ROOTFS"' EXIT
 if [ ! -s "$CACHE" ]; then
     if ! command -v debootstrap > /dev/null; then
         echo "== installing debootstrap (Debian package)"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap > /dev/null
+        install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap > /dev/null; }
+        install || { apt-get update -qq && install; }
     fi
     echo "== debootstrap $SUITE (systemd, curl) from $MIRROR"
     debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,curl,procps,ca-certificates \
