@@ -97,7 +97,7 @@ fn check_config_validates_config_and_policy() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("2 hostcrate(s)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 hostcrate(s)"));
 }
 
 #[test]

@@ -300,17 +300,9 @@ async fn config_reaches_every_spoke_and_a_returning_spoke_catches_up() {
     let policy = tempfile::tempdir().unwrap();
     let copy = |greeting: &str| {
         let src = vigo_tests::repo_root().join("deploy/policy");
-        for entry in [
-            "hostcrates.yaml",
-            "roles/base.yaml",
-            "roles/webserver.yaml",
-            "configcrates/motd.yaml",
-            "configcrates/vigo-layout.yaml",
-            "configcrates/webapp.yaml",
-        ] {
+        for (entry, text) in vigo_common::policy::read_files(&src).unwrap() {
             let to = policy.path().join(entry);
             std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-            let text = std::fs::read_to_string(src.join(entry)).unwrap();
             std::fs::write(to, text.replace("Managed by Vigo", greeting)).unwrap();
         }
     };
