@@ -30,8 +30,10 @@ trap 'rm -rf "$ROOTFS"' EXIT
 if [ ! -s "$CACHE" ]; then
     if ! command -v debootstrap > /dev/null; then
         echo "== installing debootstrap (Debian package)"
-        install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap > /dev/null; }
-        install || { apt-get update -qq && install; }
+        get_debootstrap() {
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap > /dev/null
+        }
+        get_debootstrap || { apt-get update -qq && get_debootstrap; }
     fi
     echo "== debootstrap $SUITE (systemd, curl) from $MIRROR"
     debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,curl,procps,ca-certificates \
@@ -58,6 +60,7 @@ else
 fi
 
 install -m 0755 "$ENVOY" "$ROOTFS/usr/local/bin/vigo-envoy"
+[ -x "$ROOTFS/usr/local/bin/vigo-envoy" ] || { echo "vigo-envoy did not land in the image" >&2; exit 1; }
 cat > "$ROOTFS/etc/systemd/system/vigo-envoy.service" <<'EOF'
 # The agent: enrolls once through the hub (the container's hostname is its name), then
 # converges this machine every check-in interval.
