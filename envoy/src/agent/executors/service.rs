@@ -35,7 +35,9 @@ pub fn apply_service(spec: &pb::ServiceSpec, refresh: Option<&str>, dry_run: boo
         }
         _ => Ok(Applied::InPolicy),
     };
-    let enabled = query(&["systemctl", "is-enabled", "--", unit])?;
+    // A unit not installed yet (a dry run ahead of its package) answers on stderr only.
+    let enabled = query(&["systemctl", "is-enabled", "--", unit])
+        .unwrap_or_else(|_| "not installed".to_string());
     let boot = match (spec.boot(), enabled.as_str()) {
         (pb::BootState::Enabled, now) if now != "enabled" => {
             act(dry_run, format!("enabled (was {now})"), || {
