@@ -3,18 +3,24 @@
 # the workspace's tests. What it installs:
 #   - promtool (Debian package `prometheus`): lints every metrics scrape and the alert
 #     rules under deploy/monitoring/;
+#   - headless Chromium and its WebDriver (Debian packages chromium, chromium-driver):
+#     the web console's tests drive a real browser (tests/tests/console.rs);
 #   - Python grpcio and schemathesis from PyPI, in venvs under target/
 #     (tests/interop/setup.sh): a client on gRPC's C core against our TLS, and the
 #     schema-driven fuzzer of the admin API.
 # Extra arguments go to `cargo test` (e.g. `tests/run.sh -p vigo-tests --test interop`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v promtool > /dev/null; then
-    echo "== installing promtool (Debian package prometheus)"
+missing=()
+command -v promtool > /dev/null || missing+=(prometheus)
+command -v chromium > /dev/null || missing+=(chromium)
+command -v chromedriver > /dev/null || missing+=(chromium-driver)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "== installing Debian packages: ${missing[*]}"
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus > /dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
 fi
 echo "== python tools for the interop tests (grpcio, schemathesis)"
 bash tests/interop/setup.sh grpc > /dev/null

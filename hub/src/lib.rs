@@ -12,6 +12,7 @@ pub mod admission;
 pub mod batch;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod dispatch;
 pub mod enroll;
 pub mod error;

@@ -362,7 +362,7 @@ async fn serve_rest(
     };
     let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let app = crate::admin::rest::router(api);
+    let app = crate::admin::rest::router(api.clone()).merge(crate::console::router(api));
     let serving = vigo_common::net::serve_http1(
         listener,
         Some(Arc::new(tls)),
@@ -373,7 +373,7 @@ async fn serve_rest(
     )
     .map_err(bind_err)?;
     let local = serving.local;
-    info!(%local, "admin API at https://{local}/api/v1/ (document: /api/v1/openapi.json)");
+    info!(%local, "admin API at https://{local}/api/v1/ (document: /api/v1/openapi.json), web console at https://{local}/console/");
     Ok(serving)
 }
 

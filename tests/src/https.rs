@@ -32,11 +32,26 @@ pub async fn request(
     token: Option<&str>,
     body: Option<&str>,
 ) -> (u16, serde_json::Value) {
+    let auth = token.map(|t| ("authorization", format!("Bearer {t}")));
+    let headers: Vec<(&str, String)> = auth.into_iter().collect();
+    request_with(addr, ca_pem, method, path, &headers, "application/json", body).await
+}
+
+/// As [`request`] with any headers and content type (a console form with its cookie).
+pub async fn request_with(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    content_type: &str,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
     let mut tls = connect(addr, ca_pem).await;
     let body = body.unwrap_or("");
-    let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\n{extra}content-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     );
     tls.write_all(head.as_bytes()).await.expect("write");

@@ -22,6 +22,7 @@ use vigo_spoke::{Spoke, SpokeConfig};
 pub mod cluster;
 pub mod https;
 pub mod raw;
+pub mod webdriver;
 
 pub use vigo_proto::v1;
 

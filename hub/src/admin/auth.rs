@@ -69,6 +69,19 @@ impl Caller {
         }
     }
 
+    /// The holder of an API token (`hash`: the SHA-256 of its secret), as the web
+    /// console knows it from a session.
+    pub fn token_holder(token: &crate::state::ApiToken, hash: [u8; 32]) -> Self {
+        Caller {
+            name: token.name.clone(),
+            role: token.role,
+            credential: Credential::Token(hash),
+            request_id: fresh_request_id(),
+            deadline: None,
+            request_digest: [0; 32],
+        }
+    }
+
     /// The tag its writes are committed under (each made once per request id).
     pub fn tag(&self) -> crate::state::RequestTag {
         crate::state::RequestTag {
