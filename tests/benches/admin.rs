@@ -2,6 +2,7 @@
 //! admin read on the leader and on a follower (each checks the caller's credential
 //! against the leader's read index first), `envoys list` with a
 //! trait filter over 30,000 envoys on 3 spokes (p50/p99), compliance roll-up latency,
+//! the web console's envoys page over the same fleet (as a browser asks for it),
 //! and the time to drain a spoke of its ~10,000 envoys. 3 hubs and 3 spokes in this process;
 //! envoys enroll through the hubs and check in once over their own TLS connection,
 //! which is closed afterwards.
@@ -48,6 +49,59 @@ async fn admin_read_cost(cluster: &Cluster) {
         let (p50, p99, max) = percentiles(samples);
         println!(
             "admin read (ListSpokes) on the {who}, credential checked at the leader's read index: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms"
+        );
+    }
+}
+
+/// The web console's envoys page over the same 30,000 envoys, as a browser asks for it
+/// (a session cookie, HTML back), one connection per request: the time includes a TLS
+/// handshake, shown alone by the stylesheet's request.
+async fn console_envoys_pages(cluster: &Cluster) {
+    let viewer = cluster
+        .admin(0)
+        .create_token(api::CreateTokenRequest {
+            name: "bench-viewer".into(),
+            role: "viewer".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let ca = cluster.ca_pem();
+    let addr = cluster.rest_address(1);
+    let cookie = vigo_tests::https::console_session(addr, &ca, &viewer).await;
+    for (what, path) in [
+        (
+            "stylesheet (TLS handshake + a static answer)",
+            "/console/assets/console.css",
+        ),
+        (
+            "envoys page, first 50 by hostname",
+            "/console/envoys?sort=hostname",
+        ),
+        (
+            "envoys page, trait mem_mb>4096, 50 a page",
+            "/console/envoys?trait=mem_mb%3E4096",
+        ),
+        (
+            "envoys page, status=converged, sorted by last seen",
+            "/console/envoys?status=converged&sort=-last_seen",
+        ),
+    ] {
+        let mut samples = Vec::new();
+        for _ in 0..100 {
+            let started = Instant::now();
+            let headers = [("cookie", cookie.clone())];
+            let (status, _, body) =
+                vigo_tests::https::exchange(addr, &ca, "GET", path, &headers, "text/html", None)
+                    .await;
+            samples.push(started.elapsed());
+            assert_eq!(status, 200, "{path}: {body}");
+        }
+        let (p50, p99, max) = percentiles(samples);
+        println!(
+            "console {what}: p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms (100 requests)"
         );
     }
 }
@@ -104,6 +158,8 @@ async fn main() {
     println!(
         "compliance roll-up over 3 spokes / 30,000 envoys: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms (200 calls)"
     );
+
+    console_envoys_pages(&cluster).await;
 
     // Drain: spoke-a holds its third of the fleet (~10,000 envoys); they move to the
     // other two along the ring.

@@ -34,7 +34,16 @@ pub async fn request(
 ) -> (u16, serde_json::Value) {
     let auth = token.map(|t| ("authorization", format!("Bearer {t}")));
     let headers: Vec<(&str, String)> = auth.into_iter().collect();
-    request_with(addr, ca_pem, method, path, &headers, "application/json", body).await
+    request_with(
+        addr,
+        ca_pem,
+        method,
+        path,
+        &headers,
+        "application/json",
+        body,
+    )
+    .await
 }
 
 /// As [`request`] with any headers and content type (a console form with its cookie).
@@ -47,9 +56,32 @@ pub async fn request_with(
     content_type: &str,
     body: Option<&str>,
 ) -> (u16, serde_json::Value) {
+    let (status, _, payload) =
+        exchange(addr, ca_pem, method, path, headers, content_type, body).await;
+    let json = if payload.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload))
+    };
+    (status, json)
+}
+
+/// One request on its own connection: the status, the answer's head and its body.
+pub async fn exchange(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    content_type: &str,
+    body: Option<&str>,
+) -> (u16, String, String) {
     let mut tls = connect(addr, ca_pem).await;
     let body = body.unwrap_or("");
-    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nhost: {addr}\r\n{extra}content-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
@@ -67,12 +99,46 @@ pub async fn request_with(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .expect("status code");
-    let json = if payload.is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::from_str(payload).unwrap_or(serde_json::Value::String(payload.to_string()))
-    };
-    (status, json)
+    (status, head.to_string(), payload.to_string())
+}
+
+/// Logs in to the web console on `addr` with an API token as a browser does (the log-in
+/// form's double-submit nonce, then the form): the session cookie's `name=value`.
+pub async fn console_session(addr: std::net::SocketAddr, ca_pem: &str, token: &str) -> String {
+    let (_, _, page) = exchange(
+        addr,
+        ca_pem,
+        "GET",
+        "/console/login",
+        &[],
+        "text/html",
+        None,
+    )
+    .await;
+    let nonce = page
+        .split("name=\"login_csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the log-in form's nonce");
+    let form = format!("login_csrf={nonce}&token={token}");
+    let cookie = vec![("cookie", format!("__Host-vigo-login={nonce}"))];
+    let (status, head, body) = exchange(
+        addr,
+        ca_pem,
+        "POST",
+        "/console/login",
+        &cookie,
+        "application/x-www-form-urlencoded",
+        Some(&form),
+    )
+    .await;
+    assert_eq!(status, 303, "log-in: {body}");
+    head.lines()
+        .filter_map(|l| l.strip_prefix("set-cookie: "))
+        .find(|c| c.starts_with("__Host-vigo-session="))
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_string()
 }
 
 /// Opens a TLS connection to `addr` and sends `bytes` as they are (a request head

@@ -61,7 +61,10 @@ impl Browser {
             session: String::new(),
             _profile: profile,
         };
-        crate::eventually(Duration::from_secs(30), || browser.call("GET", "/status", None)).await;
+        crate::eventually(Duration::from_secs(30), || {
+            browser.call("GET", "/status", None)
+        })
+        .await;
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "acceptInsecureCerts": true,
@@ -77,7 +80,10 @@ impl Browser {
             .call("POST", "/session", Some(caps))
             .await
             .expect("a browser session");
-        browser.session = answer["sessionId"].as_str().expect("session id").to_string();
+        browser.session = answer["sessionId"]
+            .as_str()
+            .expect("session id")
+            .to_string();
         browser
     }
 
@@ -92,8 +98,12 @@ impl Browser {
             self.port,
             body.len()
         );
-        tcp.write_all(head.as_bytes()).await.map_err(|e| e.to_string())?;
-        tcp.write_all(body.as_bytes()).await.map_err(|e| e.to_string())?;
+        tcp.write_all(head.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        tcp.write_all(body.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         let (head, payload) = read_answer(&mut tcp).await?;
         let ok = head.split_whitespace().nth(1) == Some("200");
         let json: Value = serde_json::from_str(&payload).map_err(|e| format!("{e}: {payload}"))?;
@@ -113,25 +123,43 @@ impl Browser {
     }
 
     pub async fn goto(&self, url: &str) {
-        self.command("POST", "/url", Some(json!({ "url": url }))).await;
+        self.command("POST", "/url", Some(json!({ "url": url })))
+            .await;
     }
 
     pub async fn url(&self) -> String {
-        self.command("GET", "/url", None).await.as_str().unwrap_or_default().to_string()
+        self.command("GET", "/url", None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     pub async fn title(&self) -> String {
-        self.command("GET", "/title", None).await.as_str().unwrap_or_default().to_string()
+        self.command("GET", "/title", None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     /// The elements matching `css` on the page now (none: empty).
     pub async fn find_all(&self, css: &str) -> Vec<Element> {
         let found = self
-            .command("POST", "/elements", Some(json!({"using": "css selector", "value": css})))
+            .command(
+                "POST",
+                "/elements",
+                Some(json!({"using": "css selector", "value": css})),
+            )
             .await;
         found
             .as_array()
-            .map(|a| a.iter().filter_map(|e| e[ELEMENT].as_str()).map(|s| Element(s.into())).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e[ELEMENT].as_str())
+                    .map(|s| Element(s.into()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -159,29 +187,40 @@ impl Browser {
     }
 
     pub async fn text(&self, e: &Element) -> String {
-        let v = self.command("GET", &format!("/element/{}/text", e.0), None).await;
+        let v = self
+            .command("GET", &format!("/element/{}/text", e.0), None)
+            .await;
         v.as_str().unwrap_or_default().to_string()
     }
 
     pub async fn attribute(&self, e: &Element, name: &str) -> Option<String> {
-        let v = self.command("GET", &format!("/element/{}/attribute/{name}", e.0), None).await;
+        let v = self
+            .command("GET", &format!("/element/{}/attribute/{name}", e.0), None)
+            .await;
         v.as_str().map(str::to_string)
     }
 
     /// A DOM property of the element (`textContent` reads text that is not rendered,
     /// such as an SVG title).
     pub async fn property(&self, e: &Element, name: &str) -> serde_json::Value {
-        self.command("GET", &format!("/element/{}/property/{name}", e.0), None).await
+        self.command("GET", &format!("/element/{}/property/{name}", e.0), None)
+            .await
     }
 
     pub async fn click(&self, e: &Element) {
-        self.command("POST", &format!("/element/{}/click", e.0), Some(json!({}))).await;
+        self.command("POST", &format!("/element/{}/click", e.0), Some(json!({})))
+            .await;
     }
 
     pub async fn type_into(&self, e: &Element, text: &str) {
-        self.command("POST", &format!("/element/{}/clear", e.0), Some(json!({}))).await;
-        self.command("POST", &format!("/element/{}/value", e.0), Some(json!({ "text": text })))
+        self.command("POST", &format!("/element/{}/clear", e.0), Some(json!({})))
             .await;
+        self.command(
+            "POST",
+            &format!("/element/{}/value", e.0),
+            Some(json!({ "text": text })),
+        )
+        .await;
     }
 
     /// Presses keys on the page (`\u{E004}` is Tab, `\u{E007}` Enter).
@@ -190,7 +229,10 @@ impl Browser {
             .chars()
             .flat_map(|c| {
                 let k = c.to_string();
-                [json!({"type": "keyDown", "value": k}), json!({"type": "keyUp", "value": k})]
+                [
+                    json!({"type": "keyDown", "value": k}),
+                    json!({"type": "keyUp", "value": k}),
+                ]
             })
             .collect();
         let body = json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]});
@@ -205,8 +247,12 @@ impl Browser {
 
     /// Runs `script` (a function body) in the page and answers what it returns.
     pub async fn execute(&self, script: &str) -> Value {
-        self.command("POST", "/execute/sync", Some(json!({"script": script, "args": []})))
-            .await
+        self.command(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
     }
 
     /// The browser's cookies for the current page, as WebDriver describes them.
@@ -219,8 +265,12 @@ impl Browser {
     }
 
     pub async fn resize(&self, width: u32, height: u32) {
-        self.command("POST", "/window/rect", Some(json!({"width": width, "height": height})))
-            .await;
+        self.command(
+            "POST",
+            "/window/rect",
+            Some(json!({"width": width, "height": height})),
+        )
+        .await;
     }
 
     /// A PNG of the viewport, written to `path`.
@@ -264,7 +314,11 @@ impl Drop for Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
         let _ = Command::new("pkill")
-            .args(["-f", "--", &format!("--user-data-dir={}", self._profile.path().display())])
+            .args([
+                "-f",
+                "--",
+                &format!("--user-data-dir={}", self._profile.path().display()),
+            ])
             .status();
     }
 }

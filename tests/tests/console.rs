@@ -85,12 +85,22 @@ impl Console {
         );
         let policy = tempfile::tempdir().unwrap();
         write_policy(policy.path(), "hello");
-        cluster.publish(0, policy.path(), "first site").await.unwrap();
+        cluster
+            .publish(0, policy.path(), "first site")
+            .await
+            .unwrap();
         let mut envoys = cluster.enroll_fleet("web", FLEET).await;
         for (i, envoy) in envoys.iter_mut().enumerate() {
-            let outcome = if i % 10 == 0 { pb::Outcome::Failed } else { pb::Outcome::Ok };
+            let outcome = if i % 10 == 0 {
+                pb::Outcome::Failed
+            } else {
+                pb::Outcome::Ok
+            };
             envoy.check_in().await.expect("check-in for the bundle");
-            envoy.report(1, &[pb::Outcome::Ok, outcome]).await.expect("report");
+            envoy
+                .report(1, &[pb::Outcome::Ok, outcome])
+                .await
+                .expect("report");
         }
         drop(envoys);
         let admin = cluster.admin(0);
@@ -135,7 +145,10 @@ impl Console {
 
     async fn log_in(&self, browser: &Browser, token: &str) {
         browser.goto(&self.url("/console/")).await;
-        assert!(browser.url().await.ends_with("/console/login"), "the overview asks for a log-in first");
+        assert!(
+            browser.url().await.ends_with("/console/login"),
+            "the overview asks for a log-in first"
+        );
         let field = browser.find("#token").await;
         browser.type_into(&field, token).await;
         let submit = browser.find("form button[type=submit]").await;
@@ -153,9 +166,16 @@ async fn the_console_in_a_real_browser() {
     browser.goto(&c.url("/console/login")).await;
     let field = browser.find("#token").await;
     browser.type_into(&field, "vgt_0000").await;
-    browser.click(&browser.find("form button[type=submit]").await).await;
+    browser
+        .click(&browser.find("form button[type=submit]").await)
+        .await;
     let error = browser.wait_for("p.error", WAIT).await;
-    assert!(browser.text(&error).await.contains("unknown, revoked or expired"));
+    assert!(
+        browser
+            .text(&error)
+            .await
+            .contains("unknown, revoked or expired")
+    );
     shoot(&browser, "login").await;
 
     c.log_in(&browser, &c.viewer).await;
@@ -166,7 +186,9 @@ async fn the_console_in_a_real_browser() {
     viewer_cannot_act(&c, &browser, &session).await;
     usable_on_a_phone(&c, &browser).await;
 
-    browser.click(&browser.find("header form button").await).await;
+    browser
+        .click(&browser.find("header form button").await)
+        .await;
     browser.wait_for("#token", WAIT).await;
     c.log_in(&browser, &c.operator).await;
     operator_pushes_an_envoy(&c, &browser).await;
@@ -185,7 +207,10 @@ async fn session_cookie(browser: &Browser) -> String {
     assert_eq!(session["sameSite"], "Strict", "{session}");
     let expiry = session["expiry"].as_u64().expect("the session expires");
     let now = vigo_common::time::now_ms() / 1000;
-    assert!(expiry > now && expiry <= now + 8 * 3600 + 5, "{expiry} vs {now}");
+    assert!(
+        expiry > now && expiry <= now + 8 * 3600 + 5,
+        "{expiry} vs {now}"
+    );
     session["value"].as_str().unwrap().to_string()
 }
 
@@ -196,39 +221,70 @@ async fn viewer_sees_the_api_totals(c: &Console, browser: &Browser) {
     let shown = browser.text(&browser.find("#fleet-total").await).await;
     assert_eq!(shown, total.to_string());
     let title = browser.find("svg.chart title").await;
-    let bars = browser.property(&title, "textContent").await.as_str().unwrap().to_string();
+    let bars = browser
+        .property(&title, "textContent")
+        .await
+        .as_str()
+        .unwrap()
+        .to_string();
     for status in ["converged", "degraded"] {
         let n = report["fleet"]["by_status"][status].as_u64().unwrap_or(0);
-        assert!(bars.contains(&format!("{status} {n};")), "{bars} / {report}");
+        assert!(
+            bars.contains(&format!("{status} {n};")),
+            "{bars} / {report}"
+        );
     }
     assert!(bars.contains("degraded 12;"), "{bars}");
-    let rows = browser.find_all("section[aria-labelledby=spokes-h] tbody tr").await;
+    let rows = browser
+        .find_all("section[aria-labelledby=spokes-h] tbody tr")
+        .await;
     assert_eq!(rows.len(), 3);
-    let members = browser.find_all("section[aria-labelledby=hubs-h] tbody tr").await;
+    let members = browser
+        .find_all("section[aria-labelledby=hubs-h] tbody tr")
+        .await;
     assert_eq!(members.len(), 3);
-    let hubs = browser.text(&browser.find("section[aria-labelledby=hubs-h]").await).await;
+    let hubs = browser
+        .text(&browser.find("section[aria-labelledby=hubs-h]").await)
+        .await;
     assert_eq!(hubs.matches("★ leader").count(), 1, "{hubs}");
-    let recent = browser.text(&browser.find("section[aria-labelledby=configs-h]").await).await;
+    let recent = browser
+        .text(&browser.find("section[aria-labelledby=configs-h]").await)
+        .await;
     assert!(recent.contains("first site"), "{recent}");
-    assert!(browser.find_all(".banner").await.is_empty(), "every spoke answered");
+    assert!(
+        browser.find_all(".banner").await.is_empty(),
+        "every spoke answered"
+    );
     // The convergence line appears once the hub holds two samples (one a second).
     browser.goto(&c.url("/console/")).await;
     browser.wait_for("polyline.converged", WAIT).await;
     shoot(browser, "overview").await;
     // No link to the tokens page for a viewer.
-    assert!(browser.find_all("a[href='/console/tokens']").await.is_empty());
+    assert!(
+        browser
+            .find_all("a[href='/console/tokens']")
+            .await
+            .is_empty()
+    );
 }
 
 async fn viewer_pages_through_a_trait_filter(c: &Console, browser: &Browser) {
     browser.goto(&c.url("/console/envoys")).await;
     let inputs = browser.find_all("input[name=trait]").await;
-    browser.type_into(inputs.last().unwrap(), "mem_mb>4096").await;
+    browser
+        .type_into(inputs.last().unwrap(), "mem_mb>4096")
+        .await;
     let per_page = browser.find("select[name=limit] option[value='20']").await;
     browser.click(&per_page).await;
-    browser.click(&browser.find("form.filters button[type=submit]").await).await;
+    browser
+        .click(&browser.find("form.filters button[type=submit]").await)
+        .await;
     browser.wait_for("#matched", WAIT).await;
     let url = browser.url().await;
-    assert!(url.contains("trait=mem_mb%3E4096") && url.contains("limit=20"), "the form lives in the URL: {url}");
+    assert!(
+        url.contains("trait=mem_mb%3E4096") && url.contains("limit=20"),
+        "the form lives in the URL: {url}"
+    );
     // mem_mb = 1024 × (i % 8 + 1): above 4096 for i % 8 in 4..8.
     let expected: BTreeSet<String> = (0..FLEET)
         .filter(|i| i % 8 >= 4)
@@ -237,7 +293,9 @@ async fn viewer_pages_through_a_trait_filter(c: &Console, browser: &Browser) {
     let matched = browser.text(&browser.find("#matched").await).await;
     assert_eq!(matched, format!("{} envoys match", expected.len()));
     // Sorted by hostname through its column heading, then paged through.
-    browser.click(&browser.find("th a[href*='sort=hostname']").await).await;
+    browser
+        .click(&browser.find("th a[href*='sort=hostname']").await)
+        .await;
     browser.wait_for("th[aria-sort=ascending]", WAIT).await;
     let mut seen = Vec::new();
     let mut pages = 0;
@@ -249,7 +307,9 @@ async fn viewer_pages_through_a_trait_filter(c: &Console, browser: &Browser) {
         if pages == 1 {
             shoot(browser, "envoys").await;
         }
-        let Some(next) = browser.find_all("#next").await.into_iter().next() else { break };
+        let Some(next) = browser.find_all("#next").await.into_iter().next() else {
+            break;
+        };
         browser.click(&next).await;
         browser.wait_for("#matched", WAIT).await;
         assert!(pages < 10, "paging does not end");
@@ -263,10 +323,14 @@ async fn viewer_pages_through_a_trait_filter(c: &Console, browser: &Browser) {
     assert_eq!(unique, expected);
     // The same link works when shared: the filter is in the URL alone.
     browser.goto(&url).await;
-    let again = browser.text(&browser.wait_for("#matched", WAIT).await).await;
+    let again = browser
+        .text(&browser.wait_for("#matched", WAIT).await)
+        .await;
     assert_eq!(again, matched);
     // A malformed predicate is named, with the form kept.
-    browser.goto(&c.url("/console/envoys?trait=mem_mb%3E%3Ex")).await;
+    browser
+        .goto(&c.url("/console/envoys?trait=mem_mb%3E%3Ex"))
+        .await;
     let error = browser.text(&browser.wait_for("p.error", WAIT).await).await;
     assert!(error.contains("trait"), "{error}");
     assert!(!browser.find_all("form.filters").await.is_empty());
@@ -278,7 +342,9 @@ async fn viewer_opens_an_envoy(browser: &Browser) {
     let base = browser.url().await;
     let origin = &base[..base.find("/console").unwrap()];
     browser.goto(&format!("{origin}{search}")).await;
-    browser.click(&browser.wait_for("a.envoy", WAIT).await).await;
+    browser
+        .click(&browser.wait_for("a.envoy", WAIT).await)
+        .await;
     browser.wait_for("#runs-h", WAIT).await;
     assert_eq!(browser.title().await, format!("{failing} · Vigo Spanner"));
     let status = browser.text(&browser.find("#envoy-status").await).await;
@@ -286,52 +352,107 @@ async fn viewer_opens_an_envoy(browser: &Browser) {
     let run = browser.text(&browser.find("details.run[open]").await).await;
     assert!(run.contains("1 ok") && run.contains("1 failed"), "{run}");
     let traits = browser.text(&browser.find("dl.traits").await).await;
-    assert!(traits.contains("mem_mb") && traits.contains("3072"), "{traits}");
+    assert!(
+        traits.contains("mem_mb") && traits.contains("3072"),
+        "{traits}"
+    );
     shoot(browser, "envoy").await;
 }
 
 async fn viewer_cannot_act(c: &Console, browser: &Browser, session: &str) {
-    assert!(browser.find_all("form[action^='/console/actions']").await.is_empty(), "no action on an envoy");
+    assert!(
+        browser
+            .find_all("form[action^='/console/actions']")
+            .await
+            .is_empty(),
+        "no action on an envoy"
+    );
     let envoy_page = browser.url().await;
     let envoy_id = envoy_page.rsplit('/').next().unwrap().to_string();
     browser.goto(&c.url("/console/config")).await;
     browser.wait_for("#configs", WAIT).await;
-    assert!(browser.find_all("form[action^='/console/actions']").await.is_empty(), "no roll-back");
+    assert!(
+        browser
+            .find_all("form[action^='/console/actions']")
+            .await
+            .is_empty(),
+        "no roll-back"
+    );
     browser.goto(&c.url("/console/spokes")).await;
     browser.wait_for("#spokes", WAIT).await;
-    assert!(browser.find_all("form[action^='/console/actions']").await.is_empty(), "no spoke action");
+    assert!(
+        browser
+            .find_all("form[action^='/console/actions']")
+            .await
+            .is_empty(),
+        "no spoke action"
+    );
     shoot(browser, "spokes").await;
     browser.goto(&c.url("/console/tokens")).await;
     let refused = browser.text(&browser.wait_for("p.error", WAIT).await).await;
     assert!(refused.contains("needs the admin role"), "{refused}");
-    assert!(browser.find_all("input[name=csrf]").await.is_empty(), "an error page carries no form");
+    assert!(
+        browser.find_all("input[name=csrf]").await.is_empty(),
+        "an error page carries no form"
+    );
     // The CSRF token of this session, from its log-out form.
     browser.goto(&c.url("/console/")).await;
     let csrf = browser
-        .attribute(&browser.wait_for("header input[name=csrf]", WAIT).await, "value")
+        .attribute(
+            &browser.wait_for("header input[name=csrf]", WAIT).await,
+            "value",
+        )
         .await
         .unwrap();
     let before = c.api("/api/v1/config").await["current"].clone();
     let versions = c.api("/api/v1/config").await["versions"].clone();
     let cookie = ("cookie", format!("__Host-vigo-session={session}"));
     let post = |path: &'static str, body: String, with_cookie: bool| {
-        let headers: Vec<(&str, String)> = if with_cookie { vec![cookie.clone()] } else { vec![] };
+        let headers: Vec<(&str, String)> = if with_cookie {
+            vec![cookie.clone()]
+        } else {
+            vec![]
+        };
         let ca = c.cluster.ca_pem();
         let addr = c.cluster.rest_address(2);
         async move {
-            https::request_with(addr, &ca, "POST", path, &headers, "application/x-www-form-urlencoded", Some(&body)).await
+            https::request_with(
+                addr,
+                &ca,
+                "POST",
+                path,
+                &headers,
+                "application/x-www-form-urlencoded",
+                Some(&body),
+            )
+            .await
         }
     };
-    let push = format!("csrf={csrf}&envoy_id={envoy_id}&confirmed=yes&request_id={}", "ab".repeat(16));
+    let push = format!(
+        "csrf={csrf}&envoy_id={envoy_id}&confirmed=yes&request_id={}",
+        "ab".repeat(16)
+    );
     // The viewer's own session and CSRF token: refused for its role, on any hub node.
     let (status, body) = post("/console/actions/push", push.clone(), true).await;
     assert_eq!(status, 403, "{body}");
-    assert!(body.to_string().contains("needs the operator role"), "{body}");
+    assert!(
+        body.to_string().contains("needs the operator role"),
+        "{body}"
+    );
     // A forged form without the CSRF token, or with another one: refused before the role.
-    let (status, body) = post("/console/actions/push", format!("envoy_id={envoy_id}"), true).await;
+    let (status, body) = post(
+        "/console/actions/push",
+        format!("envoy_id={envoy_id}"),
+        true,
+    )
+    .await;
     assert_eq!(status, 403, "{body}");
     assert!(body.to_string().contains("CSRF"), "{body}");
-    let rollback = format!("csrf={}&version={}&confirmed=yes", "0".repeat(64), versions[0]["version"].as_str().unwrap());
+    let rollback = format!(
+        "csrf={}&version={}&confirmed=yes",
+        "0".repeat(64),
+        versions[0]["version"].as_str().unwrap()
+    );
     let (status, _) = post("/console/actions/rollback", rollback, true).await;
     assert_eq!(status, 403);
     // No session at all.
@@ -341,17 +462,37 @@ async fn viewer_cannot_act(c: &Console, browser: &Browser, session: &str) {
     let mut forged = session.to_string();
     forged.replace_range(0..1, if forged.starts_with('0') { "1" } else { "0" });
     let headers = vec![("cookie", format!("__Host-vigo-session={forged}"))];
-    let (status, _) = https::request_with(c.cluster.rest_address(0), &c.cluster.ca_pem(), "POST",
-        "/console/actions/push", &headers, "application/x-www-form-urlencoded", Some(&push)).await;
+    let (status, _) = https::request_with(
+        c.cluster.rest_address(0),
+        &c.cluster.ca_pem(),
+        "POST",
+        "/console/actions/push",
+        &headers,
+        "application/x-www-form-urlencoded",
+        Some(&push),
+    )
+    .await;
     assert_eq!(status, 401);
     // A form over the limit is refused before anything is read into a request.
     let big = format!("csrf={csrf}&envoy_id={}", "a".repeat(20_000));
     let (status, _) = post("/console/actions/push", big, true).await;
     assert_eq!(status, 413);
-    assert_eq!(c.api("/api/v1/config").await["current"], before, "nothing changed");
+    assert_eq!(
+        c.api("/api/v1/config").await["current"],
+        before,
+        "nothing changed"
+    );
     // Every answer forbids inline script and framing.
-    let (_, page) = https::request_with(c.cluster.rest_address(0), &c.cluster.ca_pem(), "GET",
-        "/console/login", &[], "text/html", None).await;
+    let (_, page) = https::request_with(
+        c.cluster.rest_address(0),
+        &c.cluster.ca_pem(),
+        "GET",
+        "/console/login",
+        &[],
+        "text/html",
+        None,
+    )
+    .await;
     assert!(page.to_string().contains("login_csrf"));
 }
 
@@ -363,24 +504,40 @@ async fn usable_on_a_phone(c: &Console, browser: &Browser) {
         if page == "/console/" {
             shoot(browser, "overview-375px").await;
         }
-        let width = browser.execute("return document.documentElement.scrollWidth;").await;
+        let width = browser
+            .execute("return document.documentElement.scrollWidth;")
+            .await;
         let viewport = browser.execute("return window.innerWidth;").await;
-        assert!(width.as_u64() <= viewport.as_u64(), "{page}: the page scrolls sideways at 375 px ({width} > {viewport})");
+        assert!(
+            width.as_u64() <= viewport.as_u64(),
+            "{page}: the page scrolls sideways at 375 px ({width} > {viewport})"
+        );
     }
     // Keyboard: the first Tab reaches the skip link, which leads to the content.
     browser.keys("\u{E004}").await;
     let focused = browser.focused().await;
-    assert_eq!(browser.attribute(&focused, "href").await.as_deref(), Some("#main"));
+    assert_eq!(
+        browser.attribute(&focused, "href").await.as_deref(),
+        Some("#main")
+    );
     browser.resize(1280, 1000).await;
 }
 
 async fn operator_pushes_an_envoy(c: &Console, browser: &Browser) {
-    browser.goto(&c.url("/console/envoys?hostname=web-0003")).await;
-    browser.click(&browser.wait_for("a.envoy", WAIT).await).await;
-    let push = browser.wait_for("form[action='/console/actions/push'] button", WAIT).await;
+    browser
+        .goto(&c.url("/console/envoys?hostname=web-0003"))
+        .await;
+    browser
+        .click(&browser.wait_for("a.envoy", WAIT).await)
+        .await;
+    let push = browser
+        .wait_for("form[action='/console/actions/push'] button", WAIT)
+        .await;
     browser.click(&push).await;
     // A confirmation first: nothing has happened yet.
-    let question = browser.text(&browser.wait_for("p.question", WAIT).await).await;
+    let question = browser
+        .text(&browser.wait_for("p.question", WAIT).await)
+        .await;
     assert!(question.contains("run its policy now"), "{question}");
     shoot(browser, "confirm").await;
     browser.click(&browser.find("#confirm").await).await;
@@ -389,20 +546,39 @@ async fn operator_pushes_an_envoy(c: &Console, browser: &Browser) {
 }
 
 async fn operator_rolls_back_a_config(c: &Console, browser: &Browser) {
-    let first = c.api("/api/v1/config").await["current"].as_str().unwrap().to_string();
+    let first = c.api("/api/v1/config").await["current"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let policy = tempfile::tempdir().unwrap();
     write_policy(policy.path(), "bonjour");
-    let second = c.cluster.publish(0, policy.path(), "second site").await.unwrap().version;
+    let second = c
+        .cluster
+        .publish(0, policy.path(), "second site")
+        .await
+        .unwrap()
+        .version;
     assert_ne!(first, second);
     browser.goto(&c.url("/console/config")).await;
     browser.wait_for("#configs", WAIT).await;
     shoot(browser, "config").await;
-    let button = browser.find(&format!("button[aria-label='Roll back to {}']", &first[..12])).await;
+    let button = browser
+        .find(&format!(
+            "button[aria-label='Roll back to {}']",
+            &first[..12]
+        ))
+        .await;
     browser.click(&button).await;
     browser.wait_for("p.question", WAIT).await;
-    assert_eq!(c.api("/api/v1/config").await["current"], second.as_str(), "not before the confirmation");
+    assert_eq!(
+        c.api("/api/v1/config").await["current"],
+        second.as_str(),
+        "not before the confirmation"
+    );
     browser.click(&browser.find("#confirm").await).await;
-    let current = browser.text(&browser.wait_for("#current-version", WAIT).await).await;
+    let current = browser
+        .text(&browser.wait_for("#current-version", WAIT).await)
+        .await;
     assert_eq!(current, &first[..12]);
     assert_eq!(c.api("/api/v1/config").await["current"], first.as_str());
     browser.goto(&c.url("/console/tasks")).await;
@@ -416,9 +592,14 @@ async fn a_stopped_spoke_is_named(c: &mut Console, browser: &Browser) {
     assert!(browser.find_all(".missing-spoke").await.is_empty());
     c.cluster.stop_spoke(2).await;
     // The page refreshes itself (every 10 s): no navigation from here on.
-    let named = browser.wait_for(".missing-spoke", Duration::from_secs(60)).await;
+    let named = browser
+        .wait_for(".missing-spoke", Duration::from_secs(60))
+        .await;
     assert_eq!(browser.text(&named).await, "spoke-c");
     let live = browser.find("#live").await;
-    assert!(browser.attribute(&live, "data-refreshed").await.is_some(), "refreshed in place");
+    assert!(
+        browser.attribute(&live, "data-refreshed").await.is_some(),
+        "refreshed in place"
+    );
     shoot(browser, "overview-spoke-down").await;
 }

@@ -24,33 +24,73 @@ use crate::state::ApiRole;
 
 /// One change, with its fields checked for presence (the API checks their content).
 enum Action {
-    Push { envoy: String },
-    Reassign { envoy: String, to: String },
-    Revoke { envoy: String, reason: String },
-    AddSpoke { spoke: String, address: String, weight: u32 },
-    Drain { spoke: String },
-    RemoveSpoke { spoke: String },
-    Rollback { version: String },
-    CreateToken { name: String, role: String, expires_ms: u64 },
-    RevokeToken { name: String },
-    CancelTask { task: String },
+    Push {
+        envoy: String,
+    },
+    Reassign {
+        envoy: String,
+        to: String,
+    },
+    Revoke {
+        envoy: String,
+        reason: String,
+    },
+    AddSpoke {
+        spoke: String,
+        address: String,
+        weight: u32,
+    },
+    Drain {
+        spoke: String,
+    },
+    RemoveSpoke {
+        spoke: String,
+    },
+    Rollback {
+        version: String,
+    },
+    CreateToken {
+        name: String,
+        role: String,
+        expires_ms: u64,
+    },
+    RevokeToken {
+        name: String,
+    },
+    CancelTask {
+        task: String,
+    },
 }
 
 impl Action {
     fn parse(kind: &str, form: &Form) -> Result<Action, Refused> {
         let field = |name| form.required(name).map(str::to_string);
         Ok(match kind {
-            "push" => Action::Push { envoy: field("envoy_id")? },
-            "reassign" => Action::Reassign { envoy: field("envoy_id")?, to: field("to")? },
-            "revoke" => Action::Revoke { envoy: field("envoy_id")?, reason: field("reason")? },
+            "push" => Action::Push {
+                envoy: field("envoy_id")?,
+            },
+            "reassign" => Action::Reassign {
+                envoy: field("envoy_id")?,
+                to: field("to")?,
+            },
+            "revoke" => Action::Revoke {
+                envoy: field("envoy_id")?,
+                reason: field("reason")?,
+            },
             "add-spoke" => Action::AddSpoke {
                 spoke: field("spoke_id")?,
                 address: field("address")?,
                 weight: number(form, "weight")?.unwrap_or(100) as u32,
             },
-            "drain" => Action::Drain { spoke: field("spoke_id")? },
-            "remove-spoke" => Action::RemoveSpoke { spoke: field("spoke_id")? },
-            "rollback" => Action::Rollback { version: field("version")? },
+            "drain" => Action::Drain {
+                spoke: field("spoke_id")?,
+            },
+            "remove-spoke" => Action::RemoveSpoke {
+                spoke: field("spoke_id")?,
+            },
+            "rollback" => Action::Rollback {
+                version: field("version")?,
+            },
             "create-token" => Action::CreateToken {
                 name: field("name")?,
                 role: field("role")?,
@@ -60,9 +100,18 @@ impl Action {
                     (None, None) => 0,
                 },
             },
-            "revoke-token" => Action::RevokeToken { name: field("name")? },
-            "cancel-task" => Action::CancelTask { task: field("task_id")? },
-            other => return Err(Refused::new(Kind::NotFound, format!("no console action {other:?}"))),
+            "revoke-token" => Action::RevokeToken {
+                name: field("name")?,
+            },
+            "cancel-task" => Action::CancelTask {
+                task: field("task_id")?,
+            },
+            other => {
+                return Err(Refused::new(
+                    Kind::NotFound,
+                    format!("no console action {other:?}"),
+                ));
+            }
         })
     }
 
@@ -90,14 +139,24 @@ impl Action {
             Action::Revoke { envoy, reason } => {
                 vec![("envoy_id", envoy.clone()), ("reason", reason.clone())]
             }
-            Action::AddSpoke { spoke, address, weight } => vec![
+            Action::AddSpoke {
+                spoke,
+                address,
+                weight,
+            } => vec![
                 ("spoke_id", spoke.clone()),
                 ("address", address.clone()),
                 ("weight", weight.to_string()),
             ],
-            Action::Drain { spoke } | Action::RemoveSpoke { spoke } => vec![("spoke_id", spoke.clone())],
+            Action::Drain { spoke } | Action::RemoveSpoke { spoke } => {
+                vec![("spoke_id", spoke.clone())]
+            }
             Action::Rollback { version } => vec![("version", version.clone())],
-            Action::CreateToken { name, role, expires_ms } => vec![
+            Action::CreateToken {
+                name,
+                role,
+                expires_ms,
+            } => vec![
                 ("name", name.clone()),
                 ("role", role.clone()),
                 ("expires_ms", expires_ms.to_string()),
@@ -110,7 +169,10 @@ impl Action {
     /// What the confirmation asks, and where "Cancel" goes.
     fn question(&self) -> (Markup, String) {
         match self {
-            Action::Push { envoy } => (html! { "Ask envoy " code { (envoy) } " to run its policy now?" }, envoy_page(envoy)),
+            Action::Push { envoy } => (
+                html! { "Ask envoy " code { (envoy) } " to run its policy now?" },
+                envoy_page(envoy),
+            ),
             Action::Reassign { envoy, to } => (
                 html! { "Move envoy " code { (envoy) } " to spoke " strong { (to) } "? Its state moves with it; it reconnects there." },
                 envoy_page(envoy),
@@ -119,7 +181,11 @@ impl Action {
                 html! { "Revoke envoy " code { (envoy) } " (" (reason) ")? It is refused everywhere from now on; this cannot be undone." },
                 envoy_page(envoy),
             ),
-            Action::AddSpoke { spoke, address, weight } => (
+            Action::AddSpoke {
+                spoke,
+                address,
+                weight,
+            } => (
                 html! { "Add spoke " strong { (spoke) } " at " code { (address) } " with weight " (weight) "?" },
                 "/console/spokes".into(),
             ),
@@ -135,9 +201,13 @@ impl Action {
                 html! { "Roll the fleet's config back to " code { (layout::short(version)) } "? Every spoke serves it next." },
                 "/console/config".into(),
             ),
-            Action::CreateToken { name, role, expires_ms } => (
+            Action::CreateToken {
+                name,
+                role,
+                expires_ms,
+            } => (
                 html! { "Create the " strong { (role) } " token " strong { (name) } "?"
-                    @if *expires_ms > 0 { " It expires " (vigo_common::time::format_ms(*expires_ms)) "." } },
+                @if *expires_ms > 0 { " It expires " (vigo_common::time::format_ms(*expires_ms)) "." } },
                 "/console/tokens".into(),
             ),
             Action::RevokeToken { name } => (
@@ -155,58 +225,121 @@ impl Action {
     async fn run(self, api: &Arc<AdminApi>, caller: Caller) -> Result<(Markup, String), HubError> {
         Ok(match self {
             Action::Push { envoy } => {
-                let req = api::PushRequest { envoy_ids: vec![envoy.clone()], ..Default::default() };
+                let req = api::PushRequest {
+                    envoy_ids: vec![envoy.clone()],
+                    ..Default::default()
+                };
                 let r = api.push(&caller.clone().asking(&req), req).await?;
-                (html! { "Pushed: " (r.marked) " marked, " (r.woken) " woken now." }, envoy_page(&envoy))
+                (
+                    html! { "Pushed: " (r.marked) " marked, " (r.woken) " woken now." },
+                    envoy_page(&envoy),
+                )
             }
             Action::Reassign { envoy, to } => {
-                let req = api::ReassignEnvoyRequest { envoy_id: envoy.clone(), to };
-                let r = api.reassign_envoy(&caller.clone().asking(&req), req).await?;
-                (html! { "Moved " (r.moved) " envoy in " (r.duration_ms) " ms." }, envoy_page(&envoy))
+                let req = api::ReassignEnvoyRequest {
+                    envoy_id: envoy.clone(),
+                    to,
+                };
+                let r = api
+                    .reassign_envoy(&caller.clone().asking(&req), req)
+                    .await?;
+                (
+                    html! { "Moved " (r.moved) " envoy in " (r.duration_ms) " ms." },
+                    envoy_page(&envoy),
+                )
             }
             Action::Revoke { envoy, reason } => {
-                let req = api::RevokeEnvoyRequest { envoy_id: envoy.clone(), reason };
+                let req = api::RevokeEnvoyRequest {
+                    envoy_id: envoy.clone(),
+                    reason,
+                };
                 let r = api.revoke_envoy(&caller.clone().asking(&req), req).await?;
-                let what = if r.revoked_now { "Revoked." } else { "It was revoked already." };
+                let what = if r.revoked_now {
+                    "Revoked."
+                } else {
+                    "It was revoked already."
+                };
                 (html! { (what) }, envoy_page(&envoy))
             }
-            Action::AddSpoke { spoke, address, weight } => {
-                let req = api::AddSpokeRequest { spoke_id: spoke, address, weight };
+            Action::AddSpoke {
+                spoke,
+                address,
+                weight,
+            } => {
+                let req = api::AddSpokeRequest {
+                    spoke_id: spoke,
+                    address,
+                    weight,
+                };
                 let r = api.add_spoke(&caller.clone().asking(&req), req).await?;
-                (html! { "Spoke " (r.spoke_id) " is " (r.state) "." }, "/console/spokes".into())
+                (
+                    html! { "Spoke " (r.spoke_id) " is " (r.state) "." },
+                    "/console/spokes".into(),
+                )
             }
             Action::Drain { spoke } => {
                 let req = api::SpokeRef { spoke_id: spoke };
                 let r = api.drain_spoke(&caller.clone().asking(&req), req).await?;
-                (html! { "Drained: " (r.moved) " envoys moved in " (r.duration_ms) " ms." }, "/console/spokes".into())
+                (
+                    html! { "Drained: " (r.moved) " envoys moved in " (r.duration_ms) " ms." },
+                    "/console/spokes".into(),
+                )
             }
             Action::RemoveSpoke { spoke } => {
                 let req = api::SpokeRef { spoke_id: spoke };
                 let r = api.remove_spoke(&caller.clone().asking(&req), req).await?;
-                (html! { "Spoke " (r.spoke_id) " removed." }, "/console/spokes".into())
+                (
+                    html! { "Spoke " (r.spoke_id) " removed." },
+                    "/console/spokes".into(),
+                )
             }
             Action::Rollback { version } => {
                 let req = api::RollbackConfigRequest { version };
-                let r = api.rollback_config(&caller.clone().asking(&req), req).await?;
-                (html! { "The fleet's config is " code #current-version { (layout::short(&r.version)) } " again." }, "/console/config".into())
+                let r = api
+                    .rollback_config(&caller.clone().asking(&req), req)
+                    .await?;
+                (
+                    html! { "The fleet's config is " code #current-version { (layout::short(&r.version)) } " again." },
+                    "/console/config".into(),
+                )
             }
-            Action::CreateToken { name, role, expires_ms } => {
-                let req = api::CreateTokenRequest { name, role, expires_ms, ..Default::default() };
+            Action::CreateToken {
+                name,
+                role,
+                expires_ms,
+            } => {
+                let req = api::CreateTokenRequest {
+                    name,
+                    role,
+                    expires_ms,
+                    ..Default::default()
+                };
                 let r = api.create_token(&caller.clone().asking(&req), req).await?;
-                (html! {
-                    "Created. Copy the secret now: it is not shown again." br;
-                    code.secret #secret { (r.secret) }
-                }, "/console/tokens".into())
+                (
+                    html! {
+                        "Created. Copy the secret now: it is not shown again." br;
+                        code.secret #secret { (r.secret) }
+                    },
+                    "/console/tokens".into(),
+                )
             }
             Action::RevokeToken { name } => {
                 let req = api::RevokeTokenRequest { name };
                 let r = api.revoke_token(&caller.clone().asking(&req), req).await?;
-                (html! { "Token " (r.name) " revoked." }, "/console/tokens".into())
+                (
+                    html! { "Token " (r.name) " revoked." },
+                    "/console/tokens".into(),
+                )
             }
             Action::CancelTask { task } => {
-                let req = api::TaskRef { task_id: task.clone() };
+                let req = api::TaskRef {
+                    task_id: task.clone(),
+                };
                 let r = api.cancel_task(&caller.clone().asking(&req), req).await?;
-                (html! { "Task " (r.task_id) " is " (r.state) "." }, format!("/console/tasks/{task}"))
+                (
+                    html! { "Task " (r.task_id) " is " (r.state) "." },
+                    format!("/console/tasks/{task}"),
+                )
             }
         })
     }
@@ -219,10 +352,12 @@ fn envoy_page(envoy: &str) -> String {
 fn number(form: &Form, name: &'static str) -> Result<Option<u64>, Refused> {
     match form.get(name) {
         "" => Ok(None),
-        v => v
-            .parse()
-            .map(Some)
-            .map_err(|_| Refused::new(Kind::Malformed, format!("{name}: {v:?} is not a whole number"))),
+        v => v.parse().map(Some).map_err(|_| {
+            Refused::new(
+                Kind::Malformed,
+                format!("{name}: {v:?} is not a whole number"),
+            )
+        }),
     }
 }
 

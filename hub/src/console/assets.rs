@@ -21,7 +21,10 @@ pub async fn serve(Path(file): Path<String>) -> Response {
     (
         [
             (header::CONTENT_TYPE, HeaderValue::from_static(kind)),
-            (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600")),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=3600"),
+            ),
         ],
         body,
     )

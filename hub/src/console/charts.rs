@@ -107,8 +107,11 @@ mod tests {
 
     fn counts(converged: u64, failed: u64) -> api::StatusCounts {
         api::StatusCounts {
-            by_status: [("converged".to_string(), converged), ("failed".to_string(), failed)]
-                .into(),
+            by_status: [
+                ("converged".to_string(), converged),
+                ("failed".to_string(), failed),
+            ]
+            .into(),
             total: converged + failed,
         }
     }
@@ -117,26 +120,42 @@ mod tests {
     fn bars_name_every_status_with_its_count_and_link() {
         let svg = status_bars(&counts(7, 3)).into_string();
         for status in STATUSES {
-            assert!(svg.contains(&format!("/console/envoys?status={status}")), "{status}");
+            assert!(
+                svg.contains(&format!("/console/envoys?status={status}")),
+                "{status}"
+            );
         }
-        assert!(svg.contains(">7</text>") && svg.contains(">3</text>"), "{svg}");
+        assert!(
+            svg.contains(">7</text>") && svg.contains(">3</text>"),
+            "{svg}"
+        );
         assert!(svg.contains("converged 7; ") && svg.contains("failed 3; "));
     }
 
     #[test]
     fn the_line_plots_the_converged_share_inside_the_window() {
         let now = 30 * 3_600_000;
-        let samples: Vec<_> = [(now - 20 * 3_600_000, 0, 1), (now - 3_600_000, 1, 1), (now, 1, 0)]
-            .iter()
-            .map(|(at, c, f)| api::ComplianceSample {
-                at_ms: *at,
-                counts: Some(counts(*c, *f)),
-                missing_spokes: vec![],
-            })
-            .collect();
+        let samples: Vec<_> = [
+            (now - 20 * 3_600_000, 0, 1),
+            (now - 3_600_000, 1, 1),
+            (now, 1, 0),
+        ]
+        .iter()
+        .map(|(at, c, f)| api::ComplianceSample {
+            at_ms: *at,
+            counts: Some(counts(*c, *f)),
+            missing_spokes: vec![],
+        })
+        .collect();
         let svg = convergence_line(&samples, 4 * 3_600_000, now).into_string();
         // The sample before the window is left out: two points, 50 % then 100 %.
-        let points = svg.split("points=\"").nth(1).unwrap().split('"').next().unwrap();
+        let points = svg
+            .split("points=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
         assert_eq!(points.split(' ').count(), 2, "{points}");
         assert!(svg.contains("now 100.0 %"), "{svg}");
         let one = convergence_line(&samples[2..], 4 * 3_600_000, now).into_string();

@@ -63,10 +63,10 @@ pub async fn list(session: Session, AxumState(console): State, RawQuery(q): RawQ
         .extend_pairs(fields.iter())
         .finish();
     let mut request = listing_from_query(Some(&text), true).map_err(crate::HubError::from);
-    if let Ok(req) = &mut request {
-        if req.limit == 0 {
-            req.limit = PAGE;
-        }
+    if let Ok(req) = &mut request
+        && req.limit == 0
+    {
+        req.limit = PAGE;
     }
     let answer = match request {
         Ok(req) => console.api.list_envoys(&session.caller, req).await,
@@ -76,11 +76,15 @@ pub async fn list(session: Session, AxumState(console): State, RawQuery(q): RawQ
         Ok(page) => (StatusCode::OK, Ok(page)),
         Err(e) => {
             let refused = Refused::from(e);
-            let code = StatusCode::from_u16(refused.kind.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+            let code =
+                StatusCode::from_u16(refused.kind.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
             (code, Err(refused.message))
         }
     };
-    let spokes: Vec<String> = console.api.node.read(|s| s.spokes.keys().cloned().collect());
+    let spokes: Vec<String> = console
+        .api
+        .node
+        .read(|s| s.spokes.keys().cloned().collect());
     let body = html! {
         (filter_form(&fields, &spokes))
         @match &result {
@@ -188,11 +192,26 @@ fn table(fields: &[(String, String)], page: &api::EnvoyPage) -> Markup {
     }
 }
 
-pub async fn show(session: Session, AxumState(console): State, Path(envoy_id): Path<String>) -> Page {
+pub async fn show(
+    session: Session,
+    AxumState(console): State,
+    Path(envoy_id): Path<String>,
+) -> Page {
     let (api, c) = (&console.api, &session.caller);
     let (detail, runs) = tokio::join!(
-        api.show_envoy(c, api::EnvoyRef { envoy_id: envoy_id.clone() }),
-        api.envoy_runs(c, api::EnvoyRunsRequest { envoy_id: envoy_id.clone(), limit: RUNS }),
+        api.show_envoy(
+            c,
+            api::EnvoyRef {
+                envoy_id: envoy_id.clone()
+            }
+        ),
+        api.envoy_runs(
+            c,
+            api::EnvoyRunsRequest {
+                envoy_id: envoy_id.clone(),
+                limit: RUNS
+            }
+        ),
     );
     let detail = detail?;
     let envoy = detail.envoy.clone().unwrap_or_default();
@@ -207,7 +226,7 @@ pub async fn show(session: Session, AxumState(console): State, Path(envoy_id): P
         section.card aria-labelledby="traits-h" {
             h2 #traits-h { "Traits" }
             dl.traits {
-                @for (k, v) in &envoy.traits { dt { (k) } dd { (v) } }
+                @for (k, v) in &envoy.traits { div { dt { (k) } dd { (v) } } }
             }
         }
         @match runs {
@@ -275,7 +294,7 @@ fn run_list(runs: &[api::RunInfo]) -> Markup {
             @for (i, run) in runs.iter().enumerate() {
                 details.run open[i == 0] {
                     summary {
-                        (status(&run.status)) " " (time(run.started_ms))
+                        (status(&run.status)) " " (time(if run.started_ms > 0 { run.started_ms } else { run.received_ms }))
                         @if run.dry_run { " " span.tag { "dry run" } }
                         span.muted { " — " (run.ok) " ok, " (run.changed) " changed, " (run.failed) " failed, "
                             (run.skipped) " skipped · " (run.duration_ms) " ms" }

@@ -187,4 +187,3 @@ pub fn missing_banner(missing: &[vigo_proto::admin::v1::MissingSpoke]) -> Markup
 pub fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
-

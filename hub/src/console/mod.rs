@@ -70,7 +70,10 @@ pub fn router(api: Arc<AdminApi>) -> Router {
         .route("/console", get(|| async { Redirect::to("/console/") }))
         .route("/console/", get(overview::page))
         .route("/console/live/overview", get(overview::live))
-        .route("/console/login", get(session::login_page).post(session::log_in))
+        .route(
+            "/console/login",
+            get(session::login_page).post(session::log_in),
+        )
         .route("/console/logout", post(session::log_out))
         .route("/console/envoys", get(envoys::list))
         .route("/console/envoys/{envoy_id}", get(envoys::show))
@@ -145,7 +148,11 @@ impl IntoResponse for Refused {
     fn into_response(self) -> Response {
         let status =
             StatusCode::from_u16(self.kind.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
-        let mut response = (status, html_answer(layout::error_page(status, &self.message))).into_response();
+        let mut response = (
+            status,
+            html_answer(layout::error_page(status, &self.message)),
+        )
+            .into_response();
         response.extensions_mut().insert(self.kind);
         response
     }
@@ -200,7 +207,10 @@ impl Form {
     /// The field `name`, which must be present and not empty.
     pub fn required(&self, name: &'static str) -> Result<&str, Refused> {
         match self.get(name) {
-            "" => Err(Refused::new(Kind::Malformed, format!("the form needs {name}"))),
+            "" => Err(Refused::new(
+                Kind::Malformed,
+                format!("the form needs {name}"),
+            )),
             v => Ok(v),
         }
     }

@@ -73,12 +73,7 @@ fn spokes_table(cluster: &api::ClusterStatus, compliance: &api::ComplianceReport
             .iter()
             .find(|n| n.name == spoke)
             .and_then(|n| n.counts.as_ref())
-            .map(|c| {
-                (
-                    c.by_status.get("converged").copied().unwrap_or(0),
-                    c.total,
-                )
-            })
+            .map(|c| (c.by_status.get("converged").copied().unwrap_or(0), c.total))
     };
     html! {
         section.card aria-labelledby="spokes-h" {

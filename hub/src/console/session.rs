@@ -110,7 +110,10 @@ fn set_cookie(name: &str, value: &str, max_age_s: u64) -> (header::HeaderName, H
 impl FromRequestParts<Arc<Console>> for Session {
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, console: &Arc<Console>) -> Result<Self, Response> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        console: &Arc<Console>,
+    ) -> Result<Self, Response> {
         let not_logged_in = |why: &str| -> Response {
             if parts.method == Method::GET {
                 Redirect::to("/console/login").into_response()
@@ -128,7 +131,9 @@ impl FromRequestParts<Arc<Console>> for Session {
             return Err(not_logged_in("the session has ended"));
         }
         let Some(token) = console.api.node.read(|s| s.api_token(&hash, now).cloned()) else {
-            return Err(not_logged_in("the session's API token was revoked or has expired"));
+            return Err(not_logged_in(
+                "the session's API token was revoked or has expired",
+            ));
         };
         let caller = Caller::token_holder(&token, hash);
         if let Err(e) = console.api.check_fresh(&caller).await {
@@ -152,7 +157,11 @@ pub async fn login_page() -> Response {
 }
 
 /// Exchanges an API token for a session cookie.
-pub async fn log_in(axum::extract::State(console): State, headers: HeaderMap, body: axum::body::Body) -> Response {
+pub async fn log_in(
+    axum::extract::State(console): State,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
     match log_in_checked(&console, &headers, body).await {
         Ok((cookie, _)) => ([cookie], Redirect::to("/console/")).into_response(),
         Err(refused) if refused.kind == Kind::Unauthenticated => {
@@ -177,7 +186,8 @@ async fn log_in_checked(
 ) -> Result<((header::HeaderName, HeaderValue), Caller), Refused> {
     let form = read_form(body).await?;
     let expected = cookie(headers, LOGIN_COOKIE).unwrap_or("");
-    if expected.is_empty() || !constant_time_eq(expected.as_bytes(), form.get("login_csrf").as_bytes())
+    if expected.is_empty()
+        || !constant_time_eq(expected.as_bytes(), form.get("login_csrf").as_bytes())
     {
         return Err(Refused::new(
             Kind::Forbidden,
@@ -191,7 +201,12 @@ async fn log_in_checked(
         .api
         .node
         .read(|s| s.api_token(&hash, now).cloned())
-        .ok_or_else(|| Refused::new(Kind::Unauthenticated, "unknown, revoked or expired API token"))?;
+        .ok_or_else(|| {
+            Refused::new(
+                Kind::Unauthenticated,
+                "unknown, revoked or expired API token",
+            )
+        })?;
     let caller = Caller::token_holder(&token, hash);
     console.api.check_fresh(&caller).await?;
     let mut expires = now + SESSION_TTL_MS;
@@ -200,7 +215,10 @@ async fn log_in_checked(
     }
     tracing::info!(token = %token.name, role = token.role.as_str(), "console log-in");
     let value = console.seal(&hash, expires);
-    Ok((set_cookie(SESSION_COOKIE, &value, (expires - now) / 1000), caller))
+    Ok((
+        set_cookie(SESSION_COOKIE, &value, (expires - now) / 1000),
+        caller,
+    ))
 }
 
 /// Ends the session in this browser (the cookie is cleared; revoking the token ends
@@ -208,7 +226,11 @@ async fn log_in_checked(
 pub async fn log_out(session: Session, body: axum::body::Body) -> Result<Response, Refused> {
     let form = read_form(body).await?;
     session.check_csrf(form.get("csrf"))?;
-    Ok(([set_cookie(SESSION_COOKIE, "", 0)], Redirect::to("/console/login")).into_response())
+    Ok((
+        [set_cookie(SESSION_COOKIE, "", 0)],
+        Redirect::to("/console/login"),
+    )
+        .into_response())
 }
 
 /// A page for a logged-in caller: what every GET handler returns.

@@ -15,7 +15,12 @@ pub async fn list(session: Session, AxumState(console): State) -> Page {
     let (api, c) = (&console.api, &session.caller);
     let spokes = api.list_spokes(c, api::ListSpokesRequest {}).await?.spokes;
     let details = futures::future::join_all(spokes.iter().map(|s| {
-        api.show_spoke(c, api::SpokeRef { spoke_id: s.spoke_id.clone() })
+        api.show_spoke(
+            c,
+            api::SpokeRef {
+                spoke_id: s.spoke_id.clone(),
+            },
+        )
     }))
     .await;
     let operator = session.caller.role >= ApiRole::Operator;

@@ -44,7 +44,7 @@ pub async fn list(session: Session, AxumState(console): State) -> Page {
 }
 
 fn progress(counts: Option<&api::TaskCounts>) -> Markup {
-    let c = counts.cloned().unwrap_or_default();
+    let c = counts.copied().unwrap_or_default();
     let done = c.ok + c.failed + c.timed_out + c.refused + c.unreachable;
     html! {
         progress max=(c.targets.max(1)) value=(done) { (done) " / " (c.targets) }
@@ -52,7 +52,11 @@ fn progress(counts: Option<&api::TaskCounts>) -> Markup {
     }
 }
 
-pub async fn show(session: Session, AxumState(console): State, Path(task_id): Path<String>) -> Page {
+pub async fn show(
+    session: Session,
+    AxumState(console): State,
+    Path(task_id): Path<String>,
+) -> Page {
     let live = fragment(&session, &console, &task_id).await?;
     let body = html! {
         div #live data-live={ "/console/live/tasks/" (task_id) } data-every="3" aria-live="polite" { (live) }
@@ -60,18 +64,36 @@ pub async fn show(session: Session, AxumState(console): State, Path(task_id): Pa
     render(&session, &format!("Task {task_id}"), Nav::Tasks, body)
 }
 
-pub async fn live(session: Session, AxumState(console): State, Path(task_id): Path<String>) -> Page {
-    fragment(&session, &console, &task_id).await.map(html_answer)
+pub async fn live(
+    session: Session,
+    AxumState(console): State,
+    Path(task_id): Path<String>,
+) -> Page {
+    fragment(&session, &console, &task_id)
+        .await
+        .map(html_answer)
 }
 
 async fn fragment(session: &Session, console: &super::Console, task_id: &str) -> Part {
     let (api, c) = (&console.api, &session.caller);
     let (task, results) = tokio::join!(
-        api.show_task(c, api::TaskRef { task_id: task_id.to_string() }),
-        api.task_results(c, api::TaskResultsRequest { task_id: task_id.to_string(), limit: RESULTS, ..Default::default() }),
+        api.show_task(
+            c,
+            api::TaskRef {
+                task_id: task_id.to_string()
+            }
+        ),
+        api.task_results(
+            c,
+            api::TaskResultsRequest {
+                task_id: task_id.to_string(),
+                limit: RESULTS,
+                ..Default::default()
+            }
+        ),
     );
     let (task, results) = (task?, results?);
-    let counts = task.counts.clone().unwrap_or_default();
+    let counts = task.counts.unwrap_or_default();
     let running = matches!(task.state.as_str(), "running" | "planned");
     Ok(html! {
         (layout::missing_banner(&results.missing))
