@@ -482,8 +482,12 @@ async fn viewer_cannot_act(c: &Console, browser: &Browser, session: &str) {
         before,
         "nothing changed"
     );
-    // Every answer forbids inline script and framing.
-    let (_, page) = https::request_with(
+    // A log-in form posted from elsewhere (no double-submit cookie): refused.
+    let login = format!("login_csrf=00&token={}", c.viewer);
+    let (status, _) = post("/console/login", login, false).await;
+    assert_eq!(status, 403);
+    // Every answer forbids inline script, framing and sniffing.
+    let (status, head, _) = https::exchange(
         c.cluster.rest_address(0),
         &c.cluster.ca_pem(),
         "GET",
@@ -493,7 +497,13 @@ async fn viewer_cannot_act(c: &Console, browser: &Browser, session: &str) {
         None,
     )
     .await;
-    assert!(page.to_string().contains("login_csrf"));
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("content-security-policy: default-src 'none'; script-src 'self'"),
+        "{head}"
+    );
+    assert!(head.contains("x-frame-options: DENY"), "{head}");
+    assert!(head.contains("x-content-type-options: nosniff"), "{head}");
 }
 
 async fn usable_on_a_phone(c: &Console, browser: &Browser) {
@@ -602,4 +612,12 @@ async fn a_stopped_spoke_is_named(c: &mut Console, browser: &Browser) {
         "refreshed in place"
     );
     shoot(browser, "overview-spoke-down").await;
+    // Revoking the operator's token ends its session at the next request.
+    let revoke = api::RevokeTokenRequest {
+        name: "olga-operator".into(),
+    };
+    c.cluster.admin(0).revoke_token(revoke).await.unwrap();
+    browser.goto(&c.url("/console/envoys")).await;
+    browser.wait_for("#token", WAIT).await;
+    assert!(browser.url().await.ends_with("/console/login"));
 }

@@ -51,9 +51,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 /// Shared by every console handler.
 pub struct Console {
     pub api: Arc<AdminApi>,
-    /// Signs session cookies and derives CSRF tokens; the same on every hub node
-    /// (derived from the cluster CA key), so a session works on whichever node answers.
-    key: ring::hmac::Key,
+    keys: session::Keys,
 }
 
 type State = axum::extract::State<Arc<Console>>;
@@ -63,7 +61,7 @@ pub fn router(api: Arc<AdminApi>) -> Router {
     let key = api.node.ca.derive_secret(b"vigo console session key v1");
     let console = Arc::new(Console {
         api,
-        key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
+        keys: session::Keys::new(&key),
     });
     Router::new()
         .route("/", get(|| async { Redirect::to("/console/") }))

@@ -18,6 +18,7 @@ use vigo_common::refusal::{Kind, Refusal};
 use vigo_common::time::now_ms;
 
 use super::{Console, Page, Refused, State, html_answer, layout, read_form};
+
 use crate::admin::Caller;
 
 /// `__Host-`: only ever set over HTTPS, for the whole origin, by this origin.
@@ -51,9 +52,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-impl Console {
+/// The key that signs session cookies and derives CSRF tokens; the same on every hub
+/// node (derived from the cluster CA key), so a session works on whichever node answers.
+pub struct Keys(ring::hmac::Key);
+
+impl Keys {
+    pub fn new(secret: &[u8; 32]) -> Self {
+        Keys(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret))
+    }
+
     fn sign(&self, payload: &[u8]) -> String {
-        hex::encode(ring::hmac::sign(&self.key, payload).as_ref())
+        hex::encode(ring::hmac::sign(&self.0, payload).as_ref())
     }
 
     /// The cookie value of a session for the token `hash` ending at `expires_ms`.
@@ -70,7 +79,7 @@ impl Console {
         let (payload, tag) = value.split_once('.')?;
         let payload = hex::decode(payload).ok()?;
         let tag = hex::decode(tag).ok()?;
-        ring::hmac::verify(&self.key, &payload, &tag).ok()?;
+        ring::hmac::verify(&self.0, &payload, &tag).ok()?;
         if payload.len() != 56 {
             return None;
         }
@@ -122,7 +131,7 @@ impl FromRequestParts<Arc<Console>> for Session {
             }
         };
         let Some((hash, expires, nonce)) =
-            cookie(&parts.headers, SESSION_COOKIE).and_then(|v| console.open(v))
+            cookie(&parts.headers, SESSION_COOKIE).and_then(|v| console.keys.open(v))
         else {
             return Err(not_logged_in("no console session"));
         };
@@ -144,7 +153,7 @@ impl FromRequestParts<Arc<Console>> for Session {
         }
         Ok(Session {
             caller,
-            csrf: console.csrf_of(&nonce),
+            csrf: console.keys.csrf_of(&nonce),
         })
     }
 }
@@ -214,7 +223,7 @@ async fn log_in_checked(
         expires = expires.min(token.expires_ms);
     }
     tracing::info!(token = %token.name, role = token.role.as_str(), "console log-in");
-    let value = console.seal(&hash, expires);
+    let value = console.keys.seal(&hash, expires);
     Ok((
         set_cookie(SESSION_COOKIE, &value, (expires - now) / 1000),
         caller,
@@ -236,4 +245,57 @@ pub async fn log_out(session: Session, body: axum::body::Body) -> Result<Respons
 /// A page for a logged-in caller: what every GET handler returns.
 pub fn render(session: &Session, title: &str, nav: layout::Nav, body: maud::Markup) -> Page {
     Ok(html_answer(layout::page(session, title, nav, body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cookie_opens_only_as_sealed_by_this_key() {
+        let keys = Keys::new(&[7; 32]);
+        let value = keys.seal(&[1; 32], 42);
+        let (hash, expires, nonce) = keys.open(&value).expect("opens");
+        assert_eq!((hash, expires), ([1; 32], 42));
+        // Two sessions of one token differ, and so do their CSRF tokens.
+        let (_, _, other) = keys.open(&keys.seal(&[1; 32], 42)).unwrap();
+        assert_ne!(keys.csrf_of(&nonce), keys.csrf_of(&other));
+        // Another cluster's key, a changed byte, a longer expiry, a cut tag: refused.
+        assert!(Keys::new(&[8; 32]).open(&value).is_none());
+        let (payload, tag) = value.split_once('.').unwrap();
+        let mut bytes = hex::decode(payload).unwrap();
+        bytes[39] ^= 1;
+        assert!(
+            keys.open(&format!("{}.{tag}", hex::encode(&bytes)))
+                .is_none()
+        );
+        assert!(keys.open(&format!("{payload}.{}", &tag[..40])).is_none());
+        assert!(keys.open(payload).is_none());
+        assert!(keys.open("").is_none());
+        // A well-signed payload of the wrong length (not one this code makes).
+        let short = hex::encode([0u8; 10]);
+        assert!(
+            keys.open(&format!("{short}.{}", keys.sign(&[0u8; 10])))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn cookies_are_found_by_exact_name() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("x__Host-vigo-session=evil; __Host-vigo-session=good"),
+        );
+        assert_eq!(cookie(&headers, SESSION_COOKIE), Some("good"));
+        assert_eq!(cookie(&headers, LOGIN_COOKIE), None);
+    }
+
+    #[test]
+    fn csrf_comparison_needs_every_byte() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(!constant_time_eq(b"", b"a"));
+    }
 }
