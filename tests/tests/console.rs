@@ -8,7 +8,7 @@
 //! each envoy once; opens an envoy and sees its last run resource by resource; sees no
 //! action anywhere, and a forged POST with its own session is refused (403) and changes
 //! nothing; the page holds at 375 px; an operator pushes an envoy and rolls a config
-//! back, each after a confirmation; a stopped spoke is named on the overview, which
+//! back and cancels a task, each after a confirmation; a stopped spoke is named on the overview, which
 //! refreshes itself without a reload.
 //!
 //! With `VIGO_CONSOLE_SCREENSHOTS=DIR` set, a PNG of every page goes to DIR
@@ -193,6 +193,7 @@ async fn the_console_in_a_real_browser() {
     c.log_in(&browser, &c.operator).await;
     operator_pushes_an_envoy(&c, &browser).await;
     operator_rolls_back_a_config(&c, &browser).await;
+    operator_follows_and_cancels_a_task(&c, &browser).await;
     a_stopped_spoke_is_named(&mut c, &browser).await;
 }
 
@@ -591,9 +592,50 @@ async fn operator_rolls_back_a_config(c: &Console, browser: &Browser) {
         .await;
     assert_eq!(current, &first[..12]);
     assert_eq!(c.api("/api/v1/config").await["current"], first.as_str());
+}
+
+async fn operator_follows_and_cancels_a_task(c: &Console, browser: &Browser) {
+    let task = c
+        .cluster
+        .admin(0)
+        .run_task(api::RunTaskRequest {
+            all: true,
+            kind: "exec".into(),
+            argv: vec!["uptime".into()],
+            timeout_ms: 60_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     browser.goto(&c.url("/console/tasks")).await;
-    browser.wait_for("main h1", WAIT).await;
+    let link = browser
+        .wait_for(&format!("a[href='/console/tasks/{}']", task.task_id), WAIT)
+        .await;
     shoot(browser, "tasks").await;
+    browser.click(&link).await;
+    let state = browser
+        .text(&browser.wait_for("#task-state", WAIT).await)
+        .await;
+    assert!(state.contains("running"), "{state}");
+    let live = browser.find("#live").await;
+    assert_eq!(
+        browser.attribute(&live, "data-live").await.as_deref(),
+        Some(format!("/console/live/tasks/{}", task.task_id).as_str())
+    );
+    shoot(browser, "task").await;
+    browser
+        .click(
+            &browser
+                .find("form[action='/console/actions/cancel-task'] button")
+                .await,
+        )
+        .await;
+    browser
+        .click(&browser.wait_for("#confirm", WAIT).await)
+        .await;
+    let done = browser.text(&browser.wait_for("p.done", WAIT).await).await;
+    assert!(done.contains("cancelled"), "{done}");
 }
 
 async fn a_stopped_spoke_is_named(c: &mut Console, browser: &Browser) {

@@ -58,7 +58,13 @@ pub fn convergence_line(samples: &[api::ComplianceSample], window_ms: u64, now: 
     const W: f64 = 600.0;
     const H: f64 = 160.0;
     const PAD: f64 = 36.0;
-    let from = now.saturating_sub(window_ms);
+    // The axis starts at the window's start, or at the oldest sample when the hub has
+    // kept less than the window (a new cluster): its label says which.
+    let oldest = samples.first().map_or(now, |s| s.at_ms);
+    let from = now
+        .saturating_sub(window_ms)
+        .max(oldest.min(now.saturating_sub(60_000)));
+    let window_ms = now - from;
     let points: Vec<(f64, f64)> = samples
         .iter()
         .filter(|s| s.at_ms >= from)
@@ -94,7 +100,7 @@ pub fn convergence_line(samples: &[api::ComplianceSample], window_ms: u64, now: 
             line.grid x1=(PAD) y1="10" x2=(W) y2="10" {}
             text.tick x="0" y="14" { "100 %" }
             text.tick x="0" y=(H - 16.0) { "0 %" }
-            text.tick x=(PAD) y=(H - 2.0) { "−" (window_ms / 3_600_000) " h" }
+            text.tick x=(PAD) y=(H - 2.0) { (super::layout::ago(from, now)) }
             text.tick x=(W - 30.0) y=(H - 2.0) { "now" }
             polyline.converged points=(path) {}
         }

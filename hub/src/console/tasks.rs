@@ -125,7 +125,7 @@ async fn fragment(session: &Session, console: &super::Console, task_id: &str) ->
                         tr {
                             td { a href={ "/console/envoys/" (r.envoy_id) } { (r.hostname) } }
                             td { (status(&r.status)) }
-                            td.num { (r.exit_code) }
+                            td.num { @if r.status == "running" || r.exit_code < 0 { "–" } @else { (r.exit_code) } }
                             td { pre.output { (r.stdout) (r.stderr) (r.message)
                                 @for row in &r.rows { (row.collector) ": " (format!("{:?}", row.fields)) (row.error) "\n" } } }
                             td.num { (r.duration_ms) }
