@@ -107,6 +107,8 @@ cat <<EOF
 
 Vigo Spanner is running: 3 hub nodes, 3 spokes, $ENVOYS simulated envoys ($STATE).
 
+  web console        https://127.0.0.1:7480/console/  (any hub node; log in with the token in
+                     $VIGO_TOKEN_FILE; the certificate is signed by $VIGO_CA)
   admin API (REST)   https://127.0.0.1:7480/api/v1/   (also :7481, :7482; /api/v1/openapi.json)
   metrics            http://127.0.0.1:9470/metrics (hubs :9470-9472, spokes :9464-9466)
   logs               $STATE/*.log
