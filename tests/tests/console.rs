@@ -28,6 +28,9 @@ use vigo_tests::webdriver::Browser;
 const SPOKES: &[&str] = &["spoke-a", "spoke-b", "spoke-c"];
 const FLEET: usize = 120;
 const WAIT: Duration = Duration::from_secs(30);
+/// A trait value a hostile envoy sends, which must be shown as text.
+const INJECTED: &str =
+    "<img src=x id=pwned onerror=alert(1)><script>document.title='owned'</script>";
 
 fn write_policy(dir: &Path, greeting: &str) {
     let files = [
@@ -96,6 +99,11 @@ impl Console {
             } else {
                 pb::Outcome::Ok
             };
+            if i == 0 {
+                // A hostile machine: markup in what it says about itself.
+                envoy.traits.insert("note".into(), INJECTED.into());
+                envoy.check_in().await.expect("check-in: traits changed");
+            }
             envoy.check_in().await.expect("check-in for the bundle");
             envoy
                 .report(1, &[pb::Outcome::Ok, outcome])
@@ -358,6 +366,27 @@ async fn viewer_opens_an_envoy(browser: &Browser) {
         "{traits}"
     );
     shoot(browser, "envoy").await;
+    // What an envoy says about itself is text on the page, never markup.
+    browser
+        .goto(&format!("{origin}/console/envoys?hostname=web-0000"))
+        .await;
+    browser
+        .click(&browser.wait_for("a.envoy", WAIT).await)
+        .await;
+    let traits = browser
+        .text(&browser.wait_for("dl.traits", WAIT).await)
+        .await;
+    assert!(traits.contains(INJECTED), "{traits}");
+    assert!(
+        browser.find_all("#pwned").await.is_empty(),
+        "the trait became an element"
+    );
+    assert_eq!(browser.title().await, "web-0000 · Vigo Spanner");
+    browser.goto(&format!("{origin}{search}")).await;
+    browser
+        .click(&browser.wait_for("a.envoy", WAIT).await)
+        .await;
+    browser.wait_for("#runs-h", WAIT).await;
 }
 
 async fn viewer_cannot_act(c: &Console, browser: &Browser, session: &str) {
