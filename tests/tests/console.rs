@@ -72,6 +72,7 @@ struct Console {
     base: String,
     viewer: String,
     operator: String,
+    admin: String,
 }
 
 impl Console {
@@ -123,6 +124,7 @@ impl Console {
         };
         let viewer = token("ada-viewer", "viewer").await;
         let operator = token("olga-operator", "operator").await;
+        let admin = token("root-admin", "admin").await;
         let base = format!("https://{}", cluster.rest_address(1));
         let cluster = Arc::into_inner(cluster).expect("no other holder of the cluster");
         Console {
@@ -130,6 +132,7 @@ impl Console {
             base,
             viewer,
             operator,
+            admin,
         }
     }
 
@@ -167,6 +170,11 @@ impl Console {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_console_in_a_real_browser() {
+    // The walk's future is large (every step's state): kept on the heap, not the stack.
+    Box::pin(walk()).await
+}
+
+async fn walk() {
     let mut c = Console::start().await;
     let browser = Browser::start(1280, 1000).await;
 
@@ -203,6 +211,52 @@ async fn the_console_in_a_real_browser() {
     operator_rolls_back_a_config(&c, &browser).await;
     operator_follows_and_cancels_a_task(&c, &browser).await;
     a_stopped_spoke_is_named(&mut c, &browser).await;
+
+    c.log_in(&browser, &c.admin).await;
+    admin_creates_and_revokes_a_token(&c, &browser).await;
+}
+
+async fn admin_creates_and_revokes_a_token(c: &Console, browser: &Browser) {
+    browser
+        .click(&browser.find("a[href='/console/tokens']").await)
+        .await;
+    browser.wait_for("#tokens", WAIT).await;
+    let form = "form[action='/console/actions/create-token']";
+    let name = browser.find(&format!("{form} input[name=name]")).await;
+    browser.type_into(&name, "ci-reader").await;
+    browser
+        .click(&browser.find(&format!("{form} button")).await)
+        .await;
+    browser
+        .click(&browser.wait_for("#confirm", WAIT).await)
+        .await;
+    let secret = browser.text(&browser.wait_for("#secret", WAIT).await).await;
+    assert!(secret.starts_with("vgt_"), "{secret}");
+    let status = |token: String| async move {
+        let ca = c.cluster.ca_pem();
+        https::request(
+            c.cluster.rest_address(0),
+            &ca,
+            "GET",
+            "/api/v1/status",
+            Some(&token),
+            None,
+        )
+        .await
+        .0
+    };
+    assert_eq!(status(secret.clone()).await, 200, "the new token works");
+    browser.goto(&c.url("/console/tokens")).await;
+    shoot(browser, "tokens").await;
+    let revoke = browser
+        .wait_for("button[aria-label='Revoke ci-reader']", WAIT)
+        .await;
+    browser.click(&revoke).await;
+    browser
+        .click(&browser.wait_for("#confirm", WAIT).await)
+        .await;
+    browser.wait_for("p.done", WAIT).await;
+    assert_eq!(status(secret).await, 401, "revoked");
 }
 
 async fn session_cookie(browser: &Browser) -> String {
