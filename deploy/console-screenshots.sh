@@ -9,16 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="$(realpath -m "${1:-docs/console}")"
-need=()
-command -v chromium > /dev/null || need+=(chromium)
-command -v chromedriver > /dev/null || need+=(chromium-driver)
-if [ ${#need[@]} -gt 0 ]; then
-    echo "== installing Debian packages: ${need[*]}"
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" > /dev/null
-fi
+bash tests/ensure-debs.sh chromium:chromium chromedriver:chromium-driver
 mkdir -p "$out"
 VIGO_CONSOLE_SCREENSHOTS="$out" cargo test -q -p vigo-tests --test console
 echo "== screenshots in $out:"

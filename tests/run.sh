@@ -11,17 +11,7 @@
 # Extra arguments go to `cargo test` (e.g. `tests/run.sh -p vigo-tests --test interop`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-missing=()
-command -v promtool > /dev/null || missing+=(prometheus)
-command -v chromium > /dev/null || missing+=(chromium)
-command -v chromedriver > /dev/null || missing+=(chromium-driver)
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "== installing Debian packages: ${missing[*]}"
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
-fi
+bash tests/ensure-debs.sh promtool:prometheus chromium:chromium chromedriver:chromium-driver
 echo "== python tools for the interop tests (grpcio, schemathesis)"
 bash tests/interop/setup.sh grpc > /dev/null
 bash tests/interop/setup.sh fuzz > /dev/null

@@ -57,17 +57,7 @@ async fn admin_read_cost(cluster: &Cluster) {
 /// (a session cookie, HTML back), one connection per request: the time includes a TLS
 /// handshake, shown alone by the stylesheet's request.
 async fn console_envoys_pages(cluster: &Cluster) {
-    let viewer = cluster
-        .admin(0)
-        .create_token(api::CreateTokenRequest {
-            name: "bench-viewer".into(),
-            role: "viewer".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .secret;
+    let viewer = cluster.new_api_token("bench-viewer", "viewer").await;
     let ca = cluster.ca_pem();
     let addr = cluster.rest_address(1);
     let cookie = vigo_tests::https::console_session(addr, &ca, &viewer).await;

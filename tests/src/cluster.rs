@@ -169,6 +169,21 @@ impl Cluster {
             .to_string()
     }
 
+    /// A new admin API token `name` with `role` (admin, operator, viewer), made with
+    /// the admin certificate through hub 0: its secret.
+    pub async fn new_api_token(&self, name: &str, role: &str) -> String {
+        self.admin(0)
+            .create_token(api::CreateTokenRequest {
+                name: name.into(),
+                role: role.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("token created")
+            .into_inner()
+            .secret
+    }
+
     /// Where hub `i` serves the REST admin API.
     pub fn rest_address(&self, i: usize) -> std::net::SocketAddr {
         self.hub(i).admin_addr.expect("admin API enabled")

@@ -7,7 +7,6 @@
 use std::process::Command;
 use std::sync::Arc;
 
-use vigo_proto::admin::v1 as api;
 use vigo_tests::cluster::Cluster;
 use vigo_tests::repo_root;
 
@@ -35,17 +34,7 @@ async fn schemathesis_finds_nothing_in_the_admin_api() {
         .await
         .unwrap();
     cluster.enroll_fleet("fuzz", 6).await;
-    let viewer = cluster
-        .admin(0)
-        .create_token(api::CreateTokenRequest {
-            name: "fuzz-viewer".into(),
-            role: "viewer".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .secret;
+    let viewer = cluster.new_api_token("fuzz-viewer", "viewer").await;
     let seed = std::env::var("VIGO_FUZZ_SEED").unwrap_or_else(|_| "20261202".into());
     let base = format!("https://{}", cluster.rest_address(0));
     let ca = cluster.pki("ca.pem");

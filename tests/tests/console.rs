@@ -112,19 +112,9 @@ impl Console {
                 .expect("report");
         }
         drop(envoys);
-        let admin = cluster.admin(0);
-        let token = |name: &str, role: &str| {
-            let req = api::CreateTokenRequest {
-                name: name.into(),
-                role: role.into(),
-                ..Default::default()
-            };
-            let mut admin = admin.clone();
-            async move { admin.create_token(req).await.unwrap().into_inner().secret }
-        };
-        let viewer = token("ada-viewer", "viewer").await;
-        let operator = token("olga-operator", "operator").await;
-        let admin = token("root-admin", "admin").await;
+        let viewer = cluster.new_api_token("ada-viewer", "viewer").await;
+        let operator = cluster.new_api_token("olga-operator", "operator").await;
+        let admin = cluster.new_api_token("root-admin", "admin").await;
         let base = format!("https://{}", cluster.rest_address(1));
         let cluster = Arc::into_inner(cluster).expect("no other holder of the cluster");
         Console {

@@ -422,18 +422,7 @@ async fn a_query_answers_the_agents_facts_and_a_viewer_may_read_but_not_run() {
         );
     }
 
-    let viewer = fleet
-        .cluster
-        .admin(0)
-        .create_token(api::CreateTokenRequest {
-            name: "watcher".into(),
-            role: "viewer".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .secret;
+    let viewer = fleet.cluster.new_api_token("watcher", "viewer").await;
     // Through the node that created the token: it has applied it (another may lag).
     let mut as_viewer = fleet.cluster.admin_with_token(0, &viewer);
     let refused = as_viewer.run_task(req).await.unwrap_err();

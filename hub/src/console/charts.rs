@@ -7,17 +7,8 @@ use vigo_proto::admin::v1 as api;
 
 use super::layout::status_symbol;
 
-/// The statuses in the order the console shows them.
-pub const STATUSES: &[&str] = &[
-    "converged",
-    "relapsed",
-    "diverged",
-    "degraded",
-    "failed",
-    "offline",
-    "no_data",
-    "revoked",
-];
+/// The statuses in the order the console shows them (the order filters list them).
+pub use vigo_common::fleet_query::STATUSES;
 
 /// The count of each status in [`STATUSES`] order (absent ones as 0).
 pub fn ordered(counts: &api::StatusCounts) -> Vec<(&'static str, u64)> {
