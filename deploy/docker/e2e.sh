@@ -99,6 +99,22 @@ enroll_via() {
         "vigo-spanner:${VIGO_IMAGE_TAG:-local}" vigo-envoy --state-dir /tmp/state enroll \
         --server "hub-$1:7400" --ca /pki/ca.pem --token-file /tokens/enroll.token --hostname "$2"
 }
+# The web console's overview on hub $1's published admin port, as a browser gets it:
+# the log-in form's nonce and cookie, the admin token posted, then the page.
+console_overview() {
+    local port_var="VIGO_PORT_HUB$1_ADMIN" dir base nonce
+    dir=$(mktemp -d)
+    docker exec "$(container hub-1)" cat /pki/ca.pem > "$dir/ca.pem"
+    docker exec "$(container hub-1)" cat /hub-1/admin.token > "$dir/token"
+    base="https://127.0.0.1:${!port_var}"
+    nonce=$(curl -sf --cacert "$dir/ca.pem" -c "$dir/jar" "$base/console/login" |
+        sed -n 's/.*name="login_csrf" value="\([0-9a-f]*\)".*/\1/p')
+    curl -sf --cacert "$dir/ca.pem" -b "$dir/jar" -c "$dir/jar" -o /dev/null \
+        --data-urlencode "login_csrf=$nonce" --data-urlencode "token@$dir/token" "$base/console/login"
+    curl -sf --cacert "$dir/ca.pem" -b "$dir/jar" "$base/console/"
+    rm -rf "$dir"
+}
+console_names_missing() { console_overview 2 | grep -q "class=\"missing-spoke\">$1<"; }
 listed_hostname() { [ "$(cli envoys list --hostname "$1" --json | field "d['matched']")" = 1 ]; }
 
 # ------------------------------------------------------------------ scenarios
@@ -194,6 +210,7 @@ spoke=$(agent_status | field "d['spoke'].split(':')[0]")
 if [ -n "$spoke" ] && docker stop -t 10 "$(container "$spoke")" > /dev/null &&
     out=$(cli envoys list --limit 1000 2>&1 >/dev/null; echo "exit=$?") &&
     grep -q "spoke $spoke did not answer" <<< "$out" && grep -q "exit=3" <<< "$out" &&
+    { console_names_missing "$spoke" || { why="the console's overview does not name $spoke"; false; }; } &&
     since=$(agent_status | field "d['last_run']['finished_at_ms']") &&
     wait_for 60 "the agent to run from its cached bundle" bash -c \
         "[ \$(docker exec $(container envoy) vigo-envoy --state-dir /state status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"last_run\"][\"finished_at_ms\"])') -gt $since ]" &&

@@ -158,10 +158,24 @@ impl Console {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_console_in_a_real_browser() {
-    // The walk's future is large (every step's state): kept on the heap, not the stack.
-    Box::pin(walk()).await
+#[test]
+fn the_console_in_a_real_browser() {
+    // The walk's future is large (every step's state, unoptimised in a debug build): it
+    // runs on a thread with room for it.
+    let walk = std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(4)
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(walk())
+        })
+        .expect("test thread");
+    if let Err(panic) = walk.join() {
+        std::panic::resume_unwind(panic);
+    }
 }
 
 async fn walk() {
@@ -198,6 +212,7 @@ async fn walk() {
     browser.wait_for("#token", WAIT).await;
     c.log_in(&browser, &c.operator).await;
     operator_pushes_an_envoy(&c, &browser).await;
+    operator_is_told_why_a_spoke_stays(&c, &browser).await;
     operator_rolls_back_a_config(&c, &browser).await;
     operator_follows_and_cancels_a_task(&c, &browser).await;
     a_stopped_spoke_is_named(&mut c, &browser).await;
@@ -556,6 +571,19 @@ async fn viewer_cannot_act(c: &Console, browser: &Browser, session: &str) {
         before,
         "nothing changed"
     );
+    // A page that does not exist: the console's own 404, with its headers.
+    let (status, head, body) = https::exchange(
+        c.cluster.rest_address(0),
+        &c.cluster.ca_pem(),
+        "GET",
+        "/console/no/such/page",
+        &[],
+        "text/html",
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no such console page") && head.contains("content-security-policy"));
     // A log-in form posted from elsewhere (no double-submit cookie): refused.
     let login = format!("login_csrf=00&token={}", c.viewer);
     let (status, _) = post("/console/login", login, false).await;
@@ -627,6 +655,32 @@ async fn operator_pushes_an_envoy(c: &Console, browser: &Browser) {
     browser.click(&browser.find("#confirm").await).await;
     let done = browser.text(&browser.wait_for("p.done", WAIT).await).await;
     assert!(done.contains("Pushed: 1 marked"), "{done}");
+}
+
+async fn operator_is_told_why_a_spoke_stays(c: &Console, browser: &Browser) {
+    browser.goto(&c.url("/console/spokes")).await;
+    browser
+        .wait_for("form[action='/console/actions/add-spoke']", WAIT)
+        .await;
+    shoot(browser, "spokes-operator").await;
+    let remove = browser.find("button[aria-label='Remove… spoke-a']").await;
+    browser.click(&remove).await;
+    browser
+        .click(&browser.wait_for("#confirm", WAIT).await)
+        .await;
+    let refused = browser.text(&browser.wait_for("p.error", WAIT).await).await;
+    assert!(refused.contains("drain it first"), "{refused}");
+    assert!(
+        browser
+            .text(&browser.find("h1").await)
+            .await
+            .starts_with("412")
+    );
+    let spokes = c.api("/api/v1/spokes").await;
+    assert!(
+        spokes.to_string().contains(r#""state":"active""#),
+        "{spokes}"
+    );
 }
 
 async fn operator_rolls_back_a_config(c: &Console, browser: &Browser) {

@@ -83,6 +83,7 @@ pub fn router(api: Arc<AdminApi>) -> Router {
         .route("/console/tokens", get(config_pages::tokens))
         .route("/console/actions/{action}", post(actions::act))
         .route("/console/assets/{file}", get(assets::serve))
+        .route("/console/{*rest}", get(not_found).post(not_found))
         .with_state(console)
         .layer(axum::middleware::from_fn(harden))
 }
@@ -113,6 +114,11 @@ async fn harden(matched: Option<MatchedPath>, request: Request, next: Next) -> R
         .entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     response
+}
+
+/// Any other path under `/console/`.
+async fn not_found() -> Refused {
+    Refused::new(Kind::NotFound, "no such console page")
 }
 
 /// Why a page or an action was refused: its refusal kind fixes the HTTP status, as on
