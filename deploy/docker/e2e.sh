@@ -104,8 +104,8 @@ enroll_via() {
 console_overview() {
     local port_var="VIGO_PORT_HUB$1_ADMIN" dir base nonce
     dir=$(mktemp -d)
-    docker exec "$(container hub-1)" cat /pki/ca.pem > "$dir/ca.pem"
-    docker exec "$(container hub-1)" cat /hub-1/admin.token > "$dir/token"
+    docker cp -q "$(container hub-1):/pki/ca.pem" "$dir/ca.pem"
+    docker cp -q "$(container hub-1):/hub-1/admin.token" "$dir/token"
     base="https://127.0.0.1:${!port_var}"
     nonce=$(curl -sf --cacert "$dir/ca.pem" -c "$dir/jar" "$base/console/login" |
         sed -n 's/.*name="login_csrf" value="\([0-9a-f]*\)".*/\1/p')
