@@ -448,34 +448,22 @@ async fn viewer_opens_an_envoy(browser: &Browser) {
     browser.wait_for("#runs-h", WAIT).await;
 }
 
+/// The page shows no form that posts an action.
+async fn assert_no_action(browser: &Browser, page: &str) {
+    let forms = browser.find_all("form[action^='/console/actions']").await;
+    assert!(forms.is_empty(), "{page}: a viewer is offered an action");
+}
+
 async fn viewer_cannot_act(c: &Console, browser: &Browser, session: &str) {
-    assert!(
-        browser
-            .find_all("form[action^='/console/actions']")
-            .await
-            .is_empty(),
-        "no action on an envoy"
-    );
+    assert_no_action(browser, "envoy").await;
     let envoy_page = browser.url().await;
     let envoy_id = envoy_page.rsplit('/').next().unwrap().to_string();
     browser.goto(&c.url("/console/config")).await;
     browser.wait_for("#configs", WAIT).await;
-    assert!(
-        browser
-            .find_all("form[action^='/console/actions']")
-            .await
-            .is_empty(),
-        "no roll-back"
-    );
+    assert_no_action(browser, "config").await;
     browser.goto(&c.url("/console/spokes")).await;
     browser.wait_for("#spokes", WAIT).await;
-    assert!(
-        browser
-            .find_all("form[action^='/console/actions']")
-            .await
-            .is_empty(),
-        "no spoke action"
-    );
+    assert_no_action(browser, "spokes").await;
     shoot(browser, "spokes").await;
     browser.goto(&c.url("/console/tokens")).await;
     let refused = browser.text(&browser.wait_for("p.error", WAIT).await).await;
