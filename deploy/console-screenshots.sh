@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Saves a PNG screenshot of every page of the web console to docs/console/ (or the
 # directory given), as the README shows them. It runs the console's browser test
-# (tests/tests/console.rs: a 3-hub, 3-spoke cluster in one process with 120 simulated
+# (tests/tests/console/: a 3-hub, 3-spoke cluster in one process with 120 simulated
 # envoys, headless Chromium over WebDriver), which takes each picture as it walks the
 # pages; installs chromium and chromium-driver from Debian's packages when missing.
 #

@@ -4,7 +4,7 @@
 #   - promtool (Debian package `prometheus`): lints every metrics scrape and the alert
 #     rules under deploy/monitoring/;
 #   - headless Chromium and its WebDriver (Debian packages chromium, chromium-driver):
-#     the web console's tests drive a real browser (tests/tests/console.rs);
+#     the web console's tests drive a real browser (tests/tests/console/);
 #   - Python grpcio and schemathesis from PyPI, in venvs under target/
 #     (tests/interop/setup.sh): a client on gRPC's C core against our TLS, and the
 #     schema-driven fuzzer of the admin API.
