@@ -68,6 +68,7 @@ impl Browser {
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "acceptInsecureCerts": true,
+            "goog:loggingPrefs": {"browser": "ALL"},
             "goog:chromeOptions": {
                 "binary": chromium,
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -261,6 +262,21 @@ impl Browser {
             .await
             .as_array()
             .cloned()
+            .unwrap_or_default()
+    }
+
+    /// What the pages printed to the browser's console since the last call (errors,
+    /// Content-Security-Policy violations), one line each.
+    pub async fn console_log(&self) -> Vec<String> {
+        let v = self
+            .command("POST", "/se/log", Some(json!({"type": "browser"})))
+            .await;
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| format!("{} {}", e["level"], e["message"]))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
