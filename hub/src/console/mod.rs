@@ -127,6 +127,9 @@ async fn not_found() -> Refused {
 pub struct Refused {
     pub kind: Kind,
     pub message: String,
+    /// The HTTP status when it is not the kind's own: a body that did not arrive in
+    /// time is the client's delay (408, as on the REST face), not a deadline of ours.
+    status: Option<StatusCode>,
 }
 
 impl Refused {
@@ -134,6 +137,7 @@ impl Refused {
         Refused {
             kind,
             message: message.into(),
+            status: None,
         }
     }
 }
@@ -150,8 +154,9 @@ impl From<HubError> for Refused {
 
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.kind.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+        let status = self.status.unwrap_or_else(|| {
+            StatusCode::from_u16(self.kind.http_status()).unwrap_or(StatusCode::BAD_REQUEST)
+        });
         let mut response = (
             status,
             html_answer(layout::error_page(status, &self.message)),
@@ -189,10 +194,13 @@ async fn read_form(body: axum::body::Body) -> Result<Form, Refused> {
             Kind::Malformed,
             format!("reading the form: {e}"),
         )),
-        Err(_) => Err(Refused::new(
-            Kind::DeadlineExceeded,
-            format!("the form did not arrive within {FORM_DEADLINE:?}"),
-        )),
+        Err(_) => Err(Refused {
+            status: Some(StatusCode::REQUEST_TIMEOUT),
+            ..Refused::new(
+                Kind::DeadlineExceeded,
+                format!("the form did not arrive within {FORM_DEADLINE:?}"),
+            )
+        }),
     }
 }
 

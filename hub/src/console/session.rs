@@ -172,7 +172,7 @@ pub async fn log_in(
     body: axum::body::Body,
 ) -> Response {
     match log_in_checked(&console, &headers, body).await {
-        Ok((cookie, _)) => ([cookie], Redirect::to("/console/")).into_response(),
+        Ok(cookie) => ([cookie], Redirect::to("/console/")).into_response(),
         Err(refused) if refused.kind == Kind::Unauthenticated => {
             let nonce = hex::encode(rand::random::<[u8; 16]>());
             let mut response = (
@@ -188,20 +188,27 @@ pub async fn log_in(
     }
 }
 
+/// Order: the form's double-submit cookie (a post from another site has none) before
+/// the body is read, the body under the form limits, the nonce against the cookie, the
+/// token against the leader's state.
 async fn log_in_checked(
     console: &Console,
     headers: &HeaderMap,
     body: axum::body::Body,
-) -> Result<((header::HeaderName, HeaderValue), Caller), Refused> {
-    let form = read_form(body).await?;
-    let expected = cookie(headers, LOGIN_COOKIE).unwrap_or("");
-    if expected.is_empty()
-        || !constant_time_eq(expected.as_bytes(), form.get("login_csrf").as_bytes())
-    {
-        return Err(Refused::new(
+) -> Result<(header::HeaderName, HeaderValue), Refused> {
+    let stale = || {
+        Refused::new(
             Kind::Forbidden,
             "the log-in form is stale or was not sent from this console; reload it",
-        ));
+        )
+    };
+    let expected = cookie(headers, LOGIN_COOKIE).unwrap_or("");
+    if expected.is_empty() {
+        return Err(stale());
+    }
+    let form = read_form(body).await?;
+    if !constant_time_eq(expected.as_bytes(), form.get("login_csrf").as_bytes()) {
+        return Err(stale());
     }
     let secret = form.get("token");
     let hash = vigo_common::traits::sha256(secret.as_bytes());
@@ -224,10 +231,7 @@ async fn log_in_checked(
     }
     tracing::info!(token = %token.name, role = token.role.as_str(), "console log-in");
     let value = console.keys.seal(&hash, expires);
-    Ok((
-        set_cookie(SESSION_COOKIE, &value, (expires - now) / 1000),
-        caller,
-    ))
+    Ok(set_cookie(SESSION_COOKIE, &value, (expires - now) / 1000))
 }
 
 /// Ends the session in this browser (the cookie is cleared; revoking the token ends

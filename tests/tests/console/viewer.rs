@@ -298,6 +298,14 @@ pub async fn viewer_cannot_act(c: &Console, browser: &Browser, session: &str) {
     let big = format!("csrf={csrf}&envoy_id={}", "a".repeat(20_000));
     let (status, _) = post("/console/actions/push", big, true).await;
     assert_eq!(status, 413);
+    // A form that never finishes arriving: 408 after the form deadline (10 s).
+    let head = format!(
+        "POST /console/actions/push HTTP/1.1\r\nhost: x\r\ncookie: __Host-vigo-session={session}\r\n\
+         content-type: application/x-www-form-urlencoded\r\ncontent-length: 100\r\n\r\ncsrf="
+    );
+    let ca = c.cluster.ca_pem();
+    let status = https::send_raw(c.cluster.rest_address(1), &ca, head.as_bytes()).await;
+    assert_eq!(status, Some(408));
     assert_eq!(
         c.api("/api/v1/config").await["current"],
         before,
