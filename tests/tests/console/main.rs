@@ -150,6 +150,12 @@ impl Console {
         body
     }
 
+    /// `GET path` with no session: status, head and body.
+    async fn get_anonymously(&self, path: &str) -> (u16, String, String) {
+        let (addr, ca) = (self.cluster.rest_address(0), self.cluster.ca_pem());
+        https::exchange(addr, &ca, "GET", path, &[], "text/html", None).await
+    }
+
     async fn log_in(&self, browser: &Browser, token: &str) {
         browser.goto(&self.url("/console/")).await;
         assert!(

@@ -312,16 +312,7 @@ pub async fn viewer_cannot_act(c: &Console, browser: &Browser, session: &str) {
         "nothing changed"
     );
     // A page that does not exist: the console's own 404, with its headers.
-    let (status, head, body) = https::exchange(
-        c.cluster.rest_address(0),
-        &c.cluster.ca_pem(),
-        "GET",
-        "/console/no/such/page",
-        &[],
-        "text/html",
-        None,
-    )
-    .await;
+    let (status, head, body) = c.get_anonymously("/console/no/such/page").await;
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("no such console page") && head.contains("content-security-policy"));
     // A log-in form posted from elsewhere (no double-submit cookie): refused.
@@ -329,16 +320,7 @@ pub async fn viewer_cannot_act(c: &Console, browser: &Browser, session: &str) {
     let (status, _) = post("/console/login", login, false).await;
     assert_eq!(status, 403);
     // Every answer forbids inline script, framing and sniffing.
-    let (status, head, _) = https::exchange(
-        c.cluster.rest_address(0),
-        &c.cluster.ca_pem(),
-        "GET",
-        "/console/login",
-        &[],
-        "text/html",
-        None,
-    )
-    .await;
+    let (status, head, _) = c.get_anonymously("/console/login").await;
     assert_eq!(status, 200);
     assert!(
         head.contains("content-security-policy: default-src 'none'; script-src 'self'"),
