@@ -11,6 +11,9 @@ pub enum Error {
     Malformed { what: &'static str, why: String },
     #[error("signature does not verify")]
     BadSignature,
+    /// An enrollment's `key_proof`: a signature, so refused as one (UNAUTHENTICATED).
+    #[error("key_proof {0}")]
+    BadKeyProof(&'static str),
     #[error("{}: {why}", path.display())]
     File { path: PathBuf, why: String },
     #[error("{}: {}{why}", file.display(), if key.is_empty() { String::new() } else { format!("{key}: ") })]
@@ -43,7 +46,7 @@ impl crate::refusal::Refusal for Error {
         use crate::refusal::Kind;
         match self {
             Error::Malformed { .. } | Error::Policy(_) => Kind::Malformed,
-            Error::BadSignature => Kind::Unauthenticated,
+            Error::BadSignature | Error::BadKeyProof(_) => Kind::Unauthenticated,
             Error::Unreachable { .. } => Kind::Unavailable,
             Error::File { .. }
             | Error::Config { .. }

@@ -47,3 +47,7 @@ pub const MAX_ADMIN_ANSWER: usize = 64 << 20;
 
 /// Envoys one hub→spoke registration call carries (a batch of concurrent enrollments).
 pub const MAX_REGISTER_BATCH: usize = 256;
+
+/// The largest task result an envoy sends (`TaskResultBody`, encoded): the envoy cuts
+/// its output to fit, the spoke refuses anything larger.
+pub const MAX_TASK_RESULT: usize = 200 << 10;

@@ -392,16 +392,23 @@ impl CertAuthority {
                 return Err(refuse("its key differs from the enrollment public key"));
             }
         } else if csr.public_key.algorithm() == TLS_KEY_ALGORITHM {
+            // The algorithm rcgen reports is the CSR's signature's (ECDSA with SHA-256),
+            // which a P-384 key can make too: the key's own curve is checked.
+            if !on_p256(csr_der) {
+                return Err(refuse("its key is not on the P-256 curve"));
+            }
             let identity = crate::signing::parse_public_key(public_key)?;
             let proof = crate::signing::parse_signature(key_proof)
-                .map_err(|_| refuse("key_proof is not an Ed25519 signature"))?;
+                .map_err(|_| Error::BadKeyProof("is not an Ed25519 signature"))?;
             crate::signing::verify(
                 &identity,
                 crate::signing::Domain::EnrollKey,
                 csr_der,
                 &proof,
             )
-            .map_err(|_| refuse("key_proof is not the enrollment key's signature over it"))?;
+            .map_err(|_| {
+                Error::BadKeyProof("is not the enrollment key's signature over the CSR")
+            })?;
             let uri = format!("{KEY_URI_PREFIX}{}", hex::encode(public_key));
             names.push(SanType::URI(
                 uri.as_str().try_into().map_err(rcgen_err("key name"))?,
@@ -446,6 +453,28 @@ impl CertAuthority {
         )?;
         Ok((cert, request.tls_key_pem))
     }
+}
+
+/// Whether the CSR's key is an EC key on P-256 (the curve named in its key info).
+fn on_p256(csr_der: &[u8]) -> bool {
+    use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
+    use x509_parser::prelude::FromDer;
+    let Ok((_, csr)) = x509_parser::certification_request::X509CertificationRequest::from_der(csr_der)
+    else {
+        return false;
+    };
+    let spki = &csr.certification_request_info.subject_pki;
+    let point = &spki.subject_public_key.data;
+    let key = &spki.algorithm;
+    // An uncompressed point: 0x04, then 32 bytes each of x and y.
+    point.len() == 65
+        && point[0] == 4
+        && key.algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY
+        && key
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .is_some_and(|curve| curve == OID_EC_P256)
 }
 
 /// What an envoy sends to be certified: a CSR on a fresh P-256 TLS key, the identity
@@ -625,6 +654,21 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A CSR's signature algorithm does not name the key's curve: the curve is read
+    /// from the key itself (a P-384 key was once certified as if it were P-256).
+    #[test]
+    fn only_a_p256_key_passes_the_curve_check() {
+        let csr = |alg: &'static SignatureAlgorithm| {
+            let key = KeyPair::generate_for(alg).unwrap();
+            let params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.serialize_request(&key).unwrap().der().to_vec()
+        };
+        assert!(on_p256(&csr(&PKCS_ECDSA_P256_SHA256)));
+        assert!(!on_p256(&csr(&rcgen::PKCS_ECDSA_P384_SHA384)));
+        assert!(!on_p256(&csr(&PKCS_ED25519)));
+        assert!(!on_p256(b"not a request"));
     }
 
     #[test]

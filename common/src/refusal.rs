@@ -134,15 +134,55 @@ impl Kind {
 pub trait Refusal: std::fmt::Display {
     fn kind(&self) -> Kind;
 
-    /// The gRPC status a caller gets: the kind's code, the error's text.
+    /// The gRPC status a caller gets: the kind's code, the error's text (bounded).
     fn to_status(&self) -> tonic::Status {
-        tonic::Status::new(self.kind().grpc_code(), self.to_string())
+        tonic::Status::new(self.kind().grpc_code(), bounded(self.to_string()))
     }
+}
+
+/// The most of a refusal's text a caller gets: a message never echoes input at length,
+/// and always fits the client's metadata limit (a 60,000-byte trait key once turned an
+/// INVALID_ARGUMENT into the client's own RESOURCE_EXHAUSTED).
+pub const MAX_MESSAGE: usize = 512;
+
+/// `text` cut to [`MAX_MESSAGE`] bytes on a character boundary, saying how long it was.
+pub fn bounded(mut text: String) -> String {
+    if text.len() <= MAX_MESSAGE {
+        return text;
+    }
+    let total = text.len();
+    let mut end = MAX_MESSAGE - 32;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(&format!("… ({total} bytes)"));
+    text
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_never_echoes_input_at_length() {
+        struct Echo(String);
+        impl std::fmt::Display for Echo {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "trait key {:?} is too long", self.0)
+            }
+        }
+        impl Refusal for Echo {
+            fn kind(&self) -> Kind {
+                Kind::Malformed
+            }
+        }
+        let status = Echo("é".repeat(30_000)).to_status();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().len() <= MAX_MESSAGE, "{}", status.message().len());
+        assert!(status.message().ends_with("(60023 bytes)"), "{}", status.message());
+        assert_eq!(bounded("short".into()), "short");
+    }
 
     /// Pins every kind to its code, status and label: a change here changes what
     /// clients, dashboards and alerts see, so it must be deliberate.

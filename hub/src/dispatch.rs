@@ -305,12 +305,21 @@ async fn take_counts(
         };
         let now = now_ms();
         let known = node.read(|s| {
-            s.tasks
-                .get(&id)
-                .filter(|t| active(t, now))
-                .map(|t| t.counts.get(spoke).copied().unwrap_or_default())
+            s.tasks.get(&id).filter(|t| active(t, now)).map(|t| {
+                let known = t.counts.get(spoke).copied().unwrap_or_default();
+                (known, t.check_counts(spoke, &counts))
+            })
         });
-        let Some(known) = known else { continue };
+        let Some((known, checked)) = known else {
+            continue;
+        };
+        if let Err(refused) = checked {
+            // A spoke's numbers are claims: beyond what it was released they are a
+            // broken or hostile spoke, never a reason to release more.
+            crate::metrics::claim_refused(spoke, crate::metrics::Claim::TaskCounts);
+            debug!(%refused, "task counts refused");
+            continue;
+        }
         if counts_grew(&known, &counts) {
             let new = counts.ended().saturating_sub(known.ended());
             metrics::counter!("vigo_hub_task_results_total").increment(u64::from(new));

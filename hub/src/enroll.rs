@@ -432,8 +432,13 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
             Err(e) => Err(e),
         };
         if let Err(e) = &result {
+            // Anyone can be refused: the metric counts each, the log a bounded few.
+            static LOGGED: vigo_common::telemetry::sampled::Sampled =
+                vigo_common::telemetry::sampled::Sampled::new();
             metrics::counter!("vigo_hub_enrollment_refusals_total").increment(1);
-            info!(error = %e, "enrollment refused");
+            if let Some(left_out) = LOGGED.admit() {
+                info!(error = %e, left_out, "enrollment refused");
+            }
         }
         result.map(tonic::Response::new).map_err(Into::into)
     }

@@ -16,10 +16,15 @@ pub const SPOKE_HEALTHY_WITHIN: Duration = Duration::from_secs(8);
 /// A hub node that has answered no raft RPC for this long is shown unreachable.
 pub const PEER_REACHABLE_WITHIN: Duration = Duration::from_secs(3);
 
+/// A spoke's served config version is written through raft at most this often: a
+/// spoke flipping between two versions cannot make every heartbeat an fsynced entry.
+pub const CONFIG_RECORD_EVERY: Duration = Duration::from_secs(5);
+
 #[derive(Default)]
 pub struct Liveness {
     spokes: Mutex<HashMap<String, Instant>>,
     peers: Mutex<HashMap<u64, Instant>>,
+    config_recorded: Mutex<HashMap<String, Instant>>,
 }
 
 impl Liveness {
@@ -37,6 +42,22 @@ impl Liveness {
     pub fn spoke_silent_for(&self, id: &str) -> Option<Duration> {
         let spokes = self.spokes.lock().unwrap_or_else(|p| p.into_inner());
         spokes.get(id).map(Instant::elapsed)
+    }
+
+    /// Whether a change of the config version `id` serves may be written now (at most
+    /// one write per [`CONFIG_RECORD_EVERY`] per spoke); taking the turn when it may.
+    pub fn config_record_due(&self, id: &str) -> bool {
+        let mut recorded = self
+            .config_recorded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let due = recorded
+            .get(id)
+            .is_none_or(|at| at.elapsed() >= CONFIG_RECORD_EVERY);
+        if due {
+            recorded.insert(id.to_string(), Instant::now());
+        }
+        due
     }
 
     pub fn heard_from(&self, node: u64) {

@@ -6,6 +6,40 @@ use vigo_proto::admin::v1 as api;
 
 use crate::node::Node;
 
+/// What a spoke claimed that the hub refused (DESIGN §9: a spoke's answers are claims).
+#[derive(Clone, Copy, Debug)]
+pub enum Claim {
+    /// More task outcomes than targets released to it.
+    TaskCounts,
+    /// A compliance status outside the closed set.
+    Status,
+    /// A task target pinned to another spoke.
+    TaskTarget,
+    /// A config version the cluster never published.
+    ConfigVersion,
+}
+
+impl Claim {
+    fn label(self) -> &'static str {
+        match self {
+            Claim::TaskCounts => "task_counts",
+            Claim::Status => "status",
+            Claim::TaskTarget => "task_target",
+            Claim::ConfigVersion => "config_version",
+        }
+    }
+}
+
+/// Counts a refused claim of `spoke`.
+pub fn claim_refused(spoke: &str, claim: Claim) {
+    metrics::counter!(
+        "vigo_hub_spoke_claims_refused_total",
+        "spoke" => spoke.to_string(),
+        "claim" => claim.label()
+    )
+    .increment(1);
+}
+
 /// Raft term, leader, log and applied index; pins (refreshed before each scrape).
 pub fn publish_raft(node: &Node) {
     let m = node.raft.metrics().borrow().clone();
@@ -194,6 +228,10 @@ pub fn describe() {
         "Envoy outcomes of tasks counted by the leader (ok, failed, timed out, refused, unreachable)"
     );
     metrics::counter!("vigo_hub_task_results_total").increment(0);
+    describe_counter!(
+        "vigo_hub_spoke_claims_refused_total",
+        "Answers of a spoke the hub refused as impossible (task counts beyond its released targets, unknown status names, targets pinned elsewhere, unpublished config versions), by spoke and claim"
+    );
     let _ = metrics::histogram!("vigo_hub_task_dispatch_seconds");
     for state in ["running", "finished", "stopped", "cancelled", "expired"] {
         metrics::gauge!("vigo_hub_tasks", "state" => state).set(0.0);

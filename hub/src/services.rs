@@ -222,11 +222,21 @@ impl pb::hub_spokes_server::HubSpokes for SpokesService {
                     let now = now_ms();
                     // Liveness is this node's observation (`crate::liveness`); the log
                     // is written only when what the spoke serves changed.
-                    let due = node.read(|s| match s.spokes.get(&id) {
+                    let (changed, published) = node.read(|s| match s.spokes.get(&id) {
                         None => Err(HubError::NotFound(format!("spoke {id} is not registered"))),
-                        Some(sp) => Ok(sp.config_version != msg.config_version),
+                        Some(sp) => Ok((
+                            sp.config_version != msg.config_version,
+                            msg.config_version.is_empty()
+                                || s.configs.iter().any(|c| c.version == msg.config_version),
+                        )),
                     })?;
-                    if due {
+                    // What a spoke says it serves is a claim: a version the cluster
+                    // never published is not recorded (the directive still tells the
+                    // spoke what to serve), and changes are written at a bounded rate.
+                    if changed && !published {
+                        crate::metrics::claim_refused(&id, crate::metrics::Claim::ConfigVersion);
+                    }
+                    if changed && published && node.liveness.config_record_due(&id) {
                         node.propose_ok(Command::Heartbeat {
                             id: id.clone(),
                             config_version: msg.config_version.clone(),

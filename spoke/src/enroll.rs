@@ -259,7 +259,12 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
         };
         count_call("vigo_enrollments_total", result.as_ref().map(|_| ()));
         if let Err(e) = &result {
-            info!(error = %e, "enrollment refused");
+            // Anyone can be refused: the metric counts each, the log a bounded few.
+            static LOGGED: vigo_common::telemetry::sampled::Sampled =
+                vigo_common::telemetry::sampled::Sampled::new();
+            if let Some(left_out) = LOGGED.admit() {
+                info!(error = %e, left_out, "enrollment refused");
+            }
         }
         result.map(Response::new).map_err(Status::from)
     }

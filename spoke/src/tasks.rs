@@ -32,7 +32,7 @@ pub const KEEP_TASKS: usize = 64;
 /// How long after a copy's window an envoy's result may still arrive (its upload).
 pub const GRACE_MS: u64 = 5_000;
 /// The largest result an envoy sends: 64 KiB of each output stream, rows, the rest.
-pub const MAX_RESULT_BODY: usize = 200 << 10;
+pub const MAX_RESULT_BODY: usize = vigo_common::limits::MAX_TASK_RESULT;
 /// Rows of results in one page at most.
 pub const MAX_PAGE: u32 = 1000;
 
@@ -423,13 +423,15 @@ impl SpokeTasks {
 
     /// An envoy's result: checked against the copy it was sent, stored durably, then
     /// counted. Returns whether it was stored before (a retried report).
-    pub async fn report(
+    /// Whether the spoke takes this result: a copy it sent the envoy, a known status,
+    /// within its window. `Ok(None)` for a result stored already (a retry); the
+    /// gateway asks before it takes the request's sequence number, so a refused report
+    /// changes nothing, as every other refusal.
+    pub fn check(
         &self,
         envoy: EnvoyId,
-        hostname: &str,
-        body: pb::TaskResultBody,
-        now_ms: u64,
-    ) -> Result<bool, SpokeError> {
+        body: &pb::TaskResultBody,
+    ) -> Result<Option<(u128, Outcome)>, SpokeError> {
         let id = task_key(&body.task_id)?;
         let outcome = Outcome::reported(&body.status).ok_or_else(|| {
             SpokeError::malformed(
@@ -437,21 +439,29 @@ impl SpokeTasks {
                 format!("{:?}: ok, failed, timed_out or refused", body.status),
             )
         })?;
-        {
-            let inner = self.lock();
-            let copy = inner
-                .tasks
-                .get(&id)
-                .and_then(|t| t.copies.get(&envoy.get()))
-                .ok_or_else(|| SpokeError::NoSuchTask(hex::encode(id.to_be_bytes())))?;
-            match copy.outcome {
-                Some(_) if copy.stored => return Ok(true),
-                Some(decided) => {
-                    return Err(SpokeError::TaskWindowClosed(decided.as_str()));
-                }
-                None => {}
-            }
+        let inner = self.lock();
+        let copy = inner
+            .tasks
+            .get(&id)
+            .and_then(|t| t.copies.get(&envoy.get()))
+            .ok_or_else(|| SpokeError::NoSuchTask(hex::encode(id.to_be_bytes())))?;
+        match copy.outcome {
+            Some(_) if copy.stored => Ok(None),
+            Some(decided) => Err(SpokeError::TaskWindowClosed(decided.as_str())),
+            None => Ok(Some((id, outcome))),
         }
+    }
+
+    pub async fn report(
+        &self,
+        envoy: EnvoyId,
+        hostname: &str,
+        body: pb::TaskResultBody,
+        now_ms: u64,
+    ) -> Result<bool, SpokeError> {
+        let Some((id, outcome)) = self.check(envoy, &body)? else {
+            return Ok(true);
+        };
         let row = result_row(envoy, hostname, &body, outcome, now_ms);
         let written = self
             .store

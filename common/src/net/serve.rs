@@ -104,6 +104,12 @@ impl Activity {
         InFlight(self.clone())
     }
 
+    /// No request has started on the connection yet.
+    fn never_used(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+            && self.idle_since_ms.load(Ordering::Acquire) == u64::MAX
+    }
+
     /// When the connection may be closed for idleness, `None` while a request runs.
     fn closes_at(&self, first_request: Duration, idle: Duration) -> Option<Instant> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
@@ -383,6 +389,9 @@ async fn drive(
                 }
                 match activity.closes_at(first_request, idle) {
                     None => check = now + idle,
+                    // Never a request: nothing to finish, so no grace period (the
+                    // documented `first_request_timeout` is when it closes).
+                    Some(at) if at <= now && activity.never_used() => return,
                     Some(at) if at <= now => {
                         debug!("closing an idle connection");
                         connection.as_mut().graceful_shutdown();

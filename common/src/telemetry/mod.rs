@@ -3,6 +3,7 @@
 
 pub mod heap;
 pub mod process;
+pub mod sampled;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

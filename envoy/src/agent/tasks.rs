@@ -29,6 +29,7 @@ use vigo_proto::v1 as pb;
 use super::state::{LocalState, StateError};
 
 pub mod collect;
+mod fit;
 pub mod handle;
 pub mod run;
 

@@ -44,12 +44,27 @@ fn decode_cursor(text: &str, sort: &Sort) -> Result<Option<pb::SortKey>, HubErro
         .map_err(|_| bad("not a cursor this API returned"))
 }
 
-/// Adds one status-count set into another.
+/// Adds one status-count set into another (saturating: the numbers are a spoke's).
 fn add_counts(into: &mut api::StatusCounts, from: &api::StatusCounts) {
     for (status, n) in &from.by_status {
-        *into.by_status.entry(status.clone()).or_default() += n;
+        let sum = into.by_status.entry(status.clone()).or_default();
+        *sum = sum.saturating_add(*n);
     }
-    into.total += from.total;
+    into.total = into.total.saturating_add(from.total);
+}
+
+/// A spoke's status counts with only the statuses the product defines: any other name
+/// is a broken or hostile spoke's, and must not reach the replicated history or a
+/// metric label (DESIGN §9). Refused names are counted.
+fn known_statuses(spoke: &str, mut counts: api::StatusCounts) -> api::StatusCounts {
+    let before = counts.by_status.len();
+    counts
+        .by_status
+        .retain(|status, _| vigo_common::fleet_query::STATUSES.contains(&status.as_str()));
+    if counts.by_status.len() < before {
+        crate::metrics::claim_refused(spoke, crate::metrics::Claim::Status);
+    }
+    counts
 }
 
 impl AdminApi {
@@ -304,12 +319,12 @@ impl AdminApi {
         let mut hostcrates: BTreeMap<String, api::StatusCounts> = BTreeMap::new();
         let mut spokes = Vec::new();
         for (spoke, answer) in answers {
-            let total = answer.total.unwrap_or_default();
+            let total = known_statuses(&spoke, answer.total.unwrap_or_default());
             add_counts(&mut fleet, &total);
             for h in answer.hostcrates {
                 add_counts(
                     hostcrates.entry(h.name).or_default(),
-                    &h.counts.unwrap_or_default(),
+                    &known_statuses(&spoke, h.counts.unwrap_or_default()),
                 );
             }
             spokes.push(api::NamedCounts {

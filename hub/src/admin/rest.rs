@@ -146,7 +146,7 @@ impl IntoResponse for Failure {
         (
             status,
             Json(ApiError {
-                error: message,
+                error: vigo_common::refusal::bounded(message),
                 code: format!("{code:?}"),
             }),
         )

@@ -149,6 +149,20 @@ impl AdminApi {
         .await;
         let mut targets = Vec::new();
         for (spoke, found) in answers {
+            // A spoke's listing is a claim: only envoys the hub pins to it are its
+            // targets, each once (DESIGN §9).
+            let found = self.node.read(|s| {
+                let mut found = found;
+                found.sort_unstable();
+                found.dedup_by_key(|(id, _)| *id);
+                let listed = found.len();
+                found.retain(|(id, _)| s.pins.get(id).is_some_and(|p| p.spoke == spoke));
+                (found, listed)
+            });
+            let (found, listed) = found;
+            if found.len() < listed {
+                crate::metrics::claim_refused(&spoke, crate::metrics::Claim::TaskTarget);
+            }
             let entry = per_spoke.entry(spoke.clone()).or_default();
             for (id, streaming) in found {
                 entry.0 += 1;

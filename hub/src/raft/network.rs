@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use openraft::BasicNode;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -82,9 +83,13 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// Sends one RPC; `entries` is how many log entries it carries (0 but for
+    /// AppendEntries), so a batch over the message limit is answered
+    /// `PayloadTooLarge` and openraft sends it again in smaller parts.
     async fn call<Req, Resp, E>(
         &mut self,
         rpc: &Req,
+        entries: u64,
         ttl: Duration,
         method: impl AsyncFnOnce(
             &mut Client,
@@ -104,11 +109,20 @@ impl Peer {
         let client = self.client.as_mut().map_err(|e| unreachable(e.clone()))?;
         let data = postcard::to_allocvec(rpc)
             .map_err(|e| RPCError::Network(NetworkError::new(&TransportError(e.to_string()))))?;
+        if let Some(hint) = split_hint(entries, data.len()) {
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(hint)));
+        }
         let mut request = Request::new(pb::RaftPayload { data: data.into() });
         request.set_timeout(ttl);
         let reply = method(client, request)
             .await
-            .map_err(|s| unreachable(format!("{}: {}", s.code(), s.message())))?
+            .map_err(|s| match s.code() {
+                // The peer's limit is smaller than ours (another build): halve.
+                tonic::Code::ResourceExhausted | tonic::Code::OutOfRange if entries > 1 => {
+                    RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(entries / 2))
+                }
+                _ => unreachable(format!("{}: {}", s.code(), s.message())),
+            })?
             .into_inner();
         self.liveness.heard_from(self.target);
         let result: Result<Resp, RaftError<NodeId, E>> = postcard::from_bytes(&reply.data)
@@ -123,7 +137,8 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(&rpc, option.hard_ttl(), async |c, r| {
+        let entries = rpc.entries.len() as u64;
+        self.call(&rpc, entries, option.hard_ttl(), async |c, r| {
             c.append_entries(r).await
         })
         .await
@@ -137,7 +152,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(&rpc, option.hard_ttl(), async |c, r| {
+        self.call(&rpc, 0, option.hard_ttl(), async |c, r| {
             c.install_snapshot(r).await
         })
         .await
@@ -148,9 +163,25 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(&rpc, option.hard_ttl(), async |c, r| c.vote(r).await)
+        self.call(&rpc, 0, option.hard_ttl(), async |c, r| c.vote(r).await)
             .await
     }
+}
+
+/// Room in a raft message for the gRPC envelope around the payload.
+const ENVELOPE: usize = 1024;
+
+/// When `encoded` bytes carrying `entries` log entries exceed the message limit: how
+/// many entries to send instead (a proportional share, at most half, at least one).
+/// `None` when the message fits, or is one entry (which admission keeps under the
+/// limit: a config is at most 16 MiB).
+fn split_hint(entries: u64, encoded: usize) -> Option<u64> {
+    let limit = crate::admission::MAX_RAFT_MESSAGE - ENVELOPE;
+    if encoded <= limit || entries <= 1 {
+        return None;
+    }
+    let share = (entries as u128 * limit as u128 / encoded as u128) as u64;
+    Some(share.clamp(1, entries / 2))
 }
 
 /// The receiving side: peers' RPCs handed to the local raft node.
@@ -234,5 +265,23 @@ impl pb::hub_raft_server::HubRaft for RaftService {
             })),
             Err(e) => Err(Status::unavailable(format!("not the leader now: {e}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two 16 MiB entries for a lagging follower once stalled replication for good
+    /// (every failure was "unreachable", which openraft only backs off on): now the
+    /// batch is split until each part fits.
+    #[test]
+    fn a_batch_over_the_limit_is_split_until_it_fits() {
+        let mib = 1 << 20;
+        assert_eq!(split_hint(2, 33 * mib), Some(1));
+        assert_eq!(split_hint(100, 64 * mib), Some(49));
+        assert_eq!(split_hint(1000, 20 * mib), None, "fits");
+        assert_eq!(split_hint(1, 40 * mib), None, "one entry cannot be split");
+        assert_eq!(split_hint(3, usize::MAX), Some(1));
     }
 }

@@ -62,7 +62,7 @@ impl ClusterState {
             );
         }
         if let Some(t) = self.tokens.get_mut(&e.token) {
-            t.used += 1;
+            t.used = t.used.saturating_add(1);
         }
         self.hostnames.insert(e.hostname.clone(), e.envoy_id);
         self.pins.insert(

@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 pub const MAX_SAMPLES: usize = 2016;
+/// Missing spokes named in one sample.
+pub const MAX_MISSING: usize = 256;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComplianceSample {
@@ -27,10 +29,15 @@ pub struct ComplianceHistory {
 impl ComplianceHistory {
     /// Keeps `sample` if it is newer than the newest kept (a retried proposal, or one
     /// from a deposed leader, changes nothing).
-    pub fn record(&mut self, sample: ComplianceSample) {
+    pub fn record(&mut self, mut sample: ComplianceSample) {
         if self.last_at().is_some_and(|at| sample.at_ms <= at) {
             return;
         }
+        // Bounded whatever a proposal carries: only the defined statuses, and as many
+        // missing spokes as a cluster may have.
+        let known = vigo_common::fleet_query::STATUSES;
+        sample.by_status.retain(|s, _| known.contains(&s.as_str()));
+        sample.missing.truncate(MAX_MISSING);
         self.samples.push_back(sample);
         while self.samples.len() > MAX_SAMPLES {
             self.samples.pop_front();
@@ -105,5 +112,25 @@ mod tests {
             h.samples.len()
         );
         assert!(bytes < 512 << 10, "{bytes} bytes");
+    }
+
+    /// A sample proposed with a hostile spoke's answer in it keeps only the statuses
+    /// the product defines and a bounded list of missing spokes.
+    #[test]
+    fn invented_statuses_and_endless_missing_lists_are_not_kept() {
+        let mut h = ComplianceHistory::default();
+        let mut by_status: BTreeMap<String, u64> =
+            (0..10_000).map(|i| (format!("status-{i}"), 1)).collect();
+        by_status.insert("converged".into(), 7);
+        h.record(ComplianceSample {
+            at_ms: 1,
+            by_status,
+            total: 7,
+            missing: (0..10_000).map(|i| format!("spoke-{i}")).collect(),
+        });
+        let kept = h.since(0).next().unwrap();
+        assert_eq!(kept.by_status.len(), 1);
+        assert_eq!(kept.by_status["converged"], 7);
+        assert_eq!(kept.missing.len(), MAX_MISSING);
     }
 }

@@ -69,6 +69,15 @@ pub enum Rejection {
     TaskTargets(usize, usize),
     #[error(transparent)]
     Enroll(#[from] Denied),
+    #[error(
+        "spoke {spoke} claims {claimed} outcomes for task {task}, which released {released} of its targets there"
+    )]
+    TaskCounts {
+        task: String,
+        spoke: String,
+        claimed: u64,
+        released: u32,
+    },
 }
 
 impl Refusal for Rejection {
@@ -94,7 +103,7 @@ impl Refusal for Rejection {
             Rejection::NoSuchTask(_) => Kind::NotFound,
             Rejection::TaskExists(_) => Kind::Exists,
             Rejection::TaskEnded(..) | Rejection::TooManyTasks(_) => Kind::Precondition,
-            Rejection::TaskTargets(..) => Kind::Malformed,
+            Rejection::TaskTargets(..) | Rejection::TaskCounts { .. } => Kind::Malformed,
             Rejection::Enroll(d) => d.kind(),
         }
     }

@@ -101,13 +101,28 @@ pub struct Counts {
 }
 
 impl Counts {
-    /// Envoys with an outcome.
+    /// Envoys with an outcome (saturating: counts come from spokes, a claim of
+    /// `u32::MAX` must not wrap to a small number).
     pub fn ended(&self) -> u32 {
-        self.ok + self.failed + self.timed_out + self.refused + self.unreachable
+        u32::try_from(self.ended_wide()).unwrap_or(u32::MAX)
+    }
+
+    /// The sum without overflow, to hold a spoke's claim against its targets.
+    fn ended_wide(&self) -> u64 {
+        [
+            self.ok,
+            self.failed,
+            self.timed_out,
+            self.refused,
+            self.unreachable,
+        ]
+        .iter()
+        .map(|&n| u64::from(n))
+        .sum()
     }
 
     pub fn failures(&self) -> u32 {
-        self.failed + self.timed_out
+        self.failed.saturating_add(self.timed_out)
     }
 
     fn max(self, other: Counts) -> Counts {
@@ -122,11 +137,11 @@ impl Counts {
 
     fn add(self, other: Counts) -> Counts {
         Counts {
-            ok: self.ok + other.ok,
-            failed: self.failed + other.failed,
-            timed_out: self.timed_out + other.timed_out,
-            refused: self.refused + other.refused,
-            unreachable: self.unreachable + other.unreachable,
+            ok: self.ok.saturating_add(other.ok),
+            failed: self.failed.saturating_add(other.failed),
+            timed_out: self.timed_out.saturating_add(other.timed_out),
+            refused: self.refused.saturating_add(other.refused),
+            unreachable: self.unreachable.saturating_add(other.unreachable),
         }
     }
 }
@@ -217,6 +232,30 @@ impl TaskRecord {
 
     fn target_count(&self) -> u32 {
         self.targets.len() as u32
+    }
+
+    /// How many of the released targets are on `spoke`: the most outcomes it can know.
+    pub fn released_on(&self, spoke: &str) -> u32 {
+        let released = self.targets.iter().take(self.released as usize);
+        released.filter(|(_, s)| s == spoke).count() as u32
+    }
+
+    /// A spoke's counts are claims: they are taken only while they stay within the
+    /// targets the hub released to that spoke (DESIGN §9: a spoke cannot skip a
+    /// task's canary, batches or failure limit with its numbers).
+    pub fn check_counts(&self, spoke: &str, counts: &Counts) -> Result<(), Rejection> {
+        let known = self.counts.get(spoke).copied().unwrap_or_default();
+        let claimed = known.max(*counts).ended_wide();
+        let released = self.released_on(spoke);
+        if claimed > u64::from(released) {
+            return Err(Rejection::TaskCounts {
+                task: hex::encode(self.id),
+                spoke: spoke.to_string(),
+                claimed,
+                released,
+            });
+        }
+        Ok(())
     }
 
     /// When the target at `index` was released, if it was.
@@ -377,7 +416,8 @@ impl ClusterState {
         }
         let on_spoke = task.targets.iter().filter(|(_, s)| s == spoke).count() as u32;
         let entry = task.counts.entry(spoke.to_string()).or_default();
-        entry.unreachable += on_spoke.saturating_sub(entry.ended());
+        let unheard = on_spoke.saturating_sub(entry.ended());
+        entry.unreachable = entry.unreachable.saturating_add(unheard);
         self.settle_task(id, at_ms);
         Ok(())
     }
@@ -408,6 +448,7 @@ impl ClusterState {
         if task.written_off.contains(spoke) {
             return Ok(());
         }
+        task.check_counts(spoke, &counts)?;
         let entry = task.counts.entry(spoke.to_string()).or_default();
         *entry = entry.max(counts);
         if !settling {

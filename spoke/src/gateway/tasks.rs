@@ -36,6 +36,9 @@ impl Gateway {
         } = self
             .authenticate::<pb::TaskResultBody>(peer, request, MAX_RESULT_BODY)
             .await?;
+        // A result the spoke would refuse is refused before its sequence number is
+        // taken: a refusal changes nothing.
+        self.tasks.check(record.id, &body)?;
         self.fleet.update(&record, |st| {
             accept_fresh(st, record.id, body.sequence, now_ms)?;
             st.mark_dirty();

@@ -206,7 +206,7 @@ fn apply_configcrate(ctx: &TaskContext, name: &str) -> TaskOutcome {
 
 /// The result an admitted task's outcome is reported as.
 pub fn result_body(task: &Admitted, outcome: &TaskOutcome) -> pb::TaskResultBody {
-    pb::TaskResultBody {
+    let mut body = pb::TaskResultBody {
         task_id: bytes::Bytes::copy_from_slice(&task.id),
         status: outcome.status.as_str().into(),
         exit_code: outcome.exit_code,
@@ -225,7 +225,9 @@ pub fn result_body(task: &Admitted, outcome: &TaskOutcome) -> pb::TaskResultBody
         message: outcome.message.clone(),
         duration_ms: outcome.duration.as_millis().min(u128::from(u32::MAX)) as u32,
         ..Default::default()
-    }
+    };
+    super::fit::fit(&mut body);
+    body
 }
 
 impl TaskOutcome {

@@ -85,7 +85,8 @@ fn a_sliding_window_releases_as_outcomes_arrive() {
     assert_eq!(get(&s, 1).next_release(), Some(3));
     ok(&mut s, release(1, 3, AT));
     assert_eq!(get(&s, 1).next_release(), None, "three in flight");
-    ok(&mut s, count(1, "a", oks(2)));
+    // Targets 1..=3 released: 1 and 3 on "b", 2 on "a".
+    ok(&mut s, count(1, "b", oks(2)));
     assert_eq!(get(&s, 1).next_release(), Some(5));
     ok(&mut s, release(1, 5, AT));
     // A release never goes back, nor past the targets.
@@ -124,7 +125,7 @@ fn max_failures_stop_further_batches() {
     );
     ok(&mut s, release(1, 10, AT));
     let one_failure = Counts {
-        ok: 5,
+        ok: 4,
         failed: 1,
         ..Counts::default()
     };
@@ -147,11 +148,13 @@ fn max_failures_stop_further_batches() {
 fn counts_applied_twice_or_late_change_nothing() {
     let mut s = ClusterState::default();
     ok(&mut s, task(1, 10, |_| {}));
+    ok(&mut s, release(1, 10, AT));
     ok(&mut s, count(1, "a", oks(4)));
     ok(&mut s, count(1, "a", oks(4)));
     ok(&mut s, count(1, "a", oks(2)));
     assert_eq!(get(&s, 1).total(), oks(4));
-    ok(&mut s, count(1, "b", oks(6)));
+    ok(&mut s, count(1, "a", oks(5)));
+    ok(&mut s, count(1, "b", oks(5)));
     assert_eq!(get(&s, 1).state, TaskState::Finished);
     assert_eq!(get(&s, 1).ended_ms, AT + 10);
 }
@@ -360,4 +363,84 @@ fn outcomes_of_envoys_in_flight_still_count_after_a_stop_or_cancel() {
     );
     assert!(!t.settling());
     assert_eq!(t.next_release(), None, "nothing more is released");
+}
+
+/// A compromised spoke's numbers: more outcomes than targets released to it, counts
+/// for a task it holds no target of, and fields near `u32::MAX` (which once wrapped
+/// the fleet's totals and panicked debug builds) are refused, change nothing, and
+/// never release a batch or hide a failure.
+#[test]
+fn a_spokes_counts_beyond_its_released_targets_are_refused() {
+    let mut s = ClusterState::default();
+    ok(
+        &mut s,
+        task(1, 100, |t| {
+            t.canary = Some(5);
+            t.batch = Some(Portion::Count(2));
+            t.max_failures = Some(Portion::Count(1));
+        }),
+    );
+    ok(&mut s, release(1, 5, AT));
+    let before = get(&s, 1).clone();
+    // Targets 1..=5 released: 2 and 4 on "a", 1, 3 and 5 on "b".
+    for (spoke, claim) in [
+        ("a", oks(3)),
+        ("c", oks(1)),
+        ("b", oks(9_000)),
+        (
+            "b",
+            Counts {
+                ok: u32::MAX,
+                failed: u32::MAX,
+                timed_out: u32::MAX,
+                refused: u32::MAX,
+                unreachable: u32::MAX,
+            },
+        ),
+        (
+            "b",
+            Counts {
+                ok: 2,
+                unreachable: u32::MAX,
+                ..Counts::default()
+            },
+        ),
+    ] {
+        assert!(
+            matches!(
+                refused(&mut s, count(1, spoke, claim)),
+                Rejection::TaskCounts { .. }
+            ),
+            "{spoke}: {claim:?}"
+        );
+    }
+    assert_eq!(get(&s, 1), &before, "nothing changed");
+    assert_eq!(get(&s, 1).next_release(), None, "the canary still runs");
+    // Within bounds, a failure still stops the task.
+    ok(
+        &mut s,
+        count(
+            1,
+            "b",
+            Counts {
+                ok: 2,
+                failed: 1,
+                ..Counts::default()
+            },
+        ),
+    );
+    assert_eq!(get(&s, 1).state, TaskState::Stopped);
+}
+
+/// Sums of spoke counts saturate instead of wrapping: a failure is never read as none.
+#[test]
+fn count_sums_saturate() {
+    let big = Counts {
+        ok: u32::MAX,
+        failed: u32::MAX,
+        ..Counts::default()
+    };
+    assert_eq!(big.ended(), u32::MAX);
+    assert_eq!(big.failures(), u32::MAX);
+    assert_eq!(big.add(big).failed, u32::MAX);
 }
