@@ -133,6 +133,7 @@ impl Admit for HubAdmin {
         let serial = call.serial().to_string();
         let caller =
             authenticate(&self.0, call.headers, call.peer(), &serial).map_err(Status::from)?;
+        call.vouch();
         call.extensions.insert(caller);
         Ok(admitted)
     }

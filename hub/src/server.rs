@@ -70,9 +70,12 @@ impl HubNode {
     /// Opens this node's raft storage and serves. `metrics` is the process's Prometheus
     /// handle, when it exports metrics.
     pub async fn start(
-        config: HubConfig,
+        mut config: HubConfig,
         metrics: Option<PrometheusHandle>,
     ) -> Result<Self, HubError> {
+        // The hub port and the admin listener each hold up to the connection cap.
+        let listeners = 1 + u64::from(config.admin_listen.is_some());
+        config.connections.fit_descriptors(listeners)?;
         // The replicated state holds the bundle-signing keys and token hashes: the data
         // directory is the hub's alone (0700).
         fsutil::create_private_dir(&config.data_dir)?;

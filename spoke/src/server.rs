@@ -106,9 +106,11 @@ impl Spoke {
     /// Opens the store, rebuilds the FleetIndex, loads the policy and starts serving.
     /// `metrics` is the process's Prometheus handle, when it exports metrics.
     pub async fn start(
-        config: SpokeConfig,
+        mut config: SpokeConfig,
         metrics: Option<PrometheusHandle>,
     ) -> Result<Spoke, SpokeError> {
+        // One connection per envoy: the open-file limit must hold the connection cap.
+        config.connections.fit_descriptors(1)?;
         // The data dir holds the envoys' records and the session-ticket keys: the
         // spoke's alone, as a hub's is.
         fsutil::create_private_dir(&config.data_dir)?;

@@ -38,6 +38,10 @@ pub struct Limits {
     ///
     /// [`Shedder`]: super::Shedder
     pub ticket: Option<super::Ticket>,
+    /// For a streaming answer: how long it may last in all. Past it the stream ends
+    /// with DEADLINE_EXCEEDED — what keeps a stream anyone may open (reflection) from
+    /// holding its connection for ever.
+    pub lifetime: Option<Duration>,
 }
 
 impl Limits {
@@ -46,7 +50,26 @@ impl Limits {
             max_message,
             deadline,
             ticket: None,
+            lifetime: None,
         }
+    }
+
+    /// The same, with a streaming answer ended after `lifetime`.
+    pub fn living(mut self, lifetime: Duration) -> Self {
+        self.lifetime = Some(lifetime);
+        self
+    }
+}
+
+/// Marks the connection a request came on as used with a credential (a valid bearer
+/// token): a connection without a client certificate is otherwise closed at its
+/// `anonymous_max_age`. In the request's extensions on every gRPC connection.
+#[derive(Clone, Debug, Default)]
+pub struct Vouch(pub(crate) Arc<std::sync::atomic::AtomicBool>);
+
+impl Vouch {
+    pub fn vouched(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -65,6 +88,14 @@ impl Call<'_> {
     /// The peer certificate's serial (empty without one).
     pub fn serial(&self) -> &str {
         self.extensions.get::<PeerInfo>().map_or("", |p| &p.serial)
+    }
+
+    /// Says the call carried a credential that checked out: its connection is not
+    /// closed for being anonymous.
+    pub fn vouch(&self) {
+        if let Some(v) = self.extensions.get::<Vouch>() {
+            v.0.store(true, std::sync::atomic::Ordering::Release);
+        }
     }
 
     pub fn peer(&self) -> &Peer {
@@ -216,10 +247,15 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let ticket = limits.ticket;
+        let lifetime = limits.lifetime;
         Box::pin(async move {
             let _ticket = ticket;
             match tokio::time::timeout(deadline, inner.call(req)).await {
-                Ok(response) => response,
+                Ok(Ok(response)) => Ok(match lifetime {
+                    None => response,
+                    Some(life) => response.map(|b| Body::new(Mortal::new(b, life))),
+                }),
+                Ok(Err(never)) => match never {},
                 Err(_) => {
                     refused(S::NAME, Code::DeadlineExceeded);
                     Ok(Status::deadline_exceeded(format!(
@@ -229,6 +265,56 @@ where
                 }
             }
         })
+    }
+}
+
+/// A streaming answer that ends at its lifetime with DEADLINE_EXCEEDED trailers.
+struct Mortal {
+    inner: Body,
+    end: Pin<Box<tokio::time::Sleep>>,
+    done: bool,
+}
+
+impl Mortal {
+    fn new(inner: Body, life: Duration) -> Self {
+        Self {
+            inner,
+            end: Box::pin(tokio::time::sleep(life)),
+            done: false,
+        }
+    }
+}
+
+impl http_body::Body for Mortal {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if self.end.as_mut().poll(cx).is_ready() {
+            self.done = true;
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from(Code::DeadlineExceeded as i32));
+            trailers.insert(
+                "grpc-message",
+                http::HeaderValue::from_static("the stream reached its lifetime"),
+            );
+            return Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));
+        }
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            self.done = true;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
     }
 }
 

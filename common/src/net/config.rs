@@ -21,9 +21,26 @@ pub struct ConnectionsConfig {
     /// Handshakes in progress at once from one source address.
     #[serde(default = "default_handshakes_per_source")]
     pub handshakes_per_source: usize,
-    /// Open connections at most; connections beyond are closed at once.
-    #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
+    /// Open connections at most; connections beyond are closed at once. Unset: 50,000,
+    /// or what the process's open-file limit holds when that is less.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Open connections from one source address at most (envoys behind one NAT share
+    /// an address: raise it for them); beyond, closed at once.
+    #[serde(default = "default_connections_per_source")]
+    pub connections_per_source: usize,
+    /// Open connections without a client certificate from one source address.
+    #[serde(default = "default_anonymous_per_source")]
+    pub anonymous_connections_per_source: usize,
+    /// Open connections without a client certificate in all (enrolling envoys, health
+    /// probes, reflection).
+    #[serde(default = "default_max_anonymous")]
+    pub max_anonymous_connections: usize,
+    /// A connection without a client certificate is closed this long after its
+    /// handshake, whatever it is doing (a stream it holds included): nobody anonymous
+    /// keeps a connection.
+    #[serde(default = "default_anonymous_max_age", with = "humantime_serde")]
+    pub anonymous_max_age: Duration,
     /// After its handshake, a connection must start a request within this.
     #[serde(default = "default_first_request_timeout", with = "humantime_serde")]
     pub first_request_timeout: Duration,
@@ -58,8 +75,22 @@ fn default_concurrent_handshakes() -> usize {
 fn default_handshakes_per_source() -> usize {
     16
 }
-fn default_max_connections() -> usize {
-    50_000
+/// The connection cap when none is configured and the open-file limit allows it.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
+/// Descriptors a server keeps beside its listeners' connections: files, its database,
+/// its own calls to other nodes.
+pub const DESCRIPTOR_RESERVE: u64 = 1024;
+fn default_connections_per_source() -> usize {
+    4096
+}
+fn default_anonymous_per_source() -> usize {
+    256
+}
+fn default_max_anonymous() -> usize {
+    4096
+}
+fn default_anonymous_max_age() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_first_request_timeout() -> Duration {
     Duration::from_secs(10)
@@ -80,7 +111,11 @@ impl Default for ConnectionsConfig {
             handshake_timeout: default_handshake_timeout(),
             concurrent_handshakes: default_concurrent_handshakes(),
             handshakes_per_source: default_handshakes_per_source(),
-            max_connections: default_max_connections(),
+            max_connections: None,
+            connections_per_source: default_connections_per_source(),
+            anonymous_connections_per_source: default_anonymous_per_source(),
+            max_anonymous_connections: default_max_anonymous(),
+            anonymous_max_age: default_anonymous_max_age(),
             first_request_timeout: default_first_request_timeout(),
             idle_timeout: None,
             anonymous_idle_timeout: default_anonymous_idle_timeout(),
@@ -97,7 +132,52 @@ impl ConnectionsConfig {
             handshake_timeout: self.handshake_timeout,
             max_handshakes: self.concurrent_handshakes,
             max_handshakes_per_source: self.handshakes_per_source,
-            max_connections: self.max_connections,
+            max_connections: self.max_connections(),
+            max_per_source: self.connections_per_source,
+            max_anonymous_per_source: self.anonymous_connections_per_source,
+            max_anonymous: self.max_anonymous_connections,
+        }
+    }
+
+    pub fn max_connections(&self) -> usize {
+        self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS)
+    }
+
+    /// Raises the process's open-file limit to its hard limit, then makes sure it holds
+    /// the connections of `listeners` listeners under these limits: a configured
+    /// `max_connections` it cannot hold is refused (the message names both numbers and
+    /// the two ways out); the default is lowered to fit, and said so.
+    pub fn fit_descriptors(&mut self, listeners: u64) -> Result<(), crate::Error> {
+        let limit = crate::procfs::raise_fd_limit();
+        if limit == 0 {
+            return Ok(());
+        }
+        let room = limit.saturating_sub(DESCRIPTOR_RESERVE) / listeners.max(1);
+        match self.max_connections {
+            Some(max) if max as u64 > room => Err(crate::Error::Config {
+                file: "connections".into(),
+                key: "connections.max_connections".into(),
+                why: format!(
+                    "{max} connections on each of {listeners} listeners need {} open files, \
+                     and this process may open {limit} (its hard RLIMIT_NOFILE): raise the \
+                     limit (LimitNOFILE= in the systemd unit, `ulimit -Hn`) or lower \
+                     max_connections",
+                    max as u64 * listeners + DESCRIPTOR_RESERVE
+                ),
+            }),
+            Some(_) => Ok(()),
+            None if (DEFAULT_MAX_CONNECTIONS as u64) <= room => Ok(()),
+            None => {
+                let fit = room.max(1) as usize;
+                tracing::warn!(
+                    open_files = limit,
+                    max_connections = fit,
+                    "the open-file limit holds fewer than the default 50,000 connections per \
+                     listener: serving at most {fit} (raise LimitNOFILE to serve more)"
+                );
+                self.max_connections = Some(fit);
+                Ok(())
+            }
         }
     }
 
@@ -110,6 +190,7 @@ impl ConnectionsConfig {
             first_request: self.first_request_timeout,
             idle: self.idle_timeout.unwrap_or(default_idle),
             anonymous_idle: self.anonymous_idle_timeout,
+            anonymous_max_age: self.anonymous_max_age,
         }
     }
 
@@ -124,7 +205,19 @@ impl ConnectionsConfig {
                 "connections.handshakes_per_source",
                 self.handshakes_per_source,
             ),
-            ("connections.max_connections", self.max_connections),
+            ("connections.max_connections", self.max_connections()),
+            (
+                "connections.connections_per_source",
+                self.connections_per_source,
+            ),
+            (
+                "connections.anonymous_connections_per_source",
+                self.anonymous_connections_per_source,
+            ),
+            (
+                "connections.max_anonymous_connections",
+                self.max_anonymous_connections,
+            ),
             (
                 "connections.max_concurrent_streams",
                 self.max_concurrent_streams as usize,
@@ -152,10 +245,40 @@ impl ConnectionsConfig {
                 self.anonymous_idle_timeout,
             ),
             ("connections.request_timeout", self.request_timeout),
+            ("connections.anonymous_max_age", self.anonymous_max_age),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
             return Err((key, "must be more than 0s".into()));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The limit this process may raise itself to decides: a configured cap above it
+    /// refuses to start with both numbers; the default shrinks to fit.
+    #[test]
+    fn the_connection_cap_fits_the_open_file_limit() {
+        let limit = crate::procfs::raise_fd_limit();
+        assert!(limit > DESCRIPTOR_RESERVE, "open files: {limit}");
+        let mut configured = ConnectionsConfig {
+            max_connections: Some(limit as usize),
+            ..Default::default()
+        };
+        let err = configured.fit_descriptors(1).unwrap_err().to_string();
+        assert!(err.contains("max_connections") && err.contains(&limit.to_string()), "{err}");
+        let mut fits = ConnectionsConfig {
+            max_connections: Some(16),
+            ..Default::default()
+        };
+        fits.fit_descriptors(2).unwrap();
+        assert_eq!(fits.max_connections(), 16);
+        let mut default = ConnectionsConfig::default();
+        default.fit_descriptors(10).unwrap();
+        let room = ((limit - DESCRIPTOR_RESERVE) / 10) as usize;
+        assert_eq!(default.max_connections(), DEFAULT_MAX_CONNECTIONS.min(room));
     }
 }

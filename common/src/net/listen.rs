@@ -50,6 +50,13 @@ pub struct AcceptLimits {
     /// Open connections (waiting, handshaking or serving); a connection beyond is
     /// closed at once.
     pub max_connections: usize,
+    /// Open connections from one source address; beyond, closed at once.
+    pub max_per_source: usize,
+    /// Open connections without a client certificate from one source address; beyond,
+    /// closed after the handshake.
+    pub max_anonymous_per_source: usize,
+    /// Open connections without a client certificate in all.
+    pub max_anonymous: usize,
 }
 
 impl Default for AcceptLimits {
@@ -59,6 +66,9 @@ impl Default for AcceptLimits {
             max_handshakes: 256,
             max_handshakes_per_source: 16,
             max_connections: 50_000,
+            max_per_source: 4096,
+            max_anonymous_per_source: 256,
+            max_anonymous: 4096,
         }
     }
 }
@@ -71,15 +81,57 @@ struct Gate {
     handshakes: Arc<Semaphore>,
     per_source: usize,
     by_source: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
+    /// Open connections by source: all of them, and those without a certificate.
+    open_by_source: Mutex<HashMap<IpAddr, (usize, usize)>>,
+    anonymous: AtomicUsize,
 }
 
-/// A connection's place in the count; given back on drop.
-pub struct ConnSlot(Arc<Gate>);
+/// A connection's place in the counts; given back on drop.
+pub struct ConnSlot {
+    gate: Arc<Gate>,
+    source: IpAddr,
+    anonymous: bool,
+}
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::AcqRel);
-        self.0.open.decrement(1.0);
+        let gate = &self.gate;
+        gate.connections.fetch_sub(1, Ordering::AcqRel);
+        gate.open.decrement(1.0);
+        if self.anonymous {
+            gate.anonymous.fetch_sub(1, Ordering::AcqRel);
+        }
+        let mut open = gate.open_by_source.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((all, anonymous)) = open.get_mut(&self.source) {
+            *all = all.saturating_sub(1);
+            if self.anonymous {
+                *anonymous = anonymous.saturating_sub(1);
+            }
+            if *all == 0 {
+                open.remove(&self.source);
+            }
+        }
+    }
+}
+
+impl ConnSlot {
+    /// Counts the connection as one without a certificate, or refuses it (`false`)
+    /// when its source or the server holds its share of those.
+    fn anonymous(&mut self, limits: &AcceptLimits) -> bool {
+        let gate = &self.gate;
+        if gate.anonymous.fetch_add(1, Ordering::AcqRel) >= limits.max_anonymous {
+            gate.anonymous.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        let mut open = gate.open_by_source.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = open.entry(self.source).or_insert((1, 0));
+        if mine.1 >= limits.max_anonymous_per_source {
+            gate.anonymous.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        mine.1 += 1;
+        self.anonymous = true;
+        true
     }
 }
 
@@ -116,17 +168,32 @@ impl Gate {
             handshakes: Arc::new(Semaphore::new(limits.max_handshakes.max(1))),
             per_source: limits.max_handshakes_per_source.max(1),
             by_source: Mutex::new(HashMap::new()),
+            open_by_source: Mutex::new(HashMap::new()),
+            anonymous: AtomicUsize::new(0),
         })
     }
 
-    /// A slot of the connection cap, or `None` when the server is full.
-    fn connection(self: &Arc<Self>, max: usize) -> Option<ConnSlot> {
-        if self.connections.fetch_add(1, Ordering::AcqRel) >= max {
+    /// A slot of the connection cap and of `source`'s share of it, or why not.
+    fn connection(self: &Arc<Self>, limits: &AcceptLimits, source: IpAddr) -> Result<ConnSlot, Full> {
+        if self.connections.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
             self.connections.fetch_sub(1, Ordering::AcqRel);
-            return None;
+            return Err(Full::Server);
+        }
+        {
+            let mut open = self.open_by_source.lock().unwrap_or_else(|p| p.into_inner());
+            let mine = open.entry(source).or_insert((0, 0));
+            if mine.0 >= limits.max_per_source {
+                self.connections.fetch_sub(1, Ordering::AcqRel);
+                return Err(Full::Source);
+            }
+            mine.0 += 1;
         }
         self.open.increment(1.0);
-        Some(ConnSlot(self.clone()))
+        Ok(ConnSlot {
+            gate: self.clone(),
+            source,
+            anonymous: false,
+        })
     }
 
     /// Waits for `source`'s turn to handshake: its own share first, then the server's.
@@ -153,6 +220,13 @@ impl Gate {
             _permit: permit,
         }
     }
+}
+
+/// Which cap refused a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Full {
+    Server,
+    Source,
 }
 
 /// A server-side connection whose peer is known: TLS, or plain TCP for the metrics
@@ -241,6 +315,10 @@ pub async fn accept_loop<F>(
     let acceptor = tls.map(TlsAcceptor::from);
     let gate = Gate::new(&limits, what);
     let full = metrics::counter!("vigo_connections_refused_total", "listener" => what);
+    let limited = |limit: &'static str| {
+        metrics::counter!("vigo_connections_limited_total", "listener" => what, "limit" => limit)
+    };
+    let (source_full, anonymous_full) = (limited("per_source"), limited("anonymous"));
     let timed_out = metrics::counter!("vigo_handshakes_failed_total", "listener" => what, "reason" => "timeout");
     let failed =
         metrics::counter!("vigo_handshakes_failed_total", "listener" => what, "reason" => "error");
@@ -262,13 +340,26 @@ pub async fn accept_loop<F>(
                 continue;
             }
         };
-        let Some(conn) = gate.connection(limits.max_connections) else {
-            full.increment(1);
-            debug!(%remote, "connection refused: the server holds its cap of connections");
-            continue;
+        let mut conn = match gate.connection(&limits, remote.ip()) {
+            Ok(conn) => conn,
+            Err(Full::Server) => {
+                full.increment(1);
+                debug!(%remote, "connection refused: the server holds its cap of connections");
+                continue;
+            }
+            Err(Full::Source) => {
+                source_full.increment(1);
+                debug!(%remote, "connection refused: its source holds its share of connections");
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let Some(acceptor) = acceptor.clone() else {
+            // Plain TCP (metrics): every peer is anonymous.
+            if !conn.anonymous(&limits) {
+                anonymous_full.increment(1);
+                continue;
+            }
             serve(PeerConn {
                 stream: Stream::Plain(tcp),
                 info: PeerInfo {
@@ -283,6 +374,7 @@ pub async fn accept_loop<F>(
         let (gate, serve) = (gate.clone(), serve.clone());
         let (failed, timed_out) = (failed.clone(), timed_out.clone());
         let (full_handshakes, resumed) = (full_handshakes.clone(), resumed.clone());
+        let anonymous_full = anonymous_full.clone();
         tokio::spawn(async move {
             let handshake = async {
                 let _turn = gate.turn(remote.ip()).await;
@@ -317,6 +409,10 @@ pub async fn accept_loop<F>(
                     Err(e) => return debug!(%remote, error = %e, "unusable client certificate"),
                 },
             };
+            if matches!(peer, Peer::Anonymous) && !conn.anonymous(&limits) {
+                anonymous_full.increment(1);
+                return debug!(%remote, "connection without a certificate refused: its source or the server holds its share");
+            }
             serve(PeerConn {
                 stream: Stream::Tls(Box::new(stream)),
                 info: PeerInfo {
@@ -341,6 +437,10 @@ pub fn describe_metrics() {
         "Connections closed at once because the listener held its cap of open connections"
     );
     metrics::describe_counter!(
+        "vigo_connections_limited_total",
+        "Connections closed at once because their source held its share of connections (limit per_source) or, without a client certificate, its source or the server held its share of those (limit anonymous), by listener"
+    );
+    metrics::describe_counter!(
         "vigo_handshakes_total",
         "TLS handshakes finished, by listener and kind: full, or resumed from a session ticket (no certificate exchange)"
     );
@@ -360,16 +460,52 @@ mod tests {
             max_handshakes: 3,
             max_handshakes_per_source: 2,
             max_connections: 4,
+            max_per_source: 3,
+            max_anonymous_per_source: 1,
+            max_anonymous: 2,
         }
     }
 
     #[test]
     fn the_connection_cap_refuses_beyond_it_and_slots_come_back() {
         let gate = Gate::new(&limits(), "test");
-        let held: Vec<_> = (0..4).map(|_| gate.connection(4).unwrap()).collect();
-        assert!(gate.connection(4).is_none());
+        let ip = |n: u8| IpAddr::from([10, 0, 0, n]);
+        let held: Vec<_> = (1..=4)
+            .map(|n| gate.connection(&limits(), ip(n)).unwrap())
+            .collect();
+        assert_eq!(gate.connection(&limits(), ip(5)).err(), Some(Full::Server));
         drop(held);
-        assert!(gate.connection(4).is_some());
+        assert!(gate.connection(&limits(), ip(5)).is_ok());
+    }
+
+    /// One source holds at most its share of connections, and of connections without
+    /// a certificate a smaller one; the server's anonymous total is bounded too; every
+    /// share comes back when its connections close.
+    #[test]
+    fn a_source_holds_its_share_and_anonymous_peers_a_smaller_one() {
+        let (gate, l) = (Gate::new(&limits(), "test"), limits());
+        let (a, b, c) = (
+            IpAddr::from([10, 0, 0, 1]),
+            IpAddr::from([10, 0, 0, 2]),
+            IpAddr::from([10, 0, 0, 3]),
+        );
+        let mut from_a: Vec<_> = (0..3).map(|_| gate.connection(&l, a).unwrap()).collect();
+        assert_eq!(gate.connection(&l, a).err(), Some(Full::Source));
+        assert!(from_a[0].anonymous(&l), "a's first anonymous connection");
+        assert!(!from_a[1].anonymous(&l), "a's share of anonymous ones is one");
+        let mut from_b = gate.connection(&l, b).unwrap();
+        assert!(from_b.anonymous(&l));
+        let refused = gate.connection(&l, c).err();
+        assert_eq!(refused, Some(Full::Server), "four open in all");
+        drop(from_a.pop());
+        let mut from_c = gate.connection(&l, c).unwrap();
+        assert!(!from_c.anonymous(&l), "the server's two anonymous are taken");
+        drop(from_a);
+        assert!(from_c.anonymous(&l), "a's came back");
+        drop((from_b, from_c));
+        assert!(gate.open_by_source.lock().unwrap().is_empty());
+        assert_eq!(gate.anonymous.load(Ordering::Acquire), 0);
+        assert_eq!(gate.connections.load(Ordering::Acquire), 0);
     }
 
     #[tokio::test]

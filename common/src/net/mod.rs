@@ -16,7 +16,7 @@ pub mod revoked;
 pub mod serve;
 pub mod shedding;
 
-pub use admission::{Admit, Call, Deadline, Guarded, Limits, require_role};
+pub use admission::{Admit, Call, Deadline, Guarded, Limits, Vouch, require_role};
 pub use config::ConnectionsConfig;
 pub use listen::{AcceptLimits, PeerConn, PeerInfo};
 pub use revoked::RevokedCerts;

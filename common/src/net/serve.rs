@@ -49,6 +49,11 @@ pub struct Http2Limits {
     pub idle: Duration,
     /// The same for peers without a certificate.
     pub anonymous_idle: Duration,
+    /// A connection without a certificate is closed this long after its handshake,
+    /// busy or not, unless a request on it carried a valid credential ([`Vouch`]).
+    ///
+    /// [`Vouch`]: super::Vouch
+    pub anonymous_max_age: Duration,
 }
 
 impl Default for Http2Limits {
@@ -60,6 +65,7 @@ impl Default for Http2Limits {
             first_request: Duration::from_secs(10),
             idle: Duration::from_secs(300),
             anonymous_idle: Duration::from_secs(30),
+            anonymous_max_age: Duration::from_secs(60),
         }
     }
 }
@@ -122,6 +128,14 @@ impl Activity {
     }
 }
 
+/// When a connection is closed for what it does not do.
+struct Timeouts {
+    first_request: Duration,
+    idle: Duration,
+    /// Without a certificate: when it is closed whatever it does, unless vouched for.
+    max_age: Option<(Instant, super::Vouch)>,
+}
+
 /// One request in flight; ends when dropped (its response body is done or abandoned).
 struct InFlight(Arc<Activity>);
 
@@ -165,6 +179,7 @@ struct GrpcConn {
     routes: tonic::service::Routes,
     peer: PeerInfo,
     activity: Arc<Activity>,
+    vouch: super::Vouch,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -177,6 +192,7 @@ impl hyper::service::Service<Request<Incoming>> for GrpcConn {
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let in_flight = self.activity.begin();
         req.extensions_mut().insert(self.peer.clone());
+        req.extensions_mut().insert(self.vouch.clone());
         req.extensions_mut()
             .insert(super::Received(std::time::Instant::now()));
         let mut routes = self.routes.clone();
@@ -240,7 +256,11 @@ pub fn serve_grpc(
     what: &'static str,
 ) -> std::io::Result<Serving> {
     let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    // No `date` header: HPACK would index a new value on every answer, filling each
+    // connection's header tables with stale dates (~10 KB per connection at a check-in
+    // a minute, on both ends). gRPC clients do not read it.
     h2.timer(TokioTimer::new())
+        .auto_date_header(false)
         .initial_stream_window_size(limits.window)
         .initial_connection_window_size(limits.window)
         .max_concurrent_streams(limits.max_concurrent_streams)
@@ -252,22 +272,28 @@ pub fn serve_grpc(
         accept,
         what,
         move |conn, stop, drained| {
-            let idle = match conn.info.peer {
-                Peer::Anonymous => limits.anonymous_idle,
-                _ => limits.idle,
+            let (idle, max_age) = match conn.info.peer {
+                Peer::Anonymous => (limits.anonymous_idle, Some(limits.anonymous_max_age)),
+                _ => (limits.idle, None),
             };
             let activity = Activity::new();
+            let vouch = super::Vouch::default();
             let service = GrpcConn {
                 routes: routes.clone(),
                 peer: conn.info.clone(),
                 activity: activity.clone(),
+                vouch: vouch.clone(),
             };
+            let max_age = max_age.map(|age| (Instant::now() + age, vouch));
             let connection = h2.serve_connection(TokioIo::new(conn), service);
             tokio::spawn(drive(
                 connection,
                 activity,
-                limits.first_request,
-                idle,
+                Timeouts {
+                    first_request: limits.first_request,
+                    idle,
+                    max_age,
+                },
                 stop,
                 drained,
             ));
@@ -365,14 +391,21 @@ type H2Connection =
 async fn drive(
     connection: H2Connection,
     activity: Arc<Activity>,
-    first_request: Duration,
-    idle: Duration,
+    timeouts: Timeouts,
     mut stop: watch::Receiver<Stop>,
     _drained: mpsc::Sender<()>,
 ) {
+    let Timeouts {
+        first_request,
+        idle,
+        max_age,
+    } = timeouts;
     let mut connection = pin!(connection);
     let mut closing = false;
     let mut check = Instant::now() + first_request;
+    if let Some((end, _)) = &max_age {
+        check = check.min(*end);
+    }
     loop {
         tokio::select! {
             r = &mut connection => {
@@ -387,8 +420,18 @@ async fn drive(
                     // Told to go away and still open after a grace period: drop it.
                     return;
                 }
-                match activity.closes_at(first_request, idle) {
-                    None => check = now + idle,
+                if let Some((end, vouch)) = &max_age
+                    && *end <= now
+                    && !vouch.vouched()
+                {
+                    debug!("closing a connection without a certificate at its maximum age");
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                    check = now + Duration::from_secs(5);
+                    continue;
+                }
+                let next = match activity.closes_at(first_request, idle) {
+                    None => now + idle,
                     // Never a request: nothing to finish, so no grace period (the
                     // documented `first_request_timeout` is when it closes).
                     Some(at) if at <= now && activity.never_used() => return,
@@ -396,10 +439,14 @@ async fn drive(
                         debug!("closing an idle connection");
                         connection.as_mut().graceful_shutdown();
                         closing = true;
-                        check = now + Duration::from_secs(5);
+                        now + Duration::from_secs(5)
                     }
-                    Some(at) => check = at,
-                }
+                    Some(at) => at,
+                };
+                check = match &max_age {
+                    Some((end, vouch)) if !vouch.vouched() && !closing => next.min(*end),
+                    _ => next,
+                };
             }
             signal = next_stop(&mut stop) => match signal {
                 Stop::Finish => connection.as_mut().graceful_shutdown(),

@@ -129,6 +129,9 @@ pub async fn serve_metrics(
         max_connections: 64,
         max_handshakes: 64,
         max_handshakes_per_source: 64,
+        max_per_source: 64,
+        max_anonymous_per_source: 64,
+        max_anonymous: 64,
         ..Default::default()
     };
     drop(

@@ -16,7 +16,10 @@ struct ReflectionTable;
 impl Admit for ReflectionTable {
     fn admit(&self, call: &mut Call<'_>) -> Result<Limits, Status> {
         match call.method {
-            "ServerReflectionInfo" => Ok(Limits::new(64 << 10, Duration::from_secs(30))),
+            // Open to anyone, so bounded in all: a stream ends after 30 s (a tool's
+            // `list` or `describe` takes milliseconds).
+            "ServerReflectionInfo" => Ok(Limits::new(64 << 10, Duration::from_secs(30))
+                .living(Duration::from_secs(30))),
             other => Err(Status::unimplemented(format!("no method {other}"))),
         }
     }
