@@ -459,7 +459,8 @@ impl CertAuthority {
 fn on_p256(csr_der: &[u8]) -> bool {
     use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
     use x509_parser::prelude::FromDer;
-    let Ok((_, csr)) = x509_parser::certification_request::X509CertificationRequest::from_der(csr_der)
+    let Ok((_, csr)) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(csr_der)
     else {
         return false;
     };

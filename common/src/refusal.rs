@@ -179,8 +179,16 @@ mod tests {
         }
         let status = Echo("é".repeat(30_000)).to_status();
         assert_eq!(status.code(), Code::InvalidArgument);
-        assert!(status.message().len() <= MAX_MESSAGE, "{}", status.message().len());
-        assert!(status.message().ends_with("(60023 bytes)"), "{}", status.message());
+        assert!(
+            status.message().len() <= MAX_MESSAGE,
+            "{}",
+            status.message().len()
+        );
+        assert!(
+            status.message().ends_with("(60023 bytes)"),
+            "{}",
+            status.message()
+        );
         assert_eq!(bounded("short".into()), "short");
     }
 

@@ -299,7 +299,10 @@ impl http_body::Body for Mortal {
         if self.end.as_mut().poll(cx).is_ready() {
             self.done = true;
             let mut trailers = HeaderMap::new();
-            trailers.insert("grpc-status", http::HeaderValue::from(Code::DeadlineExceeded as i32));
+            trailers.insert(
+                "grpc-status",
+                http::HeaderValue::from(Code::DeadlineExceeded as i32),
+            );
             trailers.insert(
                 "grpc-message",
                 http::HeaderValue::from_static("the stream reached its lifetime"),

@@ -269,7 +269,10 @@ mod tests {
             ..Default::default()
         };
         let err = configured.fit_descriptors(1).unwrap_err().to_string();
-        assert!(err.contains("max_connections") && err.contains(&limit.to_string()), "{err}");
+        assert!(
+            err.contains("max_connections") && err.contains(&limit.to_string()),
+            "{err}"
+        );
         let mut fits = ConnectionsConfig {
             max_connections: Some(16),
             ..Default::default()

@@ -101,7 +101,10 @@ impl Drop for ConnSlot {
         if self.anonymous {
             gate.anonymous.fetch_sub(1, Ordering::AcqRel);
         }
-        let mut open = gate.open_by_source.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = gate
+            .open_by_source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some((all, anonymous)) = open.get_mut(&self.source) {
             *all = all.saturating_sub(1);
             if self.anonymous {
@@ -123,7 +126,10 @@ impl ConnSlot {
             gate.anonymous.fetch_sub(1, Ordering::AcqRel);
             return false;
         }
-        let mut open = gate.open_by_source.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = gate
+            .open_by_source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let mine = open.entry(self.source).or_insert((1, 0));
         if mine.1 >= limits.max_anonymous_per_source {
             gate.anonymous.fetch_sub(1, Ordering::AcqRel);
@@ -174,13 +180,20 @@ impl Gate {
     }
 
     /// A slot of the connection cap and of `source`'s share of it, or why not.
-    fn connection(self: &Arc<Self>, limits: &AcceptLimits, source: IpAddr) -> Result<ConnSlot, Full> {
+    fn connection(
+        self: &Arc<Self>,
+        limits: &AcceptLimits,
+        source: IpAddr,
+    ) -> Result<ConnSlot, Full> {
         if self.connections.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
             self.connections.fetch_sub(1, Ordering::AcqRel);
             return Err(Full::Server);
         }
         {
-            let mut open = self.open_by_source.lock().unwrap_or_else(|p| p.into_inner());
+            let mut open = self
+                .open_by_source
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             let mine = open.entry(source).or_insert((0, 0));
             if mine.0 >= limits.max_per_source {
                 self.connections.fetch_sub(1, Ordering::AcqRel);
@@ -315,9 +328,7 @@ pub async fn accept_loop<F>(
     let acceptor = tls.map(TlsAcceptor::from);
     let gate = Gate::new(&limits, what);
     let full = metrics::counter!("vigo_connections_refused_total", "listener" => what);
-    let limited = |limit: &'static str| {
-        metrics::counter!("vigo_connections_limited_total", "listener" => what, "limit" => limit)
-    };
+    let limited = |limit: &'static str| metrics::counter!("vigo_connections_limited_total", "listener" => what, "limit" => limit);
     let (source_full, anonymous_full) = (limited("per_source"), limited("anonymous"));
     let timed_out = metrics::counter!("vigo_handshakes_failed_total", "listener" => what, "reason" => "timeout");
     let failed =
@@ -492,14 +503,20 @@ mod tests {
         let mut from_a: Vec<_> = (0..3).map(|_| gate.connection(&l, a).unwrap()).collect();
         assert_eq!(gate.connection(&l, a).err(), Some(Full::Source));
         assert!(from_a[0].anonymous(&l), "a's first anonymous connection");
-        assert!(!from_a[1].anonymous(&l), "a's share of anonymous ones is one");
+        assert!(
+            !from_a[1].anonymous(&l),
+            "a's share of anonymous ones is one"
+        );
         let mut from_b = gate.connection(&l, b).unwrap();
         assert!(from_b.anonymous(&l));
         let refused = gate.connection(&l, c).err();
         assert_eq!(refused, Some(Full::Server), "four open in all");
         drop(from_a.pop());
         let mut from_c = gate.connection(&l, c).unwrap();
-        assert!(!from_c.anonymous(&l), "the server's two anonymous are taken");
+        assert!(
+            !from_c.anonymous(&l),
+            "the server's two anonymous are taken"
+        );
         drop(from_a);
         assert!(from_c.anonymous(&l), "a's came back");
         drop((from_b, from_c));

@@ -60,7 +60,10 @@ mod tests {
         let t0 = Instant::now();
         let written = (0..10_000).filter(|_| s.admit_at(t0).is_some()).count();
         assert_eq!(written, PER_WINDOW as usize);
-        assert_eq!(s.admit_at(t0 + WINDOW), Some(10_000 - u64::from(PER_WINDOW)));
+        assert_eq!(
+            s.admit_at(t0 + WINDOW),
+            Some(10_000 - u64::from(PER_WINDOW))
+        );
         assert_eq!(s.admit_at(t0 + WINDOW), Some(0));
     }
 }

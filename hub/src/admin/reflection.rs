@@ -18,8 +18,9 @@ impl Admit for ReflectionTable {
         match call.method {
             // Open to anyone, so bounded in all: a stream ends after 30 s (a tool's
             // `list` or `describe` takes milliseconds).
-            "ServerReflectionInfo" => Ok(Limits::new(64 << 10, Duration::from_secs(30))
-                .living(Duration::from_secs(30))),
+            "ServerReflectionInfo" => {
+                Ok(Limits::new(64 << 10, Duration::from_secs(30)).living(Duration::from_secs(30)))
+            }
             other => Err(Status::unimplemented(format!("no method {other}"))),
         }
     }

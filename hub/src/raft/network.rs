@@ -110,7 +110,9 @@ impl Peer {
         let data = postcard::to_allocvec(rpc)
             .map_err(|e| RPCError::Network(NetworkError::new(&TransportError(e.to_string()))))?;
         if let Some(hint) = split_hint(entries, data.len()) {
-            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(hint)));
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint),
+            ));
         }
         let mut request = Request::new(pb::RaftPayload { data: data.into() });
         request.set_timeout(ttl);

@@ -90,7 +90,11 @@ mod tests {
             body.sequence = u64::MAX;
             body.timestamp_ms = u64::MAX;
             body.envoy_id = u64::MAX;
-            assert!(body.encoded_len() <= MAX_TASK_RESULT, "{}", body.encoded_len());
+            assert!(
+                body.encoded_len() <= MAX_TASK_RESULT,
+                "{}",
+                body.encoded_len()
+            );
             assert!(body.output_dropped > 5);
             assert_eq!(body.status, "ok", "the outcome stands");
             assert!(body.stdout.len() + body.stderr.len() <= original);
