@@ -113,6 +113,7 @@ mod tests {
         let left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.len() == ".token.".len() + 16 + ".tmp".len())
             .filter(|n| n.ends_with(".tmp") && n.starts_with(".token."))
             .collect();
         assert!(left.is_empty(), "temporaries left: {left:?}");

@@ -185,7 +185,7 @@ mod tests {
             status.message().len()
         );
         assert!(
-            status.message().ends_with("(60023 bytes)"),
+            status.message().ends_with("(60024 bytes)"),
             "{}",
             status.message()
         );

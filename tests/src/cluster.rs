@@ -207,7 +207,12 @@ impl Cluster {
             "node_id: {id}\nlisten: 127.0.0.1:{port}\nmetrics_listen: null\nadmin_listen: 127.0.0.1:0\ndata_dir: hub-{id}\n\
              tls: {{ca_cert: {p}/ca.pem, ca_key: {p}/ca.key, cert: {p}/hub-{id}.pem, key: {p}/hub-{id}.key}}\n\
              raft: {raft}\n\
-             connections: {{first_request_timeout: 2s}}\n{extra}",
+             {connections}{extra}",
+            // A test may give the whole `connections:` section in `hub_extra`.
+            connections = match self.hub_extra.lines().any(|l| l.starts_with("connections:")) {
+                true => "",
+                false => "connections: {first_request_timeout: 2s}\n",
+            },
             extra = self.hub_extra,
             id = i + 1,
             port = self.hub_ports[i],

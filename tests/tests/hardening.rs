@@ -407,3 +407,94 @@ async fn a_saturated_spoke_sheds_with_a_retry_hint_before_any_work() {
     );
     spoke.shutdown().await.unwrap();
 }
+
+/// One anonymous stream held open from `source`: an HTTP/2 connection over TLS without
+/// a client certificate, a reflection call whose request half stays open. `None` when
+/// the hub refused the connection or the call.
+async fn held_reflection_stream(
+    source: Ipv4Addr,
+    hub: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+) -> Option<h2::RecvStream> {
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.bind(SocketAddr::from((source, 0))).ok()?;
+    let tcp = socket.connect(hub).await.ok()?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").ok()?;
+    let tls = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .ok()?;
+    let (mut sender, connection) = h2::client::handshake(tls).await.ok()?;
+    tokio::spawn(connection);
+    let request = http::Request::post(format!(
+        "https://{hub}/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .ok()?;
+    let (answer, send) = sender.send_request(request, false).ok()?;
+    let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+        .await
+        .ok()?
+        .ok()?;
+    // The request half stays open for as long as the stream lives.
+    std::mem::forget(send);
+    (answer.status() == 200).then(|| answer.into_body())
+}
+
+/// N1: one host cannot take the hub's connections. From 127.0.0.2, 300 TLS connections
+/// without a certificate each hold a reflection stream open and send nothing more;
+/// the hub keeps only that source's share of them (50 here), an envoy from 127.0.0.1
+/// enrolls and checks in and an admin call with a token works meanwhile, and every
+/// held stream is closed at the anonymous connections' maximum age.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_cannot_take_the_hubs_connections() {
+    vigo_common::procfs::raise_fd_limit();
+    let cluster = Arc::new(
+        Cluster::start_custom(
+            1,
+            &["spoke-a"],
+            Cluster::FAST_RAFT,
+            "{interval: 5m}",
+            "connections: {first_request_timeout: 2s, anonymous_connections_per_source: 50, \
+             max_anonymous_connections: 200, anonymous_max_age: 3s}\n",
+        )
+        .await,
+    );
+    let hub: SocketAddr = cluster.hub_address(0).parse().unwrap();
+    let attacker = Ipv4Addr::new(127, 0, 0, 2);
+    let tls = anonymous(&cluster.ca_pem());
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        if let Some(stream) = held_reflection_stream(attacker, hub, tls.clone()).await {
+            held.push(stream);
+        }
+    }
+    println!("anonymous streams the hub kept from one source: {}", held.len());
+    assert!(
+        !held.is_empty() && held.len() <= 50,
+        "{} held: the source's share is 50",
+        held.len()
+    );
+
+    // Meanwhile, from another address: an enrollment, a check-in and an admin call.
+    let (identity, enrolled) = cluster.enroll(0, "web-1").await.expect("enrolled");
+    let mut envoy = vigo_tests::TestEnvoy::new(identity, &enrolled.spoke_address);
+    envoy.check_in().await.expect("checked in");
+    let status = cluster
+        .admin(0)
+        .status(vigo_proto::admin::v1::StatusRequest::default())
+        .await;
+    assert!(status.is_ok(), "{status:?}");
+
+    // Every held stream ends: its connection reached its maximum age (3 s), was told
+    // to go away, and was dropped after its grace period.
+    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+        for mut stream in held {
+            while let Some(Ok(_)) = stream.data().await {}
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "held anonymous streams were not closed");
+}
