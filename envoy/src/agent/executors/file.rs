@@ -69,6 +69,12 @@ pub fn apply_file(spec: &pb::FileSpec, content: &str, dry_run: bool) -> Outcome 
         // Mode and owner of a file that does not exist yet cannot be inspected.
         return content_step;
     }
+    if !same && !dry_run {
+        // `replace` set owner and mode on the new file's own descriptor before it was
+        // renamed into place: looking the path up again would act on whatever is there
+        // now, which the parent's owner may have swapped in meanwhile.
+        return content_step;
+    }
     combine(vec![
         content_step,
         target.ensure_mode(SFlag::S_IFREG, spec.mode, dry_run),
