@@ -209,7 +209,11 @@ impl Cluster {
              raft: {raft}\n\
              {connections}{extra}",
             // A test may give the whole `connections:` section in `hub_extra`.
-            connections = match self.hub_extra.lines().any(|l| l.starts_with("connections:")) {
+            connections = match self
+                .hub_extra
+                .lines()
+                .any(|l| l.starts_with("connections:"))
+            {
                 true => "",
                 false => "connections: {first_request_timeout: 2s}\n",
             },

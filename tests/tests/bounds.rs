@@ -35,17 +35,39 @@ async fn a_heartbeat_reports_a_policy_version_or_nothing() {
         "nothing written"
     );
 
-    // A real version is taken.
+    // A version's shape is not enough: one the cluster never published is answered
+    // (the directive tells the spoke what to serve) but not recorded.
     hub.heartbeat(pb::HeartbeatRequest {
         config_version: "ab".repeat(32),
         envoys: 0,
     })
     .await
-    .expect("a version");
+    .expect("answered");
     assert_eq!(
         cluster.state(0).spokes["spoke-a"].config_version,
-        "ab".repeat(32)
+        before.config_version,
+        "an unpublished version is not recorded"
     );
+
+    // A published version is taken.
+    let published = cluster
+        .publish(0, &vigo_tests::repo_root().join("deploy/policy"), "bounds")
+        .await
+        .expect("published")
+        .version;
+    hub.heartbeat(pb::HeartbeatRequest {
+        config_version: published.clone(),
+        envoys: 0,
+    })
+    .await
+    .expect("a version");
+    cluster
+        .wait_until(
+            std::time::Duration::from_secs(30),
+            "the published version recorded",
+            |s| s.spokes["spoke-a"].config_version == published,
+        )
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

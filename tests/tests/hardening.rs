@@ -471,7 +471,10 @@ async fn one_source_cannot_take_the_hubs_connections() {
             held.push(stream);
         }
     }
-    println!("anonymous streams the hub kept from one source: {}", held.len());
+    println!(
+        "anonymous streams the hub kept from one source: {}",
+        held.len()
+    );
     assert!(
         !held.is_empty() && held.len() <= 50,
         "{} held: the source's share is 50",
