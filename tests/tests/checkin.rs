@@ -398,12 +398,19 @@ async fn enrollment_rejections_have_their_status_and_spend_nothing() {
     let key = generate_key();
     let tls = vigo_common::pki::envoy_tls_request(&key).unwrap();
     let enrolled = generate_key().verifying_key().to_bytes().to_vec();
-    for (csr_der, key_proof) in [
-        (tls.csr_der.clone(), tls.key_proof.clone()),
-        (tls.csr_der.clone(), Vec::new()),
+    // A key proof that does not verify is a bad signature: UNAUTHENTICATED, as every
+    // other; a CSR of another key is malformed.
+    for (csr_der, key_proof, code) in [
+        (
+            tls.csr_der.clone(),
+            tls.key_proof.clone(),
+            Code::Unauthenticated,
+        ),
+        (tls.csr_der.clone(), Vec::new(), Code::Unauthenticated),
         (
             vigo_common::pki::legacy_envoy_csr(&key).unwrap(),
             Vec::new(),
+            Code::InvalidArgument,
         ),
     ] {
         let status = raw
@@ -416,7 +423,7 @@ async fn enrollment_rejections_have_their_status_and_spend_nothing() {
             })
             .await
             .expect_err("mismatched CSR refused");
-        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert_eq!(status.code(), code, "{status:?}");
     }
 
     let stats = home
