@@ -101,7 +101,7 @@ vigocli config publish "$ROOT/deploy/policy" -m "example policy (deploy/policy)"
 
 VIGO_TOKEN=$(cat enroll.token) "$BIN/vigo-sim" --hub 127.0.0.1:7400 --ca pki/ca.pem \
     --envoys "$ENVOYS" --interval "$INTERVAL" --duration 24h --progress 30s \
-    --identities sim-identities.json --hostname-prefix "web-" > sim.log 2>&1 & pids+=($!)
+    --identities sim-identities.json --hostname-prefix "web-" --loopback-sources > sim.log 2>&1 & pids+=($!)
 
 cat <<EOF
 

@@ -20,6 +20,10 @@ bundle_signing_key: pki/bundle-signing.key
 checkin:
   interval: 60s
   timestamp_window: 10m
+# One simulator process is one source address for all its envoys (a lab, not a NAT):
+# its share of connections is the whole cap.
+connections:
+  connections_per_source: 50000
 $extra
 enrollment:
   tokens:
