@@ -212,21 +212,16 @@ pub fn report_request(
     seal(key, Domain::ReportRun, &report)
 }
 
-/// A gateway client over our TLS to `address`.
+/// A gateway client over our TLS to `address`: the agent's, on one connection with
+/// nothing in front of it (`gateway_direct`). A tonic `Channel` puts a queue before
+/// its connection whose second 32-slot block (~18 KB) is allocated on the 33rd call
+/// and kept: a connection would cost that much more after half an hour of check-ins
+/// than after one (tests/tests/idle_connections.rs).
 pub fn gateway(
     address: &str,
     tls: Arc<ClientConfig>,
-) -> Result<pb::envoy_gateway_client::EnvoyGatewayClient<Channel>, ClientError> {
-    gateway_over(tls::channel(address, tls, CONNECT_TIMEOUT)?)
-}
-
-fn gateway_over(
-    channel: Channel,
-) -> Result<pb::envoy_gateway_client::EnvoyGatewayClient<Channel>, ClientError> {
-    // A check-in answer carries a whole bundle: the largest one validation lets through.
-    Ok(pb::envoy_gateway_client::EnvoyGatewayClient::new(channel)
-        .max_decoding_message_size(limits::MAX_CHECKIN_ANSWER)
-        .max_encoding_message_size(limits::MAX_CHECKIN_ANSWER))
+) -> Result<pb::envoy_gateway_client::EnvoyGatewayClient<DirectChannel>, ClientError> {
+    gateway_direct(address, tls, None)
 }
 
 /// A gateway client on one connection with no task or queue in front of it

@@ -128,6 +128,8 @@ pub struct HomeOptions {
     pub allow_relay: bool,
     /// Top-level sections appended to the config as they are (YAML).
     pub extra: String,
+    /// Lines added to the `connections:` section (each indented by two spaces).
+    pub connections: String,
 }
 
 impl Default for HomeOptions {
@@ -137,6 +139,7 @@ impl Default for HomeOptions {
             interval: Duration::from_secs(60),
             allow_relay: false,
             extra: String::new(),
+            connections: String::new(),
         }
     }
 }
@@ -181,12 +184,13 @@ impl SpokeHome {
              bundle_signing_key: pki/bundle-signing.key\n\
              checkin:\n  interval: {}ms\n  timestamp_window: 30s\n\
              flush:\n  interval: {}ms\n  flushers: 2\n\
-             connections:\n  first_request_timeout: 2s\n\
+             connections:\n  first_request_timeout: 2s\n{}\
              reports:\n  keep_runs: 3\n\
              enrollment:\n  tokens:\n{}{}{}{}",
             options.allow_relay,
             options.interval.as_millis(),
             options.flush_interval.as_millis(),
+            options.connections,
             entry("fleet", &tokens.fleet, 10_000, false),
             entry("one-shot", &tokens.one_shot, 1, false),
             entry("rekey", &tokens.rekey, 100, true),
@@ -422,7 +426,8 @@ impl Drop for SpokeProcess {
 /// An enrolled envoy that checks in like the real agent, with knobs for misbehaving.
 pub struct TestEnvoy {
     pub identity: Identity,
-    pub gateway: pb::envoy_gateway_client::EnvoyGatewayClient<Channel>,
+    pub gateway:
+        pb::envoy_gateway_client::EnvoyGatewayClient<vigo_common::tls::direct::DirectChannel>,
     pub sequence: Sequencer,
     pub traits: TraitMap,
     pub bundle: Option<VerifiedBundle>,

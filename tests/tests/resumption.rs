@@ -108,3 +108,68 @@ async fn a_restarted_spoke_resumes_the_sessions_it_ticketed() {
     other.shutdown().await.expect("shutdown");
     spoke.shutdown().await.expect("shutdown");
 }
+
+/// `connections.max_connection_age`: a connection is told to go away (GOAWAY) about
+/// that long after its handshake, whatever it does, and the envoy carries on: its next
+/// check-in connects afresh, resuming its TLS session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_renewed_at_their_maximum_age_and_envoys_carry_on() {
+    init();
+    let home = SpokeHome::with(vigo_tests::HomeOptions {
+        connections: "  max_connection_age: 1s\n  max_connection_age_grace: 1s\n".into(),
+        ..Default::default()
+    });
+    let spoke = home.start().await;
+    let addr = spoke.addr.to_string();
+    let mut envoy = home.enroll(&addr, "renew-1").await;
+    envoy.check_in().await.expect("first check-in");
+    let config = envoy.identity.tls_config().expect("tls config");
+    // A first connection takes a session ticket.
+    handshake(&addr, &config).await;
+
+    // A connection of the envoy's that stays open: the spoke's next frames end with a
+    // GOAWAY (type 7), sent before the first-request timeout (2 s) would close it.
+    let (name, hostport) = tls::split_address(&addr).expect("address");
+    let tcp = TcpStream::connect(hostport).await.expect("connect");
+    let mut stream = TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("preface");
+    let goaway = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let mut header = [0u8; 9];
+            if stream.read_exact(&mut header).await.is_err() {
+                return false;
+            }
+            let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            if stream.read_exact(&mut payload).await.is_err() {
+                return false;
+            }
+            if header[3] == 7 {
+                return true;
+            }
+        }
+    })
+    .await
+    .expect("the spoke answers");
+    assert!(
+        goaway,
+        "the connection was told to go away at its maximum age"
+    );
+    assert_eq!(
+        stream.get_ref().1.handshake_kind(),
+        Some(HandshakeKind::Resumed),
+        "a reconnecting envoy resumes its session"
+    );
+
+    // The envoy's own connection is past its age too: it carries on regardless.
+    for _ in 0..3 {
+        envoy.check_in().await.expect("check-in after renewal");
+    }
+    drop(spoke);
+}

@@ -41,6 +41,16 @@ pub struct ConnectionsConfig {
     /// keeps a connection.
     #[serde(default = "default_anonymous_max_age", with = "humantime_serde")]
     pub anonymous_max_age: Duration,
+    /// Any connection is told to go away (HTTP/2 GOAWAY: calls in flight finish, for up
+    /// to `max_connection_age_grace`) about this long after its handshake, jittered by
+    /// ±10 %, so long-lived connections are renewed; an envoy reconnects at its next
+    /// call, resuming its TLS session. Unset: never.
+    #[serde(default, with = "humantime_serde")]
+    pub max_connection_age: Option<Duration>,
+    /// How long a connection told to go away at its maximum age may finish its calls
+    /// (a held stream included) before it is closed.
+    #[serde(default = "default_max_connection_age_grace", with = "humantime_serde")]
+    pub max_connection_age_grace: Duration,
     /// After its handshake, a connection must start a request within this.
     #[serde(default = "default_first_request_timeout", with = "humantime_serde")]
     pub first_request_timeout: Duration,
@@ -92,6 +102,9 @@ fn default_max_anonymous() -> usize {
 fn default_anonymous_max_age() -> Duration {
     Duration::from_secs(60)
 }
+fn default_max_connection_age_grace() -> Duration {
+    Duration::from_secs(30)
+}
 fn default_first_request_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -116,6 +129,8 @@ impl Default for ConnectionsConfig {
             anonymous_connections_per_source: default_anonymous_per_source(),
             max_anonymous_connections: default_max_anonymous(),
             anonymous_max_age: default_anonymous_max_age(),
+            max_connection_age: None,
+            max_connection_age_grace: default_max_connection_age_grace(),
             first_request_timeout: default_first_request_timeout(),
             idle_timeout: None,
             anonymous_idle_timeout: default_anonymous_idle_timeout(),
@@ -191,6 +206,8 @@ impl ConnectionsConfig {
             idle: self.idle_timeout.unwrap_or(default_idle),
             anonymous_idle: self.anonymous_idle_timeout,
             anonymous_max_age: self.anonymous_max_age,
+            max_age: self.max_connection_age,
+            max_age_grace: self.max_connection_age_grace,
         }
     }
 
@@ -246,6 +263,10 @@ impl ConnectionsConfig {
             ),
             ("connections.request_timeout", self.request_timeout),
             ("connections.anonymous_max_age", self.anonymous_max_age),
+            (
+                "connections.max_connection_age",
+                self.max_connection_age.unwrap_or(Duration::MAX),
+            ),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
             return Err((key, "must be more than 0s".into()));

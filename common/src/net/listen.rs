@@ -452,6 +452,10 @@ pub fn describe_metrics() {
         "Connections closed at once because their source held its share of connections (limit per_source) or, without a client certificate, its source or the server held its share of those (limit anonymous), by listener"
     );
     metrics::describe_counter!(
+        "vigo_connections_renewed_total",
+        "Connections told to go away at their maximum age (connections.max_connection_age) so they are renewed"
+    );
+    metrics::describe_counter!(
         "vigo_handshakes_total",
         "TLS handshakes finished, by listener and kind: full, or resumed from a session ticket (no certificate exchange)"
     );

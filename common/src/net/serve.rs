@@ -54,6 +54,11 @@ pub struct Http2Limits {
     ///
     /// [`Vouch`]: super::Vouch
     pub anonymous_max_age: Duration,
+    /// Every connection is told to go away this long after its handshake (jittered by
+    /// ±10 %), so long-lived connections are renewed; `None`: never.
+    pub max_age: Option<Duration>,
+    /// How long such a connection may finish its calls before it is closed.
+    pub max_age_grace: Duration,
 }
 
 impl Default for Http2Limits {
@@ -66,6 +71,8 @@ impl Default for Http2Limits {
             idle: Duration::from_secs(300),
             anonymous_idle: Duration::from_secs(30),
             anonymous_max_age: Duration::from_secs(60),
+            max_age: None,
+            max_age_grace: Duration::from_secs(30),
         }
     }
 }
@@ -134,6 +141,14 @@ struct Timeouts {
     idle: Duration,
     /// Without a certificate: when it is closed whatever it does, unless vouched for.
     max_age: Option<(Instant, super::Vouch)>,
+    /// When it is told to go away to be renewed, and how long it may then finish.
+    renew_at: Option<Instant>,
+    renew_grace: Duration,
+}
+
+/// `age` give or take 10 %, so connections made together are not renewed together.
+fn jittered(age: Duration) -> Duration {
+    age.mul_f64(0.9 + 0.2 * rand::random::<f64>())
 }
 
 /// One request in flight; ends when dropped (its response body is done or abandoned).
@@ -285,6 +300,7 @@ pub fn serve_grpc(
                 vouch: vouch.clone(),
             };
             let max_age = max_age.map(|age| (Instant::now() + age, vouch));
+            let renew_at = limits.max_age.map(|age| Instant::now() + jittered(age));
             let connection = h2.serve_connection(TokioIo::new(conn), service);
             tokio::spawn(drive(
                 connection,
@@ -293,6 +309,8 @@ pub fn serve_grpc(
                     first_request: limits.first_request,
                     idle,
                     max_age,
+                    renew_at,
+                    renew_grace: limits.max_age_grace,
                 },
                 stop,
                 drained,
@@ -399,12 +417,17 @@ async fn drive(
         first_request,
         idle,
         max_age,
+        renew_at,
+        renew_grace,
     } = timeouts;
     let mut connection = pin!(connection);
     let mut closing = false;
     let mut check = Instant::now() + first_request;
     if let Some((end, _)) = &max_age {
         check = check.min(*end);
+    }
+    if let Some(at) = renew_at {
+        check = check.min(at);
     }
     loop {
         tokio::select! {
@@ -419,6 +442,14 @@ async fn drive(
                 if closing {
                     // Told to go away and still open after a grace period: drop it.
                     return;
+                }
+                if renew_at.is_some_and(|at| at <= now) {
+                    debug!("renewing a connection at its maximum age");
+                    metrics::counter!("vigo_connections_renewed_total").increment(1);
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                    check = now + renew_grace;
+                    continue;
                 }
                 if let Some((end, vouch)) = &max_age
                     && *end <= now
@@ -447,6 +478,9 @@ async fn drive(
                     Some((end, vouch)) if !vouch.vouched() && !closing => next.min(*end),
                     _ => next,
                 };
+                if let Some(at) = renew_at.filter(|_| !closing) {
+                    check = check.min(at);
+                }
             }
             signal = next_stop(&mut stop) => match signal {
                 Stop::Finish => connection.as_mut().graceful_shutdown(),

@@ -1,23 +1,30 @@
 //! A gRPC client channel of exactly one HTTP/2 connection with nothing in front of it.
 //!
 //! tonic's `Channel` puts a queue and a task of its own (tower's `Buffer`) before every
-//! connection, and every request goes through both: a hop between tasks and a queue
-//! allocated per channel. That is the right shape for a process with a few channels
-//! shared by many callers; the simulator holds one channel per simulated envoy — 16,000
-//! in a process — each used by one caller at a time. [`DirectChannel`] sends a request
-//! straight on its connection's HTTP/2 handle; the connection is made on first use and
-//! again after it closes, by one caller while the others wait for it.
+//! connection, and hyper's HTTP/2 client another queue between the caller and the
+//! connection task: every request goes through both, and each queue keeps a second
+//! 32-slot block (~9 KB each) from its 33rd request on. That is the right shape for a
+//! process with a few channels shared by many callers; an envoy holds one connection
+//! for days and the simulator one per simulated envoy. [`DirectChannel`] hands a
+//! request straight to its connection's h2 handle (which takes it under a lock, no
+//! queue); the connection is made on first use and again after it closes, by one
+//! caller while the others wait for it.
+//!
+//! For methods whose request is one message (every envoy method is): the request body
+//! is sent whole before the answer is awaited; the answer may stream.
 
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::client::conn::http2::{self, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use bytes::Bytes;
+use h2::client::SendRequest;
+use http_body::Body as _;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -41,8 +48,8 @@ struct Inner {
     local: Option<IpAddr>,
     connector: TlsConnector,
     connect_timeout: Duration,
-    /// The open connection's handle.
-    open: Mutex<Option<SendRequest<Body>>>,
+    /// The open connection's handle, and whether its connection has ended.
+    open: Mutex<Option<(SendRequest<Bytes>, Arc<AtomicBool>)>>,
     /// Held by the caller that is connecting.
     connecting: tokio::sync::Mutex<()>,
 }
@@ -70,13 +77,15 @@ impl DirectChannel {
         })
     }
 
-    fn open(&self) -> Option<SendRequest<Body>> {
+    fn open(&self) -> Option<SendRequest<Bytes>> {
         let open = self.inner.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.as_ref().filter(|s| !s.is_closed()).cloned()
+        open.as_ref()
+            .filter(|(_, ended)| !ended.load(Ordering::Acquire))
+            .map(|(send, _)| send.clone())
     }
 
     /// The open connection's handle, connecting first if there is none.
-    async fn sender(&self) -> Result<SendRequest<Body>, tonic::Status> {
+    async fn sender(&self) -> Result<SendRequest<Bytes>, tonic::Status> {
         if let Some(send) = self.open() {
             return Ok(send);
         }
@@ -92,34 +101,36 @@ impl DirectChannel {
             .await
             .map_err(|_| unavailable(&"no connection within the connect timeout"))?
             .map_err(|e| unavailable(&e))?;
-        let (send, connection) = http2::Builder::new(TokioExecutor::new())
-            .handshake(io)
+        let (send, connection) = h2::client::Builder::new()
+            .enable_push(false)
+            .handshake::<_, Bytes>(io)
             .await
             .map_err(|e| unavailable(&e))?;
+        let ended = Arc::new(AtomicBool::new(false));
+        let marker = ended.clone();
         tokio::spawn(async move {
             let _ = connection.await;
+            marker.store(true, Ordering::Release);
         });
-        *self.inner.open.lock().unwrap_or_else(|p| p.into_inner()) = Some(send.clone());
+        *self.inner.open.lock().unwrap_or_else(|p| p.into_inner()) = Some((send.clone(), ended));
         Ok(send)
     }
 
-    async fn connect(&self) -> io::Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>> {
+    async fn connect(&self) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let tcp = match self.inner.local {
             None => TcpStream::connect(&self.inner.target).await?,
             Some(ip) => super::connect_from(&self.inner.target, ip).await?,
         };
         tcp.set_nodelay(true)?;
-        let tls = self
-            .inner
+        self.inner
             .connector
             .connect(self.inner.server_name.clone(), tcp)
-            .await?;
-        Ok(TokioIo::new(tls))
+            .await
     }
 }
 
 impl tower::Service<http::Request<Body>> for DirectChannel {
-    type Response = http::Response<hyper::body::Incoming>;
+    type Response = http::Response<Answer>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
@@ -133,11 +144,88 @@ impl tower::Service<http::Request<Body>> for DirectChannel {
         Box::pin(async move {
             // Every failure here is the transport's (a gRPC refusal arrives as a
             // response): UNAVAILABLE, as from a tonic channel, which callers retry.
-            let lost =
-                |e: hyper::Error| tonic::Status::unavailable(format!("connection lost: {e}"));
-            let mut send = this.sender().await?;
-            send.ready().await.map_err(lost)?;
-            Ok(send.send_request(request).await.map_err(lost)?)
+            let lost = |e: h2::Error| tonic::Status::unavailable(format!("connection lost: {e}"));
+            let send = this.sender().await?;
+            let mut send = send.ready().await.map_err(lost)?;
+            let (head, mut body) = request.into_parts();
+            let empty = body.is_end_stream();
+            let (answer, mut stream) = send
+                .send_request(http::Request::from_parts(head, ()), empty)
+                .map_err(lost)?;
+            if !empty {
+                send_body(&mut body, &mut stream).await?;
+            }
+            let answer = answer.await.map_err(lost)?;
+            Ok(answer.map(|recv| Answer { recv, done: false }))
         })
+    }
+}
+
+/// Sends a request's body on its stream (h2 holds what the window does not take yet:
+/// a request here is one message, bounded by its method's limit).
+async fn send_body(body: &mut Body, stream: &mut h2::SendStream<Bytes>) -> Result<(), BoxError> {
+    let mut ended = false;
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+        let frame = frame?;
+        match frame.into_data() {
+            Ok(data) => {
+                ended = body.is_end_stream();
+                stream.send_data(data, ended)?;
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    stream.send_trailers(trailers)?;
+                    return Ok(());
+                }
+            }
+        }
+        if ended {
+            return Ok(());
+        }
+    }
+    stream.send_data(Bytes::new(), true)?;
+    Ok(())
+}
+
+/// An answer's body as it arrives on its stream: data frames (their flow-control
+/// capacity given back as each is taken), then the trailers that carry the gRPC status.
+pub struct Answer {
+    recv: h2::RecvStream,
+    done: bool,
+}
+
+impl http_body::Body for Answer {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, h2::Error>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if !self.recv.is_end_stream() {
+            match self.recv.poll_data(cx) {
+                Poll::Ready(Some(Ok(data))) => {
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(http_body::Frame::data(data))));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {}
+            }
+        }
+        let trailers = std::task::ready!(self.recv.poll_trailers(cx));
+        self.done = true;
+        Poll::Ready(match trailers {
+            Ok(Some(t)) => Some(Ok(http_body::Frame::trailers(t))),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
     }
 }

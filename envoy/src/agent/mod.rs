@@ -28,7 +28,8 @@ use backoff::Backoff;
 use plan::{Facts, Tally, tally};
 use state::{LocalState, RunStatus, StateDir, StateError};
 
-type Gateway = pb::envoy_gateway_client::EnvoyGatewayClient<tonic::transport::Channel>;
+type Gateway =
+    pb::envoy_gateway_client::EnvoyGatewayClient<vigo_common::tls::direct::DirectChannel>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
