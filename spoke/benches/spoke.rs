@@ -125,6 +125,7 @@ fn hot_path(store: &Store, dir: &std::path::Path) {
             keep_runs: 10,
         },
         Default::default(),
+        Default::default(),
     );
     for i in 0..N {
         fleet.insert(record(i), EnvoyState::new(1));

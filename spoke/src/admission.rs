@@ -31,7 +31,10 @@ use std::time::Duration;
 use tonic::Status;
 use vigo_common::limits::MAX_CONFIG_MESSAGE;
 use vigo_common::net::{Admit, Call, Limits, Received, Shedder, SheddingLimits, require_role};
-use vigo_common::pki::Role;
+use vigo_common::pki::{Peer, Role};
+
+use crate::fairness::Shares;
+use crate::fleet::FleetIndex;
 
 /// The largest envoy import the hub sends: a batch of envoys with their run histories.
 pub const MAX_IMPORT: usize = 64 << 20;
@@ -85,6 +88,10 @@ impl Admit for Enrollment {
 pub struct Gateway {
     pub settings: Settings,
     pub shedder: Shedder,
+    /// Each envoy's share, taken before the spoke-wide shedder's (`crate::fairness`).
+    pub shares: Arc<Shares>,
+    /// To refuse a revoked envoy before its body is read.
+    pub fleet: Arc<FleetIndex>,
 }
 
 impl Admit for Gateway {
@@ -97,8 +104,16 @@ impl Admit for Gateway {
             other => return Err(unknown(other)),
         };
         require_role(call.peer(), s.envoys(), call.method)?;
-        let received = call.extensions.get::<Received>().map(|r| r.0);
         let mut limits = s.limits(max);
+        // An envoy's own certificate names it (a relay's requests are checked per body).
+        if let Peer::Envoy { id, .. } = call.peer() {
+            let id = *id;
+            if self.fleet.get(id).is_some_and(|r| r.read(|st| st.revoked)) {
+                return Err(Status::permission_denied(format!("envoy {id} is revoked")));
+            }
+            limits.hold = Some(Box::new(self.shares.admit(id.get())?));
+        }
+        let received = call.extensions.get::<Received>().map(|r| r.0);
         limits.ticket = Some(self.shedder.admit(received)?);
         Ok(limits)
     }
@@ -143,12 +158,16 @@ pub const MAX_ADMIN_MESSAGE: usize = MAX_IMPORT;
 pub fn tables(
     s: Settings,
     shedding: SheddingLimits,
+    shares: Arc<Shares>,
+    fleet: Arc<FleetIndex>,
 ) -> (Arc<dyn Admit>, Arc<dyn Admit>, Arc<dyn Admit>) {
     (
         Arc::new(Enrollment(s)),
         Arc::new(Gateway {
             settings: s,
             shedder: Shedder::new(shedding, "envoy"),
+            shares,
+            fleet,
         }),
         Arc::new(SpokeAdmin(s)),
     )

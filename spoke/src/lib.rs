@@ -14,6 +14,7 @@ pub mod compliance;
 pub mod config;
 pub mod enroll;
 pub mod error;
+pub mod fairness;
 pub mod fleet;
 pub mod flush_rows;
 pub mod flusher;

@@ -85,6 +85,7 @@ pub fn publish_fleet(counts: &FleetCounts, dirty: usize, trait_sets: usize) {
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     vigo_common::net::describe_metrics();
+    crate::fairness::describe_metrics();
     vigo_common::telemetry::describe_metrics();
     describe_counter!(
         "vigo_checkins_total",

@@ -168,6 +168,7 @@ impl Spoke {
         let interval_ms = config.checkin.interval.as_millis() as u32;
         let jitter_ms = config.jitter().as_millis() as u32;
         let verifier = BatchVerifier::new(config.verify.max_batch);
+        let shares = Arc::new(crate::fairness::Shares::default());
         let gateway = Arc::new(Gateway::new(
             fleet.clone(),
             traits.clone(),
@@ -188,6 +189,7 @@ impl Spoke {
                 streams: streams.clone(),
                 forwards: forwards.clone(),
             },
+            shares.clone(),
         ));
         let registry = Registry::new(fleet.clone(), store.clone());
         let enrollment = match (&config.hub, &config.tls.ca_key) {
@@ -302,6 +304,8 @@ impl Spoke {
                 retry_after: config.shedding.retry_after,
                 max_retry_after: config.shedding.max_retry_after,
             },
+            shares,
+            fleet.clone(),
         );
         // Each service decodes up to its largest method's limit; the admission table
         // holds every method to its own, and refuses wrong peers before the body is read.

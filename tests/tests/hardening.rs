@@ -501,3 +501,75 @@ async fn one_source_cannot_take_the_hubs_connections() {
     .await;
     assert!(ended.is_ok(), "held anonymous streams were not closed");
 }
+
+/// N4: one enrolled machine cannot get its spoke to shed the others. Its envoy sends
+/// 200 check-ins at once, each with a random signature: beyond its own share and,
+/// once its first bad signature is seen, beyond one a second, it is refused before any
+/// verification; its bad signatures never share a batch with honest ones; 30 honest
+/// envoys checking in meanwhile are all answered. Revoked, it is refused at admission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_envoy_cannot_get_its_spoke_to_shed_the_others() {
+    init();
+    let home = SpokeHome::new();
+    let spoke = home.start().await;
+    let addr = spoke.addr.to_string();
+    let mut attacker = home.enroll(&addr, "rogue-1").await;
+    attacker.check_in().await.expect("an honest first check-in");
+    let mut honest = Vec::new();
+    for i in 0..30 {
+        honest.push(home.enroll(&addr, &format!("honest-{i}")).await);
+    }
+
+    let forged: Vec<_> = (0..200)
+        .map(|_| {
+            let mut request = attacker.check_in_request();
+            request.signature = rand::random::<[u8; 64]>().to_vec().into();
+            request
+        })
+        .collect();
+    let attacks = forged.into_iter().map(|request| {
+        let mut gateway = attacker.gateway.clone();
+        async move { gateway.check_in(request).await.map(|_| ()) }
+    });
+    let honest_calls = honest.iter_mut().map(|e| e.check_in());
+    let (refusals, answers) = tokio::join!(
+        futures::future::join_all(attacks),
+        futures::future::join_all(honest_calls)
+    );
+    let count = |code: Code| {
+        refusals
+            .iter()
+            .filter(|r| r.as_ref().err().map(|s| s.code()) == Some(code))
+            .count()
+    };
+    let (verified, shed) = (count(Code::Unauthenticated), count(Code::ResourceExhausted));
+    println!("200 forged check-ins: {verified} verified and refused, {shed} shed before any work");
+    assert_eq!(verified + shed, 200, "{refusals:?}");
+    assert!(
+        verified <= vigo_spoke::fairness::MAX_IN_FLIGHT as usize + 1,
+        "{verified} forged signatures were verified"
+    );
+    for answer in answers {
+        answer.expect("an honest envoy is answered");
+    }
+
+    // Revoked: refused before its body is read, whatever it sends.
+    let mut admin = home.admin(&addr);
+    admin
+        .revoke_envoy(vigo_tests::v1::RevokeEnvoyRequest {
+            envoy_id: attacker.id().get(),
+            reason: "rogue".into(),
+        })
+        .await
+        .expect("revoked");
+    let refused = attacker
+        .gateway
+        .clone()
+        .check_in(attacker.check_in_request())
+        .await;
+    assert_eq!(
+        refused.map(|_| ()).unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    drop(spoke);
+}

@@ -38,6 +38,8 @@ pub struct Limits {
     ///
     /// [`Shedder`]: super::Shedder
     pub ticket: Option<super::Ticket>,
+    /// Anything else held until the call is answered (a per-caller share's place).
+    pub hold: Option<Box<dyn std::any::Any + Send>>,
     /// For a streaming answer: how long it may last in all. Past it the stream ends
     /// with DEADLINE_EXCEEDED — what keeps a stream anyone may open (reflection) from
     /// holding its connection for ever.
@@ -50,6 +52,7 @@ impl Limits {
             max_message,
             deadline,
             ticket: None,
+            hold: None,
             lifetime: None,
         }
     }
@@ -246,10 +249,10 @@ where
         // The clone that was made ready is the one called (tower's convention).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let ticket = limits.ticket;
+        let (ticket, hold) = (limits.ticket, limits.hold);
         let lifetime = limits.lifetime;
         Box::pin(async move {
-            let _ticket = ticket;
+            let _held = (ticket, hold);
             match tokio::time::timeout(deadline, inner.call(req)).await {
                 Ok(Ok(response)) => Ok(match lifetime {
                     None => response,
