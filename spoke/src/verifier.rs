@@ -10,8 +10,9 @@
 //! costs one more `epoll_wait` per request; verifying inline then was tried (BENCHMARKS,
 //! 2026-12-02) and saved that syscall but no measurable CPU.
 //!
-//! `verify_batch` is all-or-nothing, so a failed batch is re-checked one by one to find
-//! the bad signatures. It also skips the weak-key check: keys are refused at enrollment.
+//! `verify_batch` is all-or-nothing, so a failed batch is bisected to find the bad
+//! signatures (and an envoy whose signature failed is verified apart from the others
+//! for a while: `crate::fairness`). It also skips the weak-key check: keys are refused at enrollment.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -166,21 +167,78 @@ fn verify_batch(batch: Vec<Job>, s: &mut Scratch) {
         s.keys.push(job.key);
         s.signatures.push(job.signature);
     }
-    let message = |i: usize| &s.arena[s.spans[i].0..s.spans[i].1];
-    let all_good = batch.len() >= BATCH_FROM && {
-        let messages: Vec<&[u8]> = (0..batch.len()).map(message).collect();
-        ed25519_dalek::verify_batch(&messages, &s.signatures, &s.keys).is_ok()
-    };
-    for (i, job) in batch.into_iter().enumerate() {
-        let ok = all_good || s.keys[i].verify(message(i), &s.signatures[i]).is_ok();
+    let mut verdicts = vec![false; batch.len()];
+    settle(s, 0..batch.len(), false, &mut verdicts);
+    for (job, ok) in batch.into_iter().zip(verdicts) {
         let _ = job.verdict.send(ok);
     }
+}
+
+/// The verdicts of the signatures in `range`: one batch when it passes; when it fails
+/// (or is `known_bad`), its halves in turn — and a half after a good one is known bad
+/// without a check of its own — down to single checks below [`BATCH_FROM`]. One bad
+/// signature among n costs about 2·n batch-verifications' worth instead of n single
+/// ones after the failed batch.
+fn settle(s: &Scratch, range: std::ops::Range<usize>, known_bad: bool, out: &mut [bool]) {
+    let message = |i: usize| &s.arena[s.spans[i].0..s.spans[i].1];
+    if range.len() < BATCH_FROM {
+        for i in range {
+            out[i] = s.keys[i].verify(message(i), &s.signatures[i]).is_ok();
+        }
+        return;
+    }
+    if !known_bad {
+        let messages: Vec<&[u8]> = range.clone().map(message).collect();
+        let (sigs, keys) = (&s.signatures[range.clone()], &s.keys[range.clone()]);
+        if ed25519_dalek::verify_batch(&messages, sigs, keys).is_ok() {
+            out[range].fill(true);
+            return;
+        }
+    }
+    let mid = range.start + range.len() / 2;
+    let (left, right) = (range.start..mid, mid..range.end);
+    settle(s, left.clone(), false, out);
+    let left_good = out[left].iter().all(|ok| *ok);
+    // The whole failed and the left half passed: the right half holds a bad one.
+    settle(s, right, left_good, out);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use vigo_common::signing::{generate_key, sign};
+
+    /// Bisection finds exactly the bad signatures, wherever they are, how many there are.
+    #[test]
+    fn bisection_finds_every_bad_signature() {
+        for bad in [
+            vec![],
+            vec![0],
+            vec![77],
+            vec![0, 77, 127],
+            (0..128).collect(),
+        ] {
+            let mut s = Scratch::default();
+            for i in 0..128usize {
+                let key = generate_key();
+                let body = (i as u32).to_le_bytes();
+                let mut sig = sign(&key, Domain::CheckIn, &body).to_bytes();
+                if bad.contains(&i) {
+                    sig[9] ^= 1;
+                }
+                let start = s.arena.len();
+                s.arena.extend_from_slice(Domain::CheckIn.prefix());
+                s.arena.extend_from_slice(&body);
+                s.spans.push((start, s.arena.len()));
+                s.keys.push(key.verifying_key());
+                s.signatures.push(Signature::from_bytes(&sig));
+            }
+            let mut out = vec![false; 128];
+            settle(&s, 0..128, false, &mut out);
+            let found: Vec<usize> = (0..128).filter(|i| !out[*i]).collect();
+            assert_eq!(found, bad);
+        }
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_bad_signature_in_a_batch_fails_alone() {
