@@ -112,7 +112,10 @@ fn hot_path(store: &Store, dir: &std::path::Path) {
         fleet.clone(),
         traits,
         policy.clone(),
-        BatchVerifier::new(64),
+        vigo_spoke::gateway::Checking {
+            verifier: BatchVerifier::new(64),
+            shares: Default::default(),
+        },
         store.clone(),
         GatewaySettings {
             interval_ms: 60_000,
@@ -124,7 +127,6 @@ fn hot_path(store: &Store, dir: &std::path::Path) {
             allow_relay: false,
             keep_runs: 10,
         },
-        Default::default(),
         Default::default(),
     );
     for i in 0..N {

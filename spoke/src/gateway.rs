@@ -68,6 +68,13 @@ pub struct Gateway {
     checkins: CheckinMetrics,
 }
 
+/// How envoys' signatures are checked: in batches across requests, and apart for an
+/// envoy whose signature failed lately (its share says so).
+pub struct Checking {
+    pub verifier: Arc<BatchVerifier>,
+    pub shares: Arc<crate::fairness::Shares>,
+}
+
 /// How envoys not reachable through their check-ins are reached: the open streams (to
 /// wake them) and the forwarding addresses of envoys handed off to other spokes.
 #[derive(Clone, Default)]
@@ -120,12 +127,12 @@ impl Gateway {
         fleet: Arc<FleetIndex>,
         traits: Arc<TraitsStore>,
         policy: Arc<PolicyCache>,
-        verifier: Arc<BatchVerifier>,
+        checking: Checking,
         store: Store,
         settings: GatewaySettings,
         reach: Reach,
-        shares: Arc<crate::fairness::Shares>,
     ) -> Self {
+        let Checking { verifier, shares } = checking;
         let tasks = Arc::new(SpokeTasks::new(store.clone(), reach.streams.clone()));
         Self {
             fleet,

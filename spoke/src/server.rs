@@ -173,7 +173,10 @@ impl Spoke {
             fleet.clone(),
             traits.clone(),
             policy.clone(),
-            verifier,
+            crate::gateway::Checking {
+                verifier,
+                shares: shares.clone(),
+            },
             store.clone(),
             GatewaySettings {
                 interval_ms,
@@ -189,7 +192,6 @@ impl Spoke {
                 streams: streams.clone(),
                 forwards: forwards.clone(),
             },
-            shares.clone(),
         ));
         let registry = Registry::new(fleet.clone(), store.clone());
         let enrollment = match (&config.hub, &config.tls.ca_key) {

@@ -23,11 +23,7 @@ static ALLOCATOR: CountingAllocator = CountingAllocator;
 const CONNECTIONS: usize = 200;
 
 /// Both tests read the process's live heap: one at a time.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn alone() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
-}
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The codec buffers one end held idle before the patches: 16 + 8 + 4 + 4 KiB.
 const CODEC_BUFFERS: isize = 32 * 1024;
@@ -111,7 +107,7 @@ async fn open_and_call(
 
 #[tokio::test(flavor = "current_thread")]
 async fn an_idle_connection_holds_no_codec_buffers_at_either_end() {
-    let _alone = alone();
+    let _alone = ONE_AT_A_TIME.lock().await;
     let (ca, _) = CertAuthority::create("idle test CA").expect("CA");
     let node = |name: &str| {
         ca.issue_node(Role::Spoke, name, &["spoke.test".to_string()])
@@ -189,7 +185,7 @@ async fn settle() {
 /// check-ins per connection is within 512 bytes per connection of what it was after 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_costs_the_same_after_200_calls_as_after_two() {
-    let _alone = alone();
+    let _alone = ONE_AT_A_TIME.lock().await;
     const ENVOYS: usize = 40;
     let calls: usize = 200;
     vigo_tests::init();
