@@ -242,17 +242,6 @@ pub fn batches(spec: &TaskSpec, total: u32) -> Vec<u64> {
     out
 }
 
-/// How many of `spokes` name each spoke.
-pub fn per_spoke<'a>(
-    spokes: impl Iterator<Item = &'a str>,
-) -> std::collections::BTreeMap<&'a str, u64> {
-    let mut out = std::collections::BTreeMap::new();
-    for s in spokes {
-        *out.entry(s).or_default() += 1;
-    }
-    out
-}
-
 pub fn info(t: &TaskRecord) -> api::TaskInfo {
     let total = t.total();
     let ended = u64::from(total.ended());
@@ -285,11 +274,12 @@ pub fn info(t: &TaskRecord) -> api::TaskInfo {
         batch: portion_text(t.spec.batch),
         canary: t.spec.canary.unwrap_or(0),
         max_failures: portion_text(t.spec.max_failures),
-        plan: per_spoke(t.targets.iter().map(|(_, s)| s.as_str()))
-            .into_iter()
+        plan: t
+            .per_spoke()
+            .iter()
             .map(|(spoke, envoys)| api::SpokePlan {
-                spoke: spoke.to_string(),
-                envoys,
+                spoke: spoke.clone(),
+                envoys: *envoys,
                 streaming: 0,
             })
             .collect(),

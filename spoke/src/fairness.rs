@@ -6,8 +6,10 @@
 //! with a retry hint, so one envoy opening connections and streams by the dozen is
 //! turned away first and costs the others nothing. An envoy whose signature failed to
 //! verify is a suspect for [`SUSPECT_FOR`]: its requests are verified alone (never in a
-//! batch with honest envoys', whose batch one bad signature would spoil) and at most one
-//! per [`SUSPECT_EVERY`] — the rest refused before any work, with a long retry hint.
+//! batch with honest envoys', whose batch one bad signature would spoil); from its
+//! [`THROTTLE_AFTER`]th bad signature on, at most one per [`SUSPECT_EVERY`] is looked
+//! at — the rest refused before any work, with a long retry hint. (One failure alone
+//! still gets every later refusal's own precise status.)
 //! A revoked envoy is refused here too, before its body is read.
 
 use std::collections::HashMap;
@@ -22,8 +24,9 @@ use vigo_common::net::shedding::busy;
 pub const MAX_IN_FLIGHT: u32 = 8;
 /// How long an envoy stays a suspect after a bad signature.
 pub const SUSPECT_FOR: Duration = Duration::from_secs(600);
-/// A suspect's requests are verified at most this often.
+/// A suspect's requests are verified at most this often once it has failed this often.
 pub const SUSPECT_EVERY: Duration = Duration::from_secs(1);
+pub const THROTTLE_AFTER: u32 = 3;
 /// What a refused suspect is told to wait.
 const SUSPECT_RETRY: Duration = Duration::from_secs(60);
 const SHARDS: usize = 16;
@@ -34,6 +37,8 @@ struct Entry {
     /// Until when its requests are verified alone, and when one last was.
     suspect_until: Option<Instant>,
     last_checked: Option<Instant>,
+    /// Bad signatures while a suspect.
+    bad: u32,
 }
 
 impl Entry {
@@ -97,7 +102,7 @@ impl Shares {
                     Duration::from_secs(5),
                 ));
             }
-            if e.suspect_until.is_some_and(|until| until > now) {
+            if e.suspect_until.is_some_and(|until| until > now) && e.bad >= THROTTLE_AFTER {
                 if e.last_checked
                     .is_some_and(|at| now.duration_since(at) < SUSPECT_EVERY)
                 {
@@ -133,6 +138,10 @@ impl Shares {
         let now = Instant::now();
         self.with(envoy, |shard| {
             let e = shard.entry(envoy).or_default();
+            if e.suspect_until.is_none_or(|until| until <= now) {
+                e.bad = 0;
+            }
+            e.bad = e.bad.saturating_add(1);
             e.suspect_until = Some(now + SUSPECT_FOR);
             e.last_checked = Some(now);
         });
@@ -182,6 +191,14 @@ mod tests {
         assert!(!shares.suspect(7));
         shares.bad_signature(7);
         assert!(shares.suspect(7));
+        drop(
+            shares
+                .admit(7)
+                .expect("one failure: still looked at, alone"),
+        );
+        for _ in 1..THROTTLE_AFTER {
+            shares.bad_signature(7);
+        }
         let refused = shares
             .admit(7)
             .err()

@@ -35,6 +35,8 @@ pub const GRACE_MS: u64 = 5_000;
 pub const MAX_RESULT_BODY: usize = vigo_common::limits::MAX_TASK_RESULT;
 /// Rows of results in one page at most.
 pub const MAX_PAGE: u32 = 1000;
+/// Bytes of results in one page: past them the page ends (with at least one row).
+pub const MAX_PAGE_BYTES: usize = 4 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -513,25 +515,32 @@ impl SpokeTasks {
                 .map(|(envoy, c)| (*envoy, c.outcome, c.stored))
                 .collect()
         };
-        let more = rows.len() > limit;
+        let mut more = rows.len() > limit;
         let mut results = Vec::with_capacity(limit);
+        let mut bytes = 0;
         for (envoy, outcome, stored) in rows.into_iter().take(limit) {
+            // A page is bounded in bytes as well as rows: 1,000 results of 200 KiB
+            // would be built in memory before any limit saw them.
+            if bytes >= MAX_PAGE_BYTES {
+                more = true;
+                break;
+            }
             let stored_row = if stored {
                 self.store.task_result(id, envoy)?
             } else {
                 None
             };
-            results.push(stored_row.unwrap_or_else(|| {
-                api::TaskResult {
-                    envoy_id: EnvoyId::new(envoy)
-                        .map(|e| e.to_string())
-                        .unwrap_or_default(),
-                    hostname: hostname(envoy),
-                    status: outcome.map_or("running", Outcome::as_str).into(),
-                    exit_code: -1,
-                    ..Default::default()
-                }
-            }));
+            let row = stored_row.unwrap_or_else(|| api::TaskResult {
+                envoy_id: EnvoyId::new(envoy)
+                    .map(|e| e.to_string())
+                    .unwrap_or_default(),
+                hostname: hostname(envoy),
+                status: outcome.map_or("running", Outcome::as_str).into(),
+                exit_code: -1,
+                ..Default::default()
+            });
+            bytes += prost::Message::encoded_len(&row);
+            results.push(row);
         }
         Ok(pb::SpokeTaskResults { results, more })
     }

@@ -420,48 +420,6 @@ impl AdminApi {
         }))
     }
 
-    pub async fn trace_config(
-        &self,
-        caller: &Caller,
-        req: api::TraceConfigRequest,
-    ) -> Result<api::ConfigTrace, HubError> {
-        caller.require(ApiRole::Viewer, "TraceConfig")?;
-        let hostname = vigo_common::hostname::normalize(&req.hostname).map_err(|_| {
-            HubError::malformed("hostname", format!("{:?} is not a host name", req.hostname))
-        })?;
-        let entry = self.node.read(|s| {
-            let wanted = if req.version.is_empty() {
-                if s.current_config.is_empty() {
-                    return Err(HubError::NotFound("no config has been published".into()));
-                }
-                s.current_config.as_str()
-            } else {
-                req.version.as_str()
-            };
-            find_config(s, wanted).map(|c| (c.version.clone(), c.files.clone()))
-        })?;
-        let (version, files) = entry;
-        let shown = hostname.clone();
-        // Parsing and compiling a tree is CPU work: off the async workers.
-        let traced = tokio::task::spawn_blocking(move || {
-            let files = files
-                .into_iter()
-                .map(|(k, v)| (std::path::PathBuf::from(k), v))
-                .collect();
-            let tree = vigo_common::policy::parse_tree(&files)?;
-            let compiled = vigo_common::policy::compile(&tree)?;
-            Ok::<_, vigo_common::policy::PolicyErrors>(vigo_common::policy::trace::trace(
-                &tree, &compiled, &hostname,
-            ))
-        })
-        .await
-        .map_err(|e| HubError::Internal(format!("tracing the config: {e}")))?
-        .map_err(|e| {
-            HubError::Internal(format!("the published config no longer validates: {e}"))
-        })?;
-        Ok(traced.into_api(version, shown))
-    }
-
     pub async fn rollback_config(
         &self,
         caller: &Caller,
@@ -491,7 +449,7 @@ impl AdminApi {
 
 /// The published version that `prefix` names uniquely (as with git, a unique prefix of
 /// the hash is enough).
-fn find_config<'s>(
+pub(super) fn find_config<'s>(
     s: &'s crate::state::ClusterState,
     prefix: &str,
 ) -> Result<&'s crate::state::ConfigEntry, HubError> {

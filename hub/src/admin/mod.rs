@@ -23,6 +23,7 @@ mod revocations;
 mod runs;
 mod spokes;
 mod tasks;
+mod trace;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -47,6 +48,8 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub struct AdminApi {
     pub node: Arc<Node>,
+    /// The compiled form of the config version traced last (`trace`).
+    traces: trace::TraceCache,
 }
 
 impl From<QueryError> for HubError {
@@ -70,7 +73,10 @@ const FRESH_WITHIN: Duration = Duration::from_secs(10);
 
 impl AdminApi {
     pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+        Self {
+            node,
+            traces: Default::default(),
+        }
     }
 
     /// Checks the caller's credential again against state at least as new as the

@@ -24,6 +24,8 @@ const RESOLVE_DEADLINE: Duration = Duration::from_secs(30);
 const RESOLVE_PAGE: u32 = 1000;
 const DEFAULT_RESULTS: u32 = 100;
 const MAX_RESULTS: u32 = 1000;
+/// Bytes of results in one page the hub answers (each spoke's page is bounded too).
+const MAX_PAGE_BYTES: usize = 4 << 20;
 /// How often a watch looks at the task.
 const WATCH_EVERY: Duration = Duration::from_millis(500);
 
@@ -349,6 +351,14 @@ impl AdminApi {
             })
             .await;
         let more = answers.iter().any(|(_, a)| a.more);
+        // A spoke that stopped short (rows or bytes) has more after its last row: no
+        // row beyond the least such last row is answered, or the next page would skip
+        // that spoke's rest. (Envoy ids are 16 hex digits: text order is id order.)
+        let horizon = answers
+            .iter()
+            .filter(|(_, a)| a.more)
+            .filter_map(|(_, a)| a.results.last().map(|r| r.envoy_id.clone()))
+            .min();
         let mut rows: Vec<api::TaskResult> = answers
             .into_iter()
             .flat_map(|(spoke, a)| {
@@ -359,8 +369,22 @@ impl AdminApi {
             })
             .collect();
         rows.sort_by(|a, b| a.envoy_id.cmp(&b.envoy_id));
-        let cut = rows.len() > limit as usize;
+        let before = rows.len();
+        if let Some(horizon) = &horizon {
+            rows.retain(|r| r.envoy_id <= *horizon);
+        }
         rows.truncate(limit as usize);
+        let mut bytes = 0;
+        let within = rows
+            .iter()
+            .take_while(|r| {
+                let fits = bytes < MAX_PAGE_BYTES;
+                bytes += prost::Message::encoded_len(*r);
+                fits
+            })
+            .count();
+        rows.truncate(within.max(1).min(rows.len()));
+        let cut = rows.len() < before;
         let next_cursor = match rows.last() {
             Some(last) if more || cut => last.envoy_id.clone(),
             _ => String::new(),
@@ -389,7 +413,11 @@ impl AdminApi {
                 return;
             }
             while last.state == "running" {
-                tokio::time::sleep(WATCH_EVERY).await;
+                // A watcher whose client left ends now, not when the task next changes.
+                tokio::select! {
+                    () = tokio::time::sleep(WATCH_EVERY) => {}
+                    () = tx.closed() => return,
+                }
                 let Some(now) = node.read(|s| s.tasks.get(&id).map(tasks::info)) else {
                     return;
                 };

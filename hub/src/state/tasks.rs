@@ -196,6 +196,11 @@ pub struct TaskRecord {
     pub counts: BTreeMap<String, Counts>,
     pub state: TaskState,
     pub ended_ms: u64,
+    /// Targets per spoke, counted on first use: derived from `targets`, which never
+    /// change, so never written (a listing of every task stays cheap under the state
+    /// lock).
+    #[serde(skip)]
+    per_spoke: std::sync::OnceLock<Vec<(String, u64)>>,
 }
 
 impl TaskRecord {
@@ -221,7 +226,19 @@ impl TaskRecord {
             counts: BTreeMap::new(),
             state: TaskState::Running,
             ended_ms: 0,
+            per_spoke: Default::default(),
         }
+    }
+
+    /// How many targets each spoke holds, by spoke.
+    pub fn per_spoke(&self) -> &[(String, u64)] {
+        self.per_spoke.get_or_init(|| {
+            let mut out: BTreeMap<&str, u64> = BTreeMap::new();
+            for (_, spoke) in &self.targets {
+                *out.entry(spoke).or_default() += 1;
+            }
+            out.into_iter().map(|(s, n)| (s.to_string(), n)).collect()
+        })
     }
 
     pub fn total(&self) -> Counts {
