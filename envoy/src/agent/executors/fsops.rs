@@ -192,6 +192,13 @@ impl Target {
         Ok((fd, st))
     }
 
+    /// The regular file at the path, opened for reading through the checked walk (a
+    /// link is not followed, a FIFO not waited on).
+    pub fn open_file(&self) -> Result<std::fs::File, Failure> {
+        self.open_existing(SFlag::S_IFREG)
+            .map(|(fd, _)| std::fs::File::from(fd))
+    }
+
     /// The content of the regular file at the path (`None` if there is none); refused
     /// for links, devices, FIFOs and files above `limit` bytes.
     pub fn read(&self, limit: u64) -> Result<Option<(Vec<u8>, FileStat)>, Failure> {

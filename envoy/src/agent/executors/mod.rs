@@ -12,6 +12,7 @@ pub(crate) mod fsops;
 mod package;
 mod remove;
 mod service;
+mod staged;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -347,14 +347,16 @@ fn decide(
         if !spec.source.starts_with('/') {
             return Err(format!("source {:?} is not an absolute path", spec.source));
         }
-        let (file_name, version) = m.file_info(&spec.source)?;
+        // The package manager reads a copy no other user can touch.
+        let staged = super::staged::stage(&spec.source)?;
+        let (file_name, version) = m.file_info(&staged)?;
         if file_name != name {
             return Err(format!(
                 "{} holds package {file_name:?}, not {name:?}",
                 spec.source
             ));
         }
-        (Some(spec.source.clone()), Some(version))
+        (Some(staged), Some(version))
     };
     Ok(match spec.state() {
         pb::PackageState::Absent => match installed {
