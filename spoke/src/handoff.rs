@@ -23,6 +23,9 @@ use crate::traits_store;
 
 /// Largest batch of envoys one export, import or hand-off carries.
 pub const MAX_BATCH: usize = 2000;
+/// The run histories one export carries at most (half of what the hub decodes: the
+/// rest of each record and the encoding fit in the other half).
+pub const MAX_EXPORT_BYTES: usize = vigo_common::limits::MAX_ADMIN_ANSWER / 2;
 
 fn batch_size(n: usize) -> Result<(), SpokeError> {
     if n > MAX_BATCH {
@@ -44,6 +47,9 @@ impl Admin {
     pub fn export_envoys(&self, ids: &[u64]) -> Result<pb::EnvoyExport, SpokeError> {
         batch_size(ids.len())?;
         let mut envoys = Vec::with_capacity(ids.len());
+        // Bounded by bytes as it is built, not after: an export over what the hub takes
+        // is refused (RESOURCE_EXHAUSTED) as soon as it is, and the hub halves the batch.
+        let mut bytes = 0usize;
         for raw in ids {
             let id = envoy_id(*raw)?;
             let record = self.fleet.get(id).ok_or(SpokeError::UnknownEnvoy(id))?;
@@ -59,7 +65,15 @@ impl Admin {
                     status: r.status,
                     report: r.report.into(),
                 })
-                .collect();
+                .collect::<Vec<_>>();
+            bytes += runs.iter().map(|r| r.report.len() + 32).sum::<usize>();
+            if bytes > MAX_EXPORT_BYTES {
+                return Err(SpokeError::TooLarge {
+                    what: "envoy export",
+                    size: bytes,
+                    limit: MAX_EXPORT_BYTES,
+                });
+            }
             envoys.push(pb::ExportedEnvoy {
                 envoy_id: id.get(),
                 hostname: record.hostname.to_string(),

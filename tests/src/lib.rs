@@ -339,7 +339,8 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+/// Copies the files under `from` to `to`, directories included.
+pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("create dir");
     for entry in std::fs::read_dir(from).expect("read dir").flatten() {
         let target = to.join(entry.file_name());

@@ -96,3 +96,48 @@ async fn a_spoke_registers_with_an_address_that_is_one() {
         "nothing written"
     );
 }
+
+/// N9: a spoke flipping its heartbeat between two published versions as fast as it can
+/// does not make each heartbeat a raft entry (an fsync on every hub): what it serves is
+/// written at most once per `CONFIG_RECORD_EVERY` per spoke.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spoke_flipping_its_config_version_writes_little() {
+    let cluster = Cluster::start(1, SPOKES).await;
+    let policy = tempfile::tempdir().unwrap();
+    vigo_tests::copy_dir(
+        &vigo_tests::repo_root().join("deploy/policy"),
+        policy.path(),
+    );
+    let first = cluster
+        .publish(0, policy.path(), "first")
+        .await
+        .expect("published")
+        .version;
+    let hostcrates = policy.path().join("hostcrates.yaml");
+    let text = std::fs::read_to_string(&hostcrates).unwrap();
+    std::fs::write(&hostcrates, format!("{text}\n# second\n")).unwrap();
+    let second = cluster
+        .publish(0, policy.path(), "second")
+        .await
+        .expect("published")
+        .version;
+    assert_ne!(first, second);
+    let mut hub = cluster.as_spoke("spoke-a", 0);
+    let applied = || {
+        let m = cluster.hub(0).node.raft.metrics().borrow().clone();
+        m.last_applied.map_or(0, |l| l.index)
+    };
+    let before = applied();
+    for i in 0..100 {
+        let version = if i % 2 == 0 { &first } else { &second };
+        hub.heartbeat(pb::HeartbeatRequest {
+            config_version: version.clone(),
+            envoys: 0,
+        })
+        .await
+        .expect("answered");
+    }
+    let written = applied() - before;
+    println!("100 flipping heartbeats: {written} raft entries");
+    assert!(written < 20, "{written} raft entries for 100 heartbeats");
+}
