@@ -110,9 +110,8 @@ impl Spoke {
         metrics: Option<PrometheusHandle>,
     ) -> Result<Spoke, SpokeError> {
         // One connection per envoy: the open-file limit must hold the connection cap.
+        // The data dir holds the envoys' records and ticket keys: the spoke's alone.
         config.connections.fit_descriptors(1)?;
-        // The data dir holds the envoys' records and the session-ticket keys: the
-        // spoke's alone, as a hub's is.
         fsutil::create_private_dir(&config.data_dir)?;
         let (store, writer) = Store::open(&config.db_path())?;
         let fleet = Arc::new(FleetIndex::new());
