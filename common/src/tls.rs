@@ -121,7 +121,39 @@ pub fn server_verifier(
                 what: "server verifier",
                 why: e.to_string(),
             })?;
-    Ok(Arc::new(RoleVerifier { chain, servers }))
+    Ok(Arc::new(RoleVerifier {
+        chain,
+        servers,
+        revoked: None,
+    }))
+}
+
+/// As [`client_config`], and a server whose certificate is in `revoked` is refused
+/// during the handshake: what hubs and spokes use towards each other, so a revoked
+/// node's key cannot serve as a node to them (the set is the one their servers check).
+pub fn client_config_refusing(
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+    servers: &'static [Role],
+    revoked: Arc<crate::net::RevokedCerts>,
+) -> Result<ClientConfig, Error> {
+    let chain =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots(ca_pem)?, provider())
+            .build()
+            .map_err(|e| Error::Tls {
+                what: "server verifier",
+                why: e.to_string(),
+            })?;
+    let verifier = Arc::new(RoleVerifier {
+        chain,
+        servers,
+        revoked: Some(revoked),
+    });
+    let mut config = client_config_verified_by(verifier, identity)?;
+    // A resumed session is not verified again: between nodes (a few connections, not
+    // a fleet's) every handshake checks the certificate, and the revocations with it.
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
 }
 
 /// A TLS 1.3 client config (ALPN h2) checking servers with `verifier` (from
@@ -150,6 +182,8 @@ pub fn client_config_verified_by(
 struct RoleVerifier {
     chain: Arc<rustls::client::WebPkiServerVerifier>,
     servers: &'static [Role],
+    /// Serials refused whatever they name.
+    revoked: Option<Arc<crate::net::RevokedCerts>>,
 }
 
 impl ServerCertVerifier for RoleVerifier {
@@ -168,9 +202,15 @@ impl ServerCertVerifier for RoleVerifier {
             ocsp_response,
             now,
         )?;
-        let role = Peer::from_certificate(end_entity.as_ref())
-            .ok()
-            .and_then(|p| p.role());
+        let identified = Peer::identify(end_entity.as_ref()).ok();
+        if let (Some(revoked), Some((_, serial))) = (&self.revoked, &identified)
+            && revoked.contains(serial)
+        {
+            return Err(rustls::Error::General(format!(
+                "the server presented a revoked certificate (serial {serial})"
+            )));
+        }
+        let role = identified.and_then(|(p, _)| p.role());
         match role {
             Some(r) if self.servers.contains(&r) => Ok(verified),
             other => Err(rustls::Error::General(format!(

@@ -90,8 +90,10 @@ impl HubNode {
         let cert_pem = fsutil::read_to_string(&config.tls.cert)?;
         let key_pem = fsutil::read_to_string(&config.tls.key)?;
         let identity = Some((cert_pem.as_str(), key_pem.as_str()));
-        let to_hubs = Arc::new(tls::client_config(&ca_pem, identity, &[Role::Hub])?);
-        let to_spokes = Arc::new(tls::client_config(&ca_pem, identity, &[Role::Spoke])?);
+        // A node whose certificate was revoked serves no other node.
+        let refusing = |role| tls::client_config_refusing(&ca_pem, identity, role, revoked.clone());
+        let to_hubs = Arc::new(refusing(&[Role::Hub])?);
+        let to_spokes = Arc::new(refusing(&[Role::Spoke])?);
         let server_tls = tls::server_config(&ca_pem, &cert_pem, &key_pem, ClientAuth::Optional)?;
         let isolation = Isolation::default();
         let liveness = Arc::new(crate::liveness::Liveness::default());

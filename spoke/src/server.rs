@@ -160,8 +160,7 @@ impl Spoke {
             &fsutil::read_to_string(&config.tls.key)?,
             ClientAuth::Optional,
         )?;
-        // Tickets survive a restart: the envoys of a restarted spoke resume their TLS
-        // sessions instead of all paying a full handshake at once.
+        // Tickets survive a restart: a restarted spoke's envoys resume their sessions.
         server_tls.ticketer = tls::tickets::TicketKeys::load_or_create(&config.data_dir)?;
 
         let interval_ms = config.checkin.interval.as_millis() as u32;
@@ -221,13 +220,14 @@ impl Spoke {
         let (synced_tx, synced) = tokio::sync::watch::channel(false);
         let hub_link = match &config.hub {
             Some(hub) => {
-                let client_tls = tls::client_config(
+                let client_tls = tls::client_config_refusing(
                     &fsutil::read_to_string(&config.tls.ca_cert)?,
                     Some((
                         &fsutil::read_to_string(&config.tls.cert)?,
                         &fsutil::read_to_string(&config.tls.key)?,
                     )),
                     &[vigo_common::pki::Role::Hub],
+                    revocations.certs.clone(),
                 )?;
                 let link = Link {
                     hub: hub.clone(),
@@ -308,8 +308,8 @@ impl Spoke {
             shares,
             fleet.clone(),
         );
-        // Each service decodes up to its largest method's limit; the admission table
-        // holds every method to its own, and refuses wrong peers before the body is read.
+        // Each service decodes up to its largest method's limit; admission holds each
+        // method to its own and refuses wrong peers before the body is read.
         let gateway_limit = config.checkin.max_body.0.max(config.reports.max_body.0) + (1 << 10);
         let refused = revocations.certs.clone();
         let (health, health_service) =

@@ -290,3 +290,48 @@ async fn a_spoke_under_a_hub_refuses_a_revocation_of_its_own() {
         e.message()
     );
 }
+
+/// N7 in part: revocation binds clients too. Once spoke-a's certificate is revoked, a
+/// hub that connects to it afresh refuses it during the handshake (no session is
+/// resumed between nodes), so the revoked key cannot answer the hub as a spoke; the
+/// fan-out names it missing, and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_refuses_a_spoke_serving_a_revoked_certificate() {
+    let mut cluster = Cluster::start(1, &["spoke-a", "spoke-b"]).await;
+    cluster
+        .admin(0)
+        .revoke_certificate(api::RevokeCertificateRequest {
+            serial: serial(&cluster, "spoke-a"),
+            reason: "key copied".into(),
+        })
+        .await
+        .unwrap();
+    // The spoke is restarted: the hub's next call to it makes a new connection.
+    cluster.stop_spoke(0).await;
+    cluster.start_spoke(0).await;
+    let missing = vigo_tests::eventually(Duration::from_secs(30), || async {
+        let page = cluster
+            .admin(0)
+            .list_envoys(api::ListEnvoysRequest::default())
+            .await
+            .map_err(|s| s.to_string())?
+            .into_inner();
+        match page.missing.iter().find(|m| m.spoke == "spoke-a") {
+            Some(m) if m.error.contains("revoked") => Ok(m.error.clone()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    println!("spoke-a after its revocation: {missing}");
+    let page = cluster
+        .admin(0)
+        .list_envoys(api::ListEnvoysRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        page.missing.iter().all(|m| m.spoke != "spoke-b"),
+        "spoke-b still answers: {:?}",
+        page.missing
+    );
+}
