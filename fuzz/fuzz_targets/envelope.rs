@@ -68,7 +68,10 @@ fn harness() -> &'static Harness {
                 fleet,
                 Default::default(),
                 policy,
-                vigo_spoke::verifier::BatchVerifier::new(64),
+                vigo_spoke::gateway::Checking {
+                    verifier: vigo_spoke::verifier::BatchVerifier::new(64),
+                    shares: Default::default(),
+                },
                 store,
                 GatewaySettings {
                     interval_ms: 60_000,
