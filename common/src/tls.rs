@@ -114,18 +114,21 @@ pub fn server_verifier(
     ca_pem: &str,
     servers: &'static [Role],
 ) -> Result<Arc<dyn ServerCertVerifier>, Error> {
-    let chain =
-        rustls::client::WebPkiServerVerifier::builder_with_provider(roots(ca_pem)?, provider())
-            .build()
-            .map_err(|e| Error::Tls {
-                what: "server verifier",
-                why: e.to_string(),
-            })?;
     Ok(Arc::new(RoleVerifier {
-        chain,
+        chain: chain_verifier(ca_pem)?,
         servers,
         revoked: None,
     }))
+}
+
+/// The chain check to our CA (names included), under the one crypto provider.
+fn chain_verifier(ca_pem: &str) -> Result<Arc<rustls::client::WebPkiServerVerifier>, Error> {
+    rustls::client::WebPkiServerVerifier::builder_with_provider(roots(ca_pem)?, provider())
+        .build()
+        .map_err(|e| Error::Tls {
+            what: "server verifier",
+            why: e.to_string(),
+        })
 }
 
 /// As [`client_config`], and a server whose certificate is in `revoked` is refused
@@ -137,15 +140,8 @@ pub fn client_config_refusing(
     servers: &'static [Role],
     revoked: Arc<crate::net::RevokedCerts>,
 ) -> Result<ClientConfig, Error> {
-    let chain =
-        rustls::client::WebPkiServerVerifier::builder_with_provider(roots(ca_pem)?, provider())
-            .build()
-            .map_err(|e| Error::Tls {
-                what: "server verifier",
-                why: e.to_string(),
-            })?;
     let verifier = Arc::new(RoleVerifier {
-        chain,
+        chain: chain_verifier(ca_pem)?,
         servers,
         revoked: Some(revoked),
     });

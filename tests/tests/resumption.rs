@@ -12,10 +12,12 @@ use tokio_rustls::TlsConnector;
 use vigo_common::tls;
 use vigo_tests::{SpokeHome, init};
 
-/// Connects to `address` with `config`, speaks the start of HTTP/2 and reads the
-/// server's first frame (so the session ticket sent after the handshake is taken), and
-/// says how the handshake went.
-async fn handshake(address: &str, config: &Arc<ClientConfig>) -> HandshakeKind {
+/// A TLS connection to `address` with `config` that has sent the HTTP/2 preface and an
+/// empty SETTINGS frame.
+async fn speak_h2(
+    address: &str,
+    config: &Arc<ClientConfig>,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
     let (name, hostport) = tls::split_address(address).expect("address");
     let tcp = TcpStream::connect(hostport).await.expect("connect");
     let mut stream = TlsConnector::from(config.clone())
@@ -26,6 +28,14 @@ async fn handshake(address: &str, config: &Arc<ClientConfig>) -> HandshakeKind {
         .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
         .await
         .expect("preface");
+    stream
+}
+
+/// Connects to `address` with `config`, speaks the start of HTTP/2 and reads the
+/// server's first frame (so the session ticket sent after the handshake is taken), and
+/// says how the handshake went.
+async fn handshake(address: &str, config: &Arc<ClientConfig>) -> HandshakeKind {
+    let mut stream = speak_h2(address, config).await;
     let mut frame = [0u8; 9];
     tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut frame))
         .await
@@ -129,16 +139,7 @@ async fn connections_are_renewed_at_their_maximum_age_and_envoys_carry_on() {
 
     // A connection of the envoy's that stays open: the spoke's next frames end with a
     // GOAWAY (type 7), sent before the first-request timeout (2 s) would close it.
-    let (name, hostport) = tls::split_address(&addr).expect("address");
-    let tcp = TcpStream::connect(hostport).await.expect("connect");
-    let mut stream = TlsConnector::from(config.clone())
-        .connect(name, tcp)
-        .await
-        .expect("handshake");
-    stream
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
-        .await
-        .expect("preface");
+    let mut stream = speak_h2(&addr, &config).await;
     let goaway = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             let mut header = [0u8; 9];
