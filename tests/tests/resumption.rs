@@ -133,6 +133,24 @@ async fn connections_are_renewed_at_their_maximum_age_and_envoys_carry_on() {
     let addr = spoke.addr.to_string();
     let mut envoy = home.enroll(&addr, "renew-1").await;
     envoy.check_in().await.expect("first check-in");
+    // The envoy holds a stream, as a promoted agent does: its connection lives on past
+    // the GOAWAY, through the grace, taking no new request.
+    let stream = vigo_envoy::client::seal(
+        &envoy.identity.key,
+        vigo_common::signing::Domain::Stream,
+        &vigo_tests::v1::StreamBody {
+            envoy_id: envoy.id().get(),
+            sequence: envoy.sequence.advance(),
+            timestamp_ms: vigo_common::time::now_ms(),
+        },
+    );
+    let mut held = envoy
+        .gateway
+        .clone()
+        .open_stream(stream)
+        .await
+        .expect("stream opened")
+        .into_inner();
     let config = envoy.identity.tls_config().expect("tls config");
     // A first connection takes a session ticket.
     handshake(&addr, &config).await;
@@ -168,9 +186,18 @@ async fn connections_are_renewed_at_their_maximum_age_and_envoys_carry_on() {
         "a reconnecting envoy resumes its session"
     );
 
-    // The envoy's own connection is past its age too: it carries on regardless.
+    // The envoy's own connection is past its age too, held open by its stream: its
+    // check-ins go on a new connection, and the held stream ends with the grace.
     for _ in 0..3 {
         envoy.check_in().await.expect("check-in after renewal");
     }
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(_)) = held.message().await {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the held stream ends with its connection's grace"
+    );
     drop(spoke);
 }

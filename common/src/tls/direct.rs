@@ -116,6 +116,39 @@ impl DirectChannel {
         Ok(send)
     }
 
+    /// Opens a stream for a request with `head`: the connection (connecting when there
+    /// is none: a failure there is final), then the stream on it (a refusal there means
+    /// the connection takes no more).
+    async fn start(
+        &self,
+        head: &http::request::Parts,
+        end_of_stream: bool,
+    ) -> Result<Result<Started, h2::Error>, tonic::Status> {
+        let send = self.sender().await?;
+        let mut request = http::Request::new(());
+        *request.method_mut() = head.method.clone();
+        *request.uri_mut() = head.uri.clone();
+        *request.version_mut() = head.version;
+        *request.headers_mut() = head.headers.clone();
+        Ok(match send.ready().await {
+            Ok(mut send) => send.send_request(request, end_of_stream),
+            Err(e) => Err(e),
+        })
+    }
+
+    /// Stops using the open connection: the next call makes a new one.
+    fn forget(&self) {
+        if let Some((_, ended)) = self
+            .inner
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            ended.store(true, Ordering::Release);
+        }
+    }
+
     async fn connect(&self) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let tcp = match self.inner.local {
             None => TcpStream::connect(&self.inner.target).await?,
@@ -145,13 +178,18 @@ impl tower::Service<http::Request<Body>> for DirectChannel {
             // Every failure here is the transport's (a gRPC refusal arrives as a
             // response): UNAVAILABLE, as from a tonic channel, which callers retry.
             let lost = |e: h2::Error| tonic::Status::unavailable(format!("connection lost: {e}"));
-            let send = this.sender().await?;
-            let mut send = send.ready().await.map_err(lost)?;
             let (head, mut body) = request.into_parts();
             let empty = body.is_end_stream();
-            let (answer, mut stream) = send
-                .send_request(http::Request::from_parts(head, ()), empty)
-                .map_err(lost)?;
+            // A connection told to go away (renewed at its maximum age, or idle) takes
+            // no new request but may live on while a held stream finishes: a request
+            // it refuses was never sent, so it goes once more on a new connection.
+            let (answer, mut stream) = match this.start(&head, empty).await? {
+                Ok(started) => started,
+                Err(_) => {
+                    this.forget();
+                    this.start(&head, empty).await?.map_err(lost)?
+                }
+            };
             if !empty {
                 send_body(&mut body, &mut stream).await?;
             }
@@ -160,6 +198,9 @@ impl tower::Service<http::Request<Body>> for DirectChannel {
         })
     }
 }
+
+/// A request's stream: its answer to come, and its body's way out.
+type Started = (h2::client::ResponseFuture, h2::SendStream<Bytes>);
 
 /// Sends a request's body on its stream (h2 holds what the window does not take yet:
 /// a request here is one message, bounded by its method's limit).
