@@ -15,7 +15,8 @@ use super::fsops::Target;
 /// The largest package file staged.
 const MAX_PACKAGE: u64 = 4 << 30;
 
-/// This agent's staging directory (0700, removed when the agent exits).
+/// This agent's staging directory (0700, in the temporary directory; kept for the
+/// agent's life, as a static is never dropped, and cleared with the temporary directory).
 fn staging() -> Result<&'static std::path::Path, Failure> {
     static DIR: OnceLock<Result<tempfile::TempDir, String>> = OnceLock::new();
     DIR.get_or_init(|| {
